@@ -1,0 +1,312 @@
+"""The interface every pdae_core model shares: fit, predict, latent, save, load.
+
+A model couples a :class:`~pdae_core.registry.PerturbationRegistry` (how the data
+encodes perturbations) with an ``nn.Module`` that implements ``loss``, ``embed``
+and ``transfer``. Subclasses name their ``model_type``, ``config_class`` and
+``module_class``; everything else (training, prediction, checkpoints, the
+extrapolation check) is shared.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import DataError
+from .registry import PerturbationRegistry, Target, condition_column, require_conditions, setup_anndata
+from .training import Callback, History, TrainConfig, resolve_device, train_module
+
+MODEL_TYPES: dict[str, type[PerturbationModel]] = {}
+
+
+def register_model(cls: type[PerturbationModel]) -> type[PerturbationModel]:
+    """Class decorator: make a model type loadable from checkpoints by its ``model_type``."""
+    MODEL_TYPES[cls.model_type] = cls
+    return cls
+
+
+@dataclass
+class ExtrapolationCheck:
+    """Whether a target's label vector lies in the span of the training labels.
+
+    The additive latent-shift model identifies ``W l`` exactly for labels ``l`` in
+    that span (von Kuegelgen et al., 2025); outside it the prediction rests on
+    shifts the data never constrained.
+    """
+
+    target: str
+    in_span: bool
+    residual: float
+    rank_train: int
+    rank_with_target: int
+    unseen_perturbations: list[str]
+    measured_in_training: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def span_check(train_labels: np.ndarray, label: np.ndarray, tol: float = 1e-6) -> tuple[bool, float, int, int]:
+    """Rank test: is ``label`` in the row span of ``train_labels``? Returns
+    (in_span, relative residual of the least-squares fit, rank, rank with the label)."""
+    L = np.asarray(train_labels, dtype=np.float64)
+    v = np.asarray(label, dtype=np.float64)
+    scale = max(1.0, float(np.abs(L).max(initial=0.0)), float(np.abs(v).max(initial=0.0)))
+    rank = int(np.linalg.matrix_rank(L, tol=tol * scale)) if L.size else 0
+    rank2 = int(np.linalg.matrix_rank(np.vstack([L, v[None]]) if L.size else v[None], tol=tol * scale))
+    norm = float(np.linalg.norm(v))
+    if norm == 0.0:
+        return True, 0.0, rank, rank
+    if L.size:
+        coef, *_ = np.linalg.lstsq(L.T, v, rcond=None)
+        resid = float(np.linalg.norm(L.T @ coef - v)) / norm
+    else:
+        resid = 1.0
+    return rank2 == rank, resid, rank, rank2
+
+
+class PerturbationModel:
+    """Base class: a registry, a config, an ``nn.Module`` and what it was trained on."""
+
+    model_type: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+    module_class: ClassVar[type] = torch.nn.Module
+
+    def __init__(self, registry: PerturbationRegistry, seed: int = 0, **config: Any):
+        self.registry = registry
+        try:
+            self.config = self.config_class(
+                n_genes=registry.n_genes, n_perturbations=registry.n_perturbations, **config
+            )
+        except TypeError as e:
+            raise ValueError(f"{type(self).__name__}: bad hyperparameter ({e})") from None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.module = self.module_class(self.config)
+        self.module.eval()
+        self.init_seed = seed
+        self.train_conditions: list[str] = []
+        self.train_labels: np.ndarray = np.zeros((0, registry.n_perturbations), dtype=np.float32)
+        self.holdout: list[str] = []
+        self.train_config: TrainConfig | None = None
+        self.history: History | None = None
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def from_anndata(
+        cls,
+        adata: ad.AnnData,
+        perturbation_key: str = "condition",
+        control_label: str | None = None,
+        separator: str = "+",
+        dose_key: str | None = None,
+        covariate_key: str | None = None,
+        layer: str | None = None,
+        seed: int = 0,
+        **config: Any,
+    ) -> PerturbationModel:
+        """Set up ``adata`` (see :func:`~pdae_core.registry.setup_anndata`) and build a model for it."""
+        reg = setup_anndata(adata, perturbation_key, control_label, separator, dose_key, covariate_key, layer)
+        return cls(reg, seed=seed, **config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def to(self, accelerator: str = "auto") -> PerturbationModel:
+        self.module.to(resolve_device(accelerator))
+        return self
+
+    @property
+    def is_trained(self) -> bool:
+        return self.history is not None
+
+    # ---- training -------------------------------------------------------------------
+    def fit(
+        self,
+        adata: ad.AnnData,
+        holdout: Sequence[str] = (),
+        train_config: TrainConfig | None = None,
+        callbacks: Sequence[Callback] = (),
+        **train_kwargs: Any,
+    ) -> History:
+        """Train on every cell of ``adata`` except those of the ``holdout`` conditions.
+
+        ``train_kwargs`` override fields of :class:`~pdae_core.training.TrainConfig`
+        (``max_epochs``, ``lr``, ``batch_size``, ``seed``, ``accelerator``, ...).
+        """
+        if train_config is None:
+            train_config = TrainConfig(**train_kwargs)
+        elif train_kwargs:
+            train_config = TrainConfig.from_dict({**train_config.to_dict(), **train_kwargs})
+        self._check_x_kind(adata)
+        self.registry.check_genes(adata)
+        conds = condition_column(adata, self.registry.perturbation_key)
+        holdout = [str(h) for h in holdout]
+        if holdout:
+            require_conditions(adata, self.registry, holdout)
+        keep = ~np.isin(conds, holdout)
+        sub = adata[keep]
+        X = self.registry.expression(sub)
+        L = self.registry.label_matrix(sub)
+        names, groups = np.unique(conds[keep], return_inverse=True)
+        if len(names) < 2:
+            raise DataError("Training needs at least two conditions (e.g. control and one perturbation).")
+        if X.shape[0] < 8:
+            raise DataError(f"Training needs at least 8 cells; {X.shape[0]} remain after holding out {holdout}.")
+        self.history = train_module(self.module, X, L, groups, train_config, callbacks)
+        self.train_config = train_config
+        self.holdout = holdout
+        self.train_conditions = [str(n) for n in names]
+        uniq = np.unique(L, axis=0)
+        self.train_labels = uniq.astype(np.float32)
+        return self.history
+
+    def _check_x_kind(self, adata: ad.AnnData) -> None:
+        from .registry import detect_x_kind
+
+        if detect_x_kind(adata, self.registry.layer) == "counts":
+            raise DataError(
+                "X holds raw counts; this model expects log-normalised expression. "
+                "Run pdae_core.preprocess(adata) (normalize_total + log1p, optional HVG selection) first."
+            )
+
+    # ---- inference ------------------------------------------------------------------
+    def _tensors(self, adata: ad.AnnData) -> tuple[torch.Tensor, torch.Tensor]:
+        self.registry.check_genes(adata, "the source cells" if adata.n_obs else "the dataset")
+        X = torch.as_tensor(self.registry.expression(adata), device=self.device)
+        L = torch.as_tensor(self.registry.label_matrix(adata), device=self.device)
+        return X, L
+
+    @torch.no_grad()
+    def latent(self, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
+        """Basal latent embedding (perturbation removed) of every cell, (n_cells, latent_dim)."""
+        self.module.eval()
+        X, L = self._tensors(adata)
+        out = [self.module.embed(X[i : i + batch_size], L[i : i + batch_size]).cpu() for i in range(0, len(X), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        source: ad.AnnData,
+        target: Target,
+        seed: int = 0,
+        n_draws: int = 1,
+        batch_size: int = 8192,
+    ) -> ad.AnnData:
+        """Predicted cells under ``target``: every source cell moved to the target
+        (``n_draws`` decoder draws each). ``target`` is a condition name
+        (``"KLF1+MAP2K6"``), ``{name: dose}``, a list of names or (name, dose) pairs,
+        or a raw label vector. The result's ``obs`` names the target, the source cell
+        and its condition; ``uns['pdae_prediction']`` holds the extrapolation check."""
+        self.module.eval()
+        if source.n_obs == 0:
+            raise DataError("No source cells to predict from.")
+        label = self.registry.label_vector(target)
+        name = target if isinstance(target, str) else self.registry.condition_name(label)
+        X, L = self._tensors(source)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        tgt = torch.as_tensor(label, device=self.device)
+        outs = []
+        for _ in range(n_draws):
+            for i in range(0, len(X), batch_size):
+                xb, lb = X[i : i + batch_size], L[i : i + batch_size]
+                outs.append(self.module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen).cpu())
+        pred = torch.cat(outs).numpy().astype(np.float32)
+        src_names = np.tile(np.asarray(source.obs_names, dtype=str), n_draws)
+        src_conds = np.tile(condition_column(source, self.registry.perturbation_key), n_draws)
+        draw = np.repeat(np.arange(n_draws), source.n_obs)
+        obs = pd.DataFrame(
+            {
+                self.registry.perturbation_key: name,
+                "target": name,
+                "source_cell": src_names,
+                "source_condition": src_conds,
+                "draw": draw,
+                "kind": "predicted",
+            }
+        )
+        obs.index = [f"{s}->{name}#{d}" if n_draws > 1 else f"{s}->{name}" for s, d in zip(src_names, draw)]
+        obs.index = pd.Index(obs.index).astype(str)
+        out = ad.AnnData(X=pred, obs=obs, var=pd.DataFrame(index=pd.Index(self.registry.gene_names)))
+        out.uns["pdae_prediction"] = {
+            "model_type": self.model_type,
+            "target": name,
+            "label": label.tolist(),
+            "seed": int(seed),
+            "extrapolation": self.extrapolation_check(label if not isinstance(target, str) else target).to_dict(),
+        }
+        return out
+
+    def extrapolation_check(self, target: Target) -> ExtrapolationCheck:
+        """Does the target lie in the span of the training labels (the paper's guarantee)?"""
+        label = self.registry.label_vector(target)
+        name = target if isinstance(target, str) else self.registry.condition_name(label)
+        if not self.is_trained:
+            return ExtrapolationCheck(name, False, 1.0, 0, 0, [], False, "The model is not trained yet.")
+        seen = np.abs(self.train_labels).sum(0) > 0
+        unseen = [self.registry.perturbations[i] for i in np.flatnonzero((np.abs(label) > 0) & ~seen)]
+        in_span, resid, r1, r2 = span_check(self.train_labels, label)
+        measured = bool(np.any(np.all(np.abs(self.train_labels - label[None]) < 1e-6, axis=1)))
+        if measured:
+            msg = f"{name} was measured in training: the prediction is an in-distribution reconstruction."
+        elif in_span:
+            msg = (
+                f"{name} lies in the span of the {len(self.train_labels)} training label vectors (rank {r1}): "
+                "covered by the additive-shift extrapolation guarantee."
+            )
+        else:
+            why = (
+                f"perturbation(s) {', '.join(unseen)} never appear in training, so their shift is not identified"
+                if unseen
+                else f"it is not a linear combination of the training labels (relative residual {resid:.2g})"
+            )
+            msg = f"{name} is outside the span of the training labels: {why}. Treat the prediction as unsupported."
+        return ExtrapolationCheck(name, bool(in_span), resid, r1, r2, unseen, measured, msg)
+
+    def perturbation_embedding(self) -> pd.DataFrame:
+        """One row per elementary perturbation: its latent shift (the columns of ``W``)."""
+        W = self.module.perturbation_matrix.detach().cpu().numpy()
+        return pd.DataFrame(
+            W.T, index=pd.Index(self.registry.perturbations, name="perturbation"),
+            columns=[f"z{i}" for i in range(W.shape[0])],
+        )
+
+    # ---- checkpoints ----------------------------------------------------------------
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> None:
+        """Write ``model.safetensors`` + ``config.json`` into directory ``path`` atomically."""
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, adata: ad.AnnData | None = None, accelerator: str = "cpu"
+    ) -> PerturbationModel:
+        """Load a checkpoint (never unpickles); with ``adata``, check that its genes match."""
+        from .checkpoint import load_checkpoint
+
+        model = load_checkpoint(path, accelerator=accelerator)
+        if cls is not PerturbationModel and not isinstance(model, cls):
+            from .errors import CheckpointError
+
+            raise CheckpointError(f"{path} holds a {model.model_type!r} model, not {cls.model_type!r}.")
+        if adata is not None:
+            model.registry.check_genes(adata)
+        return model
+
+    def __repr__(self) -> str:
+        state = "trained" if self.is_trained else "untrained"
+        return (
+            f"{type(self).__name__}({state}, {self.registry.n_genes} genes, "
+            f"{self.registry.n_perturbations} perturbations, config={self.config})"
+        )
