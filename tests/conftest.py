@@ -1,0 +1,40 @@
+"""Shared fixtures. Real data comes from PDAE_DATA_DIR (CI points it at ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("PDAE_DATA_DIR", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """Directory with the real datasets; the tests need it (CI provides it)."""
+    if not (DATA_DIR / "perturbench_devel.h5ad").exists():
+        raise FileNotFoundError(
+            f"Real test data not found in {DATA_DIR}: set PDAE_DATA_DIR to the folder with perturbench_devel.h5ad"
+        )
+    return DATA_DIR
+
+
+@pytest.fixture()
+def tiny_adata():
+    """A small synthetic dataset (control, 4 singles, 3 doubles, 40 cells each, 30 genes)."""
+    from pdae_core.synthetic import make_synthetic
+
+    adata, _ = make_synthetic(n_perturbations=4, latent_dim=3, n_genes=30, hidden=16, n_doubles=3,
+                              cells_per_condition=40, seed=1)
+    return adata
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
