@@ -28,7 +28,7 @@ CONTROL_CANDIDATES: tuple[str, ...] = (
 
 #: A target for prediction: a condition name, {perturbation: dose}, a list of
 #: perturbation names or (name, dose) pairs, or a raw label vector.
-Target = Union[str, Mapping[str, float], Sequence[Union[str, tuple[str, float]]], np.ndarray]
+Target = Union[str, Mapping[str, float], Sequence[Union[str, tuple[str, float]]], np.ndarray]  # noqa: UP007
 
 
 @dataclass
