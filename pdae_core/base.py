@@ -150,7 +150,7 @@ class PerturbationModel:
         self._check_x_kind(adata)
         self.registry.check_genes(adata)
         conds = condition_column(adata, self.registry.perturbation_key)
-        holdout = [str(h) for h in holdout]
+        holdout = [holdout] if isinstance(holdout, str) else [str(h) for h in holdout]
         if holdout:
             require_conditions(adata, self.registry, holdout)
         keep = ~np.isin(conds, holdout)
@@ -192,7 +192,7 @@ class PerturbationModel:
         self.module.eval()
         X, L = self._tensors(adata)
         out = [self.module.embed(X[i : i + batch_size], L[i : i + batch_size]).cpu() for i in range(0, len(X), batch_size)]
-        return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+        return torch.cat(out).numpy() if out else self.module.embed(X, L).cpu().numpy()  # (0, latent_dim)
 
     @torch.no_grad()
     def predict(
@@ -211,6 +211,8 @@ class PerturbationModel:
         self.module.eval()
         if source.n_obs == 0:
             raise DataError("No source cells to predict from.")
+        if int(n_draws) < 1:
+            raise ValueError(f"n_draws must be >= 1, got {n_draws}.")
         label = self.registry.label_vector(target)
         name = target if isinstance(target, str) else self.registry.condition_name(label)
         X, L = self._tensors(source)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,7 +67,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write ``model`` to directory ``path`` (created or atomically replaced)."""
+    """Write ``model`` to directory ``path`` (created, or atomically replaced if it is empty or holds a
+    checkpoint; any other directory is refused rather than deleted)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -74,8 +76,15 @@ def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite
         raise CheckpointError(f"{path} exists and is not a directory; a checkpoint is a directory.")
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it).")
+    if path.exists():
+        foreign = sorted({p.name for p in path.iterdir()} - ALLOWED_FILES - _IGNORED)
+        if foreign:
+            raise CheckpointError(
+                f"{path} exists and is not a pdae_core checkpoint (it holds {foreign[:5]}); refusing to "
+                "replace it: choose another path or empty it first."
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = _new_dir(path.parent, f".{path.name}.tmp-")
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "model_type": model.model_type})
@@ -101,6 +110,8 @@ def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
+            for stale in path.parent.glob(f".{path.name}.old-*"):  # left by a save killed after its swap
+                shutil.rmtree(stale, ignore_errors=True)
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             old.rmdir()
             os.replace(path, old)
@@ -112,6 +123,17 @@ def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A fresh directory created with the user's umask (``mkdtemp`` would make it 0700)."""
+    while True:
+        d = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
 
 
 def _recover(path: Path) -> None:
@@ -142,6 +164,8 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     for need in (WEIGHTS, CONFIG):
         if need not in names:
             raise CheckpointError(f"Checkpoint {path} is incomplete: {need} is missing.")
+        if not (path / need).is_file():
+            raise CheckpointError(f"Checkpoint {path}: {need} is not a regular file.")
     try:
         with open(path / CONFIG) as f:
             cfg = json.load(f)
@@ -221,8 +245,8 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu") -> Pertur
         model.holdout = [str(c) for c in tr.get("holdout", [])]
         model.train_config = TrainConfig.from_dict(tr["train_config"]) if tr.get("train_config") else None
         model.history = History.from_dict(tr["history"]) if tr.get("history") else None
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG}: invalid training section ({e}).") from None
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise CheckpointError(f"{path / CONFIG}: invalid training section ({e!r}).") from None
     model.module.to(resolve_device(accelerator))
     model.module.eval()
     return model

@@ -16,7 +16,12 @@ def _norm(diff: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between the rows of ``a`` (..., n, d) and ``b`` (..., m, d)."""
+    """Euclidean distances between the rows of ``a`` (..., n, d) and ``b`` (..., m, d).
+
+    Both are centred on a shared (detached) mean first: the expansion
+    |a|^2 + |b|^2 - 2ab then stays accurate in float32 for points far from 0."""
+    c = torch.cat([a, b], dim=-2).mean(dim=-2, keepdim=True).detach()
+    a, b = a - c, b - c
     sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(-1, -2)
     return torch.sqrt(sq.clamp_min(0.0) + _EPS)
 

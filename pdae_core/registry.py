@@ -81,6 +81,8 @@ class PerturbationRegistry:
     def label_vector(self, target: Target) -> np.ndarray:
         """Label vector (float32, length = vocabulary size) of a prediction target."""
         K = self.n_perturbations
+        if isinstance(target, np.ndarray) and not np.issubdtype(target.dtype, np.number):
+            target = target.tolist()  # an array of names (or of (name, dose) pairs), not a raw vector
         if isinstance(target, np.ndarray) or (
             isinstance(target, Sequence) and not isinstance(target, str) and len(target) > 0
             and all(isinstance(v, (int, float, np.number)) for v in target)
@@ -301,7 +303,7 @@ def detect_x_kind(adata: ad.AnnData, layer: str | None = None, max_cells: int = 
     return "counts" if np.all(np.equal(np.mod(sample, 1), 0)) else "log1p"
 
 
-def detect_control(conditions: Sequence[str]) -> str:
+def detect_control(conditions: Sequence[str], key: str | None = None) -> str:
     present = set(conditions)
     lower = {c.lower(): c for c in present}
     for cand in CONTROL_CANDIDATES:
@@ -309,9 +311,10 @@ def detect_control(conditions: Sequence[str]) -> str:
             return cand
         if cand.lower() in lower:
             return lower[cand.lower()]
+    column = "the perturbation column" if key is None else f"perturbation column {key!r}"
     raise DataError(
-        "Could not find control cells: none of the labels "
-        f"{list(CONTROL_CANDIDATES)} is in the perturbation column; pass control_label=... "
+        f"Could not find control cells in {column}: none of the labels "
+        f"{list(CONTROL_CANDIDATES)} is in it; pass control_label=... "
         f"(labels present: {_preview(sorted(present), 12)})."
     )
 
@@ -341,7 +344,7 @@ def setup_anndata(
         raise DataError(f"Layer {layer!r} is not in the AnnData (layers: {list(adata.layers.keys())}).")
     conds = condition_column(adata, perturbation_key)
     if control_label is None:
-        control_label = detect_control(conds)
+        control_label = detect_control(conds, perturbation_key)
     elif control_label not in set(conds):
         raise DataError(
             f"Control label {control_label!r} has no cells in column {perturbation_key!r} "

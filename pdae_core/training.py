@@ -29,6 +29,7 @@ class TrainConfig:
     batch_size: int = 128
     cells_per_condition: int = 8
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" (decay to lr/100 over max_epochs) | "constant"
     weight_decay: float = 0.0
     grad_clip: float | None = 10.0
     val_fraction: float = 0.1
@@ -46,6 +47,7 @@ class TrainConfig:
             (self.batch_size >= 3, "batch_size must be >= 3"),
             (1 <= self.cells_per_condition <= self.batch_size, "cells_per_condition must be in [1, batch_size]"),
             (self.lr > 0, "lr must be > 0"),
+            (self.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.eval_every >= 1, "eval_every must be >= 1"),
             (self.patience >= 1, "patience must be >= 1"),
@@ -148,12 +150,19 @@ def stratified_batches(
     """One epoch of mini-batches in which every condition present has (up to)
     ``cells_per_condition`` cells: each condition's cells are shuffled and cut into
     chunks, and the shuffled chunks are packed into batches. Every cell appears once."""
-    chunks = []
+    per_group = []
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
         idx = idx[rng.permutation(len(idx))]
-        chunks.extend(idx[i : i + cells_per_condition] for i in range(0, len(idx), cells_per_condition))
-    order = rng.permutation(len(chunks))
+        per_group.append([idx[i : i + cells_per_condition] for i in range(0, len(idx), cells_per_condition)])
+    # round-robin over conditions (random order each round) so that consecutive
+    # chunks, and hence each batch, come from different conditions
+    chunks: list[np.ndarray] = []
+    for r in range(max(len(c) for c in per_group)):
+        for k in rng.permutation(len(per_group)):
+            if r < len(per_group[k]):
+                chunks.append(per_group[k][r])
+    order = range(len(chunks))
     batches, cur, n = [], [], 0
     for k in order:
         cur.append(chunks[k])
@@ -214,7 +223,12 @@ def train_module(
     ``groups`` (condition index per cell) drives stratified batches and the split.
     Returns the :class:`History`; the module ends with its best validation weights."""
     device = resolve_device(config.accelerator)
-    torch.manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        return _train(module, X, labels, groups, config, callbacks, device)
+
+
+def _train(module, X, labels, groups, config, callbacks, device) -> History:
     rng = np.random.default_rng(config.seed)
     module.to(device)
     Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
@@ -222,6 +236,11 @@ def train_module(
     train_idx, val_idx = split_cells(groups, config.val_fraction, rng)
     validator = _Validator(Xt[val_idx], Lt[val_idx], groups[val_idx], config.val_max_sources, config.seed)
     opt = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.max_epochs, eta_min=config.lr / 100)
+        if config.lr_schedule == "cosine"
+        else None
+    )
     hist = History(device=str(device))
     steps_per_epoch = len(stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, np.random.default_rng(0)))
     for cb in callbacks:
@@ -264,6 +283,8 @@ def train_module(
             ):
                 stop = True
                 break
+        if sched is not None:
+            sched.step()
         last = epoch == config.max_epochs or stop
         if epoch % config.eval_every == 0 or last:
             module.eval()

@@ -1,0 +1,279 @@
+"""Baselines behind the prediction interface of the models.
+
+Every baseline is fitted with ``fit(adata, registry, holdout=())`` on the cells of
+``adata`` outside the ``holdout`` conditions, and predicts with
+``predict(source, target, seed=0, n_draws=1)``, returning an AnnData with the same
+``obs`` columns as :meth:`pdae_core.base.PerturbationModel.predict` (the
+perturbation key, ``target``, ``source_cell``, ``source_condition``, ``draw``,
+``kind``) and ``uns['pdae_prediction']``.
+
+* :class:`NoChange`: the source cells, unchanged.
+* :class:`AdditiveBaseline`: gene-space additivity, each part's effect measured on its
+  single-perturbation cells.
+* :class:`LinearBaseline`: ridge regression of mean effects on label vectors.
+* :class:`PoolBaseline`: random training cells, whatever the target.
+
+The shift baselines move each source cell by the effect of ``target - source label``
+(for control source cells, the target's effect), so a source cell already carrying
+some of the target's perturbations is not shifted twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, TypeVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .errors import DataError, PDAEError
+from .registry import PerturbationRegistry, Target, condition_column, require_conditions
+
+__all__ = ["Baseline", "NoChange", "AdditiveBaseline", "LinearBaseline", "PoolBaseline"]
+
+_B = TypeVar("_B", bound="Baseline")
+
+
+class Baseline:
+    """Shared fit / predict plumbing; subclasses implement ``_fit`` and ``_predict``."""
+
+    model_type: ClassVar[str] = "baseline"
+
+    def __init__(self) -> None:
+        self.registry: PerturbationRegistry | None = None
+        self.holdout: list[str] = []
+        self.train_conditions: list[str] = []
+        self.train_labels: np.ndarray = np.zeros((0, 0), dtype=np.float32)
+        self.n_train_cells: int = 0
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.registry is not None
+
+    # ---- training -------------------------------------------------------------------
+    def fit(self: _B, adata: ad.AnnData, registry: PerturbationRegistry, holdout: Sequence[str] = ()) -> _B:
+        """Fit on every cell of ``adata`` except those of the ``holdout`` conditions
+        (which must have cells, as for the models). Returns ``self``."""
+        if isinstance(holdout, str):
+            holdout = [holdout]
+        registry.check_genes(adata)
+        conds = condition_column(adata, registry.perturbation_key)
+        holdout = [str(h).strip() for h in holdout]
+        if holdout:
+            require_conditions(adata, registry, holdout)
+        keep = ~np.isin(conds, holdout)
+        if not keep.any():
+            raise DataError(f"No cells remain after holding out {holdout}.")
+        sub = adata[keep]
+        X = registry.expression(sub).astype(np.float64)
+        L = registry.label_matrix(sub)
+        self._fit(X, L, conds[keep], registry)
+        self.registry = registry
+        self.holdout = holdout
+        self.train_conditions = sorted({str(c) for c in conds[keep]})
+        self.train_labels = np.unique(L, axis=0).astype(np.float32)
+        self.n_train_cells = int(keep.sum())
+        return self
+
+    def _fit(self, X: np.ndarray, L: np.ndarray, conditions: np.ndarray, registry: PerturbationRegistry) -> None:
+        """Learn from training expression ``X`` (float64), labels ``L`` and condition names."""
+
+    # ---- inference ------------------------------------------------------------------
+    def predict(self, source: ad.AnnData, target: Target, seed: int = 0, n_draws: int = 1) -> ad.AnnData:
+        """Predicted cells under ``target`` (a condition name, ``{name: dose}``, a list of
+        names or (name, dose) pairs, or a label vector), ``n_draws`` per source cell,
+        in the format of :meth:`pdae_core.base.PerturbationModel.predict`."""
+        reg = self.registry
+        if reg is None:
+            raise PDAEError(f"{type(self).__name__} is not fitted: call fit(adata, registry) first.")
+        if source.n_obs == 0:
+            raise DataError("No source cells to predict from.")
+        if int(n_draws) < 1:
+            raise ValueError(f"n_draws must be >= 1, got {n_draws}.")
+        n_draws = int(n_draws)
+        reg.check_genes(source, "the source cells")
+        label = reg.label_vector(target)
+        name = target if isinstance(target, str) else reg.condition_name(label)
+        src_conds = condition_column(source, reg.perturbation_key)
+        X = reg.expression(source).astype(np.float64)
+        rng = np.random.default_rng(seed)
+        pred = self._predict(X, source, label, rng, n_draws)
+        src_names = np.tile(np.asarray(source.obs_names, dtype=str), n_draws)
+        draw = np.repeat(np.arange(n_draws), source.n_obs)
+        obs = pd.DataFrame(
+            {
+                reg.perturbation_key: name,
+                "target": name,
+                "source_cell": src_names,
+                "source_condition": np.tile(src_conds, n_draws),
+                "draw": draw,
+                "kind": "predicted",
+            }
+        )
+        obs.index = pd.Index(
+            [f"{s}->{name}#{d}" if n_draws > 1 else f"{s}->{name}" for s, d in zip(src_names, draw)]
+        ).astype(str)
+        out = ad.AnnData(
+            X=np.asarray(pred, dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(reg.gene_names))
+        )
+        out.uns["pdae_prediction"] = {
+            "model_type": self.model_type,
+            "target": name,
+            "label": label.tolist(),
+            "seed": int(seed),
+            "holdout": list(self.holdout),
+            "measured_in_training": bool(
+                np.any(np.all(np.abs(self.train_labels - label[None]) < 1e-6, axis=1))
+            ),
+        }
+        return out
+
+    def _predict(
+        self, X: np.ndarray, source: ad.AnnData, label: np.ndarray, rng: np.random.Generator, n_draws: int
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+    def _label_shift(self, source: ad.AnnData, label: np.ndarray) -> np.ndarray:
+        """Per source cell: target label minus the cell's own label (n_cells, K)."""
+        assert self.registry is not None
+        return label[None, :].astype(np.float64) - self.registry.label_matrix(source).astype(np.float64)
+
+    def __repr__(self) -> str:
+        state = f"fitted on {self.n_train_cells} cells" if self.is_fitted else "not fitted"
+        return f"{type(self).__name__}({state}, holdout={self.holdout})"
+
+
+def _control_mean(X: np.ndarray, L: np.ndarray, what: str) -> np.ndarray:
+    ctrl = np.all(L == 0, axis=1)
+    if not ctrl.any():
+        raise DataError(f"{what} needs control cells in the training data; there are none.")
+    return X[ctrl].mean(0)
+
+
+class NoChange(Baseline):
+    """Predicts the source cells unchanged (``n_draws`` identical copies)."""
+
+    model_type = "no_change"
+
+    def _predict(
+        self, X: np.ndarray, source: ad.AnnData, label: np.ndarray, rng: np.random.Generator, n_draws: int
+    ) -> np.ndarray:
+        return np.tile(X, (n_draws, 1))
+
+
+class AdditiveBaseline(Baseline):
+    """Gene-space additivity: ``source + sum_p (t_p - s_p) * (mean_p - mean_control)``.
+
+    ``t`` is the target's label vector (doses), ``s`` the source cell's own label
+    (0 for control cells, which makes this ``source + sum_p dose_p * effect_p``), and
+    ``mean_p`` the mean of the training cells of the single perturbation ``p`` at
+    dose 1 (label vector = unit vector ``e_p``). A part without such cells
+    (held out, or only measured in combinations) raises a :class:`DataError` at
+    prediction time. After ``fit``: ``control_mean_`` (G,), ``effects_`` (K, G; NaN
+    rows for parts without single cells) and ``n_single_cells_`` (K,).
+    """
+
+    model_type = "additive"
+
+    def _fit(self, X: np.ndarray, L: np.ndarray, conditions: np.ndarray, registry: PerturbationRegistry) -> None:
+        self.control_mean_ = _control_mean(X, L, "AdditiveBaseline")
+        K, G = registry.n_perturbations, X.shape[1]
+        self.effects_ = np.full((K, G), np.nan)
+        self.n_single_cells_ = np.zeros(K, dtype=int)
+        nonzero = L != 0
+        single = nonzero.sum(1) == 1
+        for p in range(K):
+            rows = single & (L[:, p] == 1.0)
+            if rows.any():
+                self.effects_[p] = X[rows].mean(0) - self.control_mean_
+                self.n_single_cells_[p] = int(rows.sum())
+
+    def _predict(
+        self, X: np.ndarray, source: ad.AnnData, label: np.ndarray, rng: np.random.Generator, n_draws: int
+    ) -> np.ndarray:
+        assert self.registry is not None
+        shift = self._label_shift(source, label)
+        needed = np.flatnonzero(np.any(shift != 0, axis=0))
+        missing = [self.registry.perturbations[p] for p in needed if self.n_single_cells_[p] == 0]
+        if missing:
+            raise DataError(
+                f"AdditiveBaseline cannot predict {self.registry.condition_name(label)!r}: no training cells of "
+                f"the single perturbation(s) {', '.join(missing)} (alone, at dose 1); they are held out or "
+                "never measured alone, so their effect is unknown."
+            )
+        eff = np.nan_to_num(self.effects_[needed], nan=0.0)
+        return np.tile(X + shift[:, needed] @ eff, (n_draws, 1))
+
+
+class LinearBaseline(Baseline):
+    """Ridge regression of mean effects on label vectors.
+
+    For every distinct training label vector ``l_c`` (a condition, at its doses) the
+    control-centred mean ``y_c = mean_c - mean_control`` is one row; each condition
+    weighs the same, whatever its cell count. ``coef_ = argmin_B sum_c ||y_c - l_c B||^2
+    + alpha ||B||^2 = (L^T L + alpha I)^-1 L^T Y`` (K x G). Prediction:
+    ``source + (t - s) @ coef_`` (``t`` target label, ``s`` the source cell's label).
+    Perturbations never seen in training get a zero effect (the ridge term).
+    """
+
+    model_type = "linear"
+
+    def __init__(self, alpha: float = 1e-2) -> None:
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}.")
+        self.alpha = float(alpha)
+
+    def _fit(self, X: np.ndarray, L: np.ndarray, conditions: np.ndarray, registry: PerturbationRegistry) -> None:
+        self.control_mean_ = _control_mean(X, L, "LinearBaseline")
+        uniq, inv = np.unique(L, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+        means = np.zeros((len(uniq), X.shape[1]))
+        np.add.at(means, inv, X)
+        means /= counts[:, None]
+        Lc = uniq.astype(np.float64)
+        Y = means - self.control_mean_
+        K = Lc.shape[1]
+        self.coef_ = np.linalg.solve(Lc.T @ Lc + self.alpha * np.eye(K), Lc.T @ Y)
+
+    def _predict(
+        self, X: np.ndarray, source: ad.AnnData, label: np.ndarray, rng: np.random.Generator, n_draws: int
+    ) -> np.ndarray:
+        return np.tile(X + self._label_shift(source, label) @ self.coef_, (n_draws, 1))
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", alpha={self.alpha})"
+
+
+class PoolBaseline(Baseline):
+    """Random training cells, whatever the target: each predicted cell is drawn with
+    replacement from every non-held-out training cell (all conditions, control
+    included), uniformly over cells, or with ``balance_conditions=True`` uniformly
+    over conditions and then over that condition's cells. Uses ``seed``."""
+
+    model_type = "pool"
+
+    def __init__(self, balance_conditions: bool = False) -> None:
+        super().__init__()
+        self.balance_conditions = bool(balance_conditions)
+
+    def _fit(self, X: np.ndarray, L: np.ndarray, conditions: np.ndarray, registry: PerturbationRegistry) -> None:
+        self.pool_ = X.astype(np.float32)
+        self.pool_conditions_ = np.asarray(conditions, dtype=str)
+
+    def _predict(
+        self, X: np.ndarray, source: ad.AnnData, label: np.ndarray, rng: np.random.Generator, n_draws: int
+    ) -> np.ndarray:
+        n = X.shape[0] * n_draws
+        if not self.balance_conditions:
+            return self.pool_[rng.integers(0, self.pool_.shape[0], size=n)]
+        names, inv = np.unique(self.pool_conditions_, return_inverse=True)
+        members = [np.flatnonzero(inv == k) for k in range(len(names))]
+        pick = rng.integers(0, len(names), size=n)
+        idx = np.array([members[k][rng.integers(0, len(members[k]))] for k in pick], dtype=int)
+        return self.pool_[idx]
+
+    def __repr__(self) -> str:
+        return super().__repr__()[:-1] + f", balance_conditions={self.balance_conditions})"
