@@ -30,6 +30,7 @@ class TrainConfig:
     cells_per_condition: int = 8
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # "cosine" (decay to lr/100 over max_epochs) | "constant"
+    ema_decay: float | None = 0.995  # exponential moving average of the weights (None: off)
     weight_decay: float = 0.0
     grad_clip: float | None = 10.0
     val_fraction: float = 0.1
@@ -50,6 +51,7 @@ class TrainConfig:
             (self.lr_schedule in ("cosine", "constant"), "lr_schedule must be 'cosine' or 'constant'"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.eval_every >= 1, "eval_every must be >= 1"),
+            (self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1) or None"),
             (self.patience >= 1, "patience must be >= 1"),
         ]
         for ok, msg in checks:
@@ -211,6 +213,33 @@ class _Validator:
         return float(np.mean(vals))
 
 
+class _EMA:
+    """Exponential moving average of a module's floating-point state. Evaluation and
+    the returned model use the average, which is much steadier than the raw weights
+    (the raw weights of an energy-score model jitter from step to step)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        self.n = 0
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        self.n += 1
+        d = min(self.decay, (1.0 + self.n) / (10.0 + self.n))  # warm-up: short memory at first
+        for k, v in module.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def swap(self, module: torch.nn.Module) -> None:
+        """Exchange the module's weights with the average (call twice to undo)."""
+        current = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        module.load_state_dict(self.shadow)
+        self.shadow = current
+
+
 def train_module(
     module: torch.nn.Module,
     X: np.ndarray,
@@ -246,6 +275,7 @@ def _train(module, X, labels, groups, config, callbacks, device) -> History:
     for cb in callbacks:
         cb.on_train_start(config.max_epochs, steps_per_epoch)
 
+    ema = _EMA(module, config.ema_decay) if config.ema_decay else None
     best_state: dict[str, torch.Tensor] | None = None
     best = math.inf
     bad_evals = 0
@@ -264,6 +294,8 @@ def _train(module, X, labels, groups, config, callbacks, device) -> History:
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update(module)
             step += 1
             n_batches += 1
             losses = {k: float(v.detach()) for k, v in out.items()}
@@ -288,6 +320,8 @@ def _train(module, X, labels, groups, config, callbacks, device) -> History:
         last = epoch == config.max_epochs or stop
         if epoch % config.eval_every == 0 or last:
             module.eval()
+            if ema is not None:
+                ema.swap(module)  # evaluate (and keep) the averaged weights
             record = {"epoch": epoch, "step": step, "seconds": time.perf_counter() - t0}
             record.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
             if validator:
@@ -302,6 +336,8 @@ def _train(module, X, labels, groups, config, callbacks, device) -> History:
             hist.records.append(record)
             for cb in callbacks:
                 cb.on_evaluation(record)
+            if ema is not None:
+                ema.swap(module)  # back to the raw weights to go on training
             if validator and bad_evals >= config.patience:
                 hist.stopped_early = True
                 break
@@ -309,6 +345,8 @@ def _train(module, X, labels, groups, config, callbacks, device) -> History:
             break
     if best_state is not None:
         module.load_state_dict(best_state)
+    elif ema is not None:
+        module.load_state_dict(ema.shadow)
     module.eval()
     hist.seconds = time.perf_counter() - t0
     hist.steps = step
