@@ -75,7 +75,7 @@ def main() -> None:
         "| grid | decoder passes / step | s / step | steps in budget | best validation ED | held-out doubles, mean ED |",
         "|---|---|---|---|---|---|",
     ]
-    for grid, per_step, steps, secs, val, held in rows:
+    for grid, per_step, steps, _secs, val, held in rows:
         passes = "128 x 127" if grid == "full" else "128 x 16"
         lines.append(f"| {grid} | {passes} | {per_step:.3f} | {steps} | {val:.4f} | {held:.4f} |")
     text = "\n".join(lines)

@@ -43,7 +43,7 @@ class PDAEConfig:
 
     n_genes: int
     n_perturbations: int
-    latent_dim: int = 32
+    latent_dim: int = 16
     hidden_dims: tuple[int, ...] = (512, 256)
     noise_dim: int = 16
     noise_sigma: float = 1.0

@@ -95,8 +95,16 @@ class PerturbationRegistry:
             return vec
         weights: dict[str, float] = {}
         if isinstance(target, str):
+            known = self._index()
             for p in self.parse(target):
-                weights[p] = weights.get(p, 0.0) + 1.0
+                name, dose = p, 1.0
+                if p not in known and ":" in p:  # "A:0.5" (as written by condition_name)
+                    head, _, tail = p.rpartition(":")
+                    try:
+                        name, dose = head, float(tail)
+                    except ValueError:
+                        pass
+                weights[name] = weights.get(name, 0.0) + dose
         elif isinstance(target, Mapping):
             weights = {str(k): float(v) for k, v in target.items()}
         elif isinstance(target, Sequence):

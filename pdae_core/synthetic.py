@@ -77,7 +77,7 @@ def make_synthetic(
     hidden: int = 64,
     n_doubles: int = 12,
     cells_per_condition: int = 200,
-    shift_scale: float = 1.5,
+    shift_scale: float = 3.0,
     noise_sd: float = 0.2,
     seed: int = 0,
 ) -> tuple[ad.AnnData, SyntheticTruth]:

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-import torch
 
 from pdae_core import PDAE, DataError, detect_x_kind, preprocess, read_h5ad, setup_anndata
 from pdae_core.registry import require_conditions
-
-
-@pytest.fixture(autouse=True)
-def _honour_omp_num_threads():
-    """conftest pins torch to 2 threads whatever OMP_NUM_THREADS says; on a shared 2-core
-    machine that is >10x slower. Use OMP_NUM_THREADS when it is set, for these tests only."""
-    before = torch.get_num_threads()
-    want = os.environ.get("OMP_NUM_THREADS", "")
-    if want.isdigit() and int(want) >= 1:
-        torch.set_num_threads(int(want))
-    yield
-    torch.set_num_threads(before)
 
 
 def make_adata(conds, X=None, n_genes=6, seed=0, genes=None, **obs_cols) -> ad.AnnData:
@@ -347,3 +332,13 @@ def test_fit_refuses_raw_counts_and_says_to_preprocess():
     assert not model.is_trained
     model.fit(preprocess(raw), max_epochs=1, batch_size=16)  # after preprocessing it trains
     assert model.is_trained
+
+
+def test_condition_name_with_doses_round_trips(tiny_adata):
+    from pdae_core import setup_anndata
+
+    reg = setup_anndata(tiny_adata, "condition", "control")
+    vec = reg.label_vector({"P1": 0.5, "P2": 1.0})
+    name = reg.condition_name(vec)
+    assert name == "P1:0.5+P2"
+    np.testing.assert_array_equal(reg.label_vector(name), vec)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 
 import numpy as np
 import pytest
@@ -16,17 +15,6 @@ from pdae_core.training import _Validator, split_cells, stratified_batches
 
 SMALL = dict(latent_dim=3, hidden_dims=(16,), noise_dim=2, n_sources=4)
 
-
-@pytest.fixture(autouse=True)
-def _honour_omp_num_threads():
-    """conftest pins torch to 2 threads whatever OMP_NUM_THREADS says; on a shared 2-core
-    machine that is >10x slower. Use OMP_NUM_THREADS when it is set, for these tests only."""
-    before = torch.get_num_threads()
-    want = os.environ.get("OMP_NUM_THREADS", "")
-    if want.isdigit() and int(want) >= 1:
-        torch.set_num_threads(int(want))
-    yield
-    torch.set_num_threads(before)
 
 
 def small_model(adata, seed=0, **kw) -> PDAE:
