@@ -14,6 +14,7 @@ true generative model) and the noise floor, plus the share of the gap between
 from __future__ import annotations
 
 import argparse
+import ast
 import platform
 import time
 
@@ -42,13 +43,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-holdout", type=int, default=4)
     ap.add_argument("--out", default=None, help="write the markdown table here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a PDAE hyperparameter (experiments only; results use the defaults)")
     args = ap.parse_args()
 
     adata, truth = make_synthetic(seed=args.seed)
     doubles = [c for c in adata.obs["condition"].cat.categories if "+" in c]
     holdout = doubles[: args.n_holdout]
     reg = setup_anndata(adata, "condition", "control")
-    model = PDAE(reg, seed=args.seed)
+    overrides = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    model = PDAE(reg, seed=args.seed, **overrides)
     t0 = time.perf_counter()
     hist = model.fit(adata, holdout=holdout, seed=args.seed, accelerator="cpu")
     train_s = time.perf_counter() - t0

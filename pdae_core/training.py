@@ -25,7 +25,7 @@ from .losses import energy_distance
 class TrainConfig:
     """Optimisation settings. Defaults converge on a CPU in minutes for ~5k cells."""
 
-    max_epochs: int = 300
+    max_epochs: int = 250
     batch_size: int = 128
     cells_per_condition: int = 8
     lr: float = 1e-3
@@ -35,7 +35,7 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     val_fraction: float = 0.1
     eval_every: int = 2
-    patience: int = 15
+    patience: int = 30
     val_max_sources: int = 256
     seed: int = 0
     max_steps: int | None = None
@@ -264,9 +264,12 @@ def _train(module, X, labels, groups, config, callbacks, device) -> History:
     Lt = torch.as_tensor(labels, dtype=torch.float32, device=device)
     train_idx, val_idx = split_cells(groups, config.val_fraction, rng)
     validator = _Validator(Xt[val_idx], Lt[val_idx], groups[val_idx], config.val_max_sources, config.seed)
-    opt = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    params = module.optimizer_groups(config.lr) if hasattr(module, "optimizer_groups") else module.parameters()
+    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.max_epochs, eta_min=config.lr / 100)
+        torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda e: 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(e, config.max_epochs) / config.max_epochs))
+        )
         if config.lr_schedule == "cosine"
         else None
     )
@@ -275,6 +278,8 @@ def _train(module, X, labels, groups, config, callbacks, device) -> History:
     for cb in callbacks:
         cb.on_train_start(config.max_epochs, steps_per_epoch)
 
+    if hasattr(module, "init_from_data"):
+        module.init_from_data(Xt[torch.as_tensor(train_idx, device=device)])
     ema = _EMA(module, config.ema_decay) if config.ema_decay else None
     best_state: dict[str, torch.Tensor] | None = None
     best = math.inf
