@@ -219,12 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                     help="conditions to leave out of training (comma-separated; repeatable)")
     tr.add_argument("--model", default="pdae", choices=sorted(MODEL_TYPES), help="model type")
-    tr.add_argument("--epochs", type=_positive_int, metavar="N", default=300, help="maximum number of epochs")
-    tr.add_argument("--lr", type=_finite_float, metavar="LR", default=1e-3, help="Adam learning rate")
-    tr.add_argument("--batch-size", type=_positive_int, metavar="N", default=128, help="cells per mini-batch")
-    tr.add_argument("--patience", type=_positive_int, metavar="N", default=15,
+    from .training import TrainConfig
+
+    _d = TrainConfig()
+    tr.add_argument("--epochs", type=_positive_int, metavar="N", default=_d.max_epochs,
+                    help="maximum number of epochs")
+    tr.add_argument("--lr", type=_finite_float, metavar="LR", default=_d.lr, help="Adam learning rate")
+    tr.add_argument("--batch-size", type=_positive_int, metavar="N", default=_d.batch_size,
+                    help="cells per mini-batch")
+    tr.add_argument("--patience", type=_positive_int, metavar="N", default=_d.patience,
                     help="stop after this many evaluations without a better validation energy distance")
-    tr.add_argument("--val-fraction", type=_finite_float, metavar="F", default=0.1,
+    tr.add_argument("--val-fraction", type=_finite_float, metavar="F", default=_d.val_fraction,
                     help="fraction of each condition's cells used for validation")
     tr.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the initial weights, batches and split")
     tr.add_argument("--accelerator", default="auto", metavar="{auto,cpu,cuda,mps}",
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop training after this many seconds (the best weights so far are saved)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     h = t.add_argument_group("model hyperparameters (default: the model's own)")
-    h.add_argument("--latent-dim", type=_positive_int, metavar="D", help="latent dimension (PDAE: 32)")
+    h.add_argument("--latent-dim", type=_positive_int, metavar="D", help="latent dimension (PDAE: 16)")
     h.add_argument("--hidden-dims", type=_int_list, metavar="512,256",
                    help="encoder layer sizes, mirrored by the decoder (PDAE: 512,256)")
     h.add_argument("--noise-dim", type=_non_negative_int, metavar="N",
@@ -481,7 +486,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train_config = TrainConfig(
         max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         accelerator=args.accelerator, time_limit_s=args.time_limit, patience=args.patience,
-        val_fraction=args.val_fraction, cells_per_condition=min(8, args.batch_size),
+        val_fraction=args.val_fraction, cells_per_condition=min(TrainConfig().cells_per_condition, args.batch_size),
     )
     cls = MODEL_TYPES[args.model]
     hp = _hyperparameters(args)

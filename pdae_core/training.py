@@ -25,7 +25,7 @@ from .losses import energy_distance
 class TrainConfig:
     """Optimisation settings. Defaults converge on a CPU in minutes for ~5k cells."""
 
-    max_epochs: int = 250
+    max_epochs: int = 150
     batch_size: int = 128
     cells_per_condition: int = 8
     lr: float = 1e-3
