@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the markdown table here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a PDAE hyperparameter (experiments only; results use the defaults)")
+    ap.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a TrainConfig field (experiments only; results use the defaults)")
     args = ap.parse_args()
 
     adata, truth = make_synthetic(seed=args.seed)
@@ -54,7 +56,8 @@ def main() -> None:
     overrides = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     model = PDAE(reg, seed=args.seed, **overrides)
     t0 = time.perf_counter()
-    hist = model.fit(adata, holdout=holdout, seed=args.seed, accelerator="cpu")
+    train_overrides = {k: ast.literal_eval(v) for k, v in (kv.split("=", 1) for kv in args.train_set)}
+    hist = model.fit(adata, holdout=holdout, seed=args.seed, accelerator="cpu", **train_overrides)
     train_s = time.perf_counter() - t0
     preds = {
         "pdae": model,

@@ -364,7 +364,13 @@ def _load_devel_part(part: str, data_dir: Path, download: bool) -> ad.AnnData:
     mask = adata.obs["dataset"].astype(str).to_numpy() == part
     if not mask.any():
         raise DataError(f"{DEVEL.filename} has no cells with obs['dataset'] == {part!r}.")
-    return _subset(adata, mask)
+    out = _subset(adata, mask)
+    # done upstream by perturbench; recorded so that checkpoints say how X was made
+    out.uns["pdae_preprocessing"] = {
+        "input": "log1p", "normalize_total": 1e4, "log1p": True, "highly_variable_genes": int(out.n_vars),
+        "done_by": "perturbench (upstream)",
+    }
+    return out
 
 
 def _load_norman19_devel(data_dir: Path, download: bool) -> ad.AnnData:

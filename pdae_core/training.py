@@ -257,7 +257,15 @@ def train_module(
         return _train(module, X, labels, groups, config, callbacks, device)
 
 
-def _train(module, X, labels, groups, config, callbacks, device) -> History:
+def _train(
+    module: torch.nn.Module,
+    X: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    config: TrainConfig,
+    callbacks: Sequence[Callback],
+    device: torch.device,
+) -> History:
     rng = np.random.default_rng(config.seed)
     module.to(device)
     Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
