@@ -87,7 +87,9 @@ def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite
     tmp = _new_dir(path.parent, f".{path.name}.tmp-")
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT, "model_type": model.model_type})
+        # one metadata key: safetensors writes several in no fixed order, which would make
+        # byte-identical weights hash differently from one save to the next
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

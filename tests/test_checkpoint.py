@@ -418,3 +418,10 @@ def test_saved_directory_follows_umask(tmp_path, tiny_adata):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "ckpt").stat().st_mode)
     assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o755
+
+
+def test_saving_twice_gives_byte_identical_weights(tiny_adata, tmp_path):
+    model = PDAE.from_anndata(tiny_adata, "condition", "control", **SMALL)
+    model.save(tmp_path / "a")
+    model.save(tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
