@@ -60,6 +60,16 @@ class _HelpFormatter(argparse.HelpFormatter):
 # argument types
 
 
+def _pdae_default(name: str) -> str:
+    """A PDAE hyperparameter's default as shown in --help (read from PDAEConfig, never copied)."""
+    from dataclasses import fields
+
+    from .model import PDAEConfig
+
+    value = next(f.default for f in fields(PDAEConfig) if f.name == name)
+    return ",".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _int_at_least(lo: int, what: str):
     def parse(text: str) -> int:
         try:
@@ -235,19 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop training after this many seconds (the best weights so far are saved)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     h = t.add_argument_group("model hyperparameters (default: the model's own)")
-    h.add_argument("--latent-dim", type=_positive_int, metavar="D", help="latent dimension (PDAE: 16)")
+    h.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent dimension (PDAE: {_pdae_default('latent_dim')})")
     h.add_argument("--hidden-dims", type=_int_list, metavar="512,256",
-                   help="encoder layer sizes, mirrored by the decoder (PDAE: 512,256)")
+                   help=f"encoder layer sizes, mirrored by the decoder (PDAE: {_pdae_default('hidden_dims')})")
     h.add_argument("--noise-dim", type=_non_negative_int, metavar="N",
-                   help="decoder noise dimension, 0 = deterministic (PDAE: 16)")
+                   help=f"decoder noise dimension, 0 = deterministic (PDAE: {_pdae_default('noise_dim')})")
     h.add_argument("--grid", choices=["sampled", "full"],
                    help="score each cell against n_sources sampled cells or against every cell of the batch "
-                   "(PDAE: sampled)")
-    h.add_argument("--n-sources", type=_positive_int, metavar="N", help="sources per cell with --grid sampled (PDAE: 16)")
-    h.add_argument("--w-pert", type=_finite_float, metavar="W", help="weight of the perturbation energy score (PDAE: 10)")
-    h.add_argument("--w-rec", type=_finite_float, metavar="W", help="weight of the reconstruction energy score (PDAE: 0.1)")
-    h.add_argument("--w-prior", type=_finite_float, metavar="W", help="weight of the latent prior energy distance (PDAE: 1e-4)")
-    h.add_argument("--w-l21", type=_finite_float, metavar="W", help="weight of the L2,1 penalty on W (PDAE: 1e-4)")
+                   f"(PDAE: {_pdae_default('grid')})")
+    h.add_argument("--n-sources", type=_positive_int, metavar="N", help=f"sources per cell with --grid sampled (PDAE: {_pdae_default('n_sources')})")
+    h.add_argument("--w-pert", type=_finite_float, metavar="W", help=f"weight of the perturbation energy score (PDAE: {_pdae_default('w_pert')})")
+    h.add_argument("--w-rec", type=_finite_float, metavar="W", help=f"weight of the reconstruction energy score (PDAE: {_pdae_default('w_rec')})")
+    h.add_argument("--w-prior", type=_finite_float, metavar="W", help=f"weight of the latent prior energy distance (PDAE: {_pdae_default('w_prior')})")
+    h.add_argument("--w-l21", type=_finite_float, metavar="W", help=f"weight of the L2,1 penalty on W (PDAE: {_pdae_default('w_l21')})")
     t.set_defaults(func=cmd_train)
 
     # ---- predict -------------------------------------------------------------------
