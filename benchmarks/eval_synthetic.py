@@ -18,24 +18,13 @@ import ast
 import platform
 import time
 
-import anndata as ad
 import torch
 from _report import emit
 
 from pdae_core import PDAE, setup_anndata
 from pdae_core.baselines import AdditiveBaseline, NoChange
 from pdae_core.evaluation import gap_closed, heldout_comparison, markdown_table
-from pdae_core.synthetic import make_synthetic
-
-
-class Oracle:
-    """Fresh cells from the true generative model (as many as there are source cells)."""
-
-    def __init__(self, truth):
-        self.truth = truth
-
-    def predict(self, source: ad.AnnData, target: str, seed: int = 0) -> ad.AnnData:
-        return ad.AnnData(self.truth.sample(target, source.n_obs, seed=seed + 12345))
+from pdae_core.synthetic import SyntheticOracle, make_synthetic
 
 
 def main() -> None:
@@ -63,7 +52,7 @@ def main() -> None:
         "pdae": model,
         "additive": AdditiveBaseline().fit(adata, reg, holdout),
         "no change": NoChange().fit(adata, reg, holdout),
-        "oracle": Oracle(truth),
+        "oracle": SyntheticOracle(truth),
     }
     table = heldout_comparison(adata, reg, preds, holdout, reference="additive", seed=args.seed)
     gap = gap_closed(table, "pdae")

@@ -116,3 +116,28 @@ def make_synthetic(
         "shift_scale": shift_scale, "noise_sd": noise_sd, "seed": seed,
     }
     return adata, truth
+
+
+class SyntheticOracle:
+    """The best possible predictor on synthetic data: fresh cells from the true
+    generative model, as many as there are source cells (the benchmark's "oracle")."""
+
+    model_type = "oracle"
+
+    def __init__(self, truth: SyntheticTruth):
+        self.truth = truth
+
+    @classmethod
+    def from_anndata(cls, adata: ad.AnnData) -> SyntheticOracle:
+        if "synthetic_truth" not in adata.uns:
+            from .errors import DataError
+
+            raise DataError("The oracle needs synthetic data with its truth in uns['synthetic_truth'] "
+                            "(pdae_core.synthetic.make_synthetic / load_dataset('synthetic')).")
+        return cls(SyntheticTruth.from_uns(dict(adata.uns["synthetic_truth"])))
+
+    def predict(self, source: ad.AnnData, target: str, seed: int = 0) -> ad.AnnData:
+        X = self.truth.sample(target, source.n_obs, seed=seed + 12345)
+        obs = pd.DataFrame({"target": target, "source_cell": np.asarray(source.obs_names, dtype=str)})
+        obs.index = [f"{s}->{target}" for s in obs["source_cell"]]
+        return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=source.var_names.copy()))
