@@ -152,6 +152,14 @@ examples:
   pdae info ckpt/
   pdae info ckpt/ --json | python -c "import json,sys; print(json.load(sys.stdin)['holdout'])\""""
 
+BENCHMARK_EXAMPLES = """\
+examples:
+  pdae benchmark --dataset norman19_devel --models pdae,additive,linear,control,pool --seeds 3 \\
+      --holdout KLF1+MAP2K6,MAP2K3+SLC38A2,MAP2K3+MAP2K6,MAPK1+TGFBR2,KLF1+TGFBR2 --out bench/norman
+  pdae benchmark --dataset schraivogel20 --models additive,linear,control,pool --seeds 3 --out bench/tapseq
+  pdae benchmark --dataset norman19_pseudobulk --level pseudobulk --out bench/pseudobulk
+  pdae benchmark --data my_pseudobulk.h5ad --level pseudobulk --control control --out bench/mine"""
+
 DATASETS_EXAMPLES = """\
 examples:
   pdae datasets
@@ -298,6 +306,54 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory")
     i.add_argument("--json", action="store_true", help="print one JSON object (full gene and condition lists)")
     i.set_defaults(func=cmd_info)
+
+    # ---- benchmark -----------------------------------------------------------------
+    b = sub.add_parser(
+        "benchmark",
+        help="compare models and baselines on held-out combinations (metrics, tables, figures)",
+        description="Train each model on each split, predict every held-out combination from the control "
+        "cells, and write a tidy per-condition CSV, a summary table (mean +- sd over seeds, and pooled over "
+        "conditions with a bootstrap interval) and plotly figures to --out. A split holds out a fraction of "
+        "the doubles (all singles and the control stay in training); each test double is tagged by how many "
+        "of its parts were seen alone (seen 0/1/2). Finished (model, seed) pairs are reused when the same "
+        "command is run again. --level pseudobulk runs the mean-level track on per-condition profiles "
+        "(k-fold over the doubles; Pearson delta over all genes and the top-20 genes).",
+        epilog=BENCHMARK_EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
+    _add_data_args(b)
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
+    b.add_argument("--level", choices=["auto", "cells", "pseudobulk"], default="auto",
+                   help="cells: single-cell distributions; pseudobulk: one profile per condition "
+                   "(auto: pseudobulk for datasets of per-condition profiles)")
+    b.add_argument("--models", metavar="M1,M2", help="comma-separated models (cells: pdae, additive, linear, "
+                   "control, pool and any registered model type; default pdae,additive,linear,control; "
+                   "pseudobulk: additive, linear, pdae; default all three)")
+    b.add_argument("--seeds", type=_positive_int, default=3, metavar="N", help="run seeds 0..N-1")
+    b.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
+                   help="cells: the same held-out conditions for every seed (default: a random "
+                   "--test-fraction of the doubles per seed)")
+    b.add_argument("--test-fraction", type=_finite_float, default=0.3, metavar="F",
+                   help="cells: fraction of the doubles held out per seed")
+    b.add_argument("--folds", type=_positive_int, default=5, metavar="K", help="pseudobulk: folds over the doubles")
+    b.add_argument("--n-boot", type=_non_negative_int, default=200, metavar="N",
+                   help="cells: bootstrap resamples for the energy distance intervals")
+    b.add_argument("--max-source-cells", type=_positive_int, default=500, metavar="N",
+                   help="cells: control cells moved to each target (a seeded subsample)")
+    b.add_argument("--exclude", action="append", default=[], metavar="LABEL",
+                   help="cells: conditions to drop entirely (e.g. unassigned); repeatable")
+    b.add_argument("--highlight", metavar="A+B", help="condition of the predicted-vs-observed delta scatter "
+                   "(default: the one with the largest effect)")
+    b.add_argument("--perturbation-key", metavar="KEY", help="obs column with the condition of each cell")
+    b.add_argument("--control", metavar="LABEL", help="label of the control cells")
+    b.add_argument("--epochs", type=_positive_int, metavar="N", help="trained models: maximum epochs")
+    b.add_argument("--time-limit", type=_finite_float, metavar="SECONDS",
+                   help="trained models: stop each fit after this many seconds (results then depend on speed)")
+    b.add_argument("--accelerator", default="auto", metavar="{auto,cpu,cuda,mps}", help="device of trained models")
+    b.add_argument("--overwrite", action="store_true",
+                   help="--out holds a run with other settings: redo the pairs that changed")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    b.set_defaults(func=cmd_benchmark)
 
     # ---- datasets ------------------------------------------------------------------
     d = sub.add_parser(
@@ -814,6 +870,155 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _BenchmarkProgress:
+    """Renders the runner's progress events: a line per stage, a tqdm bar over each fit's epochs."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        from .benchmark import format_event
+
+        if event.get("stage") == "epoch":
+            if self.bar is None:
+                self.bar = tqdm(total=event.get("max_epochs") or None, unit="epoch", file=sys.stderr,
+                                desc=f"{event.get('model')} seed {event.get('seed')}", dynamic_ncols=True, leave=False)
+            self.bar.update(int(event["epoch"]) - self.bar.n)
+            if event.get("val_ed") is not None:
+                self.bar.set_postfix({"val_ed": f"{event['val_ed']:.4g}"}, refresh=False)
+            return
+        self.close()
+        print(format_event(event), file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    import shlex
+
+    return shlex.join([PROG, *getattr(args, "argv", [])])
+
+
+def _stamp(path: Path, command: str) -> None:
+    """Put the command that made a results file on its first line (an HTML comment)."""
+    text = path.read_text()
+    if text.startswith("<!-- generated by:"):
+        text = text.split("\n", 1)[1]
+    path.write_text(f"<!-- generated by: {command} -->\n{text}")
+
+
+def _is_profiles(adata: ad.AnnData) -> bool:
+    meta = adata.uns.get("pdae_dataset")
+    return hasattr(meta, "get") and meta.get("values") == "lfc_vs_control"
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} exists and is a file; the benchmark writes a folder.")
+    if args.data is not None:
+        _load_data(args)  # validates the flag combination (and the file) before any work
+    ds = _datasets_module()
+    options = _dataset_options(args.dataset_options)
+    if args.dataset is not None and args.dataset not in ds.list_datasets():
+        raise DataError(f"Unknown dataset {args.dataset!r}; built-in datasets: {', '.join(ds.list_datasets())}.")
+    level = args.level
+    if level == "auto":
+        if args.dataset is not None:
+            adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, **options)
+        else:
+            from .registry import read_h5ad
+
+            adata = read_h5ad(args.data)
+        level = "pseudobulk" if _is_profiles(adata) else "cells"
+    progress = _BenchmarkProgress(args.quiet)
+    t0 = time.perf_counter()
+    try:
+        if level == "pseudobulk":
+            _benchmark_pseudobulk(args, out, options, progress)
+        else:
+            _benchmark_cells(args, out, options, progress)
+    finally:
+        progress.close()
+    print(f"benchmark written to {out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    print((out / "summary.md").read_text())
+    return EXIT_OK
+
+
+def _benchmark_cells(args: argparse.Namespace, out: Path, options: dict[str, Any], progress: Any) -> None:
+    from .benchmark import BenchmarkSpec, benchmark_dataset
+
+    train: dict[str, Any] = {}
+    if args.epochs is not None:
+        train["max_epochs"] = args.epochs
+    if args.time_limit is not None:
+        train["time_limit_s"] = args.time_limit
+    holdout = _holdout(args.holdout) or None
+    spec = BenchmarkSpec(
+        models=args.models or "pdae,additive,linear,control",
+        seeds=list(range(args.seeds)),
+        test_fraction=args.test_fraction,
+        holdout=holdout,
+        n_boot=args.n_boot,
+        train=train,
+        accelerator=args.accelerator,
+        max_source_cells=args.max_source_cells,
+        exclude=list(args.exclude),
+        perturbation_key=args.perturbation_key,
+        control_label=args.control,
+        dataset_options=options,
+        highlight=args.highlight,
+    )
+    spec.check_models()
+    name = args.dataset if args.dataset is not None else args.data
+    data_dir = args.data_dir if args.dataset is not None else None
+    benchmark_dataset(name, spec, out, data_dir=data_dir, progress=progress, overwrite=args.overwrite)
+    _stamp(out / "summary.md", _command_line(args))
+
+
+def _benchmark_pseudobulk(args: argparse.Namespace, out: Path, options: dict[str, Any], progress: Any) -> None:
+    from . import pseudobulk as pb
+
+    for flag, given in (("--holdout", bool(args.holdout)), ("--exclude", bool(args.exclude)),
+                        ("--highlight", args.highlight is not None), ("--epochs", args.epochs is not None),
+                        ("--time-limit", args.time_limit is not None)):
+        if given:
+            raise DataError(f"{flag} applies to the single-cell benchmark (--level cells), not to --level pseudobulk.")
+    if args.dataset is not None:
+        adata = _datasets_module().load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                                                **options)
+    else:
+        from .registry import read_h5ad
+
+        adata = read_h5ad(args.data)
+    meta = _dataset_defaults(adata)
+    profiles = pb.profiles_from_anndata(
+        adata,
+        perturbation_key=args.perturbation_key or meta.get("perturbation_key") or "condition",
+        control_label=args.control or meta.get("control_label") or "control",
+        separator=meta.get("separator") or "+",
+    )
+    models = [m.strip() for m in (args.models or "additive,linear,pdae").split(",") if m.strip()]
+    df = pb.run_pseudobulk_benchmark(
+        profiles, models=models, k=args.folds, seeds=tuple(range(args.seeds)),
+        progress=None if args.quiet else (lambda msg: progress({"stage": "pseudobulk", "message": msg})),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "per_condition.csv", index=False)
+    summary = pb.summarise_pseudobulk(df)
+    summary.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(pb.pseudobulk_markdown(summary) + "\n")
+    _stamp(out / "summary.md", _command_line(args))
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     known = _datasets_module().list_datasets()
     if args.json:
@@ -849,6 +1054,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     t0 = time.perf_counter()
     try:
         return int(args.func(args))
