@@ -1015,7 +1015,17 @@ def _benchmark_pseudobulk(args: argparse.Namespace, out: Path, options: dict[str
     df.to_csv(out / "per_condition.csv", index=False)
     summary = pb.summarise_pseudobulk(df)
     summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(pb.pseudobulk_markdown(summary) + "\n")
+    name = args.dataset if args.dataset is not None else Path(args.data).name
+    header = [f"# Pseudobulk benchmark: {name}", "",
+              f"- {profiles.n_conditions} "
+              f"condition profiles x {profiles.n_genes} genes; models: {', '.join(models)}; seeds: "
+              f"{', '.join(map(str, range(args.seeds)))}",
+              f"- {args.folds}-fold split of the doubles whose singles are both present (the other doubles and all "
+              "singles always train); each double is predicted once per seed by the models fitted without its fold",
+              "- Pearson delta: correlation of the predicted and observed change from control, over all genes and "
+              "over each double's top-20 genes by observed |change|"]
+    diffs = pb.paired_differences(df) if "additive" in models else None
+    (out / "summary.md").write_text(pb.pseudobulk_markdown(summary, diffs, header) + "\n")
     _stamp(out / "summary.md", _command_line(args))
 
 

@@ -665,20 +665,59 @@ def summarise_pseudobulk(df: pd.DataFrame) -> pd.DataFrame:
     return s
 
 
-def pseudobulk_markdown(summary: pd.DataFrame) -> str:
-    """A markdown table of :func:`summarise_pseudobulk` (mean +- sd)."""
+def paired_differences(df: pd.DataFrame, reference: str = "additive", n_boot: int = 2000,
+                       seed: int = 0) -> pd.DataFrame:
+    """Per model other than ``reference``: the mean over doubles (and seeds) of its
+    Pearson delta minus the reference's, on all genes and on the top DE genes, with a
+    95% bootstrap interval over doubles (seeded: the same table every run) and the
+    number of doubles on which the model is higher."""
+    rows = []
+    if reference not in set(df["model"]):
+        return pd.DataFrame(rows)
+    keys = ["seed", "condition"]
+    ref = df[df.model == reference].set_index(keys)
+    rng = np.random.default_rng(seed)
+    for name, g in df[df.model != reference].groupby("model", sort=False):
+        g = g.set_index(keys)
+        row: dict[str, object] = {"model": name, "reference": reference}
+        for m in ("pearson_delta", "pearson_delta_de"):
+            d = (g[m] - ref[m].reindex(g.index)).groupby(level="condition").mean().dropna().to_numpy()
+            boot = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1) if len(d) else np.array([np.nan])
+            row.update({f"{m}_diff": float(d.mean()) if len(d) else float("nan"),
+                        f"{m}_lo": float(np.quantile(boot, 0.025)), f"{m}_hi": float(np.quantile(boot, 0.975)),
+                        f"{m}_wins": int((d > 0).sum()), "n": int(len(d))})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pseudobulk_markdown(summary: pd.DataFrame, differences: pd.DataFrame | None = None,
+                        header: Sequence[str] = ()) -> str:
+    """Markdown of :func:`summarise_pseudobulk` (mean +- sd) and, if given, of
+    :func:`paired_differences`. Fit times are left out (they vary between machines;
+    they are in the CSV), so the same command gives the same table."""
     k_de = summary.attrs.get("k_de", 20)
-    lines = [
-        f"| model | doubles | Pearson delta (all genes) | Pearson delta (top-{k_de} DE) | R2 delta | L2 | fit s / fold |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = [*header, *([""] if header else []),
+             f"| model | doubles | Pearson delta (all genes) | Pearson delta (top-{k_de} DE) | R2 delta | L2 |",
+             "|---|---|---|---|---|---|"]
     for r in summary.itertuples(index=False):
         cells = [
             f"{getattr(r, m + '_mean'):.3f} ± {getattr(r, m + '_sd'):.3f}"
             for m in ("pearson_delta", "pearson_delta_de", "r2_delta", "mean_l2")
         ]
-        lines.append(f"| {r.model} | {r.n_doubles} | " + " | ".join(cells) + f" | {r.fit_seconds:.1f} |")
+        lines.append(f"| {r.model} | {r.n_doubles} | " + " | ".join(cells) + " |")
     sd = summary["sd_over"].iloc[0] if len(summary) else "doubles"
     lines.append("")
     lines.append(f"± is the sd over {sd}" + (" (of the per-seed mean over doubles)." if sd == "seeds" else "."))
+    if differences is not None and len(differences):
+        ref = differences["reference"].iloc[0]
+        lines += ["", f"Paired difference to {ref} (mean over doubles, 95% bootstrap interval over doubles; "
+                  f"wins: doubles where the model is higher):", "",
+                  f"| model | Pearson delta (all genes) | wins | Pearson delta (top-{k_de} DE) | wins |",
+                  "|---|---|---|---|---|"]
+        for r in differences.itertuples(index=False):
+            cells = []
+            for m in ("pearson_delta", "pearson_delta_de"):
+                cells += [f"{getattr(r, m + '_diff'):+.3f} [{getattr(r, m + '_lo'):+.3f}, {getattr(r, m + '_hi'):+.3f}]",
+                          f"{getattr(r, m + '_wins')}/{r.n}"]
+            lines.append(f"| {r.model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

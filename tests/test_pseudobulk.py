@@ -248,3 +248,27 @@ def test_pdae_profile_selects_steps_on_training_doubles():
     assert (model.best_latent_dim_, model.best_step_) == best[:2]
     assert model.module_.config.latent_dim == model.best_latent_dim_
     assert model.predict(p.subset(test).labels).shape == (2, 20)
+
+
+def test_paired_differences_against_a_direct_computation():
+    from pdae_core.pseudobulk import paired_differences, pseudobulk_markdown, summarise_pseudobulk
+
+    rng = np.random.default_rng(0)
+    conds = [f"D{i}" for i in range(30)]
+    rows = []
+    for model, shift in (("additive", 0.0), ("pdae", 0.05)):
+        for c in conds:
+            v = 0.6 + 0.1 * rng.standard_normal()
+            rows.append({"model": model, "seed": 0, "fold": 0, "condition": c, "pearson_delta": v + shift,
+                         "pearson_delta_de": v - shift, "r2_delta": 0.1, "mean_l2": 1.0, "fit_seconds": 0.0})
+    df = pd.DataFrame(rows)
+    d = paired_differences(df).iloc[0]
+    a, p = (df[df.model == m].set_index("condition") for m in ("additive", "pdae"))
+    direct = (p.pearson_delta - a.pearson_delta).mean()
+    assert d.pearson_delta_diff == pytest.approx(direct)
+    assert d.pearson_delta_lo <= direct <= d.pearson_delta_hi
+    assert d.pearson_delta_de_wins == int(((p.pearson_delta_de - a.pearson_delta_de) > 0).sum())
+    md = pseudobulk_markdown(summarise_pseudobulk(df), paired_differences(df), ["# title"])
+    assert md.startswith("# title") and "Paired difference to additive" in md and "fit" not in md.lower()
+    # seeded bootstrap: the same table every time
+    assert md == pseudobulk_markdown(summarise_pseudobulk(df), paired_differences(df), ["# title"])
