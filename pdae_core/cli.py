@@ -1023,7 +1023,9 @@ def _benchmark_pseudobulk(args: argparse.Namespace, out: Path, options: dict[str
               f"- {args.folds}-fold split of the doubles whose singles are both present (the other doubles and all "
               "singles always train); each double is predicted once per seed by the models fitted without its fold",
               "- Pearson delta: correlation of the predicted and observed change from control, over all genes and "
-              "over each double's top-20 genes by observed |change|"]
+              "over each double's top-20 genes by observed |change|",
+              "- no noise-floor row: profiles carry no cells to split in halves, so the sampling noise of each "
+              "profile cannot be estimated here (the single-cell tables have one)"]
     diffs = pb.paired_differences(df) if "additive" in models else None
     (out / "summary.md").write_text(pb.pseudobulk_markdown(summary, diffs, header) + "\n")
     _stamp(out / "summary.md", _command_line(args))
