@@ -815,23 +815,26 @@ def benchmark_dataset(
     data_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
+    adata: ad.AnnData | None = None,
 ) -> pd.DataFrame:
     """Load a named dataset (:func:`pdae_core.datasets.load_dataset`, with
     ``spec.dataset_options``) or an ``.h5ad`` file (perturbation column and control
     label from ``spec.perturbation_key`` / ``spec.control_label``, else the file's
     ``uns['pdae_dataset']``, else ``condition`` / auto-detected), set it up and run
-    :func:`run_benchmark`. ``name_or_path`` is recorded as ``spec.dataset``."""
+    :func:`run_benchmark`. ``name_or_path`` is recorded as ``spec.dataset``; pass
+    ``adata`` when it is already loaded (``name_or_path`` then only labels it)."""
     from .datasets import list_datasets, load_dataset
 
     spec.check_models()
     name = str(name_or_path)
     _emit(progress, "load", f"loading {name}")
-    if name in list_datasets():
-        adata = load_dataset(name, data_dir=data_dir, **spec.dataset_options)
-    elif name.endswith(".h5ad") or os.path.exists(name):
-        adata = read_h5ad(name)
-    else:
-        raise PDAEError(f"{name!r} is neither a known dataset ({', '.join(list_datasets())}) nor an .h5ad file.")
+    if adata is None:
+        if name in list_datasets():
+            adata = load_dataset(name, data_dir=data_dir, **spec.dataset_options)
+        elif name.endswith(".h5ad") or os.path.exists(name):
+            adata = read_h5ad(name)
+        else:
+            raise PDAEError(f"{name!r} is neither a known dataset ({', '.join(list_datasets())}) nor an .h5ad file.")
     meta = dict(adata.uns.get("pdae_dataset", {}))
     if meta.get("values") == "lfc_vs_control":
         raise DataError(f"{name} holds log-fold-changes, not cells: the single-cell benchmark cannot use it.")

@@ -925,27 +925,29 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is a file; the benchmark writes a folder.")
     if args.data is not None:
-        _load_data(args)  # validates the flag combination (and the file) before any work
-    ds = _datasets_module()
-    options = _dataset_options(args.dataset_options)
-    if args.dataset is not None and args.dataset not in ds.list_datasets():
-        raise DataError(f"Unknown dataset {args.dataset!r}; built-in datasets: {', '.join(ds.list_datasets())}.")
-    level = args.level
-    if level == "auto":
-        if args.dataset is not None:
-            adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, **options)
-        else:
-            from .registry import read_h5ad
+        for flag, given in (("--data-dir", args.data_dir is not None), ("--dataset-option", bool(args.dataset_options)),
+                            ("--no-download", not args.download)):
+            if given:
+                raise DataError(f"{flag} only applies with --dataset NAME, not with --data FILE.")
+        from .registry import read_h5ad
 
-            adata = read_h5ad(args.data)
-        level = "pseudobulk" if _is_profiles(adata) else "cells"
+        adata = read_h5ad(args.data)
+        name = Path(args.data).name
+    else:
+        ds = _datasets_module()
+        if args.dataset not in ds.list_datasets():
+            raise DataError(f"Unknown dataset {args.dataset!r}; built-in datasets: {', '.join(ds.list_datasets())}.")
+        adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                                **_dataset_options(args.dataset_options))
+        name = args.dataset
+    level = args.level if args.level != "auto" else ("pseudobulk" if _is_profiles(adata) else "cells")
     progress = _BenchmarkProgress(args.quiet)
     t0 = time.perf_counter()
     try:
         if level == "pseudobulk":
-            _benchmark_pseudobulk(args, out, options, progress)
+            _benchmark_pseudobulk(args, adata, name, out, progress)
         else:
-            _benchmark_cells(args, out, options, progress)
+            _benchmark_cells(args, adata, name, out, progress)
     finally:
         progress.close()
     print(f"benchmark written to {out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -953,7 +955,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _benchmark_cells(args: argparse.Namespace, out: Path, options: dict[str, Any], progress: Any) -> None:
+def _benchmark_cells(args: argparse.Namespace, adata: ad.AnnData, name: str, out: Path, progress: Any) -> None:
     from .benchmark import BenchmarkSpec, benchmark_dataset
 
     train: dict[str, Any] = {}
@@ -961,12 +963,11 @@ def _benchmark_cells(args: argparse.Namespace, out: Path, options: dict[str, Any
         train["max_epochs"] = args.epochs
     if args.time_limit is not None:
         train["time_limit_s"] = args.time_limit
-    holdout = _holdout(args.holdout) or None
     spec = BenchmarkSpec(
         models=args.models or "pdae,additive,linear,control",
         seeds=list(range(args.seeds)),
         test_fraction=args.test_fraction,
-        holdout=holdout,
+        holdout=_holdout(args.holdout) or None,
         n_boot=args.n_boot,
         train=train,
         accelerator=args.accelerator,
@@ -974,17 +975,16 @@ def _benchmark_cells(args: argparse.Namespace, out: Path, options: dict[str, Any
         exclude=list(args.exclude),
         perturbation_key=args.perturbation_key,
         control_label=args.control,
-        dataset_options=options,
+        dataset_options=_dataset_options(args.dataset_options),
         highlight=args.highlight,
     )
     spec.check_models()
-    name = args.dataset if args.dataset is not None else args.data
-    data_dir = args.data_dir if args.dataset is not None else None
-    benchmark_dataset(name, spec, out, data_dir=data_dir, progress=progress, overwrite=args.overwrite)
+    label = args.dataset if args.dataset is not None else args.data
+    benchmark_dataset(label, spec, out, progress=progress, overwrite=args.overwrite, adata=adata)
     _stamp(out / "summary.md", _command_line(args))
 
 
-def _benchmark_pseudobulk(args: argparse.Namespace, out: Path, options: dict[str, Any], progress: Any) -> None:
+def _benchmark_pseudobulk(args: argparse.Namespace, adata: ad.AnnData, name: str, out: Path, progress: Any) -> None:
     from . import pseudobulk as pb
 
     for flag, given in (("--holdout", bool(args.holdout)), ("--exclude", bool(args.exclude)),
@@ -992,13 +992,6 @@ def _benchmark_pseudobulk(args: argparse.Namespace, out: Path, options: dict[str
                         ("--time-limit", args.time_limit is not None)):
         if given:
             raise DataError(f"{flag} applies to the single-cell benchmark (--level cells), not to --level pseudobulk.")
-    if args.dataset is not None:
-        adata = _datasets_module().load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
-                                                **options)
-    else:
-        from .registry import read_h5ad
-
-        adata = read_h5ad(args.data)
     meta = _dataset_defaults(adata)
     profiles = pb.profiles_from_anndata(
         adata,
@@ -1015,7 +1008,6 @@ def _benchmark_pseudobulk(args: argparse.Namespace, out: Path, options: dict[str
     df.to_csv(out / "per_condition.csv", index=False)
     summary = pb.summarise_pseudobulk(df)
     summary.to_csv(out / "summary.csv", index=False)
-    name = args.dataset if args.dataset is not None else Path(args.data).name
     header = [f"# Pseudobulk benchmark: {name}", "",
               f"- {profiles.n_conditions} "
               f"condition profiles x {profiles.n_genes} genes; models: {', '.join(models)}; seeds: "
