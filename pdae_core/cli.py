@@ -406,13 +406,18 @@ def _dataset_options(values: Sequence[str]) -> dict[str, Any]:
     return opts
 
 
+def _check_file_flags(args: argparse.Namespace) -> None:
+    """With --data FILE, the flags that only make sense for a built-in dataset are errors."""
+    for flag, given in (("--data-dir", args.data_dir is not None), ("--dataset-option", bool(args.dataset_options)),
+                        ("--no-download", not args.download)):
+        if given:
+            raise DataError(f"{flag} only applies with --dataset NAME, not with --data FILE.")
+
+
 def _load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
     """The AnnData named by --data or --dataset, and a short description of where it came from."""
     if args.data is not None:
-        for flag, given in (("--data-dir", args.data_dir is not None), ("--dataset-option", bool(args.dataset_options)),
-                            ("--no-download", not args.download)):
-            if given:
-                raise DataError(f"{flag} only applies with --dataset NAME, not with --data FILE.")
+        _check_file_flags(args)
         from .registry import read_h5ad
 
         return read_h5ad(args.data), args.data
@@ -925,10 +930,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is a file; the benchmark writes a folder.")
     if args.data is not None:
-        for flag, given in (("--data-dir", args.data_dir is not None), ("--dataset-option", bool(args.dataset_options)),
-                            ("--no-download", not args.download)):
-            if given:
-                raise DataError(f"{flag} only applies with --dataset NAME, not with --data FILE.")
+        _check_file_flags(args)
         from .registry import read_h5ad
 
         adata = read_h5ad(args.data)
