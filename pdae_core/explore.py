@@ -1,0 +1,492 @@
+"""Interactive exploration: the science behind the dashboard, with no UI code.
+
+- :func:`guess_columns` and :func:`control_candidates`: auto-detect the perturbation
+  column, control label and covariate column of an unfamiliar AnnData.
+- :func:`summarize_dataset`: cells, genes, counts vs log-normalised, conditions
+  with their cell counts, singles vs combinations, and which combinations have
+  all their parts measured alone.
+- :func:`what_if`: compose a weighted combination of seen perturbations, predict
+  it from chosen source cells, attach the extrapolation verdict, the observed
+  cells when the combination was measured, the gene-space additive baseline and a
+  ranked table of changed genes.
+- :class:`ReferenceEmbedding`: one UMAP of the dataset's cells (PCA of log1p
+  expression) into which predicted cells are projected, so control, predicted and
+  observed cells share one embedding.
+- :func:`latent_embedding`, :func:`perturbation_projection`,
+  :func:`shift_similarity`: the learned latent space and perturbation embedding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from .base import ExtrapolationCheck, PerturbationModel
+from .baselines import AdditiveBaseline
+from .errors import DataError
+from .registry import (
+    CONTROL_CANDIDATES,
+    PerturbationRegistry,
+    condition_column,
+    detect_x_kind,
+    expression_matrix,
+)
+
+__all__ = [
+    "ColumnGuess",
+    "guess_columns",
+    "control_candidates",
+    "DatasetSummary",
+    "summarize_dataset",
+    "fit_additive",
+    "WhatIf",
+    "what_if",
+    "top_changed_genes",
+    "ReferenceEmbedding",
+    "what_if_embedding",
+    "gene_values",
+    "OTHER_CELLS",
+    "latent_embedding",
+    "umap_2d",
+    "perturbation_projection",
+    "shift_similarity",
+]
+
+_PERT_HINTS = ("condition", "perturbation", "perturbations", "gene", "target", "target_gene", "guide", "guide_identity")
+_COV_HINTS = ("cell_type", "celltype", "cell_line", "cellline", "cell_line_name", "covariate", "cell_type_name", "tissue")
+
+
+# ---- column detection ----------------------------------------------------------------
+@dataclass
+class ColumnGuess:
+    """Best guesses for an AnnData's set-up, and the alternatives to offer."""
+
+    perturbation_key: str | None
+    control_label: str | None
+    covariate_key: str | None
+    perturbation_candidates: list[str] = field(default_factory=list)
+    covariate_candidates: list[str] = field(default_factory=list)
+
+
+def _label_columns(adata: ad.AnnData) -> list[str]:
+    out = []
+    for col in adata.obs.columns:
+        s = adata.obs[col]
+        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object or pd.api.types.is_string_dtype(s):
+            n = s.nunique(dropna=True)
+            if 1 <= n <= max(2, adata.n_obs):
+                out.append(str(col))
+    return out
+
+
+def _is_control(label: str) -> bool:
+    return str(label).strip().lower() in {c.lower() for c in CONTROL_CANDIDATES}
+
+
+def guess_columns(adata: ad.AnnData, separator: str = "+") -> ColumnGuess:
+    """Rank the obs columns that could hold perturbations and pick the best one,
+    its control label and a covariate (cell type / line) column with 2-50 values."""
+    cols = _label_columns(adata)
+    scored = []
+    for col in cols:
+        values = pd.unique(adata.obs[col].astype(str))
+        n = len(values)
+        if n < 2:
+            continue
+        score = 0.0
+        score += 4.0 if any(_is_control(v) for v in values) else 0.0
+        score += 1.0 if any(separator in v for v in values) else 0.0
+        score += 2.0 if col.lower() in _PERT_HINTS else 0.0
+        score -= 3.0 if n > adata.n_obs / 2 else 0.0  # per-cell ids, barcodes
+        scored.append((score, col))
+    scored.sort(key=lambda t: -t[0])
+    pert_candidates = [c for _, c in scored]
+    pert = pert_candidates[0] if pert_candidates else None
+    control = None
+    if pert is not None:
+        cands = control_candidates(adata, pert)
+        control = cands[0] if cands and _is_control(cands[0]) else None
+    cov_candidates = [
+        c for c in cols if c != pert and 2 <= adata.obs[c].nunique() <= 50
+    ]
+    cov_candidates.sort(key=lambda c: (c.lower() not in _COV_HINTS, c))
+    cov = cov_candidates[0] if cov_candidates and cov_candidates[0].lower() in _COV_HINTS else None
+    return ColumnGuess(pert, control, cov, pert_candidates, cov_candidates)
+
+
+def control_candidates(adata: ad.AnnData, key: str) -> list[str]:
+    """Labels of column ``key``: control-like names first, then by cell count."""
+    if key not in adata.obs.columns:
+        raise DataError(f"Column {key!r} is not in obs (columns: {list(adata.obs.columns)[:20]}).")
+    counts = pd.Series(adata.obs[key].astype(str)).value_counts()
+    return sorted(counts.index, key=lambda v: (not _is_control(v), -counts[v], v))
+
+
+# ---- dataset summary ------------------------------------------------------------------
+@dataclass
+class DatasetSummary:
+    """What is in a dataset, as the Data page shows it."""
+
+    n_cells: int
+    n_genes: int
+    x_kind: str  # "log1p" | "counts"
+    n_perturbations: int
+    conditions: pd.DataFrame  # condition, n_cells, kind, n_parts, parts_measured
+    control_label: str
+
+    @property
+    def n_singles(self) -> int:
+        return int((self.conditions["kind"] == "single").sum())
+
+    @property
+    def n_combinations(self) -> int:
+        return int((self.conditions["kind"] == "combination").sum())
+
+    @property
+    def combinations_with_parts(self) -> list[str]:
+        c = self.conditions
+        return c.loc[(c["kind"] == "combination") & c["parts_measured"], "condition"].tolist()
+
+
+def summarize_dataset(adata: ad.AnnData, registry: PerturbationRegistry) -> DatasetSummary:
+    """Summarise ``adata`` under ``registry`` (see :class:`DatasetSummary`)."""
+    counts = pd.Series(condition_column(adata, registry.perturbation_key)).value_counts()
+    singles = {c for c in counts.index if len(registry.parse(c)) == 1}
+    measured_alone = {registry.parse(c)[0] for c in singles}
+    rows = []
+    for cond, n in counts.items():
+        parts = registry.parse(cond)
+        kind = "control" if not parts else "single" if len(parts) == 1 else "combination"
+        rows.append({
+            "condition": cond,
+            "n_cells": int(n),
+            "kind": kind,
+            "n_parts": len(parts),
+            "parts_measured": bool(parts) and all(p in measured_alone for p in parts),
+        })
+    table = pd.DataFrame(rows, columns=["condition", "n_cells", "kind", "n_parts", "parts_measured"])
+    return DatasetSummary(
+        n_cells=int(adata.n_obs),
+        n_genes=int(adata.n_vars),
+        x_kind=detect_x_kind(adata, registry.layer),
+        n_perturbations=registry.n_perturbations,
+        conditions=table,
+        control_label=registry.control_label,
+    )
+
+
+# ---- what-if --------------------------------------------------------------------------
+def fit_additive(adata: ad.AnnData, model: PerturbationModel) -> AdditiveBaseline:
+    """The gene-space additive baseline fitted on the same cells as ``model``
+    (everything but its held-out conditions)."""
+    holdout = [h for h in model.holdout if h in set(condition_column(adata, model.registry.perturbation_key))]
+    return AdditiveBaseline().fit(adata, model.registry, holdout)
+
+
+@dataclass
+class WhatIf:
+    """A composed prediction and everything shown beside it."""
+
+    target: str
+    label: np.ndarray
+    check: ExtrapolationCheck
+    predicted: ad.AnnData
+    control: ad.AnnData
+    observed: ad.AnnData | None
+    additive: ad.AnnData | None
+    additive_note: str | None
+    top_genes: pd.DataFrame
+
+
+def _measured_mask(adata: ad.AnnData, registry: PerturbationRegistry, label: np.ndarray) -> np.ndarray:
+    conds = condition_column(adata, registry.perturbation_key)
+    if registry.dose_key is None:
+        hits = [c for c in pd.unique(conds) if np.allclose(registry.label_vector(c), label, atol=1e-6)]
+        return np.isin(conds, hits)
+    L = registry.label_matrix(adata)
+    return np.all(np.abs(L - label[None]) < 1e-6, axis=1)
+
+
+def _subsample(n: int, k: int | None, seed: int) -> np.ndarray:
+    if k is None or n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def what_if(
+    model: PerturbationModel,
+    adata: ad.AnnData,
+    weights: Mapping[str, float],
+    source_condition: str | None = None,
+    max_source_cells: int | None = 500,
+    seed: int = 0,
+    additive: AdditiveBaseline | None = None,
+) -> WhatIf:
+    """Predict the combination ``{perturbation: weight}`` from the cells of
+    ``source_condition`` (control by default).
+
+    ``weights`` are doses on the label vector (1 = as measured); zero weights are
+    dropped. The result holds the extrapolation check, the predicted cells, the
+    control cells, the observed cells when ``adata`` measured this exact label, the
+    additive baseline (``additive``, fitted by :func:`fit_additive`, or ``None`` and
+    a note when it cannot predict this target) and :func:`top_changed_genes`.
+    """
+    reg = model.registry
+    w = {str(k): float(v) for k, v in weights.items() if float(v) != 0.0}
+    if not w:
+        raise DataError("Choose at least one perturbation with a non-zero weight.")
+    label = reg.label_vector(w)
+    name = reg.condition_name(label)
+    conds = condition_column(adata, reg.perturbation_key)
+    src_label = reg.control_label if source_condition is None else str(source_condition)
+    src_idx = np.flatnonzero(conds == src_label)
+    if len(src_idx) == 0:
+        raise DataError(f"No cells of source condition {src_label!r} in column {reg.perturbation_key!r}.")
+    source = adata[src_idx[_subsample(len(src_idx), max_source_cells, seed)]]
+    predicted = model.predict(source, w, seed=seed)
+    ctrl_idx = np.flatnonzero(conds == reg.control_label)
+    control = adata[ctrl_idx[_subsample(len(ctrl_idx), max_source_cells, seed)]]
+    mask = _measured_mask(adata, reg, label)
+    observed = adata[mask] if mask.any() else None
+    add_pred, note = None, None
+    if additive is not None:
+        try:
+            add_pred = additive.predict(source, w, seed=seed)
+        except DataError as e:
+            note = str(e)
+    genes = list(reg.gene_names)
+    table = top_changed_genes(
+        reg.expression(control),
+        np.asarray(predicted.X),
+        None if observed is None else reg.expression(observed),
+        None if add_pred is None else np.asarray(add_pred.X),
+        genes,
+    )
+    return WhatIf(name, label, model.extrapolation_check(w), predicted, control, observed, add_pred, note, table)
+
+
+def top_changed_genes(
+    control: np.ndarray,
+    predicted: np.ndarray,
+    observed: np.ndarray | None,
+    additive: np.ndarray | None,
+    genes: Sequence[str],
+    n: int | None = None,
+) -> pd.DataFrame:
+    """Genes ranked by the absolute predicted change of the mean from control.
+
+    Columns: ``gene``, ``control_mean``, ``predicted_mean``, ``predicted_delta``,
+    ``observed_delta`` and ``additive_delta`` (NaN where not available), ``rank``.
+    """
+    c = np.asarray(control, dtype=np.float64).mean(0)
+    p = np.asarray(predicted, dtype=np.float64).mean(0)
+    nan = np.full_like(c, np.nan)
+    o = nan if observed is None else np.asarray(observed, dtype=np.float64).mean(0) - c
+    a = nan if additive is None else np.asarray(additive, dtype=np.float64).mean(0) - c
+    if not (len(c) == len(p) == len(genes)):
+        raise ValueError(f"control ({len(c)}), predicted ({len(p)}) and genes ({len(genes)}) differ in length.")
+    df = pd.DataFrame({
+        "gene": list(map(str, genes)),
+        "control_mean": c,
+        "predicted_mean": p,
+        "predicted_delta": p - c,
+        "observed_delta": o,
+        "additive_delta": a,
+    })
+    df = df.iloc[np.argsort(-np.abs(df["predicted_delta"].to_numpy()), kind="stable")].reset_index(drop=True)
+    df.insert(0, "rank", np.arange(1, len(df) + 1))
+    return df if n is None else df.head(n)
+
+
+# ---- embeddings -----------------------------------------------------------------------
+def _umap(n_obs: int, seed: int, n_neighbors: int = 15) -> Any:
+    try:
+        import umap  # noqa: PLC0415  (slow import: only when an embedding is asked for)
+    except ImportError as e:  # pragma: no cover - umap-learn is a dependency
+        raise ImportError("UMAP embeddings need the umap-learn package: pip install umap-learn") from e
+    return umap.UMAP(
+        n_components=2, n_neighbors=max(2, min(n_neighbors, n_obs - 1)), min_dist=0.3,
+        n_epochs=200, random_state=seed, n_jobs=1,
+    )
+
+
+def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 2-D UMAP of the rows of ``X`` (fixed seed; PCA for fewer than 4 rows)."""
+    X = np.asarray(X, dtype=np.float32)
+    if len(X) < 4:
+        return _pca(X, 2)[0]
+    return np.asarray(_umap(len(X), seed).fit_transform(X), dtype=np.float32)
+
+
+def _pca(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scores (n, k), components (k, d), mean (d,), explained variance ratio (k,)."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(0)
+    Xc = X - mean
+    _, s, vt = np.linalg.svd(Xc, full_matrices=False)
+    k_eff = min(k, vt.shape[0])
+    comps = np.zeros((k, X.shape[1]))
+    comps[:k_eff] = vt[:k_eff]
+    total = float((s**2).sum()) or 1.0
+    ratio = np.zeros(k)
+    ratio[:k_eff] = s[:k_eff] ** 2 / total
+    return (Xc @ comps.T).astype(np.float32), comps, mean, ratio
+
+
+class ReferenceEmbedding:
+    """UMAP of (up to ``max_cells``) dataset cells on the top ``n_pcs`` principal
+    components of their expression. :meth:`transform` places new cells (e.g.
+    predictions) in the same 2-D embedding at the distance-weighted mean position of
+    their ``k`` nearest reference cells in PCA space (the idea of scanpy's
+    ``ingest``): milliseconds per call, where UMAP's own transform takes ~0.5 s.
+    Fitting takes seconds (plus numba compilation the first time in a process): cache it.
+
+    Attributes after construction: ``coords`` (n, 2), ``obs_names``, ``conditions``.
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        perturbation_key: str,
+        layer: str | None = None,
+        n_pcs: int = 30,
+        max_cells: int = 6000,
+        seed: int = 0,
+        k: int = 10,
+    ) -> None:
+        idx = _subsample(adata.n_obs, max_cells, seed)
+        sub = adata[idx]
+        X = expression_matrix(sub, layer)
+        self.layer = layer
+        self.k = int(k)
+        n_comp = max(2, min(n_pcs, X.shape[0] - 1, X.shape[1]))
+        self._scores, self._components, self._mean, _ = _pca(X, n_comp)
+        self.coords = umap_2d(self._scores, seed)
+        self.obs_names = np.asarray(sub.obs_names, dtype=str)
+        self.conditions = condition_column(sub, perturbation_key)
+        self._sq = (self._scores.astype(np.float64) ** 2).sum(1)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Place expression rows (same genes, same order) in the embedding."""
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(self._mean):
+            raise DataError(f"Expected cells x {len(self._mean)} genes, got shape {X.shape}.")
+        S = (X - self._mean) @ self._components.T
+        d2 = np.maximum((S**2).sum(1)[:, None] - 2.0 * S @ self._scores.T.astype(np.float64) + self._sq[None], 0.0)
+        k = min(self.k, d2.shape[1])
+        nn = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        w = 1.0 / (np.sqrt(np.take_along_axis(d2, nn, 1)) + 1e-6)
+        w /= w.sum(1, keepdims=True)
+        return np.einsum("nk,nkd->nd", w, self.coords[nn]).astype(np.float32)
+
+    def coords_of(self, names: Sequence[str]) -> np.ndarray:
+        """Reference coordinates of cells by obs name (those that were embedded)."""
+        pos = pd.Index(self.obs_names).get_indexer(list(map(str, names)))
+        return self.coords[pos[pos >= 0]]
+
+
+def latent_embedding(model: PerturbationModel, adata: ad.AnnData, which: str = "z_base") -> np.ndarray:
+    """Per-cell latent codes: ``z_base`` (perturbation removed) or ``z`` (= z_base + W l,
+    the encoded cell with its own perturbation's shift)."""
+    if which not in ("z_base", "z"):
+        raise ValueError(f"which must be 'z_base' or 'z', got {which!r}.")
+    zb = model.latent(adata)
+    if which == "z_base":
+        return zb
+    W = model.perturbation_embedding().to_numpy()  # (K, latent)
+    return zb + model.registry.label_matrix(adata) @ W
+
+
+def perturbation_projection(W: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """2-D PCA of the perturbation shifts (rows of ``W``): coordinates (K, 2) and the
+    share of variance each axis explains."""
+    scores, _, _, ratio = _pca(W.to_numpy(dtype=np.float64), 2)
+    return scores, ratio
+
+
+def shift_similarity(W: pd.DataFrame, cluster: bool = True) -> pd.DataFrame:
+    """Cosine similarity between perturbation shifts, rows/columns ordered by
+    average-linkage clustering (on 1 - cosine) when ``cluster``. Zero shifts get
+    similarity 0 to everything else."""
+    M = W.to_numpy(dtype=np.float64)
+    norms = np.linalg.norm(M, axis=1)
+    U = M / np.where(norms > 0, norms, 1.0)[:, None]
+    S = np.clip(U @ U.T, -1.0, 1.0)
+    np.fill_diagonal(S, 1.0)
+    order = np.arange(len(M))
+    if cluster and len(M) > 2:
+        from scipy.cluster.hierarchy import leaves_list, linkage, optimal_leaf_ordering
+        from scipy.spatial.distance import squareform
+
+        D = squareform(np.clip(1.0 - S, 0.0, 2.0), checks=False)
+        Z = linkage(D, method="average")
+        order = leaves_list(optimal_leaf_ordering(Z, D))
+    names = [W.index[i] for i in order]
+    return pd.DataFrame(S[np.ix_(order, order)], index=names, columns=names)
+
+
+OTHER_CELLS = "other cells"
+
+
+def what_if_embedding(
+    reference: ReferenceEmbedding, result: WhatIf, include_additive: bool = False
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Coordinates, group and hover text of every point of the what-if UMAP: the
+    dataset's other cells (faint), its control cells, the observed cells of the
+    target (when measured), the predicted cells and optionally the additive
+    baseline's cells, all in ``reference``'s embedding. Groups are named as in
+    :mod:`pdae_core.cell_figures` (``control``, ``observed``, ``predicted``,
+    ``additive (gene space)``) plus ``other cells``."""
+    from .cell_figures import ADDITIVE, CONTROL, OBSERVED, PREDICTED
+
+    ref_names = pd.Index(reference.obs_names)
+    shown = set(map(str, result.control.obs_names))
+    if result.observed is not None:
+        shown |= set(map(str, result.observed.obs_names))
+    other = ~ref_names.isin(list(shown))
+    coords = [reference.coords[other]]
+    groups = [OTHER_CELLS] * int(other.sum())
+    hover = [f"{c} (measured)" for c in reference.conditions[other]]
+
+    def add(kind: str, data: ad.AnnData, text: Sequence[str], embedded: bool) -> None:
+        xy = reference.coords_of(data.obs_names) if embedded else None
+        if xy is None or len(xy) != data.n_obs:  # not all in the reference sample: place them
+            xy = reference.transform(_dense(data.X))
+        coords.append(xy)
+        groups.extend([kind] * data.n_obs)
+        hover.extend(text)
+
+    add(CONTROL, result.control, [f"control cell {n}" for n in result.control.obs_names], True)
+    if result.observed is not None:
+        add(OBSERVED, result.observed, [f"observed {result.target}: cell {n}" for n in result.observed.obs_names], True)
+    src = result.predicted.obs["source_cell"].astype(str)
+    add(PREDICTED, result.predicted, [f"predicted {result.target} from cell {s}" for s in src], False)
+    if include_additive and result.additive is not None:
+        add(ADDITIVE, result.additive, [f"additive {result.target} from cell {s}" for s in src], False)
+    return np.concatenate(coords).astype(np.float32), groups, hover
+
+
+def _dense(X: Any) -> np.ndarray:
+    return np.asarray(X.toarray() if hasattr(X, "toarray") else X, dtype=np.float64)
+
+
+def gene_values(result: WhatIf, genes: Sequence[str], registry: PerturbationRegistry) -> dict[str, np.ndarray]:
+    """Expression of ``genes`` in each group of a what-if (control, predicted,
+    observed and additive where present), for :func:`pdae_core.cell_figures.gene_violins`."""
+    from .cell_figures import ADDITIVE, CONTROL, OBSERVED, PREDICTED
+
+    pos = pd.Index(registry.gene_names).get_indexer(list(genes))
+    if (pos < 0).any():
+        missing = [g for g, p in zip(genes, pos) if p < 0]
+        raise DataError(f"Gene(s) {missing} are not among the model's {registry.n_genes} genes.")
+    out = {CONTROL: registry.expression(result.control)[:, pos], PREDICTED: _dense(result.predicted.X)[:, pos]}
+    if result.observed is not None:
+        out[OBSERVED] = registry.expression(result.observed)[:, pos]
+    if result.additive is not None:
+        out[ADDITIVE] = _dense(result.additive.X)[:, pos]
+    return out

@@ -1,0 +1,309 @@
+"""Tests of the dashboard figure builders (small synthetic inputs, no data files)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from pdae_core import cell_figures as cf
+from pdae_core.cell_figures import (
+    ADDITIVE,
+    CONTROL,
+    EXPR_LABEL,
+    KIND_COLORS,
+    OBSERVED,
+    PREDICTED,
+    condition_count_bars,
+    delta_bars,
+    embedding_scatter,
+    gene_violins,
+    kind_color,
+    latent_heatmap,
+    loss_curve,
+    perturbation_map,
+    similarity_heatmap,
+)
+
+
+def _title(ax) -> str | None:
+    return ax.title.text
+
+
+def test_constants_and_all():
+    assert KIND_COLORS == {CONTROL: "#8c8c8c", PREDICTED: "#d62728", OBSERVED: "#1f77b4", ADDITIVE: "#ff7f0e"}
+    assert EXPR_LABEL == "expression (log1p normalised counts)"
+    for name in cf.__all__:
+        assert hasattr(cf, name), name
+    for fn in ("embedding_scatter", "gene_violins", "delta_bars", "loss_curve", "perturbation_map",
+               "latent_heatmap", "similarity_heatmap", "condition_count_bars", "kind_color"):
+        assert fn in cf.__all__
+
+
+def test_kind_color():
+    assert kind_color(PREDICTED) == "#d62728"
+    assert kind_color("single") == "#2ca02c"
+    assert kind_color("combination") == "#9467bd"
+    c = kind_color("some other kind")
+    assert c.startswith("#") and c == kind_color("some other kind")
+    assert c not in KIND_COLORS.values()
+
+
+# ---------------------------------------------------------------- embedding_scatter
+@pytest.fixture()
+def cells():
+    rng = np.random.default_rng(0)
+    groups = ["B", CONTROL, "B", PREDICTED, CONTROL, "A", "B"]
+    return rng.normal(size=(len(groups), 2)), groups
+
+
+def test_embedding_scatter_traces_and_colors(cells):
+    xy, groups = cells
+    fig = embedding_scatter(xy, groups, title="cells", colors={"A": "#123456"})
+    assert isinstance(fig, go.Figure)
+    assert [t.type for t in fig.data] == ["scattergl"] * 4
+    assert [t.name for t in fig.data] == ["B", CONTROL, PREDICTED, "A"]
+    cols = {t.name: t.marker.color for t in fig.data}
+    assert cols[CONTROL] == KIND_COLORS[CONTROL] and cols[PREDICTED] == KIND_COLORS[PREDICTED]
+    assert cols["A"] == "#123456"
+    assert cols["B"] not in KIND_COLORS.values()
+    b = fig.data[0]
+    assert len(b.x) == 3 and np.allclose(b.x, xy[[0, 2, 6], 0]) and np.allclose(b.y, xy[[0, 2, 6], 1])
+    assert list(b.text) == ["B", "B", "B"]
+    assert _title(fig.layout.xaxis) == "UMAP 1" and _title(fig.layout.yaxis) == "UMAP 2"
+    assert fig.layout.legend.itemsizing == "constant"
+    assert fig.layout.title.text == "cells"
+    assert fig.layout.template.layout.paper_bgcolor == "white"
+
+
+def test_embedding_scatter_order_hover_prefix(cells):
+    xy, groups = cells
+    hover = [f"cell {i}" for i in range(len(groups))]
+    fig = embedding_scatter(xy, groups, hover=hover, axis_prefix="PC", order=[PREDICTED, "missing", CONTROL],
+                            marker_size=7)
+    assert [t.name for t in fig.data] == [PREDICTED, CONTROL, "B", "A"]
+    assert list(fig.data[1].text) == ["cell 1", "cell 4"]
+    assert "%{text}" in fig.data[0].hovertemplate
+    assert fig.data[0].marker.size == 7
+    assert _title(fig.layout.xaxis) == "PC 1"
+
+
+def test_embedding_scatter_palette_is_deterministic(cells):
+    xy, groups = cells
+    a = [t.marker.color for t in embedding_scatter(xy, groups).data]
+    b = [t.marker.color for t in embedding_scatter(xy, groups).data]
+    assert a == b
+    assert a[0] != a[3]  # "B" and "A" get different palette colours
+
+
+@pytest.mark.parametrize("bad", [np.zeros((7, 3)), np.zeros(7), np.zeros((6, 2))])
+def test_embedding_scatter_bad_coords(cells, bad):
+    _, groups = cells
+    with pytest.raises(ValueError, match="coords"):
+        embedding_scatter(bad, groups)
+
+
+def test_embedding_scatter_bad_hover(cells):
+    xy, groups = cells
+    with pytest.raises(ValueError, match="hover"):
+        embedding_scatter(xy, groups, hover=["x"])
+
+
+# ---------------------------------------------------------------- gene_violins
+def test_gene_violins():
+    rng = np.random.default_rng(1)
+    genes = ["G1", "G2", "G3"]
+    values = {CONTROL: rng.random((5, 3)), PREDICTED: rng.random((4, 3)), "mine": rng.random((2, 3))}
+    fig = gene_violins(values, genes, title="v")
+    assert [t.type for t in fig.data] == ["violin"] * 3
+    assert [t.name for t in fig.data] == [CONTROL, PREDICTED, "mine"]
+    ctrl = fig.data[0]
+    assert list(ctrl.x[:4]) == ["G1", "G2", "G3", "G1"] and len(ctrl.x) == 15
+    assert np.allclose(ctrl.y, values[CONTROL].ravel())
+    assert ctrl.line.color == KIND_COLORS[CONTROL] and fig.data[1].line.color == KIND_COLORS[PREDICTED]
+    assert fig.data[2].line.color == kind_color("mine")
+    assert ctrl.box.visible and ctrl.meanline.visible and ctrl.points is False
+    assert CONTROL in ctrl.hovertemplate and "%{x}" in ctrl.hovertemplate and "%{y" in ctrl.hovertemplate
+    assert fig.layout.violinmode == "group"
+    assert _title(fig.layout.yaxis) == EXPR_LABEL and _title(fig.layout.xaxis) == "gene"
+
+
+def test_gene_violins_errors():
+    with pytest.raises(ValueError, match="shape"):
+        gene_violins({CONTROL: np.zeros((4, 2))}, ["G1", "G2", "G3"])
+    with pytest.raises(ValueError, match="genes is empty"):
+        gene_violins({CONTROL: np.zeros((4, 0))}, [])
+    with pytest.raises(ValueError, match="values is empty"):
+        gene_violins({}, ["G1"])
+
+
+# ---------------------------------------------------------------- delta_bars
+def test_delta_bars():
+    table = pd.DataFrame({
+        "gene": [f"g{i}" for i in range(5)],
+        "predicted_delta": [1.0, -0.5, 0.2, 0.1, 0.0],
+        "observed_delta": [0.8, np.nan, 0.3, 0.0, 0.1],
+        "additive_delta": [np.nan] * 5,
+        "other": 1,
+    })
+    fig = delta_bars(table, n=3, title="d")
+    assert [t.type for t in fig.data] == ["bar", "bar"]
+    assert [t.name for t in fig.data] == ["predicted", "observed"]
+    assert all(t.orientation == "h" for t in fig.data)
+    assert [t.marker.color for t in fig.data] == [KIND_COLORS[PREDICTED], KIND_COLORS[OBSERVED]]
+    assert list(fig.data[0].y) == ["g0", "g1", "g2"] and list(fig.data[0].x) == [1.0, -0.5, 0.2]
+    assert list(fig.data[1].y) == ["g0", "g2"]  # NaN left out
+    assert list(fig.layout.yaxis.categoryarray) == ["g0", "g1", "g2"]
+    assert fig.layout.yaxis.autorange == "reversed"
+    assert fig.layout.barmode == "group"
+    assert _title(fig.layout.xaxis) == "change in mean expression vs control (log1p)"
+    assert "%{y}" in fig.data[0].hovertemplate
+
+
+def test_delta_bars_additive_legend_name():
+    table = pd.DataFrame({"gene": ["a"], "additive_delta": [0.3]})
+    fig = delta_bars(table)
+    assert fig.data[0].name == "additive (gene space)" and fig.data[0].marker.color == KIND_COLORS[ADDITIVE]
+
+
+def test_delta_bars_errors():
+    with pytest.raises(ValueError, match="gene"):
+        delta_bars(pd.DataFrame({"predicted_delta": [1.0]}))
+    with pytest.raises(ValueError, match="delta"):
+        delta_bars(pd.DataFrame({"gene": ["a"], "x": [1.0]}))
+
+
+# ---------------------------------------------------------------- loss_curve
+def test_loss_curve():
+    records = [
+        {"epoch": 1, "loss": 3.0, "pert": 1.0, "rec": 2.0, "lr": 1e-3, "seconds": 2.0},
+        {"epoch": 2, "loss": 2.0, "pert": 0.8, "rec": 1.2, "val_ed": 0.5, "l21": None, "note": "x"},
+        {"epoch": 3, "loss": 1.5, "val_ed": 0.4, "step": 30},
+    ]
+    fig = loss_curve(records, title="training")
+    names = [t.name for t in fig.data]
+    assert names == ["loss", "pert", "rec", "val_ed"]
+    assert all(t.type == "scatter" and t.mode == "lines+markers" for t in fig.data)
+    val = fig.data[3]
+    assert val.yaxis == "y2" and list(val.x) == [2, 3] and list(val.y) == [0.5, 0.4]
+    assert all(t.yaxis in (None, "y") for t in fig.data[:3])
+    assert list(fig.data[0].x) == [1, 2, 3]
+    assert fig.layout.yaxis2.overlaying == "y" and fig.layout.yaxis2.side == "right"
+    assert _title(fig.layout.yaxis2) == "validation energy distance"
+    assert _title(fig.layout.yaxis) == "training loss" and _title(fig.layout.xaxis) == "epoch"
+    assert not fig.layout.annotations
+
+
+def test_loss_curve_without_validation():
+    fig = loss_curve([{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}])
+    assert [t.name for t in fig.data] == ["loss"]
+    assert "yaxis2" not in fig.layout.to_plotly_json()
+
+
+def test_loss_curve_empty():
+    fig = loss_curve([])
+    assert len(fig.data) == 0
+    assert [a.text for a in fig.layout.annotations] == ["no evaluations yet"]
+
+
+# ---------------------------------------------------------------- perturbation_map
+def test_perturbation_map():
+    xy = np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]])
+    fig = perturbation_map(xy, ["A", "B", "A+B"], title="map")
+    assert len(fig.data) == 1
+    t = fig.data[0]
+    assert t.type == "scatter" and t.mode == "markers+text"
+    assert list(t.text) == ["A", "B", "A+B"] and t.textposition == "top center"
+    assert "%{text}" in t.hovertemplate
+    assert _title(fig.layout.xaxis) == "PC 1" and _title(fig.layout.yaxis) == "PC 2"
+
+
+def test_perturbation_map_errors():
+    with pytest.raises(ValueError, match="labels"):
+        perturbation_map(np.zeros((3, 2)), ["A", "B"])
+    with pytest.raises(ValueError, match="shape"):
+        perturbation_map(np.zeros((3, 3)), ["A", "B", "C"])
+
+
+# ---------------------------------------------------------------- heatmaps
+def _red_at_top(colorscale) -> bool:
+    lo, hi = colorscale[0][1], colorscale[-1][1]
+    r_lo, _, b_lo = (int(v) for v in lo[4:-1].split(","))
+    r_hi, _, b_hi = (int(v) for v in hi[4:-1].split(","))
+    return b_lo > r_lo and r_hi > b_hi
+
+
+def test_latent_heatmap():
+    W = pd.DataFrame(np.arange(12, dtype=float).reshape(3, 4) - 5, index=["A", "B", "C"],
+                     columns=[f"z{i}" for i in range(4)])
+    fig = latent_heatmap(W, title="W")
+    t = fig.data[0]
+    assert len(fig.data) == 1 and t.type == "heatmap"
+    assert list(t.x) == ["z0", "z1", "z2", "z3"] and list(t.y) == ["A", "B", "C"]
+    assert t.zmid == 0 and _red_at_top(t.colorscale)
+    assert "%{y}" in t.hovertemplate and "%{x}" in t.hovertemplate and "%{z" in t.hovertemplate
+    assert _title(fig.layout.xaxis) == "latent dimension" and _title(fig.layout.yaxis) == "perturbation"
+    assert fig.layout.height == 300
+    big = pd.DataFrame(np.zeros((40, 2)), index=[f"p{i}" for i in range(40)], columns=["z0", "z1"])
+    assert latent_heatmap(big).layout.height == 18 * 40 + 120
+
+
+def test_latent_heatmap_empty():
+    with pytest.raises(ValueError, match="empty"):
+        latent_heatmap(pd.DataFrame())
+
+
+def test_similarity_heatmap():
+    names = ["A", "B", "C"]
+    sim = pd.DataFrame([[1.0, 0.83, -0.2], [0.83, 1.0, np.nan], [-0.2, np.nan, 1.0]], index=names, columns=names)
+    fig = similarity_heatmap(sim)
+    t = fig.data[0]
+    assert t.type == "heatmap" and t.zmin == -1 and t.zmax == 1 and t.zmid == 0
+    assert _red_at_top(t.colorscale)
+    assert t.text[0][1] == "A vs B: 0.83" and t.text[2][0] == "C vs A: -0.20"
+    assert t.text[1][2] == "B vs C: n/a"
+    assert "%{text}" in t.hovertemplate
+
+
+def test_similarity_heatmap_errors():
+    with pytest.raises(ValueError, match="square"):
+        similarity_heatmap(pd.DataFrame(np.zeros((2, 3)), index=["A", "B"], columns=["A", "B", "C"]))
+    with pytest.raises(ValueError, match="index == columns"):
+        similarity_heatmap(pd.DataFrame(np.zeros((2, 2)), index=["A", "B"], columns=["B", "A"]))
+
+
+# ---------------------------------------------------------------- condition_count_bars
+@pytest.fixture()
+def counts():
+    return pd.DataFrame({
+        "condition": ["ctrl", "A", "B", "A+B", "C"],
+        "n_cells": [500, 120, 300, 80, 200],
+        "kind": ["control", "single", "single", "combination", "single"],
+    })
+
+
+def test_condition_count_bars(counts):
+    fig = condition_count_bars(counts)
+    assert [t.name for t in fig.data] == ["control", "single", "combination"]
+    assert [t.marker.color for t in fig.data] == [KIND_COLORS[CONTROL], "#2ca02c", "#9467bd"]
+    assert all(t.type == "bar" and t.orientation == "h" for t in fig.data)
+    assert list(fig.layout.yaxis.categoryarray) == ["ctrl", "B", "C", "A", "A+B"]
+    assert fig.layout.yaxis.autorange == "reversed"
+    assert list(fig.data[1].y) == ["B", "C", "A"] and list(fig.data[1].x) == [300, 200, 120]
+    assert _title(fig.layout.xaxis) == "cells"
+    assert "showing" not in fig.layout.title.text
+
+
+def test_condition_count_bars_truncates(counts):
+    fig = condition_count_bars(counts, title="cells", max_conditions=2)
+    assert fig.layout.title.text == "cells (showing the 2 largest of 5 conditions)"
+    assert list(fig.layout.yaxis.categoryarray) == ["ctrl", "B"]
+    assert [t.name for t in fig.data] == ["control", "single"]
+
+
+def test_condition_count_bars_errors(counts):
+    with pytest.raises(ValueError, match="kind"):
+        condition_count_bars(counts.drop(columns="kind"))
+    with pytest.raises(ValueError, match="max_conditions"):
+        condition_count_bars(counts, max_conditions=0)
