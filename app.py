@@ -1,0 +1,29 @@
+"""PDAE explorer: a Streamlit dashboard over pdae_core.
+
+    streamlit run app.py
+
+Opens on the bundled demo (the real Norman 2019 slice and the PDAE checkpoint in
+checkpoints/norman19_devel). Pages: Data, Model, Compose (what-if), Embeddings,
+Benchmark. The science lives in pdae_core; pages only call it.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+st.set_page_config(page_title="PDAE explorer", page_icon=":material/hub:", layout="wide")
+
+from pages import common  # noqa: E402  (after set_page_config)
+
+common.init_state()
+
+PAGES = [
+    st.Page("pages/data.py", title="Data", icon=":material/dataset:", default=True),
+    st.Page("pages/model.py", title="Model", icon=":material/model_training:"),
+    st.Page("pages/compose.py", title="Compose (what-if)", icon=":material/science:"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("pages/benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
+]
+nav = st.navigation(PAGES)
+common.sidebar_status()
+nav.run()

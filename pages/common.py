@@ -1,0 +1,344 @@
+"""Dashboard plumbing shared by the pages: caching, per-session state, messages.
+
+No science here: everything computed comes from ``pdae_core``. Data and models
+loaded from disk are cached read-only with ``st.cache_resource`` and shared by all
+sessions; what one user chooses, uploads, trains or composes lives in
+``st.session_state`` and is private to that browser tab.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import streamlit as st
+
+import pdae_core as pc
+from pdae_core import explore
+from pdae_core.datasets import default_data_dir, load_dataset
+from pdae_core.errors import DatasetUnavailableError, PDAEError
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_CHECKPOINTS = ROOT / "checkpoints"
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+BUILTIN_DATASETS = ("norman19_devel", "mcfaline23_devel", "synthetic")
+DEMO_DATASET = "norman19_devel"
+#: Uploads above this are refused (``server.maxUploadSize`` in .streamlit/config.toml matches).
+MAX_UPLOAD_MB = int(os.environ.get("PDAE_MAX_UPLOAD_MB", "1024"))
+PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
+
+
+# ---- loading (cached, shared by all sessions) -------------------------------------------
+@st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
+def _builtin(name: str, download: bool) -> ad.AnnData:
+    return load_dataset(name, download=download)
+
+
+@st.cache_resource(show_spinner="Reading the file…", max_entries=4)
+def _from_bytes(digest: str, filename: str, _data: bytes) -> ad.AnnData:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / (Path(filename).name or "upload.h5ad")
+        path.write_bytes(_data)
+        try:
+            adata = pc.read_h5ad(path)
+        except PDAEError as e:  # name the user's file, not the temporary copy
+            raise type(e)(str(e).replace(str(path), filename)) from None
+    return _checked(adata, filename)
+
+
+@st.cache_resource(show_spinner="Reading the file…", max_entries=4)
+def _from_path(path: str, mtime: float) -> ad.AnnData:
+    return _checked(pc.read_h5ad(path), path)
+
+
+def _checked(adata: ad.AnnData, what: str) -> ad.AnnData:
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise pc.DataError(f"{what}: the AnnData is empty ({adata.n_obs} cells x {adata.n_vars} genes).")
+    if len(adata.obs.columns) == 0:
+        raise pc.DataError(f"{what}: obs has no columns, so there is no perturbation column to use.")
+    return adata
+
+
+@st.cache_resource(show_spinner="Preprocessing (normalize_total + log1p)…", max_entries=4)
+def _preprocessed(key: str, n_top_genes: int | None, _adata: ad.AnnData) -> ad.AnnData:
+    return pc.preprocess(_adata, n_top_genes=n_top_genes)
+
+
+@st.cache_resource(max_entries=16)
+def _registry(
+    key: str, perturbation_key: str, control: str | None, covariate: str | None, _adata: ad.AnnData
+) -> pc.PerturbationRegistry:
+    return pc.setup_anndata(_adata, perturbation_key, control, covariate_key=covariate)
+
+
+@st.cache_resource(show_spinner="Loading checkpoint…", max_entries=16)
+def _checkpoint(path: str, mtime: float) -> pc.PerturbationModel:
+    return pc.load_model(path)
+
+
+@st.cache_resource(show_spinner="Embedding the dataset's cells (UMAP, once per dataset)…", max_entries=8)
+def reference_embedding(data_key: str, perturbation_key: str, _adata: ad.AnnData) -> explore.ReferenceEmbedding:
+    return explore.ReferenceEmbedding(_adata, perturbation_key)
+
+
+@st.cache_resource(show_spinner="Embedding the latent space (UMAP, once per dataset and model)…", max_entries=16)
+def latent_umap(data_key: str, model_key: str, which: str, _model: pc.PerturbationModel, _adata: ad.AnnData) -> Any:
+    return explore.umap_2d(explore.latent_embedding(_model, _adata, which))
+
+
+@st.cache_resource(max_entries=8)
+def additive_baseline(data_key: str, model_key: str, _model: pc.PerturbationModel, _adata: ad.AnnData) -> Any:
+    return explore.fit_additive(_adata, _model)
+
+
+# ---- per-session state -----------------------------------------------------------------
+@dataclass
+class Dataset:
+    key: str  # identifies the AnnData in the caches
+    label: str  # shown to the user
+    adata: ad.AnnData
+    registry: pc.PerturbationRegistry | None  # None until set up successfully
+    setup_error: str | None = None
+    source_key: str = ""  # key of ``session_state.data_setup`` (before preprocessing)
+
+
+def bundled_checkpoints() -> dict[str, Path]:
+    if not BUNDLED_CHECKPOINTS.is_dir():
+        return {}
+    return {p.name: p for p in sorted(BUNDLED_CHECKPOINTS.iterdir()) if (p / "config.json").is_file()}
+
+
+def init_state() -> None:
+    """Defaults for a new session: the demo dataset and the bundled demo model."""
+    ss = st.session_state
+    if "initialised" in ss:
+        return
+    ss.initialised = True
+    ss.data_source = ("builtin", DEMO_DATASET)
+    ss.data_setup = {}
+    ss.data_note = None
+    ss.trained = {}  # key -> model trained in this session
+    ss.model_key = None
+    ss.train_job = None
+    ss.bench_job = None
+    demo = bundled_checkpoints().get(DEMO_DATASET)
+    if demo is not None:
+        ss.model_key = f"bundled:{DEMO_DATASET}"
+
+
+def load_source(source: tuple[str, ...]) -> tuple[str, str, ad.AnnData]:
+    """(cache key, label, AnnData) of a data source; raises PDAEError with a clear message."""
+    kind = source[0]
+    if kind == "builtin":
+        name = source[1]
+        download = len(source) > 2 and source[2] == "download"
+        return f"builtin:{name}", name, _builtin(name, download)
+    if kind == "upload":
+        _, digest, filename = source
+        data = st.session_state.get("upload_bytes", {}).get(digest)
+        if data is None:
+            raise pc.DataError(f"The upload {filename} is no longer in this session; upload it again.")
+        return f"upload:{digest}", filename, _from_bytes(digest, filename, data)
+    if kind == "path":
+        path = source[1]
+        if not os.path.exists(path):
+            raise pc.DataError(f"File not found: {path}")
+        return f"path:{path}", Path(path).name, _from_path(path, os.path.getmtime(path))
+    raise ValueError(f"unknown data source {source!r}")
+
+
+def current_dataset() -> Dataset | None:
+    """The session's dataset, set up with its chosen columns; None (and a message in
+    ``session_state.data_note``) when it cannot be loaded."""
+    ss = st.session_state
+    try:
+        key, label, adata = load_source(ss.data_source)
+    except DatasetUnavailableError as e:
+        ss.data_note = ("unavailable", str(e))
+        return None
+    except PDAEError as e:
+        ss.data_note = ("error", str(e))
+        return None
+    ss.data_note = None
+    setup = ss.data_setup.get(key)
+    if setup is None:
+        setup = default_setup(adata)
+        ss.data_setup[key] = setup
+    source_key = key
+    try:
+        if setup.get("preprocess"):
+            adata = _preprocessed(key, setup.get("n_top_genes"), adata)
+            key = f"{key}|pp{setup.get('n_top_genes')}"
+        pk = setup.get("perturbation_key")
+        reg = _registry(key, pk, setup.get("control_label"), setup.get("covariate_key"), adata) if pk else None
+        err = None if reg else "No column of obs looks like a perturbation column; choose one below."
+    except PDAEError as e:
+        reg, err = None, str(e)
+    return Dataset(key, label, adata, reg, err, source_key)
+
+
+def default_setup(adata: ad.AnnData) -> dict[str, Any]:
+    d = adata.uns.get("pdae_dataset") or {}
+    if d.get("perturbation_key") in adata.obs.columns:
+        return {
+            "perturbation_key": d["perturbation_key"],
+            "control_label": d.get("control_label"),
+            "covariate_key": d.get("covariate_key") if d.get("covariate_key") in adata.obs.columns else None,
+        }
+    g = explore.guess_columns(adata)
+    return {"perturbation_key": g.perturbation_key, "control_label": g.control_label, "covariate_key": g.covariate_key}
+
+
+def add_upload(filename: str, data: bytes) -> str | None:
+    """Register uploaded bytes; returns an error message when refused."""
+    size_mb = len(data) / 2**20
+    if size_mb > MAX_UPLOAD_MB:
+        return f"{filename} is {size_mb:.0f} MB; uploads are limited to {MAX_UPLOAD_MB} MB. Give its path on the server instead."
+    if not filename.lower().endswith(".h5ad"):
+        return f"{filename} is not an .h5ad file (expected an AnnData saved with adata.write_h5ad())."
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    if st.session_state.get("data_source") == ("upload", digest, filename):
+        return None
+    try:
+        _from_bytes(digest, filename, data)
+    except PDAEError as e:
+        return f"Could not use {filename}: {e}"
+    st.session_state.setdefault("upload_bytes", {})[digest] = data
+    st.session_state.data_source = ("upload", digest, filename)
+    return None
+
+
+def current_model() -> tuple[str, pc.PerturbationModel] | None:
+    ss = st.session_state
+    key = ss.get("model_key")
+    if not key:
+        return None
+    kind, _, rest = key.partition(":")
+    try:
+        if kind == "trained":
+            model = ss.trained.get(rest)
+            return None if model is None else (key, model)
+        path = BUNDLED_CHECKPOINTS / rest if kind == "bundled" else Path(rest)
+        cfg = path / "config.json"
+        return key, _checkpoint(str(path), cfg.stat().st_mtime if cfg.exists() else 0.0)
+    except PDAEError as e:
+        ss.model_error = str(e)
+        ss.model_key = None
+        return None
+
+
+def model_label(key: str) -> str:
+    kind, _, rest = key.partition(":")
+    return {"bundled": f"bundled checkpoint {rest}", "trained": f"trained in this session ({rest})"}.get(
+        kind, f"checkpoint {rest}"
+    )
+
+
+def compatibility(model: pc.PerturbationModel, ds: Dataset) -> str | None:
+    """Why ``model`` cannot be used on ``ds`` (None when it can)."""
+    try:
+        model.registry.check_genes(ds.adata)
+    except PDAEError as e:
+        return str(e)
+    if model.registry.perturbation_key not in ds.adata.obs.columns:
+        return (
+            f"The model reads perturbations from column {model.registry.perturbation_key!r}, "
+            f"which {ds.label} does not have."
+        )
+    return None
+
+
+def new_trained_key() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def checkpoint_zip(model: pc.PerturbationModel, name: str) -> bytes:
+    """A zip of the model's checkpoint directory (model.safetensors + config.json)."""
+    with tempfile.TemporaryDirectory() as d:
+        model.save(Path(d) / name)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted((Path(d) / name).iterdir()):
+                z.write(f, f"{name}/{f.name}")
+    return buf.getvalue()
+
+
+def h5ad_bytes(adata: ad.AnnData) -> bytes:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "predicted.h5ad"
+        adata.write_h5ad(path)
+        return path.read_bytes()
+
+
+# ---- page helpers ----------------------------------------------------------------------
+def require_dataset() -> Dataset:
+    """The set-up dataset, or stop the page with a pointer to the Data page."""
+    ds = current_dataset()
+    if ds is None or ds.registry is None:
+        st.info("Load and set up a dataset on the **Data** page first.")
+        if st.session_state.get("data_note"):
+            st.caption(st.session_state.data_note[1])
+        st.page_link("pages/data.py", label="Go to Data", icon=":material/dataset:")
+        st.stop()
+    return ds
+
+
+def require_model(ds: Dataset | None = None) -> tuple[str, pc.PerturbationModel]:
+    m = current_model()
+    if m is None:
+        st.info("Load or train a model on the **Model** page first.")
+        st.page_link("pages/model.py", label="Go to Model", icon=":material/model_training:")
+        st.stop()
+    if ds is not None:
+        why = compatibility(m[1], ds)
+        if why:
+            st.error(f"The loaded model does not fit {ds.label}: {why}")
+            st.page_link("pages/model.py", label="Choose another model", icon=":material/model_training:")
+            st.stop()
+    return m
+
+
+def data_dir_hint() -> str:
+    return (
+        f"Demo data is looked up in {default_data_dir()} (set PDAE_DATA_DIR to change it); "
+        "it is downloaded from its public source when missing and the machine is online."
+    )
+
+
+def _job_line(job: Any, what: str) -> str | None:
+    if job is None:
+        return None
+    snap = job.snapshot()
+    if snap.finished:
+        return None
+    return f"{what}: {snap.fraction:.0%} · {snap.message}"
+
+
+@st.fragment(run_every=2.0)
+def _running_jobs() -> None:
+    for what, name in (("Training", "train_job"), ("Benchmark", "bench_job")):
+        line = _job_line(st.session_state.get(name), what)
+        if line:
+            st.caption(f":material/pending: {line}")
+
+
+def sidebar_status() -> None:
+    """What is loaded, in the sidebar of every page."""
+    ss = st.session_state
+    with st.sidebar:
+        src = ss.get("data_source", ("builtin", DEMO_DATASET))
+        data_label = {"builtin": src[1], "upload": src[-1], "path": Path(src[1]).name}.get(src[0], "?")
+        st.markdown(f"**Data** · {data_label}")
+        key = ss.get("model_key")
+        st.markdown(f"**Model** · {model_label(key) if key else 'none loaded'}")
+        if any(ss.get(n) is not None for n in ("train_job", "bench_job")):
+            _running_jobs()
+        st.caption(f"pdae_core {pc.__version__}")

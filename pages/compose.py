@@ -1,0 +1,130 @@
+"""Compose (what-if): combine seen perturbations in latent space and compare the
+predicted cells with control, the observed cells (when measured) and the additive
+gene-space baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pages import common
+from pdae_core import cell_figures as cf
+from pdae_core import explore
+from pdae_core.errors import PDAEError
+
+common.init_state()
+ss = st.session_state
+st.title("Compose a what-if combination")
+ds = common.require_dataset()
+model_key, model = common.require_model(ds)
+reg = model.registry
+st.caption(
+    "Each perturbation is a shift in the model's latent space; a combination adds the shifts (weighted by dose). "
+    "Source cells are encoded, moved and decoded into predicted cells."
+)
+
+seen = [p for p, used in zip(reg.perturbations, np.abs(model.train_labels).sum(0) > 0) if used]
+summary = explore.summarize_dataset(ds.adata, reg)
+conds = summary.conditions
+combos = conds.loc[conds.kind == "combination", "condition"].tolist()
+heldout = [c for c in model.holdout if c in set(conds.condition)]
+presets = ["(custom)"] + [f"{c} (held out)" for c in heldout] + [c for c in combos if c not in heldout]
+
+
+def _apply_preset() -> None:
+    name = ss.compose_preset.removesuffix(" (held out)")
+    if name == "(custom)":
+        return
+    parts = [p for p in reg.parse(name) if p in seen]
+    ss.compose_perts = parts
+    for p in parts:
+        ss[f"w:{p}"] = 1.0
+
+
+if "compose_perts" not in ss or any(p not in seen for p in ss.compose_perts):
+    first = heldout[0] if heldout else (combos[0] if combos else "")
+    ss.compose_perts = [p for p in reg.parse(first) if p in seen][:2] if first else seen[:2]
+
+left, right = st.columns([1, 2], gap="large")
+with left:
+    st.selectbox("Start from a measured combination", presets, key="compose_preset", on_change=_apply_preset,
+                 help="Combinations held out during training are true tests of the model.")
+    perts = st.multiselect("Perturbations to combine", seen, key="compose_perts",
+                           help="Elementary perturbations the model saw in training.")
+    weights = {}
+    for p in perts:
+        ss.setdefault(f"w:{p}", 1.0)
+        weights[p] = st.slider(f"{p} dose", -1.0, 3.0, step=0.1, key=f"w:{p}",
+                               help="1 = as measured; 0 removes it; doses other than 1 extrapolate along its shift.")
+    sources = [c for c in conds.condition if c == reg.control_label] + [c for c in conds.condition if c != reg.control_label]
+    src = st.selectbox("Source cells", sources, index=0, key="compose_source",
+                       help="Cells that are encoded, moved to the target and decoded. Control by default.")
+    n_src = st.slider("Number of source cells", 20, 1000, 300, step=20, key="compose_n")
+    show_add = st.toggle("Show additive baseline cells in the UMAP", value=False, key="compose_show_add")
+
+if not any(w != 0 for w in weights.values()):
+    right.info("Choose at least one perturbation with a non-zero dose.")
+    st.stop()
+
+try:
+    additive = common.additive_baseline(ds.key, model_key, model, ds.adata)
+    result = explore.what_if(model, ds.adata, weights, source_condition=src, max_source_cells=n_src, additive=additive)
+except PDAEError as e:
+    right.error(str(e))
+    st.stop()
+
+with right:
+    check = result.check
+    where = (" It was held out during training, so the observed cells below are a true test."
+             if result.target in model.holdout else "")
+    if check.measured_in_training:
+        st.info(f"**{result.target}** · {check.message}{where}")
+    elif check.in_span:
+        st.success(f"**{result.target}** · {check.message}{where}")
+    else:
+        st.error(f"**{result.target}** · {check.message}")
+    obs_n = 0 if result.observed is None else result.observed.n_obs
+    st.caption(
+        f"{result.predicted.n_obs} predicted cells from {src} · "
+        + (f"{obs_n} observed cells of {result.target}" if obs_n else f"{result.target} was not measured in this dataset")
+        + (f" · additive baseline unavailable: {result.additive_note}" if result.additive_note else "")
+    )
+    ref = common.reference_embedding(ds.key, reg.perturbation_key, ds.adata)
+    coords, groups, hover = explore.what_if_embedding(ref, result, include_additive=show_add)
+    colors = {explore.OTHER_CELLS: "#e6e6e6"}
+    order = [explore.OTHER_CELLS, cf.CONTROL, cf.OBSERVED, cf.ADDITIVE, cf.PREDICTED]
+    st.plotly_chart(
+        cf.embedding_scatter(coords, groups, hover, title=f"{result.target}: cells in one shared UMAP (gene space)",
+                             colors=colors, order=order),
+        width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_umap",
+    )
+
+table = result.top_genes
+g1, g2 = st.columns([3, 2], gap="large")
+with g1:
+    top3 = table["gene"].head(3).tolist()
+    if ss.get("compose_genes_target") != result.target:  # new target: show its top genes
+        ss.compose_genes = top3
+        ss.compose_genes_target = result.target
+    genes = st.multiselect("Genes (type to search)", reg.gene_names, key="compose_genes",
+                           help="Distribution of each gene's expression per group.")
+    if genes:
+        st.plotly_chart(cf.gene_violins(explore.gene_values(result, genes, reg), genes,
+                                        title="expression per group"),
+                        width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_violins")
+with g2:
+    st.plotly_chart(cf.delta_bars(table, n=15, title="top changed genes (mean vs control)"),
+                    width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_bars")
+
+st.subheader("Top changed genes")
+show = table.head(50).rename(columns={
+    "control_mean": "control mean", "predicted_mean": "predicted mean", "predicted_delta": "predicted Δ",
+    "observed_delta": "observed Δ", "additive_delta": "additive Δ",
+})
+st.dataframe(show.style.format(precision=3, na_rep="–"), hide_index=True, width="stretch", height=320)
+d1, d2 = st.columns(2)
+slug = result.target.replace("+", "_").replace(":", "-")
+d1.download_button("Download predicted cells (.h5ad)", common.h5ad_bytes(result.predicted),
+                   file_name=f"predicted_{slug}.h5ad", mime="application/octet-stream", key="dl_h5ad")
+d2.download_button("Download gene table (.csv)", table.to_csv(index=False).encode(),
+                   file_name=f"top_genes_{slug}.csv", mime="text/csv", key="dl_csv")

@@ -1,0 +1,131 @@
+"""Data: choose a dataset, set up its columns, see what it holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from pages import common
+from pdae_core import cell_figures as cf
+from pdae_core import explore
+from pdae_core.errors import PDAEError
+
+common.init_state()
+ss = st.session_state
+st.title("Data")
+st.caption("Pick a dataset, tell the app which column holds the perturbations, and see what was measured.")
+
+SOURCES = ("Built-in dataset", "Upload an .h5ad", "File on the server")
+src = ss.data_source
+default_mode = {"builtin": 0, "upload": 1, "path": 2}[src[0]]
+mode = st.radio("Source", SOURCES, index=default_mode, horizontal=True, key="data_mode")
+
+if mode == SOURCES[0]:
+    names = list(common.BUILTIN_DATASETS)
+    current = src[1] if src[0] == "builtin" else common.DEMO_DATASET
+    name = st.selectbox(
+        "Dataset", names, index=names.index(current) if current in names else 0, key="data_builtin",
+        help="norman19_devel: K562 CRISPRa, Norman et al. 2019 (the demo). mcfaline23_devel: "
+        "McFaline-Figueroa et al. 2023 chemical-genetic slice. synthetic: generated from the PDAE model with known truth.",
+    )
+    if src[0] != "builtin" or src[1] != name:
+        ss.data_source = ("builtin", name)
+elif mode == SOURCES[1]:
+    st.caption(f"An AnnData saved with `adata.write_h5ad()`, at most {common.MAX_UPLOAD_MB} MB.")
+    up = st.file_uploader("Upload an .h5ad file", type=None, key="data_upload")
+    if up is not None:
+        err = common.add_upload(up.name, up.getvalue())
+        if err:
+            st.error(err)
+            st.stop()
+else:
+    path = st.text_input("Path to an .h5ad file on the server", key="data_path", placeholder="/data/screen.h5ad")
+    if st.button("Load file", key="data_path_load") and path.strip():
+        ss.data_source = ("path", str(Path(path.strip()).expanduser()))
+
+ds = common.current_dataset()
+note = ss.get("data_note")
+if ds is None:
+    if note and note[0] == "unavailable":
+        st.warning(f"The dataset is not available offline. {common.data_dir_hint()}")
+        st.caption(note[1])
+        c1, c2 = st.columns(2)
+        if c1.button("Try to download it", key="data_download"):
+            ss.data_source = (*ss.data_source[:2], "download")
+            st.rerun()
+        if c2.button("Use the synthetic dataset", key="data_use_synthetic"):
+            ss.data_source = ("builtin", "synthetic")
+            st.rerun()
+    else:
+        st.error(note[1] if note else "The dataset could not be loaded.")
+    st.stop()
+
+# ---- set-up ----------------------------------------------------------------------------
+adata = ds.adata
+setup = dict(ss.data_setup.get(ds.source_key, {}))
+guess = explore.guess_columns(adata)
+st.subheader("Set-up")
+c1, c2, c3 = st.columns(3)
+cols = guess.perturbation_candidates or list(map(str, adata.obs.columns))
+pk = setup.get("perturbation_key")
+if pk not in cols:
+    cols = [pk, *cols] if pk else cols
+pk = c1.selectbox("Perturbation column", cols, index=cols.index(pk) if pk in cols else 0, key=f"pk:{ds.source_key}",
+                  help="The obs column naming each cell's perturbation; combinations written A+B.")
+try:
+    controls = explore.control_candidates(adata, pk)
+except PDAEError as e:
+    st.error(str(e))
+    st.stop()
+ctrl = setup.get("control_label") if setup.get("perturbation_key") == pk else None
+ctrl = ctrl if ctrl in controls else controls[0]
+ctrl = c2.selectbox("Control label", controls, index=controls.index(ctrl), key=f"ctrl:{ds.source_key}:{pk}",
+                    help="Cells with this label are unperturbed (label vector 0).")
+covs = ["(none)", *[c for c in guess.covariate_candidates if c != pk]]
+cov = setup.get("covariate_key") or "(none)"
+cov = c3.selectbox("Covariate (cell type / line)", covs, index=covs.index(cov) if cov in covs else 0,
+                   key=f"cov:{ds.source_key}", help="Optional: used to colour embeddings.")
+new = {**setup, "perturbation_key": pk, "control_label": ctrl, "covariate_key": None if cov == "(none)" else cov}
+if new != setup:
+    ss.data_setup[ds.source_key] = new
+    st.rerun()
+
+if ds.registry is None:
+    st.error(ds.setup_error or "The dataset could not be set up.")
+    st.stop()
+
+summary = explore.summarize_dataset(adata, ds.registry)
+if summary.x_kind == "counts" or setup.get("preprocess"):
+    if not setup.get("preprocess"):
+        st.warning("X holds raw counts. Models expect log-normalised expression: preprocess it first.")
+    with st.form("preprocess"):
+        hvg = st.number_input("Keep the top N highly variable genes (0 = all genes)", 0, 20000,
+                              int(setup.get("n_top_genes") or 2000), step=500)
+        on = st.checkbox("normalize_total + log1p (+ HVG selection)", value=bool(setup.get("preprocess")))
+        if st.form_submit_button("Apply"):
+            ss.data_setup[ds.source_key] = {**new, "preprocess": on, "n_top_genes": int(hvg) or None}
+            st.rerun()
+
+# ---- summary ---------------------------------------------------------------------------
+st.subheader(f"{ds.label}")
+m = st.columns(6)
+m[0].metric("Cells", f"{summary.n_cells:,}")
+m[1].metric("Genes", f"{summary.n_genes:,}")
+m[2].metric("Expression", "log-normalised" if summary.x_kind == "log1p" else "raw counts")
+m[3].metric("Perturbations", summary.n_perturbations)
+m[4].metric("Singles", summary.n_singles)
+m[5].metric("Combinations", summary.n_combinations)
+both = summary.combinations_with_parts
+if both:
+    st.markdown(
+        f"**{len(both)} combination(s) have every part measured alone**, so a model can be checked on them "
+        f"(hold them out when training): {', '.join(both)}"
+    )
+elif summary.n_combinations:
+    st.markdown("No combination has all of its parts measured alone.")
+t1, t2 = st.tabs(["Cells per condition", "Table"])
+with t1:
+    st.plotly_chart(cf.condition_count_bars(summary.conditions), width="stretch", config=common.PLOT_CONFIG, theme=None)
+with t2:
+    st.dataframe(summary.conditions, hide_index=True, width="stretch")

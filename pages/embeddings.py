@@ -1,0 +1,73 @@
+"""Embeddings: the learned latent space and the perturbation embedding (columns of W)."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pages import common
+from pdae_core import cell_figures as cf
+from pdae_core import explore
+from pdae_core.registry import condition_column
+
+common.init_state()
+ss = st.session_state
+st.title("Embeddings")
+ds = common.require_dataset()
+model_key, model = common.require_model(ds)
+reg = model.registry
+
+st.subheader("Latent space of the cells")
+c1, c2 = st.columns(2)
+which = c1.radio(
+    "Embedding", ["z_base", "z"], horizontal=True, key="emb_which",
+    format_func=lambda w: {"z_base": "z_base (perturbation removed)", "z": "z = z_base + W l (as observed)"}[w],
+    help="z_base should mix conditions if the model explains them by its shifts; z should separate them.",
+)
+colour_opts = ["condition", "kind (control / single / combination)"]
+if ds.registry is not None and ds.registry.covariate_key:
+    colour_opts.append(f"covariate ({ds.registry.covariate_key})")
+colour = c2.radio("Colour by", colour_opts, horizontal=True, key="emb_colour")
+
+coords = common.latent_umap(ds.key, model_key, which, model, ds.adata)
+conds = condition_column(ds.adata, reg.perturbation_key)
+if colour == "condition":
+    groups = list(conds)
+    order = [reg.control_label, *sorted(set(groups) - {reg.control_label})]
+    colors = {reg.control_label: cf.KIND_COLORS[cf.CONTROL]}
+elif colour.startswith("kind"):
+    n_parts = {c: len(reg.parse(c)) for c in np.unique(conds)}
+    groups = ["control" if n_parts[c] == 0 else "single" if n_parts[c] == 1 else "combination" for c in conds]
+    order, colors = ["control", "single", "combination"], cf.CONDITION_KIND_COLORS
+else:
+    groups = ds.adata.obs[ds.registry.covariate_key].astype(str).tolist()
+    order, colors = None, None
+held = set(model.holdout)
+hover = [f"{c} (held out)" if c in held else c for c in conds]
+st.plotly_chart(
+    cf.embedding_scatter(coords, groups, hover, title=f"UMAP of {which} ({ds.adata.n_obs:,} cells)",
+                         colors=colors, order=order),
+    width="stretch", config=common.PLOT_CONFIG, theme=None, key="emb_umap",
+)
+
+st.subheader("Perturbation embedding (columns of W)")
+W = model.perturbation_embedding()
+seen = np.abs(model.train_labels).sum(0) > 0
+if not seen.all():
+    st.caption("Perturbations never seen in training keep their initial shift and are left out: "
+               + ", ".join(W.index[~seen]))
+W = W[seen]
+xy, ratio = explore.perturbation_projection(W)
+p1, p2 = st.columns(2)
+with p1:
+    st.plotly_chart(
+        cf.perturbation_map(xy, list(W.index), title=f"PCA of the shifts (PC1 {ratio[0]:.0%}, PC2 {ratio[1]:.0%})"),
+        width="stretch", config=common.PLOT_CONFIG, theme=None, key="emb_pmap",
+    )
+with p2:
+    st.plotly_chart(
+        cf.similarity_heatmap(explore.shift_similarity(W), title="cosine similarity of shifts (clustered)"),
+        width="stretch", config=common.PLOT_CONFIG, theme=None, key="emb_sim",
+    )
+st.plotly_chart(cf.latent_heatmap(W, title="which latent dimensions each perturbation uses"),
+                width="stretch", config=common.PLOT_CONFIG, theme=None, key="emb_heat")

@@ -1,0 +1,165 @@
+"""Model: load a checkpoint, or train a new model in the background; save and download it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+import pdae_core as pc
+from pages import common
+from pdae_core import cell_figures as cf
+from pdae_core import explore
+from pdae_core.base import MODEL_TYPES
+from pdae_core.jobs import JobState, training_job
+
+common.init_state()
+ss = st.session_state
+st.title("Model")
+ds = common.current_dataset()
+
+# ---- the loaded model ------------------------------------------------------------------
+if ss.get("model_error"):
+    st.error(ss.pop("model_error"))
+loaded = common.current_model()
+if loaded is None:
+    st.info("No model loaded: load a checkpoint or train one below.")
+else:
+    key, model = loaded
+    st.subheader(common.model_label(key))
+    reg = model.registry
+    m = st.columns(4)
+    m[0].metric("Model", model.model_type.upper())
+    m[1].metric("Genes", reg.n_genes)
+    m[2].metric("Perturbations", reg.n_perturbations)
+    m[3].metric("Training conditions", len(model.train_conditions))
+    st.markdown(
+        f"Held out during training: **{', '.join(model.holdout) if model.holdout else 'nothing'}** · "
+        f"perturbation column `{reg.perturbation_key}`, control `{reg.control_label}`"
+    )
+    if ds is not None:
+        why = common.compatibility(model, ds)
+        if why:
+            st.warning(f"This model does not fit the loaded dataset ({ds.label}): {why}")
+    with st.expander("Training history and hyperparameters"):
+        if model.history is not None and model.history.records:
+            st.plotly_chart(cf.loss_curve(model.history.records, title="training and validation loss"),
+                            width="stretch", config=common.PLOT_CONFIG, theme=None)
+            h = model.history
+            st.caption(f"{h.steps} steps in {h.seconds:.0f} s on {h.device}; best validation energy distance "
+                       f"{h.best_val:.4f} at epoch {h.best_epoch}" if h.best_val is not None else "")
+        st.json({"model": vars(model.config), "training": model.train_config.to_dict() if model.train_config else None},
+                expanded=False)
+
+load_tab, train_tab, save_tab = st.tabs(["Load a checkpoint", "Train a new model", "Save / download"])
+
+# ---- load --------------------------------------------------------------------------------
+with load_tab:
+    bundled = common.bundled_checkpoints()
+    if bundled:
+        names = list(bundled)
+        c1, c2 = st.columns([3, 1])
+        pick = c1.selectbox("Bundled checkpoints", names, key="model_bundled")
+        if c2.button("Load", key="model_load_bundled"):
+            ss.model_key = f"bundled:{pick}"
+            st.rerun()
+    path = st.text_input("Or a checkpoint directory on the server (model.safetensors + config.json)",
+                         key="model_path", placeholder="/models/my_pdae")
+    if st.button("Load from path", key="model_load_path") and path.strip():
+        p = Path(path.strip()).expanduser()
+        try:
+            pc.load_model(p)  # validate first; the cached load below shares it
+            ss.model_key = f"path:{p}"
+            st.rerun()
+        except pc.PDAEError as e:
+            st.error(str(e))
+
+# ---- train -------------------------------------------------------------------------------
+with train_tab:
+    job = ss.get("train_job")
+    if ds is None or ds.registry is None:
+        st.info("Load and set up a dataset on the Data page to train on it.")
+    elif job is None or job.snapshot().finished:
+        summary = explore.summarize_dataset(ds.adata, ds.registry)
+        conds = summary.conditions
+        testable = summary.combinations_with_parts
+        with st.form("train_form"):
+            st.markdown(f"Train on **{ds.label}** ({summary.n_cells:,} cells). Held-out conditions are never seen.")
+            c1, c2, c3 = st.columns(3)
+            mtype = c1.selectbox("Model", sorted(MODEL_TYPES), index=sorted(MODEL_TYPES).index("pdae"))
+            epochs = c2.number_input("Max epochs", 1, 2000, 150)
+            seed = c3.number_input("Seed", 0, 10_000, 0)
+            c1, c2, c3 = st.columns(3)
+            latent = c1.number_input("Latent dimensions", 2, 256, 16)
+            lr = c2.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3], value=1e-3)
+            minutes = c3.number_input("Time limit (minutes, 0 = none)", 0, 600, 0)
+            holdout = st.multiselect(
+                "Hold out (combinations with both parts measured are pre-selected)",
+                conds.loc[conds.kind != "control", "condition"].tolist(), default=testable,
+            )
+            go = st.form_submit_button("Start training", type="primary")
+        if go:
+            try:
+                cls = MODEL_TYPES[mtype]
+                options = {"latent_dim": int(latent)} if mtype == "pdae" else {}
+                new = cls(ds.registry, seed=int(seed), **options)
+                ss.train_job = training_job(
+                    new, ds.adata, holdout=holdout, max_epochs=int(epochs), lr=float(lr), seed=int(seed),
+                    time_limit_s=float(minutes) * 60 or None,
+                ).start()
+                ss.train_meta = {"dataset": ds.label, "model_type": mtype, "collected": False}
+                st.rerun()
+            except (pc.PDAEError, ValueError) as e:
+                st.error(str(e))
+
+    @st.fragment(run_every=1.0)
+    def training_progress() -> None:
+        job = ss.get("train_job")
+        if job is None:
+            return
+        snap = job.snapshot()
+        meta = ss.get("train_meta", {})
+        st.markdown(f"**Training {meta.get('model_type', '').upper()} on {meta.get('dataset', '')}** · "
+                    f"{snap.state.value} · {snap.elapsed_s:.0f} s")
+        st.progress(min(1.0, snap.fraction), text=snap.message or "starting…")
+        st.plotly_chart(cf.loss_curve(snap.records), width="stretch", config=common.PLOT_CONFIG, theme=None,
+                        key="train_curve")
+        if not snap.finished:
+            if st.button("Cancel training", key="train_cancel"):
+                job.cancel()
+            return
+        if snap.state is JobState.FAILED:
+            st.error(f"Training failed: {snap.error}")
+        elif not meta.get("collected"):
+            key = common.new_trained_key()
+            ss.trained[key] = job.result()
+            ss.model_key = f"trained:{key}"
+            meta["collected"] = True
+            ss.train_meta = meta
+            st.rerun()  # refresh the whole page: the new model is now the loaded one
+        else:
+            done = "Cancelled; the model keeps its best weights so far" if snap.state is JobState.CANCELLED else "Done"
+            st.success(f"{done}. It is the loaded model now; save it from the Save / download tab.")
+
+    training_progress()
+
+# ---- save ---------------------------------------------------------------------------------
+with save_tab:
+    if loaded is None:
+        st.info("Nothing to save yet.")
+    else:
+        key, model = loaded
+        name = st.text_input("Checkpoint name", value=f"{model.model_type}_{key.split(':')[-1]}".replace("/", "_"),
+                             key="save_name")
+        st.download_button(
+            "Download checkpoint (.zip)", data=common.checkpoint_zip(model, name), file_name=f"{name}.zip",
+            mime="application/zip", key="save_download",
+            help="model.safetensors (weights) + config.json: no pickle, safe to share.",
+        )
+        target = st.text_input("Or save to a directory on the server", key="save_dir", placeholder="/models/my_pdae")
+        if st.button("Save", key="save_button") and target.strip():
+            try:
+                model.save(Path(target.strip()).expanduser())
+                st.success(f"Saved to {target.strip()}.")
+            except (pc.PDAEError, OSError) as e:
+                st.error(f"Could not save to {target.strip()}: {e}")

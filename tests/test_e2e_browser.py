@@ -1,0 +1,187 @@
+"""End-to-end: the dashboard in a real browser (Playwright driving Debian's Chromium)
+against ``streamlit run app.py`` on a free localhost port.
+
+Chromium is installed with apt-get by the ``chromium`` fixture when it is missing
+(as root, or through sudo); the test fails with the reason when that is impossible.
+Screenshots of every page are written to ``docs/screenshots/`` (the README shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import anndata as ad
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT_MS = 180_000  # the first UMAP of a dataset takes ~20-40 s on 2 cores
+
+
+def _install_chromium() -> None:
+    if Path(CHROMIUM).exists():
+        return
+    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
+    if prefix is None:
+        pytest.fail(f"{CHROMIUM} is missing and this user cannot apt-get install it (not root, no sudo).")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        r = subprocess.run(prefix + cmd, capture_output=True, text=True, env=env, timeout=900)
+        if r.returncode != 0 and cmd[1] == "install":
+            pytest.fail(f"apt-get install chromium failed: {r.stderr[-2000:]}")
+    assert Path(CHROMIUM).exists(), f"apt-get ran but {CHROMIUM} is still missing"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not become healthy within 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    _install_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--headless", "--no-sandbox"])
+        ctx = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        yield pg
+        ctx.close()
+        browser.close()
+
+
+def _idle(page) -> None:
+    """Wait until Streamlit has finished the current script run."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
+    page.wait_for_timeout(300)
+
+
+def _goto(page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+    _idle(page)
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _plots(page) -> int:
+    return page.locator('[data-testid="stPlotlyChart"] .main-svg').count()
+
+
+def test_opens_on_demo_data(page, server):
+    page.goto(server)
+    page.get_by_role("heading", name="Data").wait_for()
+    _idle(page)
+    text = page.inner_text("body")
+    assert "norman19_devel" in text and "3,375" in text  # cells of the demo slice
+    assert "combination(s) have every part measured alone" in text
+    assert "bundled checkpoint norman19_devel" in text  # sidebar: the demo model is loaded
+    _shot(page, "data")
+
+
+def test_compose_two_perturbations_and_download(page, server, tmp_path):
+    _goto(page, "Compose (what-if)")
+    page.get_by_role("heading", name="Compose a what-if combination").wait_for()
+    box = page.get_by_test_id("stMultiSelect").filter(has_text="Perturbations to combine")
+    clear = box.get_by_role("button", name=re.compile("clear", re.I))
+    if clear.count():
+        clear.first.click()
+    else:  # older widget: remove each tag
+        while box.locator('[data-baseweb="tag"] [role="presentation"]').count():
+            box.locator('[data-baseweb="tag"] [role="presentation"]').first.click()
+    _idle(page)
+    for name in ("MAPK1", "TGFBR2"):
+        box.locator("input").fill(name)
+        page.get_by_role("option", name=name, exact=True).click()  # the filter is fuzzy: click the exact one
+        _idle(page)
+    page.keyboard.press("Escape")
+    _idle(page)
+    body = page.inner_text("body")
+    assert "MAPK1+TGFBR2 lies in the span" in body, body[:2000]
+    assert "held out during training" in body, body[body.find("MAPK1+TGFBR2"):][:600]
+    # the shared UMAP (WebGL scatter), the gene violins and the top-gene bars render
+    page.wait_for_function(
+        "document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= 3", timeout=TIMEOUT_MS
+    )
+    assert page.locator('[data-testid="stPlotlyChart"] canvas').count() >= 1  # scattergl draws on a canvas
+    assert page.locator('[data-testid="stPlotlyChart"] .violinlayer').count() >= 1
+    _shot(page, "compose")
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Download predicted cells (.h5ad)").click()
+    path = tmp_path / "pred.h5ad"
+    dl.value.save_as(path)
+    pred = ad.read_h5ad(path)
+    assert set(pred.obs["target"]) == {"MAPK1+TGFBR2"}
+    assert pred.n_obs == 100 and pred.n_vars == 500  # every control cell of the slice (100 < 300 asked)
+    assert {"source_cell", "source_condition"} <= set(pred.obs.columns)
+
+
+def test_other_pages_render(page, server):
+    for title, heading in (("Embeddings", "Embeddings"), ("Model", "Model"), ("Benchmark", "Benchmark")):
+        _goto(page, title)
+        page.get_by_role("heading", name=heading, exact=True).wait_for()
+        page.wait_for_function(
+            "document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= 1", timeout=TIMEOUT_MS
+        )
+        assert not page.get_by_test_id("stException").count(), page.inner_text("body")[:2000]
+        _shot(page, title.lower())
+
+
+def test_malformed_upload_shows_error(page, server, tmp_path):
+    _goto(page, "Data")
+    page.get_by_text("Upload an .h5ad", exact=True).click()
+    _idle(page)
+    bad = tmp_path / "broken.h5ad"
+    bad.write_text("this is not an AnnData file\n")
+    page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(str(bad))
+    page.get_by_text("broken.h5ad is not an .h5ad file (not HDF5)").wait_for(timeout=60_000)
+    assert not page.get_by_test_id("stException").count()
+    body = page.inner_text("body")
+    assert "Could not use broken.h5ad" in body
+    assert "Traceback" not in body
