@@ -25,5 +25,9 @@ PAGES = [
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
 ]
 nav = st.navigation(PAGES)
-common.sidebar_status()
-nav.run()
+status = st.sidebar.container()  # below the page links
+try:
+    nav.run()
+finally:  # after the page, so it shows what the page just chose (also when the page stopped early)
+    with status:
+        common.sidebar_status()

@@ -139,8 +139,12 @@ def load_source(source: tuple[str, ...]) -> tuple[str, str, ad.AnnData]:
     kind = source[0]
     if kind == "builtin":
         name = source[1]
-        download = len(source) > 2 and source[2] == "download"
-        return f"builtin:{name}", name, _builtin(name, download)
+        offline = st.session_state.setdefault("offline", set())
+        try:  # downloads a missing file once per session; offline, fails fast and says how to get it
+            return f"builtin:{name}", name, _builtin(name, name not in offline)
+        except DatasetUnavailableError:
+            offline.add(name)
+            raise
     if kind == "upload":
         _, digest, filename = source
         data = st.session_state.get("upload_bytes", {}).get(digest)
@@ -333,7 +337,7 @@ def _running_jobs() -> None:
 def sidebar_status() -> None:
     """What is loaded, in the sidebar of every page."""
     ss = st.session_state
-    with st.sidebar:
+    with st.container():
         src = ss.get("data_source", ("builtin", DEMO_DATASET))
         data_label = {"builtin": src[1], "upload": src[-1], "path": Path(src[1]).name}.get(src[0], "?")
         st.markdown(f"**Data** · {data_label}")
@@ -342,3 +346,21 @@ def sidebar_status() -> None:
         if any(ss.get(n) is not None for n in ("train_job", "bench_job")):
             _running_jobs()
         st.caption(f"pdae_core {pc.__version__}")
+
+
+def restore_widgets(*keys: str, prefix: str | None = None) -> None:
+    """Streamlit forgets a widget's value when its page is not shown; put back what
+    :func:`remember_widgets` kept, so selections survive page switches."""
+    kept = st.session_state.setdefault("_kept", {})
+    names = list(keys) + ([k for k in kept if k.startswith(prefix)] if prefix else [])
+    for k in names:
+        if k not in st.session_state and k in kept:
+            st.session_state[k] = kept[k]
+
+
+def remember_widgets(*keys: str, prefix: str | None = None) -> None:
+    kept = st.session_state.setdefault("_kept", {})
+    names = list(keys) + ([k for k in st.session_state if str(k).startswith(prefix)] if prefix else [])
+    for k in names:
+        if k in st.session_state:
+            kept[k] = st.session_state[k]

@@ -41,6 +41,8 @@ def _apply_preset() -> None:
         ss[f"w:{p}"] = 1.0
 
 
+KEYS = ("compose_perts", "compose_source", "compose_n", "compose_show_add", "compose_genes", "compose_genes_target")
+common.restore_widgets(*KEYS, prefix="w:")
 if "compose_perts" not in ss or any(p not in seen for p in ss.compose_perts):
     first = heldout[0] if heldout else (combos[0] if combos else "")
     ss.compose_perts = [p for p in reg.parse(first) if p in seen][:2] if first else seen[:2]
@@ -57,10 +59,15 @@ with left:
         weights[p] = st.slider(f"{p} dose", -1.0, 3.0, step=0.1, key=f"w:{p}",
                                help="1 = as measured; 0 removes it; doses other than 1 extrapolate along its shift.")
     sources = [c for c in conds.condition if c == reg.control_label] + [c for c in conds.condition if c != reg.control_label]
-    src = st.selectbox("Source cells", sources, index=0, key="compose_source",
+    if ss.get("compose_source") not in sources:
+        ss.pop("compose_source", None)
+    src = st.selectbox("Source cells", sources, key="compose_source",
                        help="Cells that are encoded, moved to the target and decoded. Control by default.")
-    n_src = st.slider("Number of source cells", 20, 1000, 300, step=20, key="compose_n")
-    show_add = st.toggle("Show additive baseline cells in the UMAP", value=False, key="compose_show_add")
+    ss.setdefault("compose_n", 300)
+    ss.setdefault("compose_show_add", False)
+    n_src = st.slider("Number of source cells", 20, 1000, step=20, key="compose_n")
+    show_add = st.toggle("Show additive baseline cells in the UMAP", key="compose_show_add")
+common.remember_widgets(*KEYS, prefix="w:")
 
 if not any(w != 0 for w in weights.values()):
     right.info("Choose at least one perturbation with a non-zero dose.")
@@ -106,8 +113,11 @@ with g1:
     if ss.get("compose_genes_target") != result.target:  # new target: show its top genes
         ss.compose_genes = top3
         ss.compose_genes_target = result.target
+    if any(g not in set(reg.gene_names) for g in ss.compose_genes):
+        ss.compose_genes = top3
     genes = st.multiselect("Genes (type to search)", reg.gene_names, key="compose_genes",
                            help="Distribution of each gene's expression per group.")
+    common.remember_widgets("compose_genes", "compose_genes_target")
     if genes:
         st.plotly_chart(cf.gene_violins(explore.gene_values(result, genes, reg), genes,
                                         title="expression per group"),

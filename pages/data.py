@@ -48,11 +48,11 @@ ds = common.current_dataset()
 note = ss.get("data_note")
 if ds is None:
     if note and note[0] == "unavailable":
-        st.warning(f"The dataset is not available offline. {common.data_dir_hint()}")
+        st.warning(f"{ss.data_source[1]} is not on this machine and could not be downloaded. {common.data_dir_hint()}")
         st.caption(note[1])
         c1, c2 = st.columns(2)
-        if c1.button("Try to download it", key="data_download"):
-            ss.data_source = (*ss.data_source[:2], "download")
+        if c1.button("Try to download it again", key="data_download"):
+            ss.offline.discard(ss.data_source[1])
             st.rerun()
         if c2.button("Use the synthetic dataset", key="data_use_synthetic"):
             ss.data_source = ("builtin", "synthetic")

@@ -13,42 +13,59 @@ from pdae_core.registry import condition_column
 common.init_state()
 ss = st.session_state
 st.title("Embeddings")
-ds = common.require_dataset()
-model_key, model = common.require_model(ds)
+ds = common.current_dataset()
+model_key, model = common.require_model()
 reg = model.registry
+why = None if ds is None or ds.registry is None else common.compatibility(model, ds)
 
-st.subheader("Latent space of the cells")
-c1, c2 = st.columns(2)
-which = c1.radio(
-    "Embedding", ["z_base", "z"], horizontal=True, key="emb_which",
-    format_func=lambda w: {"z_base": "z_base (perturbation removed)", "z": "z = z_base + W l (as observed)"}[w],
-    help="z_base should mix conditions if the model explains them by its shifts; z should separate them.",
-)
-colour_opts = ["condition", "kind (control / single / combination)"]
-if ds.registry is not None and ds.registry.covariate_key:
-    colour_opts.append(f"covariate ({ds.registry.covariate_key})")
-colour = c2.radio("Colour by", colour_opts, horizontal=True, key="emb_colour")
 
-coords = common.latent_umap(ds.key, model_key, which, model, ds.adata)
-conds = condition_column(ds.adata, reg.perturbation_key)
-if colour == "condition":
-    groups = list(conds)
-    order = [reg.control_label, *sorted(set(groups) - {reg.control_label})]
-    colors = {reg.control_label: cf.KIND_COLORS[cf.CONTROL]}
-elif colour.startswith("kind"):
-    n_parts = {c: len(reg.parse(c)) for c in np.unique(conds)}
-    groups = ["control" if n_parts[c] == 0 else "single" if n_parts[c] == 1 else "combination" for c in conds]
-    order, colors = ["control", "single", "combination"], cf.CONDITION_KIND_COLORS
+def latent_section() -> None:
+    assert ds is not None and ds.registry is not None
+    common.restore_widgets("emb_which", "emb_colour")
+    st.subheader("Latent space of the cells")
+    c1, c2 = st.columns(2)
+    which = c1.radio(
+        "Embedding", ["z_base", "z"], horizontal=True, key="emb_which",
+        format_func=lambda w: {"z_base": "z_base (perturbation removed)", "z": "z = z_base + W l (as observed)"}[w],
+        help="z_base should mix conditions if the model explains them by its shifts; z should separate them.",
+    )
+    colour_opts = ["condition", "kind (control / single / combination)"]
+    if ds.registry is not None and ds.registry.covariate_key:
+        colour_opts.append(f"covariate ({ds.registry.covariate_key})")
+    if ss.get("emb_colour") not in colour_opts:
+        ss.pop("emb_colour", None)
+    colour = c2.radio("Colour by", colour_opts, horizontal=True, key="emb_colour")
+    common.remember_widgets("emb_which", "emb_colour")
+
+    coords = common.latent_umap(ds.key, model_key, which, model, ds.adata)
+    conds = condition_column(ds.adata, reg.perturbation_key)
+    if colour == "condition":
+        groups = list(conds)
+        order = [reg.control_label, *sorted(set(groups) - {reg.control_label})]
+        colors = {reg.control_label: cf.KIND_COLORS[cf.CONTROL]}
+    elif colour.startswith("kind"):
+        n_parts = {c: len(reg.parse(c)) for c in np.unique(conds)}
+        groups = ["control" if n_parts[c] == 0 else "single" if n_parts[c] == 1 else "combination" for c in conds]
+        order, colors = ["control", "single", "combination"], cf.CONDITION_KIND_COLORS
+    else:
+        groups = ds.adata.obs[ds.registry.covariate_key].astype(str).tolist()
+        order, colors = None, None
+    held = set(model.holdout)
+    hover = [f"{c} (held out)" if c in held else c for c in conds]
+    st.plotly_chart(
+        cf.embedding_scatter(coords, groups, hover, title=f"UMAP of {which} ({ds.adata.n_obs:,} cells)",
+                             colors=colors, order=order),
+        width="stretch", config=common.PLOT_CONFIG, theme=None, key="emb_umap",
+    )
+
+
+if ds is None or ds.registry is None:
+    st.info("Load a dataset on the Data page to see the cells' latent space; "
+            "the perturbation embedding below needs only the model.")
+elif why:
+    st.warning(f"The loaded model does not fit {ds.label}: {why}")
 else:
-    groups = ds.adata.obs[ds.registry.covariate_key].astype(str).tolist()
-    order, colors = None, None
-held = set(model.holdout)
-hover = [f"{c} (held out)" if c in held else c for c in conds]
-st.plotly_chart(
-    cf.embedding_scatter(coords, groups, hover, title=f"UMAP of {which} ({ds.adata.n_obs:,} cells)",
-                         colors=colors, order=order),
-    width="stretch", config=common.PLOT_CONFIG, theme=None, key="emb_umap",
-)
+    latent_section()
 
 st.subheader("Perturbation embedding (columns of W)")
 W = model.perturbation_embedding()

@@ -41,13 +41,14 @@ else:
         why = common.compatibility(model, ds)
         if why:
             st.warning(f"This model does not fit the loaded dataset ({ds.label}): {why}")
-    with st.expander("Training history and hyperparameters"):
-        if model.history is not None and model.history.records:
-            st.plotly_chart(cf.loss_curve(model.history.records, title="training and validation loss"),
-                            width="stretch", config=common.PLOT_CONFIG, theme=None)
-            h = model.history
+    if model.history is not None and model.history.records:
+        st.plotly_chart(cf.loss_curve(model.history.records, title="training and validation loss"),
+                        width="stretch", config=common.PLOT_CONFIG, theme=None, key="model_history")
+        h = model.history
+        if h.best_val is not None:
             st.caption(f"{h.steps} steps in {h.seconds:.0f} s on {h.device}; best validation energy distance "
-                       f"{h.best_val:.4f} at epoch {h.best_epoch}" if h.best_val is not None else "")
+                       f"{h.best_val:.4f} at epoch {h.best_epoch}")
+    with st.expander("Hyperparameters"):
         st.json({"model": vars(model.config), "training": model.train_config.to_dict() if model.train_config else None},
                 expanded=False)
 

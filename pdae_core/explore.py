@@ -456,7 +456,8 @@ def what_if_embedding(
     def add(kind: str, data: ad.AnnData, text: Sequence[str], embedded: bool) -> None:
         xy = reference.coords_of(data.obs_names) if embedded else None
         if xy is None or len(xy) != data.n_obs:  # not all in the reference sample: place them
-            xy = reference.transform(_dense(data.X))
+            # dataset cells from the reference's layer (as it was fitted); predictions hold it in X
+            xy = reference.transform(expression_matrix(data, reference.layer) if embedded else _dense(data.X))
         coords.append(xy)
         groups.extend([kind] * data.n_obs)
         hover.extend(text)

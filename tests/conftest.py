@@ -11,6 +11,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PDAE_DATA_DIR", REPO.parent / "shared" / "data"))
+os.environ["PDAE_DATA_DIR"] = str(DATA_DIR)  # the dashboard (AppTest, streamlit server) reads it too
 
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -79,18 +79,28 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser(server):
     _install_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--headless", "--no-sandbox"])
-        ctx = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
-        pg = ctx.new_page()
-        pg.set_default_timeout(TIMEOUT_MS)
-        yield pg
-        ctx.close()
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--headless", "--no-sandbox"])
+        yield b
+        b.close()
+
+
+def _new_page(browser):
+    ctx = browser.new_context(viewport={"width": 1440, "height": 1300}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    pg = _new_page(browser)
+    yield pg
+    pg.context.close()
 
 
 def _idle(page) -> None:
@@ -118,6 +128,7 @@ def test_opens_on_demo_data(page, server):
     page.goto(server)
     page.get_by_role("heading", name="Data").wait_for()
     _idle(page)
+    page.get_by_text("bundled checkpoint norman19_devel").wait_for()
     text = page.inner_text("body")
     assert "norman19_devel" in text and "3,375" in text  # cells of the demo slice
     assert "combination(s) have every part measured alone" in text
@@ -171,6 +182,26 @@ def test_other_pages_render(page, server):
         )
         assert not page.get_by_test_id("stException").count(), page.inner_text("body")[:2000]
         _shot(page, title.lower())
+
+
+def test_two_sessions_do_not_interfere(page, browser, server):
+    """A second tab switching to the synthetic dataset leaves the first tab's data and
+    what-if selection alone (cached data are shared read-only, choices are per session)."""
+    other = _new_page(browser)
+    try:
+        other.goto(server)
+        other.get_by_role("heading", name="Data").wait_for()
+        _idle(other)
+        other.get_by_test_id("stSelectbox").filter(has_text="Dataset").click()
+        other.get_by_role("option", name="synthetic", exact=True).click()
+        _idle(other)
+        other.get_by_text("Data · synthetic").wait_for()
+    finally:
+        other.context.close()
+    _goto(page, "Compose (what-if)")
+    body = page.inner_text("body")
+    assert "Data · norman19_devel" in body
+    assert "MAPK1+TGFBR2 lies in the span" in body
 
 
 def test_malformed_upload_shows_error(page, server, tmp_path):

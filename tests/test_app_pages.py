@@ -1,0 +1,409 @@
+"""The dashboard's pages under Streamlit's AppTest (no browser), on the real demo data.
+
+``AppTest.from_file("app.py")`` runs the entry point, which shows the Data page; because a
+``pages/`` directory sits next to app.py, ``at.switch_page("pages/x.py").run()`` then runs
+that page script directly (each page calls ``common.init_state()`` itself), and so does
+every later ``at.run()``. Each test starts its own AppTest (a fresh session); the
+``st.cache_resource`` caches (datasets, checkpoint, UMAPs) are per process, so only the
+first visit to Compose or Embeddings pays for a UMAP fit (~20-30 s with numba compiling).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the pages import ``pages.common`` from the repository root
+    sys.path.insert(0, str(ROOT))
+
+from pages import common  # noqa: E402
+
+TIMEOUT = 300  # seconds per script run: the first UMAP of a dataset compiles numba
+DEMO_CELLS, DEMO_GENES = "3,375", "500"
+HELDOUT = ["KLF1+MAP2K6", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2", "KLF1+TGFBR2"]
+SUBMIT_TRAINING = "FormSubmitter:train_form-Start training"
+
+
+@pytest.fixture(autouse=True)
+def _real_data(data_dir):
+    """Every test here needs the real demo data (conftest points PDAE_DATA_DIR at it)."""
+    return data_dir
+
+
+# ---- helpers ------------------------------------------------------------------------------
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, "\n".join(f"{e.message}\n{''.join(e.stack_trace)}" for e in at.exception)
+    return at
+
+
+def start(page: str | None = None) -> AppTest:
+    """A new session on app.py (the Data page), optionally switched to ``pages/<page>.py``."""
+    at = ok(AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run())
+    if page is not None:
+        ok(at.switch_page(f"pages/{page}.py").run())
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def joined(elements) -> str:
+    return "\n".join(texts(elements))
+
+
+def control_selectbox(at: AppTest):
+    boxes = [s for s in at.selectbox if s.key and s.key.startswith("ctrl:")]
+    assert len(boxes) == 1, [s.key for s in at.selectbox]
+    return boxes[0]
+
+
+def load_path(at: AppTest, path: str | Path) -> AppTest:
+    if at.radio(key="data_mode").value != "File on the server":
+        ok(at.radio(key="data_mode").set_value("File on the server").run())
+    at.text_input(key="data_path").input(str(path))
+    return ok(at.button(key="data_path_load").click().run())
+
+
+def upload(at: AppTest, filename: str, data: bytes) -> AppTest:
+    if at.radio(key="data_mode").value != "Upload an .h5ad":
+        ok(at.radio(key="data_mode").set_value("Upload an .h5ad").run())
+    uploaders = at.get("file_uploader")
+    assert [u.key for u in uploaders] == ["data_upload"]
+    uploaders[0].set_value((filename, data, "application/octet-stream"))
+    return ok(at.run())
+
+
+# ---- Data ---------------------------------------------------------------------------------
+def test_data_page_shows_the_demo():
+    at = start()
+    m = metrics(at)
+    assert m["Cells"] == DEMO_CELLS and m["Genes"] == DEMO_GENES
+    assert m["Expression"] == "log-normalised"
+    assert at.selectbox(key="data_builtin").value == common.DEMO_DATASET
+    text = joined(at.markdown)
+    assert "5 combination(s) have every part measured alone" in text
+    for combo in HELDOUT:
+        assert combo in text
+    # app.py's sidebar: the demo data and the bundled checkpoint are loaded by default
+    sidebar = joined(at.sidebar.markdown)
+    assert "norman19_devel" in sidebar and "bundled checkpoint norman19_devel" in sidebar
+    assert at.session_state["model_key"] == "bundled:norman19_devel"
+    assert not at.error
+    assert len(at.get("plotly_chart")) == 1 and len(at.dataframe) == 1
+
+
+def test_data_page_switches_builtin_dataset():
+    at = start()
+    ok(at.selectbox(key="data_builtin").set_value("synthetic").run())
+    m = metrics(at)
+    assert m["Cells"] != DEMO_CELLS and m["Genes"] != DEMO_GENES
+    assert at.session_state["data_source"] == ("builtin", "synthetic")
+    assert control_selectbox(at).key.startswith("ctrl:builtin:synthetic:")
+    ok(at.selectbox(key="data_builtin").set_value("norman19_devel").run())
+    assert metrics(at)["Cells"] == DEMO_CELLS
+
+
+def test_data_page_control_label_changes_the_summary():
+    at = start()
+    before = metrics(at)
+    box = control_selectbox(at)
+    assert box.value == "control"
+    new = "BPGM+SAMD1"  # a measured double: used as control it stops counting as a combination
+    assert new in box.options
+    ok(box.set_value(new).run())
+    assert control_selectbox(at).value == new
+    assert at.session_state["data_setup"]["builtin:norman19_devel"]["control_label"] == new
+    after = metrics(at)
+    assert int(after["Combinations"]) == int(before["Combinations"]) - 1
+    assert after != before
+    # and back: the original summary returns
+    ok(control_selectbox(at).set_value("control").run())
+    assert metrics(at) == before
+
+
+def test_data_page_missing_path():
+    at = load_path(start(), "/nonexistent/dir/screen.h5ad")
+    assert "File not found: /nonexistent/dir/screen.h5ad" in joined(at.error)
+    assert not at.metric
+
+
+def test_data_page_garbage_h5ad(tmp_path):
+    bad = tmp_path / "bad.h5ad"
+    bad.write_bytes(b"definitely not HDF5\x00\x01\x02" * 64)
+    at = load_path(start(), bad)
+    err = joined(at.error)
+    assert "bad.h5ad" in err and "not an .h5ad file" in err
+    assert not at.metric
+
+
+def test_data_page_h5ad_without_obs_columns(tmp_path):
+    path = tmp_path / "no_obs.h5ad"
+    ad.AnnData(np.ones((6, 4), dtype=np.float32)).write_h5ad(path)
+    at = load_path(start(), path)
+    assert "obs has no columns" in joined(at.error)
+    assert not at.metric
+
+
+def test_data_page_bad_path_then_good_path(tmp_path, tiny_adata):
+    at = load_path(start(), tmp_path / "missing.h5ad")
+    assert "File not found" in joined(at.error)
+    good = tmp_path / "tiny.h5ad"
+    tiny_adata.write_h5ad(good)
+    at = load_path(at, good)
+    assert not at.error
+    assert metrics(at)["Cells"] == f"{tiny_adata.n_obs:,}"
+    assert at.session_state["data_source"] == ("path", str(good))
+
+
+def test_data_page_raw_counts_preprocess(tmp_path, tiny_adata):
+    counts = tiny_adata.copy()
+    x = counts.X.toarray() if hasattr(counts.X, "toarray") else np.asarray(counts.X)
+    counts.X = np.random.default_rng(0).poisson(np.expm1(x) * 5).astype(np.float32)
+    counts.write_h5ad(tmp_path / "counts.h5ad")
+    at = load_path(start(), tmp_path / "counts.h5ad")
+    assert metrics(at)["Expression"] == "raw counts"
+    assert "X holds raw counts" in joined(at.warning)
+    at.number_input[0].set_value(20)
+    at.checkbox[0].check()
+    ok(at.button(key="FormSubmitter:preprocess-Apply").click().run())
+    m = metrics(at)
+    assert m["Expression"] == "log-normalised" and m["Genes"] == "20" and m["Cells"] == f"{counts.n_obs:,}"
+    assert not at.warning
+    setup = at.session_state["data_setup"][f"path:{tmp_path / 'counts.h5ad'}"]
+    assert setup["preprocess"] is True and setup["n_top_genes"] == 20
+
+
+def test_upload_over_the_size_limit_is_refused(monkeypatch):
+    monkeypatch.setattr(common, "MAX_UPLOAD_MB", 0)
+    at = upload(start(), "big.h5ad", b"\0" * (3 * 2**20))
+    err = joined(at.error)
+    assert "big.h5ad is 3 MB" in err and "uploads are limited to 0 MB" in err
+    assert "at most 0 MB" in joined(at.caption)
+    assert at.session_state["data_source"] == ("builtin", common.DEMO_DATASET)  # unchanged
+    assert not at.metric
+
+
+def test_upload_with_wrong_name_or_bytes(tiny_adata, tmp_path):
+    at = upload(start(), "notes.txt", b"hello")
+    assert "notes.txt is not an .h5ad file" in joined(at.error)
+    at = upload(at, "broken.h5ad", b"not hdf5 at all" * 10)
+    assert "Could not use broken.h5ad" in joined(at.error)
+    assert at.session_state["data_source"] == ("builtin", common.DEMO_DATASET)
+    # a real AnnData upload replaces the data source
+    tiny_adata.write_h5ad(tmp_path / "tiny.h5ad")
+    at = upload(at, "tiny.h5ad", (tmp_path / "tiny.h5ad").read_bytes())
+    assert not at.error
+    assert metrics(at)["Cells"] == f"{tiny_adata.n_obs:,}"
+    source = at.session_state["data_source"]
+    assert source[0] == "upload" and source[2] == "tiny.h5ad"
+
+
+def _add_upload_script(cases):
+    import streamlit as st
+
+    from pages import common
+
+    for name, data in cases:
+        st.write(f"{name}: {common.add_upload(name, data)}")
+
+
+def test_add_upload_messages(monkeypatch):
+    """pages.common.add_upload on its own (it needs a Streamlit session for session_state)."""
+    monkeypatch.setattr(common, "MAX_UPLOAD_MB", 1)
+    cases = [("huge.h5ad", b"\0" * (2 * 2**20 + 1)), ("small.csv", b"a,b\n1,2\n"), ("SMALL.H5AD", b"junk")]
+    at = AppTest.from_function(_add_upload_script, args=(cases,), default_timeout=60).run()
+    ok(at)
+    lines = texts(at.markdown)
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("huge.h5ad: huge.h5ad is 2 MB; uploads are limited to 1 MB")
+    assert "small.csv is not an .h5ad file" in lines[1]
+    assert lines[2].startswith("SMALL.H5AD: Could not use SMALL.H5AD")  # the suffix check ignores case
+    assert "upload_bytes" not in at.session_state
+
+
+# ---- Model --------------------------------------------------------------------------------
+def test_model_page_shows_the_bundled_model():
+    at = start("model")
+    assert "bundled checkpoint norman19_devel" in joined(at.subheader)
+    held = next(t for t in texts(at.markdown) if t.startswith("Held out during training"))
+    for combo in HELDOUT:
+        assert combo in held
+    assert metrics(at)["Genes"] == DEMO_GENES
+    assert [n.label for n in at.number_input][:2] == ["Max epochs", "Seed"]
+    assert at.button(key=SUBMIT_TRAINING).label == "Start training"
+    assert len(at.get("download_button")) == 1  # the checkpoint zip
+
+
+def test_model_page_load_from_path_and_save(tmp_path):
+    at = start("model")
+    at.text_input(key="model_path").input(str(tmp_path / "nothing_here"))
+    ok(at.button(key="model_load_path").click().run())
+    assert f"Checkpoint not found: {tmp_path / 'nothing_here'}" in joined(at.error)
+    assert at.session_state["model_key"] == "bundled:norman19_devel"
+    at.text_input(key="model_path").input(str(ROOT / "checkpoints" / "norman19_devel"))
+    ok(at.button(key="model_load_path").click().run())
+    assert at.session_state["model_key"] == f"path:{ROOT / 'checkpoints' / 'norman19_devel'}"
+    assert not at.error
+    at.text_input(key="save_dir").input(str(tmp_path / "saved"))
+    ok(at.button(key="save_button").click().run())
+    assert f"Saved to {tmp_path / 'saved'}" in joined(at.success)
+    assert (tmp_path / "saved" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_model_page_trains_a_model():
+    at = start("model")
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(1)
+    ok(at.button(key=SUBMIT_TRAINING).click().run())
+    job = at.session_state["train_job"]
+    assert job is not None
+    deadline = time.time() + 120
+    while not job.snapshot().finished:
+        assert time.time() < deadline, f"training did not finish in 120 s: {job.snapshot()}"
+        time.sleep(1.0)
+        ok(at.run())  # what the page's progress fragment does every second
+    snap = job.snapshot()
+    assert snap.state.value == "done", snap.error
+    ok(at.run())
+    key = at.session_state["model_key"]
+    assert key.startswith("trained:")
+    trained = at.session_state["trained"][key.removeprefix("trained:")]
+    assert sorted(trained.holdout) == sorted(HELDOUT)  # the form pre-selects the testable doubles
+    assert any("It is the loaded model now" in s for s in texts(at.success))
+    assert "trained in this session" in joined(at.subheader)
+    # the new model is what the other pages use
+    ok(at.switch_page("pages/benchmark.py").run())
+    assert at.session_state["model_key"] == key
+
+
+# ---- Compose ------------------------------------------------------------------------------
+def test_compose_page_default_and_changes():
+    at = start("compose")
+    assert at.multiselect(key="compose_perts").value == ["KLF1", "MAP2K6"]  # the first held-out double
+    verdict = joined(at.success)
+    assert "**KLF1+MAP2K6**" in verdict and "lies in the span" in verdict
+    assert "held out during training" in verdict
+    assert len(at.get("plotly_chart")) >= 3
+    assert [b.key for b in at.get("download_button")] == ["dl_h5ad", "dl_csv"]
+    assert "observed cells of KLF1+MAP2K6" in joined(at.caption)
+
+    ok(at.multiselect(key="compose_perts").set_value(["KLF1", "TGFBR2"]).run())
+    verdict = joined(at.success)
+    assert "**KLF1+TGFBR2**" in verdict and "lies in the span" in verdict
+    assert "KLF1+MAP2K6" not in verdict
+
+    ok(at.slider(key="w:KLF1").set_value(0.5).run())
+    verdict = joined(at.success)
+    assert "**KLF1:0.5+TGFBR2**" in verdict and "held out" not in verdict
+    assert "KLF1:0.5+TGFBR2 was not measured in this dataset" in joined(at.caption)
+
+    ok(at.slider(key="w:KLF1").set_value(0.0).run())
+    assert "**TGFBR2**" in joined(at.info)  # a measured single: seen in training
+    ok(at.slider(key="w:TGFBR2").set_value(0.0).run())
+    assert "Choose at least one perturbation with a non-zero dose" in joined(at.info)
+    assert not at.success and not at.get("plotly_chart") and not at.get("download_button")
+
+    ok(at.multiselect(key="compose_perts").set_value([]).run())
+    assert "Choose at least one perturbation" in joined(at.info)
+
+
+def test_compose_page_preset_and_page_switch():
+    at = start("compose")
+    preset = at.selectbox(key="compose_preset")
+    assert preset.value == "(custom)"
+    assert [o for o in preset.options if o.endswith("(held out)")] == [f"{c} (held out)" for c in HELDOUT]
+    ok(preset.set_value("MAP2K3+MAP2K6 (held out)").run())
+    assert at.multiselect(key="compose_perts").value == ["MAP2K3", "MAP2K6"]
+    assert "**MAP2K3+MAP2K6**" in joined(at.success)
+    # the choice survives a visit to another page
+    ok(at.slider(key="w:MAP2K3").set_value(1.5).run())
+    ok(at.switch_page("pages/data.py").run())
+    ok(at.switch_page("pages/compose.py").run())
+    assert at.multiselect(key="compose_perts").value == ["MAP2K3", "MAP2K6"]
+    assert at.slider(key="w:MAP2K3").value == 1.5
+    assert "**MAP2K3:1.5+MAP2K6**" in joined(at.success)
+
+
+def test_compose_page_without_a_model():
+    at = start()
+    at.session_state["model_key"] = None
+    ok(at.switch_page("pages/compose.py").run())
+    assert "Load or train a model on the **Model** page first." in joined(at.info)
+    assert len(at.get("page_link")) == 1
+    assert not at.get("plotly_chart") and not at.multiselect
+
+
+def test_compose_page_model_does_not_fit_the_data():
+    at = start()
+    ok(at.selectbox(key="data_builtin").set_value("synthetic").run())
+    ok(at.switch_page("pages/compose.py").run())
+    assert "The loaded model does not fit synthetic" in joined(at.error)
+    assert not at.get("plotly_chart")
+
+
+# ---- Embeddings ---------------------------------------------------------------------------
+def test_embeddings_page():
+    at = start("embeddings")
+    assert len(at.get("plotly_chart")) >= 4
+    assert at.radio(key="emb_which").value == "z_base"
+    ok(at.radio(key="emb_which").set_value("z").run())
+    assert at.radio(key="emb_which").value == "z"
+    assert len(at.get("plotly_chart")) >= 4
+    colour = at.radio(key="emb_colour")
+    ok(colour.set_value(colour.options[1]).run())
+    assert len(at.get("plotly_chart")) >= 4
+
+
+def test_embeddings_page_without_a_model():
+    at = start()
+    at.session_state["model_key"] = None
+    ok(at.switch_page("pages/embeddings.py").run())
+    assert "Load or train a model" in joined(at.info)
+    assert not at.get("plotly_chart")
+
+
+# ---- Benchmark ----------------------------------------------------------------------------
+def test_benchmark_page():
+    at = start("benchmark")
+    held = [d.value for d in at.dataframe if set(map(str, d.value.index)) == set(HELDOUT)]
+    assert len(held) == 1, [list(d.value.index) for d in at.dataframe]
+    table = held[0]
+    assert {"pdae", "additive", "no change"} <= set(table.columns)
+    assert np.isfinite(table.to_numpy(dtype=float)).all()
+    assert "5 conditions the model never saw" in joined(at.markdown)
+    saved = at.selectbox(key="bench_saved")
+    assert saved.value == "norman19_devel"
+    assert "synthetic" in saved.options
+
+
+def test_benchmark_page_runs_a_benchmark(tmp_path):
+    at = start("benchmark")
+    out = tmp_path / "bench"
+    at.session_state["bench_out"] = str(out)  # instead of a fresh mkdtemp
+    models = next(m for m in at.multiselect if m.label == "Models")
+    models.set_value(["additive", "control"])  # untrained models: a second or two
+    ok(at.button(key="FormSubmitter:bench_form-Run").click().run())
+    job = at.session_state["bench_job"]
+    deadline = time.time() + 120
+    while not job.snapshot().finished:
+        assert time.time() < deadline, f"benchmark did not finish in 120 s: {job.snapshot()}"
+        time.sleep(0.5)
+        ok(at.run())
+    assert job.snapshot().state.value == "done", job.snapshot().error
+    ok(at.run())
+    assert f"Done; results in {out}." in joined(at.success)
+    assert (out / "summary.md").is_file() and (out / "per_condition.csv").is_file()
+    assert str(out) in at.selectbox(key="bench_saved").options
+    assert at.selectbox(key="run_metric").value == "energy_distance"
