@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import tempfile
+import threading
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -87,6 +88,23 @@ def _checkpoint(path: str, mtime: float) -> pc.PerturbationModel:
 @st.cache_resource(show_spinner="Embedding the dataset's cells (UMAP, once per dataset)…", max_entries=8)
 def reference_embedding(data_key: str, perturbation_key: str, _adata: ad.AnnData) -> explore.ReferenceEmbedding:
     return explore.ReferenceEmbedding(_adata, perturbation_key)
+
+
+_warming: set[str] = set()
+_warming_lock = threading.Lock()
+
+
+def warm_reference_embedding(ds: Dataset) -> None:
+    """Start fitting the dataset's shared UMAP on a background thread (once per
+    dataset and process), so the Compose page is ready when the user gets there."""
+    if ds.registry is None:
+        return
+    with _warming_lock:
+        if ds.key in _warming:
+            return
+        _warming.add(ds.key)
+    key, pk, adata = ds.key, ds.registry.perturbation_key, ds.adata
+    threading.Thread(target=lambda: reference_embedding(key, pk, adata), daemon=True, name="umap-warmup").start()
 
 
 @st.cache_resource(show_spinner="Embedding the latent space (UMAP, once per dataset and model)…", max_entries=16)

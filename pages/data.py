@@ -96,6 +96,7 @@ if ds.registry is None:
     st.stop()
 
 summary = explore.summarize_dataset(adata, ds.registry)
+common.warm_reference_embedding(ds)  # the Compose page's UMAP, fitted while the user reads this page
 if summary.x_kind == "counts" or setup.get("preprocess"):
     if not setup.get("preprocess"):
         st.warning("X holds raw counts. Models expect log-normalised expression: preprocess it first.")

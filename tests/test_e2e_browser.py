@@ -104,10 +104,11 @@ def page(browser):
 
 
 def _idle(page) -> None:
-    """Wait until Streamlit has finished the current script run."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector('[data-testid="stStatusWidget"]', state="detached", timeout=TIMEOUT_MS)
-    page.wait_for_timeout(300)
+    """Wait until Streamlit has finished the current script run (a run starts a moment
+    after the browser event, so wait a little first)."""
+    page.wait_for_timeout(400)
+    page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=TIMEOUT_MS)
+    page.wait_for_timeout(200)
 
 
 def _goto(page, title: str) -> None:
@@ -146,12 +147,14 @@ def test_compose_two_perturbations_and_download(page, server, tmp_path):
     else:  # older widget: remove each tag
         while box.locator('[data-baseweb="tag"] [role="presentation"]').count():
             box.locator('[data-baseweb="tag"] [role="presentation"]').first.click()
-    _idle(page)
+    page.get_by_text("Choose at least one perturbation with a non-zero dose.").wait_for()
     for name in ("MAPK1", "TGFBR2"):
         box.locator("input").fill(name)
         page.get_by_role("option", name=name, exact=True).click()  # the filter is fuzzy: click the exact one
+        page.get_by_text(f"{name} dose", exact=True).wait_for()
         _idle(page)
     page.keyboard.press("Escape")
+    page.get_by_text("MAPK1+TGFBR2 lies in the span", exact=False).first.wait_for()
     _idle(page)
     body = page.inner_text("body")
     assert "MAPK1+TGFBR2 lies in the span" in body, body[:2000]
