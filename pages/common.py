@@ -39,8 +39,8 @@ PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
 
 # ---- loading (cached, shared by all sessions) -------------------------------------------
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
-def _builtin(name: str, download: bool) -> ad.AnnData:
-    return load_dataset(name, download=download)
+def _builtin(name: str, download: bool, data_dir: str) -> ad.AnnData:
+    return load_dataset(name, data_dir=data_dir, download=download)
 
 
 @st.cache_resource(show_spinner="Reading the file…", max_entries=4)
@@ -159,7 +159,7 @@ def load_source(source: tuple[str, ...]) -> tuple[str, str, ad.AnnData]:
         name = source[1]
         offline = st.session_state.setdefault("offline", set())
         try:  # downloads a missing file once per session; offline, fails fast and says how to get it
-            return f"builtin:{name}", name, _builtin(name, name not in offline)
+            return f"builtin:{name}", name, _builtin(name, name not in offline, str(default_data_dir()))
         except DatasetUnavailableError:
             offline.add(name)
             raise

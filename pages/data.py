@@ -54,9 +54,12 @@ if ds is None:
         if c1.button("Try to download it again", key="data_download"):
             ss.offline.discard(ss.data_source[1])
             st.rerun()
-        if c2.button("Use the synthetic dataset", key="data_use_synthetic"):
+        def use_synthetic() -> None:  # a callback runs before the widgets, so it may set the selectbox too
             ss.data_source = ("builtin", "synthetic")
-            st.rerun()
+            ss.data_builtin = "synthetic"
+            ss.data_mode = SOURCES[0]
+
+        c2.button("Use the synthetic dataset", key="data_use_synthetic", on_click=use_synthetic)
     else:
         st.error(note[1] if note else "The dataset could not be loaded.")
     st.stop()

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 
 NOISE = "noise floor"
-NOISE_COLOR = "#9e9e9e"
+NOISE_COLOR = "#cfcfcf"
 
 #: Readable names of the metric columns of ``per_condition.csv``.
 METRIC_LABELS: dict[str, str] = {
@@ -39,14 +39,30 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric.replace("_", " "))
 
 
+#: Fixed colours of the usual models, the same as the dashboard's cell groups
+#: (:data:`pdae_core.cell_figures.KIND_COLORS`): PDAE = predicted, control = no change.
+FIXED_MODEL_COLORS: dict[str, str] = {
+    "pdae": "#d62728",
+    "additive": "#ff7f0e",
+    "control": "#8c8c8c",
+    "no change": "#8c8c8c",
+    "oracle": "#1f77b4",
+}
+
+
 def model_colors(models: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per model, in order; the noise floor is always grey."""
-    palette = qualitative.Plotly
+    """A fixed colour per model: the usual ones from :data:`FIXED_MODEL_COLORS`, the
+    noise floor light grey, the rest from a palette (in order, skipping those colours)."""
+    palette = [c for c in qualitative.Plotly if c.lower() not in {"#ef553b", "#636efa"}] + list(qualitative.Safe)
+    used = set(FIXED_MODEL_COLORS.values())
+    palette = [c for c in palette if c.lower() not in used]
     out: dict[str, str] = {}
     k = 0
     for m in models:
         if m == NOISE:
             out[m] = NOISE_COLOR
+        elif m in FIXED_MODEL_COLORS:
+            out[m] = FIXED_MODEL_COLORS[m]
         else:
             out[m] = palette[k % len(palette)]
             k += 1

@@ -407,3 +407,27 @@ def test_benchmark_page_runs_a_benchmark(tmp_path):
     assert (out / "summary.md").is_file() and (out / "per_condition.csv").is_file()
     assert str(out) in at.selectbox(key="bench_saved").options
     assert at.selectbox(key="run_metric").value == "energy_distance"
+
+
+def test_offline_without_demo_data_opens_with_bundled_model_and_offers_synthetic(tmp_path, monkeypatch):
+    """No demo file and no network: the Data page says in one line where to get the data
+    and offers the synthetic dataset; the bundled model still loads."""
+    import urllib.error
+
+    import pdae_core.datasets as datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setenv("PDAE_DATA_DIR", str(tmp_path))
+    monkeypatch.setattr(datasets, "_urlopen", offline)
+    at = start()
+    warning = joined(at.warning)
+    assert "norman19_devel is not on this machine and could not be downloaded" in warning
+    assert str(tmp_path) in warning and "PDAE_DATA_DIR" in warning
+    assert not at.metric  # no dataset summary
+    assert at.session_state["model_key"] == "bundled:norman19_devel"
+    ok(at.button(key="data_use_synthetic").click().run())
+    assert metrics(at)["Cells"] != DEMO_CELLS and not at.warning
+    ok(at.switch_page("pages/model.py").run())
+    assert "bundled checkpoint norman19_devel" in joined(at.subheader)
