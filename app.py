@@ -9,6 +9,8 @@ Benchmark. The science lives in pdae_core; pages only call it.
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
 st.set_page_config(page_title="PDAE explorer", page_icon=":material/hub:", layout="wide")
@@ -28,6 +30,12 @@ nav = st.navigation(PAGES)
 status = st.sidebar.container()  # below the page links
 try:
     nav.run()
+except Exception as e:  # noqa: BLE001  (never a traceback on the page; Streamlit's stop/rerun are not Exceptions)
+    logging.getLogger("pdae_app").exception("page failed")
+    st.error(
+        f"This page hit an unexpected error ({type(e).__name__}: {e}). Nothing you loaded or trained was lost; "
+        "change the input or go to another page. The full traceback is in the server log."
+    )
 finally:  # after the page, so it shows what the page just chose (also when the page stopped early)
     with status:
         common.sidebar_status()

@@ -431,3 +431,17 @@ def test_offline_without_demo_data_opens_with_bundled_model_and_offers_synthetic
     assert metrics(at)["Cells"] != DEMO_CELLS and not at.warning
     ok(at.switch_page("pages/model.py").run())
     assert "bundled checkpoint norman19_devel" in joined(at.subheader)
+
+
+def test_unexpected_error_shows_a_message_not_a_traceback(monkeypatch):
+    """app.py turns an error no page anticipated into one message; the session survives."""
+    from pdae_core import explore
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(explore, "summarize_dataset", broken)
+    at = start()  # the Data page, through app.py
+    assert not at.exception
+    assert any("unexpected error (RuntimeError: simulated failure)" in e.value for e in at.error)
+    assert "bundled checkpoint norman19_devel" in joined(at.sidebar.markdown)  # the sidebar still renders
