@@ -162,7 +162,7 @@ class PerturbationModel:
             raise DataError("Training needs at least two conditions (e.g. control and one perturbation).")
         if X.shape[0] < 8:
             raise DataError(f"Training needs at least 8 cells; {X.shape[0]} remain after holding out {holdout}.")
-        self.history = train_module(self.module, X, L, groups, train_config, callbacks)
+        self.history = train_module(self.module, X, self._module_labels(sub, L), groups, train_config, callbacks)
         self.train_config = train_config
         self.holdout = holdout
         self.train_conditions = [str(n) for n in names]
@@ -180,11 +180,19 @@ class PerturbationModel:
             )
 
     # ---- inference ------------------------------------------------------------------
+    def _module_labels(self, adata: ad.AnnData, L: np.ndarray) -> np.ndarray:
+        """What the module receives as ``labels`` for the cells of ``adata`` whose
+        perturbation label matrix is ``L`` (n, K). Default: ``L`` itself. A model that
+        also conditions on a covariate (FCR) appends its encoding here; its module then
+        gets (n, K + C) labels in ``loss``/``embed``/``transfer``, while target labels
+        passed to ``transfer`` by ``predict`` stay (n, K)."""
+        return L
+
     def _tensors(self, adata: ad.AnnData) -> tuple[torch.Tensor, torch.Tensor]:
         self.registry.check_genes(adata, "the source cells" if adata.n_obs else "the dataset")
         X = torch.as_tensor(self.registry.expression(adata), device=self.device)
-        L = torch.as_tensor(self.registry.label_matrix(adata), device=self.device)
-        return X, L
+        L = self.registry.label_matrix(adata)
+        return X, torch.as_tensor(self._module_labels(adata, L), device=self.device)
 
     @torch.no_grad()
     def latent(self, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
