@@ -102,7 +102,8 @@ with train_tab:
         if go:
             try:
                 cls = MODEL_TYPES[mtype]
-                options = {"latent_dim": int(latent)} if mtype == "pdae" else {}
+                fields = getattr(cls.config_class, "__dataclass_fields__", {})
+                options = {"latent_dim": int(latent)} if "latent_dim" in fields else {}
                 new = cls(ds.registry, seed=int(seed), **options)
                 ss.train_job = training_job(
                     new, ds.adata, holdout=holdout, max_epochs=int(epochs), lr=float(lr), seed=int(seed),
