@@ -13,6 +13,7 @@ from .registry import (  # noqa: E402
     read_h5ad,
     setup_anndata,
 )
+from .samsvae import SAMSVAE, SAMSVAEConfig, SAMSVAEModule  # noqa: E402  (registers "samsvae")
 from .training import Callback, History, TrainConfig, resolve_device  # noqa: E402
 
 
@@ -32,7 +33,7 @@ def latent(model: PerturbationModel, adata):
 
 
 __all__ = [
-    "PDAE", "PDAEConfig", "PDAEModule", "PerturbationModel", "ExtrapolationCheck", "span_check",
+    "PDAE", "PDAEConfig", "PDAEModule", "SAMSVAE", "SAMSVAEConfig", "SAMSVAEModule", "PerturbationModel", "ExtrapolationCheck", "span_check",
     "PerturbationRegistry", "setup_anndata", "preprocess", "read_h5ad", "detect_x_kind",
     "TrainConfig", "History", "Callback", "resolve_device",
     "PDAEError", "DataError", "CheckpointError", "DatasetUnavailableError",
