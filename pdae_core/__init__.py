@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 
 from .base import ExtrapolationCheck, PerturbationModel, span_check  # noqa: E402
 from .errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError  # noqa: E402
+from .fcr import FCR, FCRConfig, FCRModule  # noqa: E402  (registers "fcr")
 from .model import PDAE, PDAEConfig, PDAEModule  # noqa: E402
 from .registry import (  # noqa: E402
     PerturbationRegistry,
@@ -33,7 +34,8 @@ def latent(model: PerturbationModel, adata):
 
 
 __all__ = [
-    "PDAE", "PDAEConfig", "PDAEModule", "SAMSVAE", "SAMSVAEConfig", "SAMSVAEModule", "PerturbationModel", "ExtrapolationCheck", "span_check",
+    "PDAE", "PDAEConfig", "PDAEModule", "SAMSVAE", "SAMSVAEConfig", "SAMSVAEModule",
+    "FCR", "FCRConfig", "FCRModule", "PerturbationModel", "ExtrapolationCheck", "span_check",
     "PerturbationRegistry", "setup_anndata", "preprocess", "read_h5ad", "detect_x_kind",
     "TrainConfig", "History", "Callback", "resolve_device",
     "PDAEError", "DataError", "CheckpointError", "DatasetUnavailableError",
