@@ -64,6 +64,7 @@ from .training import Callback, TrainConfig
 __all__ = [
     "MODEL_BUILDERS", "SUMMARY_METRICS", "BenchmarkSpec", "FitRequest", "ModelBuilder", "available_models",
     "get_builder", "make_splits", "run_benchmark", "benchmark_dataset", "summarize", "summary_markdown",
+    "fit_times",
     "format_event",
 ]
 
@@ -611,9 +612,29 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
-def summary_markdown(summary: pd.DataFrame, header: Sequence[str] = ()) -> str:
+def fit_times(per_condition: pd.DataFrame) -> pd.DataFrame:
+    """Seconds each model took to fit, per seed: mean, sd and max over seeds (one fit
+    per (model, seed); the noise floor has none)."""
+    df = per_condition[per_condition["model"] != NOISE]
+    per_seed = df.groupby(["model", "seed"], sort=False)["fit_seconds"].first().reset_index()
+    g = per_seed.groupby("model", sort=False)["fit_seconds"]
+    return pd.DataFrame({"mean": g.mean(), "sd": g.std(), "max": g.max(), "n_seeds": g.size()}).reset_index()
+
+
+def fit_times_markdown(times: pd.DataFrame) -> list[str]:
+    lines = ["", "## Fit time per model", "", "Seconds per fit (one per seed; on the machine and threads of the run "
+             "that produced it; resumed runs keep their original times):", "",
+             "| model | mean s | sd | max s | seeds |", "|---|---|---|---|---|"]
+    for r in times.itertuples():
+        sd = f"{r.sd:.1f}" if np.isfinite(r.sd) else ""
+        lines.append(f"| {r.model} | {r.mean:.1f} | {sd} | {r.max:.1f} | {r.n_seeds} |")
+    return lines
+
+
+def summary_markdown(summary: pd.DataFrame, header: Sequence[str] = (), times: pd.DataFrame | None = None) -> str:
     """The summary as markdown (numbers rounded to 3 decimals): per section, one table
-    of mean +- sd over seeds and one pooled over conditions with its interval."""
+    of mean +- sd over seeds and one pooled over conditions with its interval; then
+    the fit time per model when ``times`` (:func:`fit_times`) is given."""
     metrics = list(dict.fromkeys(summary["metric"]))
     models = list(dict.fromkeys(summary["model"]))
     names = [f"{_SHORT.get(m, m.replace('_', ' '))} ({_BETTER.get(m, 'higher')} better)" for m in metrics]
@@ -655,6 +676,8 @@ def summary_markdown(summary: pd.DataFrame, header: Sequence[str] = ()) -> str:
                           "per_condition.csv), so their means are over fewer conditions."]
     lines += ["", "n/a: undefined, e.g. the Pearson correlation of 'control' (no change), whose predicted change "
               "from control is zero."]
+    if times is not None and len(times):
+        lines += fit_times_markdown(times)
     return "\n".join(lines) + "\n"
 
 
@@ -802,7 +825,10 @@ def run_benchmark(
     summary = summarize(per_condition)
     _atomic_write(out / "summary.csv", summary.to_csv(index=False))
     n_source = {s: v.n_obs for s, v in sources.items()}
-    _atomic_write(out / "summary.md", summary_markdown(summary, _header(spec, info, splits, n_source, spec_hash)))
+    times = fit_times(per_condition)
+    _atomic_write(out / "summary.md", summary_markdown(summary, _header(spec, info, splits, n_source, spec_hash), times))
+    _emit(progress, "fit_times", "fit time per model (s, mean over seeds): " + ", ".join(
+        f"{r.model} {r.mean:.1f}" for r in times.itertuples()))
     _write_figures(out, per_condition, summary, ctx, splits, sources, observed)
     _emit(progress, "done", f"benchmark written to {out}", done=ctx.done, total=ctx.total)
     return per_condition
