@@ -15,6 +15,7 @@ from .registry import (  # noqa: E402
     setup_anndata,
 )
 from .samsvae import SAMSVAE, SAMSVAEConfig, SAMSVAEModule  # noqa: E402  (registers "samsvae")
+from .sccvae import SCCVAE, SCCVAEConfig, SCCVAEModule  # noqa: E402  (registers "sccvae")
 from .training import Callback, History, TrainConfig, resolve_device  # noqa: E402
 
 
@@ -35,7 +36,7 @@ def latent(model: PerturbationModel, adata):
 
 __all__ = [
     "PDAE", "PDAEConfig", "PDAEModule", "SAMSVAE", "SAMSVAEConfig", "SAMSVAEModule",
-    "FCR", "FCRConfig", "FCRModule", "PerturbationModel", "ExtrapolationCheck", "span_check",
+    "FCR", "FCRConfig", "FCRModule", "SCCVAE", "SCCVAEConfig", "SCCVAEModule", "PerturbationModel", "ExtrapolationCheck", "span_check",
     "PerturbationRegistry", "setup_anndata", "preprocess", "read_h5ad", "detect_x_kind",
     "TrainConfig", "History", "Callback", "resolve_device",
     "PDAEError", "DataError", "CheckpointError", "DatasetUnavailableError",
