@@ -24,8 +24,11 @@ def latent_section() -> None:
     common.restore_widgets("emb_which", "emb_colour")
     st.subheader("Latent space of the cells")
     c1, c2 = st.columns(2)
+    kinds = ["z_base", "z"] if model.additive_latent else ["z_base"]
+    if ss.get("emb_which") not in kinds:
+        ss.pop("emb_which", None)
     which = c1.radio(
-        "Embedding", ["z_base", "z"], horizontal=True, key="emb_which",
+        "Embedding", kinds, horizontal=True, key="emb_which",
         format_func=lambda w: {"z_base": "z_base (perturbation removed)", "z": "z = z_base + W l (as observed)"}[w],
         help="z_base should mix conditions if the model explains them by its shifts; z should separate them.",
     )

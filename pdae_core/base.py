@@ -77,6 +77,10 @@ class PerturbationModel:
     """Base class: a registry, a config, an ``nn.Module`` and what it was trained on."""
 
     model_type: ClassVar[str] = ""
+    #: True when a cell's latent state is ``latent() + W l`` (``W`` = perturbation_embedding,
+    #: one column per perturbation, same space as ``latent()``); False for models whose
+    #: perturbation embedding lives in another block (FCR).
+    additive_latent: ClassVar[bool] = True
     config_class: ClassVar[type] = object
     module_class: ClassVar[type] = torch.nn.Module
 

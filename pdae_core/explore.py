@@ -398,6 +398,8 @@ def latent_embedding(model: PerturbationModel, adata: ad.AnnData, which: str = "
     zb = model.latent(adata)
     if which == "z_base":
         return zb
+    if not model.additive_latent:
+        raise DataError(f"{model.model_type}: its perturbation embedding is not a shift of latent(), so z is undefined.")
     W = model.perturbation_embedding().to_numpy()  # (K, latent)
     return zb + model.registry.label_matrix(adata) @ W
 

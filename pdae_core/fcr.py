@@ -509,6 +509,7 @@ class FCR(PerturbationModel):
     """
 
     model_type = "fcr"
+    additive_latent = False  # z_t (perturbation_embedding) is a different block from z_x (latent)
     config_class = FCRConfig
     module_class = FCRModule
 

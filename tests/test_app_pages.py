@@ -445,3 +445,30 @@ def test_unexpected_error_shows_a_message_not_a_traceback(monkeypatch):
     assert not at.exception
     assert any("unexpected error (RuntimeError: simulated failure)" in e.value for e in at.error)
     assert "bundled checkpoint norman19_devel" in joined(at.sidebar.markdown)  # the sidebar still renders
+
+
+@pytest.mark.parametrize("model_type", ["samsvae", "sccvae", "fcr"])
+def test_every_page_works_with_a_peer_model(model_type, data_dir, tmp_path):
+    """A peer model (briefly trained on the demo, saved, loaded from its path on the Model
+    page) drives Compose, Embeddings and Benchmark like the PDAE."""
+    import pdae_core as pc
+    from pdae_core.base import MODEL_TYPES
+    from pdae_core.datasets import load_dataset
+
+    adata = load_dataset("norman19_devel", data_dir=data_dir)
+    reg = pc.setup_anndata(adata, "condition", "control")
+    model = MODEL_TYPES[model_type](reg, seed=0)
+    model.fit(adata, holdout=HELDOUT, accelerator="cpu", max_steps=10, seed=0)
+    model.save(tmp_path / model_type)
+    at = start("model")
+    at.text_input(key="model_path").input(str(tmp_path / model_type))
+    ok(at.button(key="model_load_path").click().run())
+    assert at.session_state["model_key"] == f"path:{tmp_path / model_type}"
+    ok(at.switch_page("pages/compose.py").run())
+    assert any("lies in the span" in s.value for s in at.success)
+    assert len(at.get("plotly_chart")) >= 3
+    ok(at.switch_page("pages/embeddings.py").run())
+    assert len(at.get("plotly_chart")) >= 4
+    ok(at.switch_page("pages/benchmark.py").run())
+    table = at.dataframe[0].value
+    assert sorted(table.index) == sorted(HELDOUT) and model_type in table.columns
