@@ -214,7 +214,8 @@ def loss_curve(records: Sequence[Mapping[str, float]], title: str | None = None)
                                                "dash": "dash" if right else "solid"},
             hovertemplate=f"{key}<br>epoch %{{x}}<br>%{{y:.4g}}<extra></extra>",
         ))
-    fig.update_layout(title=title, template=TEMPLATE, xaxis_title="epoch", yaxis_title="training loss")
+    fig.update_layout(title=title, template=TEMPLATE, xaxis_title="epoch", yaxis_title="training loss",
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     if any(t.yaxis == "y2" for t in fig.data):
         fig.update_layout(yaxis2={"title": {"text": "validation energy distance"}, "overlaying": "y",
                                   "side": "right", "showgrid": False})
