@@ -293,6 +293,15 @@ def checkpoint_zip(model: pc.PerturbationModel, name: str) -> bytes:
     return buf.getvalue()
 
 
+def cached_checkpoint_zip(model_key: str, model: pc.PerturbationModel, name: str) -> bytes:
+    """:func:`checkpoint_zip`, made once per (model, name) in this session rather than on every rerun."""
+    cache = st.session_state.setdefault("_zips", {})
+    if (model_key, name) not in cache:
+        cache.clear()  # keep one zip only
+        cache[(model_key, name)] = checkpoint_zip(model, name)
+    return cache[(model_key, name)]
+
+
 def h5ad_bytes(adata: ad.AnnData) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "predicted.h5ad"

@@ -154,7 +154,7 @@ with save_tab:
         name = st.text_input("Checkpoint name", value=f"{model.model_type}_{key.split(':')[-1]}".replace("/", "_"),
                              key="save_name")
         st.download_button(
-            "Download checkpoint (.zip)", data=common.checkpoint_zip(model, name), file_name=f"{name}.zip",
+            "Download checkpoint (.zip)", data=common.cached_checkpoint_zip(key, model, name), file_name=f"{name}.zip",
             mime="application/zip", key="save_download",
             help="model.safetensors (weights) + config.json: no pickle, safe to share.",
         )
