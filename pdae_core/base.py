@@ -17,10 +17,12 @@ from typing import Any, ClassVar
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from .errors import DataError
 from .registry import PerturbationRegistry, Target, condition_column, require_conditions, setup_anndata
+from .streaming import RowSource, row_source
 from .training import Callback, History, TrainConfig, resolve_device, train_module
 
 MODEL_TYPES: dict[str, type[PerturbationModel]] = {}
@@ -159,8 +161,8 @@ class PerturbationModel:
             require_conditions(adata, self.registry, holdout)
         keep = ~np.isin(conds, holdout)
         sub = adata[keep]
-        X = self.registry.expression(sub)
-        L = self.registry.label_matrix(sub)
+        X = self._training_matrix(adata, keep)
+        L = self.registry.label_matrix(adata)[keep]
         names, groups = np.unique(conds[keep], return_inverse=True)
         if len(names) < 2:
             raise DataError("Training needs at least two conditions (e.g. control and one perturbation).")
@@ -173,6 +175,20 @@ class PerturbationModel:
         uniq = np.unique(L, axis=0)
         self.train_labels = uniq.astype(np.float32)
         return self.history
+
+    def _training_matrix(self, adata: ad.AnnData, keep: np.ndarray) -> np.ndarray | RowSource:
+        """The training cells' expression: a dense array when ``X`` is dense in memory
+        (moved to the device whole), else a row source read one batch at a time (a
+        sparse ``X`` is densified per batch; a backed ``.h5ad`` is streamed from disk)."""
+        layer = self.registry.layer
+        if adata.isbacked and layer is None:
+            return row_source(adata.X, np.flatnonzero(keep), where=f"X of {adata.filename}")
+        X = adata.layers[layer] if layer is not None else adata.X
+        if sp.issparse(X):
+            if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+                raise DataError(f"Expression matrix has non-numeric dtype {X.dtype}; expected floats or integers.")
+            return row_source(sp.csr_matrix(X)[np.flatnonzero(keep)])
+        return self.registry.expression(adata[keep])
 
     def _check_x_kind(self, adata: ad.AnnData) -> None:
         from .registry import detect_x_kind
@@ -202,6 +218,16 @@ class PerturbationModel:
     def latent(self, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
         """Basal latent embedding (perturbation removed) of every cell, (n_cells, latent_dim)."""
         self.module.eval()
+        if adata.isbacked and self.registry.layer is None and adata.n_obs > batch_size:
+            # read a backed file chunk by chunk rather than loading X whole
+            self.registry.check_genes(adata)
+            L = torch.as_tensor(self._module_labels(adata, self.registry.label_matrix(adata)), device=self.device)
+            rows = row_source(adata.X, where=f"X of {adata.filename}")
+            out = []
+            for i in range(0, adata.n_obs, batch_size):
+                xb = torch.as_tensor(rows.rows(np.arange(i, min(i + batch_size, adata.n_obs))), device=self.device)
+                out.append(self.module.embed(xb, L[i : i + batch_size]).cpu())
+            return torch.cat(out).numpy()
         X, L = self._tensors(adata)
         out = [self.module.embed(X[i : i + batch_size], L[i : i + batch_size]).cpu() for i in range(0, len(X), batch_size)]
         return torch.cat(out).numpy() if out else self.module.embed(X, L).cpu().numpy()  # (0, latent_dim)

@@ -32,7 +32,7 @@ TEMPLATE = "plotly_white"
 _PALETTE: list[str] = list(qualitative.Dark24) + list(qualitative.Light24)
 _DIVERGING = "RdBu_r"  # reversed RdBu: negative blue, positive red
 _DELTA_COLUMNS = {"predicted_delta": PREDICTED, "observed_delta": OBSERVED, "additive_delta": ADDITIVE}
-_LOSS_SKIP = {"epoch", "step", "lr", "seconds"}
+_LOSS_SKIP = {"epoch", "step", "lr", "seconds", "train_seconds"}
 
 __all__ = [
     "ADDITIVE",

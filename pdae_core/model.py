@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import Shard
 from .losses import energy_distance, energy_score, l21_norm
 
 
@@ -144,10 +145,20 @@ class PDAEModule(nn.Module):
     def z_base(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.encode(x) - self.shift(labels)
 
-    def decode(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Decoder noise for latent points of batch shape ``shape`` (None when deterministic)."""
+        if self.config.noise_dim == 0:
+            return None
+        return torch.randn(*shape, self.config.noise_dim, device=like.device, dtype=like.dtype, generator=generator)
+
+    def decode(
+        self, z: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``f(z, sigma * eps)``; ``eps`` is drawn here unless given."""
         c = self.config
         if c.noise_dim > 0:
-            eps = torch.randn(*z.shape[:-1], c.noise_dim, device=z.device, dtype=z.dtype, generator=generator)
+            if eps is None:
+                eps = self.noise(tuple(z.shape[:-1]), z, generator)
             z = torch.cat([z, c.noise_sigma * eps], dim=-1)
         return self.decoder(z)
 
@@ -172,33 +183,56 @@ class PDAEModule(nn.Module):
         zb = self.z_base(x, labels)
         return self.decode(zb + self.shift(target_labels), generator)
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The PDAE objective on one batch; ``"loss"`` is the weighted total."""
+    supports_shard = True
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
+        return self.loss(x, labels, shard)
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
+        """The PDAE objective on one batch; ``"loss"`` is the weighted total.
+
+        With a :class:`~pdae_core.distributed.Shard`, ``x`` holds this rank's slice of a
+        global batch; sources come from every rank and the random draws are those of
+        the global batch, so the ranks' losses average to the single-process loss
+        (see :mod:`pdae_core.distributed`)."""
         c = self.config
-        B = x.shape[0]
-        if B < 3:
-            raise ValueError("a PDAE batch needs at least 3 cells")
+        n = x.shape[0]
         z = self.encode(x)
         s = self.shift(labels)
         zb = z - s
+        if shard is None:
+            B, lo, world, zb_all = n, 0, 1, zb
+        else:
+            B, lo, world, zb_all = shard.global_size, shard.offset, shard.world_size, shard.gather(zb)
+        if B < 3:
+            raise ValueError("a PDAE batch needs at least 3 cells")
+        hi = lo + n
         if c.grid == "full":
             # zb_j + s_i for every target i (dim 0) and source j (dim 1), j != i
-            grid = zb.unsqueeze(0) + s.unsqueeze(1)  # (B, B, d)
-            off = ~torch.eye(B, dtype=torch.bool, device=x.device)
-            moved = grid[off].view(B, B - 1, -1)
+            grid = zb_all.unsqueeze(0) + s.unsqueeze(1)  # (n, B, d)
+            off = ~torch.eye(B, dtype=torch.bool, device=x.device)[lo:hi]
+            moved = grid[off].view(n, B - 1, -1)
         else:
             m = min(c.n_sources, B - 1)
             scores = torch.rand(B, B, device=x.device)
             scores.fill_diagonal_(2.0)  # never pick j == i
-            src = scores.argsort(dim=1)[:, :m]  # m distinct sources != i, uniformly at random
-            moved = zb[src] + s.unsqueeze(1)  # (B, m, d)
-        samples = self.decode(moved)
-        l_pert = energy_score(x, samples).mean()
+            src = scores.argsort(dim=1)[lo:hi, :m]  # m distinct sources != i, uniformly at random
+            # index_select, not zb_all[src]: the backward of advanced indexing sums in a
+            # thread-dependent order on the CPU, index_select's does not (same seed = same result)
+            moved = zb_all.index_select(0, src.reshape(-1)).view(n, m, -1) + s.unsqueeze(1)  # (n, m, d)
+        eps = self.noise((B, moved.shape[1]), zb)
+        samples = self.decode(moved, eps=None if eps is None else eps[lo:hi])
+        def batch_mean(per_cell: torch.Tensor) -> torch.Tensor:
+            # one process: the mean; a shard: (world / B) x its sum, whose average over ranks is the mean
+            return per_cell.mean() if shard is None else per_cell.sum() * (world / B)
 
-        zd = z.detach().unsqueeze(1).expand(B, c.rec_samples, z.shape[1])
-        l_rec = energy_score(x, self.decode(zd)).mean()
+        l_pert = batch_mean(energy_score(x, samples))
 
-        l_prior = energy_distance(zb, torch.randn_like(zb))
+        zd = z.detach().unsqueeze(1).expand(n, c.rec_samples, z.shape[1])
+        eps = self.noise((B, c.rec_samples), zb)
+        l_rec = batch_mean(energy_score(x, self.decode(zd, eps=None if eps is None else eps[lo:hi])))
+
+        l_prior = energy_distance(zb_all, torch.randn(B, zb.shape[1], device=zb.device, dtype=zb.dtype))
         l_l21 = l21_norm(self.perturbation_matrix)
         total = c.w_pert * l_pert + c.w_rec * l_rec + c.w_prior * l_prior + c.w_l21 * l_l21
         return {"loss": total, "pert": l_pert, "rec": l_rec, "prior": l_prior, "l21": l_l21}

@@ -292,6 +292,8 @@ def detect_x_kind(adata: ad.AnnData, layer: str | None = None, max_cells: int = 
     X = adata.layers[layer] if layer is not None else adata.X
     if X is None:
         raise DataError("The AnnData has no expression matrix X.")
+    if adata.isbacked and layer is None:
+        X = X[: min(max_cells, adata.n_obs)]  # on disk: look at the first cells only
     data = X.data if sp.issparse(X) else np.asarray(X)
     if not np.issubdtype(np.asarray(data).dtype, np.number) or np.issubdtype(np.asarray(data).dtype, np.complexfloating):
         raise DataError(f"{where} has non-numeric dtype {np.asarray(data).dtype}; expected floats or integers.")

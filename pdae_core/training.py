@@ -9,16 +9,28 @@ validation energy distance, and progress callbacks that know nothing of any UI.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
+from .distributed import Shard, all_reduce_mean, local_device, split_sizes
+from .distributed import rank as dist_rank
+from .distributed import world_size as dist_world_size
 from .losses import energy_distance
+from .streaming import RowSource, prefetch
+
+log = logging.getLogger(__name__)
+
+
+PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 @dataclass
@@ -41,6 +53,11 @@ class TrainConfig:
     max_steps: int | None = None
     time_limit_s: float | None = None
     accelerator: str = "auto"
+    precision: str = "32"  # "32" | "bf16-mixed" | "16-mixed" (autocast; losses stay float32)
+    compile: bool = False  # torch.compile the loss computation
+    val_max_cells: int = 512  # per condition: bounds validation memory on large data
+    init_max_cells: int = 50_000  # cells used by the module's init_from_data (input scaling)
+    prefetch: int = 2  # batches read ahead on a background thread when X is not in memory
 
     def __post_init__(self) -> None:
         checks = [
@@ -53,6 +70,10 @@ class TrainConfig:
             (self.eval_every >= 1, "eval_every must be >= 1"),
             (self.ema_decay is None or 0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1) or None"),
             (self.patience >= 1, "patience must be >= 1"),
+            (self.precision in PRECISIONS, f"precision must be one of {sorted(PRECISIONS)}"),
+            (self.val_max_cells >= 1, "val_max_cells must be >= 1"),
+            (self.init_max_cells >= 2, "init_max_cells must be >= 2"),
+            (self.prefetch >= 0, "prefetch must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -133,14 +154,28 @@ def resolve_device(accelerator: str = "auto") -> torch.device:
     raise ValueError(f"Unknown accelerator {accelerator!r}: use 'auto', 'cpu', 'cuda', 'cuda:N', 'gpu' or 'mps'.")
 
 
-def split_cells(groups: np.ndarray, val_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _group_members(groups: np.ndarray) -> list[np.ndarray]:
+    """Indices of the cells of each group, groups in sorted order, cells in increasing
+    order (what ``[np.flatnonzero(groups == g) for g in np.unique(groups)]`` gives, in
+    O(n log n) rather than O(n x groups))."""
+    groups = np.asarray(groups)
+    if groups.size == 0:
+        return []
+    order = np.argsort(groups, kind="stable")
+    return np.split(order, np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1)
+
+
+def split_cells(
+    groups: np.ndarray, val_fraction: float, rng: np.random.Generator, max_val: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Validation split by cells, stratified by condition: each condition with at least
-    4 cells gives ``round(val_fraction * n)`` (>= 1) of them to validation."""
+    4 cells gives ``round(val_fraction * n)`` (>= 1, at most ``max_val``) of them to validation."""
     train, val = [], []
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
+    for idx in _group_members(groups):
         idx = idx[rng.permutation(len(idx))]
         n_val = max(1, int(round(val_fraction * len(idx)))) if (val_fraction > 0 and len(idx) >= 4) else 0
+        if max_val is not None:
+            n_val = min(n_val, max_val)
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
@@ -153,8 +188,7 @@ def stratified_batches(
     ``cells_per_condition`` cells: each condition's cells are shuffled and cut into
     chunks, and the shuffled chunks are packed into batches. Every cell appears once."""
     per_group = []
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
+    for idx in _group_members(groups):
         idx = idx[rng.permutation(len(idx))]
         per_group.append([idx[i : i + cells_per_condition] for i in range(0, len(idx), cells_per_condition)])
     # round-robin over conditions (random order each round) so that consecutive
@@ -240,9 +274,29 @@ class _EMA:
         self.shadow = current
 
 
+def _to_tensor(rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A copy in torch's own (aligned) memory: BLAS kernels may sum in another order
+    on differently aligned buffers, and streamed training must match in-memory
+    training bit for bit."""
+    return torch.tensor(rows, dtype=torch.float32, device=device)
+
+
+class _LossForward(torch.nn.Module):
+    """``forward`` = the module's loss, so that DDP (and torch.compile) can wrap it."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
+        if shard is not None:
+            return self.module.loss(x, labels, shard)
+        return self.module.loss(x, labels)
+
+
 def train_module(
     module: torch.nn.Module,
-    X: np.ndarray,
+    X: np.ndarray | RowSource,
     labels: np.ndarray,
     groups: np.ndarray,
     config: TrainConfig,
@@ -250,8 +304,14 @@ def train_module(
 ) -> History:
     """Train ``module`` in place on ``X`` (cells x genes) with ``labels`` (cells x K);
     ``groups`` (condition index per cell) drives stratified batches and the split.
-    Returns the :class:`History`; the module ends with its best validation weights."""
-    device = resolve_device(config.accelerator)
+    Returns the :class:`History`; the module ends with its best validation weights.
+
+    ``X`` is a dense array (moved to the device whole: fastest when it fits) or a
+    :class:`~pdae_core.streaming.RowSource` (sparse in memory, or an on-disk ``.h5ad``
+    opened in backed mode), read one mini-batch at a time; both give the same result
+    for the same seed. Inside a ``torch.distributed`` process group of several ranks
+    the run is data-parallel (see :mod:`pdae_core.distributed`)."""
+    device = local_device(resolve_device(config.accelerator))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)
         return _train(module, X, labels, groups, config, callbacks, device)
@@ -259,7 +319,7 @@ def train_module(
 
 def _train(
     module: torch.nn.Module,
-    X: np.ndarray,
+    X: np.ndarray | RowSource,
     labels: np.ndarray,
     groups: np.ndarray,
     config: TrainConfig,
@@ -267,11 +327,27 @@ def _train(
     device: torch.device,
 ) -> History:
     rng = np.random.default_rng(config.seed)
+    groups = np.asarray(groups)
+    if X.shape[0] != len(groups) or len(labels) != len(groups):
+        raise ValueError(f"X has {X.shape[0]} rows, labels {len(labels)} and groups {len(groups)}: they must agree")
     module.to(device)
-    Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+    in_memory = isinstance(X, np.ndarray)
+    source = None if in_memory else X
+    Xt = torch.as_tensor(X, dtype=torch.float32, device=device) if in_memory else None
     Lt = torch.as_tensor(labels, dtype=torch.float32, device=device)
-    train_idx, val_idx = split_cells(groups, config.val_fraction, rng)
-    validator = _Validator(Xt[val_idx], Lt[val_idx], groups[val_idx], config.val_max_sources, config.seed)
+
+    def read(idx: np.ndarray) -> torch.Tensor:
+        if Xt is not None:
+            return Xt[torch.as_tensor(idx, device=device)]
+        return _to_tensor(source.rows(idx), device)
+
+    train_idx, val_idx = split_cells(groups, config.val_fraction, rng, config.val_max_cells)
+    validator = _Validator(read(val_idx), Lt[val_idx], groups[val_idx], config.val_max_sources, config.seed)
+
+    world, rank_ = dist_world_size(), dist_rank()
+    sharded = world > 1
+    if sharded and not getattr(module, "supports_shard", False):
+        log.info("%s has no sharded loss: each rank trains on its local slice of the batch", type(module).__name__)
     params = module.optimizer_groups(config.lr) if hasattr(module, "optimizer_groups") else module.parameters()
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     sched = (
@@ -281,53 +357,104 @@ def _train(
         if config.lr_schedule == "cosine"
         else None
     )
+    amp_dtype = PRECISIONS[config.precision]
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "16-mixed" else None
     hist = History(device=str(device))
     steps_per_epoch = len(stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, np.random.default_rng(0)))
     for cb in callbacks:
         cb.on_train_start(config.max_epochs, steps_per_epoch)
 
     if hasattr(module, "init_from_data"):
-        module.init_from_data(Xt[torch.as_tensor(train_idx, device=device)])
+        init_idx = train_idx
+        if len(train_idx) > config.init_max_cells:  # a fixed random subset, drawn without touching `rng`
+            pick = np.random.default_rng(config.seed + 31337).choice(len(train_idx), config.init_max_cells, replace=False)
+            init_idx = np.sort(train_idx[pick])
+        module.init_from_data(read(init_idx))
+    forward: torch.nn.Module = _LossForward(module)
+    if sharded:
+        forward = DistributedDataParallel(
+            forward,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=not getattr(module, "supports_shard", False),
+        )
+    if config.compile:
+        forward = torch.compile(forward)
     ema = _EMA(module, config.ema_decay) if config.ema_decay else None
     best_state: dict[str, torch.Tensor] | None = None
     best = math.inf
     bad_evals = 0
     t0 = time.perf_counter()
+    train_seconds = 0.0
     step = 0
     stop = False
     for epoch in range(1, config.max_epochs + 1):
         module.train()
         sums: dict[str, float] = {}
         n_batches = 0
-        for b in stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, rng):
-            idx = torch.as_tensor(train_idx[b], device=device)
-            out = module.loss(Xt[idx], Lt[idx])
+        t_epoch = time.perf_counter()
+        batches = stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, rng)
+        shards: list[Shard | None] = [None] * len(batches)
+        if sharded:
+            local = []
+            for k, b in enumerate(batches):
+                sizes = split_sizes(len(b), world)
+                shards[k] = Shard(sizes, rank_, _loss_group())
+                lo = sum(sizes[:rank_])
+                local.append(b[lo : lo + sizes[rank_]])
+            batches = local
+        cell_batches = [train_idx[b] for b in batches]
+        xs = (read(i) for i in cell_batches) if source is None else prefetch(source, cell_batches, config.prefetch)
+        for k, xb in enumerate(xs):
+            if source is not None:
+                xb = _to_tensor(xb, device)
+            lb = Lt[torch.as_tensor(cell_batches[k], device=device)]
+            with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
+                out = forward(xb, lb, shards[k]) if shards[k] is not None else forward(xb, lb)
             opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            if scaler is not None:
+                scaler.scale(out["loss"]).backward()
+                scaler.unscale_(opt)
+            else:
+                out["loss"].backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-            opt.step()
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             if ema is not None:
                 ema.update(module)
             step += 1
             n_batches += 1
-            losses = {k: float(v.detach()) for k, v in out.items()}
+            keys = list(out)
+            vec = torch.stack([torch.as_tensor(out[k2]).detach().float().reshape(()) for k2 in keys])
+            if sharded:  # losses averaged over ranks: those of the global batch
+                vec = all_reduce_mean(vec)
+            losses = dict(zip(keys, vec.tolist()))
             if not all(math.isfinite(v) for v in losses.values()):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch}, step {step} (losses {losses}); lower the learning rate"
                 )
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
+            for k2, v in losses.items():
+                sums[k2] = sums.get(k2, 0.0) + v
             for cb in callbacks:
                 cb.on_step(epoch, step, losses)
-            if any(cb.should_stop() for cb in callbacks):
+            cancel = any(cb.should_stop() for cb in callbacks)
+            limit = (config.max_steps is not None and step >= config.max_steps) or (
+                config.time_limit_s is not None and time.perf_counter() - t0 >= config.time_limit_s
+            )
+            if sharded:  # every rank stops at the same step
+                flags = all_reduce_mean(torch.tensor([float(cancel), float(limit)], device=vec.device))
+                cancel, limit = bool(flags[0] > 0), bool(flags[1] > 0)
+            if cancel:
                 hist.cancelled = stop = True
                 break
-            if (config.max_steps is not None and step >= config.max_steps) or (
-                config.time_limit_s is not None and time.perf_counter() - t0 >= config.time_limit_s
-            ):
+            if limit:
                 stop = True
                 break
+        train_seconds += time.perf_counter() - t_epoch
         if sched is not None:
             sched.step()
         last = epoch == config.max_epochs or stop
@@ -335,7 +462,7 @@ def _train(
             module.eval()
             if ema is not None:
                 ema.swap(module)  # evaluate (and keep) the averaged weights
-            record = {"epoch": epoch, "step": step, "seconds": time.perf_counter() - t0}
+            record = {"epoch": epoch, "step": step, "seconds": time.perf_counter() - t0, "train_seconds": train_seconds}
             record.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
             if validator:
                 val = validator(module)
@@ -366,3 +493,14 @@ def _train(
     for cb in callbacks:
         cb.on_train_end(hist)
     return hist
+
+
+_LOSS_GROUP: list = []
+
+
+def _loss_group():
+    """A process group of its own for the loss's all-gathers, so that they never
+    interleave with DDP's gradient all-reduces on the default group."""
+    if not _LOSS_GROUP:
+        _LOSS_GROUP.append(torch.distributed.new_group())
+    return _LOSS_GROUP[0]

@@ -37,7 +37,7 @@ def validation_ed(model: PDAE, adata, cfg: TrainConfig, holdout=()) -> float:
 
 
 def without_seconds(records):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_seconds")} for r in records]
 
 
 # ---- seeds -------------------------------------------------------------------------------------
