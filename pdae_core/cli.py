@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import distributed
 from .errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError
 from .training import Callback
 
@@ -252,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--time-limit", type=_finite_float, metavar="SECONDS",
                     help="stop training after this many seconds (the best weights so far are saved)")
     tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    perf = t.add_argument_group("performance and scale")
+    perf.add_argument("--backed", action="store_true",
+                      help="with --data: stream X from the .h5ad on disk, one mini-batch at a time, instead of "
+                      "loading it (for data larger than memory; preprocess it first with `pdae preprocess`)")
+    perf.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default=_d.precision,
+                      help="autocast precision of the networks (losses stay float32); bf16-mixed suits recent GPUs")
+    perf.add_argument("--compile", action="store_true", help="torch.compile the loss computation")
+    perf.add_argument("--max-steps", type=_positive_int, metavar="N", help="stop after N optimiser steps")
     h = t.add_argument_group("model hyperparameters (default: the model's own)")
     h.add_argument("--latent-dim", type=_positive_int, metavar="D", help=f"latent dimension (PDAE: {_pdae_default('latent_dim')})")
     h.add_argument("--hidden-dims", type=_int_list, metavar="512,256",
@@ -267,6 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--w-prior", type=_finite_float, metavar="W", help=f"weight of the latent prior energy distance (PDAE: {_pdae_default('w_prior')})")
     h.add_argument("--w-l21", type=_finite_float, metavar="W", help=f"weight of the L2,1 penalty on W (PDAE: {_pdae_default('w_l21')})")
     t.set_defaults(func=cmd_train)
+
+    # ---- preprocess ----------------------------------------------------------------
+    pr = sub.add_parser(
+        "preprocess",
+        help="normalize_total + log1p (+ HVG selection) of a raw-count .h5ad, streamed from disk",
+        description="Normalise the raw counts in X of an .h5ad to --target-sum per cell, log1p-transform "
+        "them and optionally keep the --n-top-genes most highly variable genes (scanpy's seurat flavour), "
+        "reading and writing row chunks so that files larger than memory work. The output is a CSR "
+        ".h5ad ready for `pdae train --data OUT --backed`.",
+        formatter_class=_HelpFormatter,
+    )
+    pr.add_argument("src", metavar="RAW.h5ad", help="input with raw counts in X")
+    pr.add_argument("dst", metavar="OUT.h5ad", help="output file (must not exist unless --overwrite)")
+    pr.add_argument("--target-sum", type=_finite_float, default=1e4, metavar="S", help="counts per cell after normalisation")
+    pr.add_argument("--n-top-genes", type=_positive_int, metavar="N", help="keep the N most highly variable genes")
+    pr.add_argument("--chunk-size", type=_positive_int, default=20000, metavar="N", help="cells per chunk read")
+    pr.add_argument("--overwrite", action="store_true", help="replace OUT.h5ad if it exists")
+    pr.set_defaults(func=cmd_preprocess)
 
     # ---- predict -------------------------------------------------------------------
     p = sub.add_parser(
@@ -420,7 +447,7 @@ def _load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
         _check_file_flags(args)
         from .registry import read_h5ad
 
-        return read_h5ad(args.data), args.data
+        return read_h5ad(args.data, backed=getattr(args, "backed", False)), args.data
     options = _dataset_options(args.dataset_options)
     ds = _datasets_module()
     known = ds.list_datasets()
@@ -548,14 +575,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise DataError("--n-top-genes selects genes during preprocessing; add --preprocess.")
     if args.time_limit is not None and args.time_limit <= 0:
         raise ValueError("--time-limit must be > 0 seconds.")
+    if args.backed and (args.data is None or args.preprocess):
+        raise DataError("--backed streams an .h5ad given with --data, already log-normalised "
+                        "(run `pdae preprocess RAW.h5ad OUT.h5ad` first; --preprocess needs the data in memory).")
+    # under torchrun: one process per device, rank 0 prints and saves (see pdae_core.distributed)
+    world = distributed.init_from_env()
+    main_process = distributed.is_main_process()
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite)
-    device = resolve_device(args.accelerator)
+    if main_process:
+        _check_out_dir(out, args.overwrite)
+    device = distributed.local_device(resolve_device(args.accelerator))
     train_config = TrainConfig(
         max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         accelerator=args.accelerator, time_limit_s=args.time_limit, patience=args.patience,
         val_fraction=args.val_fraction, cells_per_condition=min(TrainConfig().cells_per_condition, args.batch_size),
+        precision=args.precision, compile=args.compile, max_steps=args.max_steps,
     )
+    say = print if main_process else (lambda *a, **k: None)
     cls = MODEL_TYPES[args.model]
     hp = _hyperparameters(args)
     try:
@@ -614,15 +650,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         require_conditions(adata, registry, holdout)
     model = cls(registry, seed=args.seed, **hp)
     n_cond = len(set(condition_column(adata, key)))
-    print(
+    say(
         f"Data: {source}: {adata.n_obs} cells x {adata.n_vars} genes, {n_cond} conditions, "
         f"{registry.n_perturbations} perturbations; column {key!r}, control {registry.control_label!r}, "
         f"separator {separator!r}" + (f"; held out: {', '.join(holdout)}" if holdout else "")
+        + ("; X streamed from disk" if args.backed else "")
     )
-    print(f"Training {args.model} on {device} for at most {args.epochs} epochs"
-          + (f" / {args.time_limit:g} s" if args.time_limit else "") + ".")
+    say(f"Training {args.model} on {device}" + (f" x {world} processes" if world > 1 else "")
+        + f" for at most {args.epochs} epochs" + (f" / {args.time_limit:g} s" if args.time_limit else "") + ".")
 
-    progress = TqdmProgress(disable=args.quiet)
+    progress = TqdmProgress(disable=args.quiet or not main_process)
     try:
         history = model.fit(adata, holdout=holdout, train_config=train_config, callbacks=[progress])
     except KeyboardInterrupt:
@@ -631,6 +668,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     finally:
         progress.close()
+    if not main_process:
+        distributed.shutdown()
+        return EXIT_OK
     try:
         model.save(out, overwrite=True)
     except KeyboardInterrupt:
@@ -650,6 +690,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print("Best validation energy distance: n/a (no validation cells; the final weights were saved).")
     print(f"Checkpoint saved to {out} (inspect with: {PROG} info {out}).")
+    distributed.shutdown()
     return EXIT_OK
 
 
@@ -839,6 +880,28 @@ def _kv(d: dict[str, Any] | None) -> str:
     if not d:
         return "none recorded"
     return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from .registry import read_h5ad
+    from .streaming import preprocess_on_disk
+
+    dst = Path(args.dst)
+    if dst.exists() and not args.overwrite:
+        raise DataError(f"{dst} exists; pass --overwrite to replace it.")
+    if dst.resolve() == Path(args.src).resolve():
+        raise DataError("OUT.h5ad must differ from RAW.h5ad (the input is never modified).")
+    backed = read_h5ad(args.src, backed=True)  # checks the file with a clear message
+    shape = backed.shape
+    backed.file.close()
+    t0 = time.perf_counter()
+    steps = preprocess_on_disk(args.src, dst, target_sum=args.target_sum, n_top_genes=args.n_top_genes,
+                               chunk_size=args.chunk_size)
+    genes = args.n_top_genes if "highly_variable_genes" in steps else shape[1]
+    print(f"Wrote {dst}: {shape[0]} cells x {genes} genes, normalize_total({args.target_sum:g}) + log1p"
+          + (f" + {genes} highly variable genes" if "highly_variable_genes" in steps else "")
+          + f" in {time.perf_counter() - t0:.1f} s.")
+    return EXIT_OK
 
 
 def cmd_info(args: argparse.Namespace) -> int:

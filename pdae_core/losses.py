@@ -6,9 +6,26 @@ gradients stay finite when two points coincide; it changes values by < 1e-5.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _EPS = 1e-10
+
+
+def _float32(fn):
+    """Run a loss in float32 with autocast off: under mixed precision the networks run in
+    bf16/fp16, but distances of nearby points lose all precision in half precision."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        if torch.is_autocast_enabled(args[0].device.type):
+            with torch.autocast(args[0].device.type, enabled=False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _norm(diff: torch.Tensor) -> torch.Tensor:
@@ -26,6 +43,7 @@ def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(sq.clamp_min(0.0) + _EPS)
 
 
+@_float32
 def energy_score(x: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
     """Unbiased energy score of each observation against its own samples.
 
@@ -48,6 +66,7 @@ def energy_score(x: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
     return term1 - off / (2.0 * m * (m - 1))
 
 
+@_float32
 def energy_distance(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     """Energy distance 2 E||X-Y|| - E||X-X'|| - E||Y-Y'|| between two samples.
 
@@ -75,6 +94,7 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor, unbiased: bool = True) -> 
     return 2.0 * xy - within(x) - within(y)
 
 
+@_float32
 def l21_norm(W: torch.Tensor) -> torch.Tensor:
     """L2,1 norm of the perturbation matrix ``W`` (latent_dim x n_perturbations):
     the sum over perturbations (columns) of each column's Euclidean norm. It is a

@@ -409,8 +409,9 @@ def require_conditions(adata: ad.AnnData, registry: PerturbationRegistry, condit
 # files and preprocessing
 
 
-def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
-    """Read an ``.h5ad`` file, turning every failure into a DataError naming the file."""
+def read_h5ad(path: str | os.PathLike, backed: bool = False) -> ad.AnnData:
+    """Read an ``.h5ad`` file, turning every failure into a DataError naming the file.
+    ``backed=True`` opens it read-only with ``X`` left on disk (anndata's backed mode)."""
     import h5py
 
     path = os.fspath(path)
@@ -421,7 +422,7 @@ def read_h5ad(path: str | os.PathLike) -> ad.AnnData:
     if not h5py.is_hdf5(path):
         raise DataError(f"{path} is not an .h5ad file (not HDF5); save AnnData with adata.write_h5ad().")
     try:
-        adata = ad.read_h5ad(path)
+        adata = ad.read_h5ad(path, backed="r") if backed else ad.read_h5ad(path)
     except Exception as e:  # anndata raises many types for malformed files
         raise DataError(f"{path} is HDF5 but not a readable AnnData: {type(e).__name__}: {e}") from e
     return adata

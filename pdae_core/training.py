@@ -9,6 +9,7 @@ validation energy distance, and progress callbacks that know nothing of any UI.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from .losses import energy_distance
 from .streaming import RowSource, prefetch
 
 log = logging.getLogger(__name__)
+_DDP_HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
 
 
 PRECISIONS = {"32": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -372,11 +374,13 @@ def _train(
         module.init_from_data(read(init_idx))
     forward: torch.nn.Module = _LossForward(module)
     if sharded:
+        # buffers (input scaling) are set identically on every rank: no need to sync them
+        sync = {"forward_sync_buffers": False} if _DDP_HAS_FORWARD_SYNC else {"broadcast_buffers": False}
         forward = DistributedDataParallel(
             forward,
             device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
             find_unused_parameters=not getattr(module, "supports_shard", False),
+            **sync,
         )
     if config.compile:
         forward = torch.compile(forward)
