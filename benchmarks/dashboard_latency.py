@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def compute_path(n: int, seed: int) -> None:
+def compute_path(n: int, seed: int, cells: int = 1000) -> None:
     import pdae_core as pc
     from pdae_core import cell_figures as cf
     from pdae_core import explore
@@ -50,12 +50,13 @@ def compute_path(n: int, seed: int) -> None:
     t_umap = time.perf_counter() - t0
     seen = [p for p, u in zip(model.registry.perturbations, np.abs(model.train_labels).sum(0) > 0) if u]
     rng = np.random.default_rng(seed)
-    times: dict[str, list[float]] = {k: [] for k in ("what_if", "embed", "figures", "downloads", "total")}
+    times: dict[str, list[float]] = {k: [] for k in ("what_if", "embed", "figures", "interactive", "downloads", "total")}
     for i in range(n + 1):
         k = int(rng.integers(1, 4))
         weights = {str(p): float(rng.choice([0.5, 1.0, 1.0, 1.5])) for p in rng.choice(seen, size=k, replace=False)}
         t = [time.perf_counter()]
-        r = explore.what_if(model, adata, weights, max_source_cells=300, additive=additive)
+        r = explore.what_if(model, adata, weights, max_source_cells=cells, n_cells=cells, additive=additive)
+        assert r.predicted.n_obs == cells
         t.append(time.perf_counter())
         coords, groups, hover = explore.what_if_embedding(ref, r)
         t.append(time.perf_counter())
@@ -74,12 +75,14 @@ def compute_path(n: int, seed: int) -> None:
         t.append(time.perf_counter())
         if i == 0:
             continue  # warm-up
-        for key, a, b in (("what_if", 0, 1), ("embed", 1, 2), ("figures", 2, 3), ("downloads", 3, 4), ("total", 0, 4)):
+        for key, a, b in (("what_if", 0, 1), ("embed", 1, 2), ("figures", 2, 3), ("interactive", 0, 3),
+                          ("downloads", 3, 4), ("total", 0, 4)):
             times[key].append(t[b] - t[a])
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {__import__('torch').get_num_threads()}")
     print(f"load data + checkpoint + additive baseline: {t_load:.2f} s (cached by the app)")
     print(f"first shared UMAP fit (3,375 cells, incl. numba compile in a fresh process): {t_umap:.1f} s (cached per dataset)")
-    print(f"\nper what-if change, {n} random selections (seconds):")
+    print(f"\nper what-if change, {n} random selections, {cells} predicted cells each (seconds; "
+          "'interactive' = what_if + embed + figures, what the page waits for before drawing):")
     print("| step | median | p95 | max |\n|---|---|---|---|")
     for key, v in times.items():
         a = np.asarray(v)
@@ -158,10 +161,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=30, help="number of what-if changes to time")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cells", type=int, default=1000, help="predicted cells per what-if")
     ap.add_argument("--browser", action="store_true", help="also time the real app in headless Chromium")
     ap.add_argument("--dwell", type=float, default=0.0, help="seconds on the Data page before opening Compose")
     args = ap.parse_args()
-    compute_path(args.n, args.seed)
+    compute_path(args.n, args.seed, args.cells)
     if args.browser:
         browser_path(min(args.n, 20), args.dwell)
 

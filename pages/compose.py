@@ -65,7 +65,9 @@ with left:
                        help="Cells that are encoded, moved to the target and decoded. Control by default.")
     ss.setdefault("compose_n", 300)
     ss.setdefault("compose_show_add", False)
-    n_src = st.slider("Number of source cells", 20, 1000, step=20, key="compose_n")
+    n_src = st.slider("Predicted cells", 20, 2000, step=20, key="compose_n",
+                      help="Source cells are subsampled to this number; when there are fewer, each is decoded "
+                      "several times with fresh decoder noise.")
     show_add = st.toggle("Show additive baseline cells in the UMAP", key="compose_show_add")
 common.remember_widgets(*KEYS, prefix="w:")
 
@@ -75,7 +77,8 @@ if not any(w != 0 for w in weights.values()):
 
 try:
     additive = common.additive_baseline(ds.key, model_key, model, ds.adata)
-    result = explore.what_if(model, ds.adata, weights, source_condition=src, max_source_cells=n_src, additive=additive)
+    result = explore.what_if(model, ds.adata, weights, source_condition=src, max_source_cells=n_src,
+                              additive=additive, n_cells=n_src)
 except PDAEError as e:
     right.error(str(e))
     st.stop()

@@ -226,9 +226,12 @@ def what_if(
     max_source_cells: int | None = 500,
     seed: int = 0,
     additive: AdditiveBaseline | None = None,
+    n_cells: int | None = None,
 ) -> WhatIf:
     """Predict the combination ``{perturbation: weight}`` from the cells of
-    ``source_condition`` (control by default).
+    ``source_condition`` (control by default): at most ``max_source_cells`` of them;
+    with ``n_cells``, exactly that many predicted cells (each source cell decoded with
+    fresh noise as often as needed; ``obs['draw']`` numbers the draws).
 
     ``weights`` are doses on the label vector (1 = as measured); zero weights are
     dropped. The result holds the extrapolation check, the predicted cells, the
@@ -248,7 +251,12 @@ def what_if(
     if len(src_idx) == 0:
         raise DataError(f"No cells of source condition {src_label!r} in column {reg.perturbation_key!r}.")
     source = adata[src_idx[_subsample(len(src_idx), max_source_cells, seed)]]
-    predicted = model.predict(source, w, seed=seed)
+    if n_cells is not None and int(n_cells) < 1:
+        raise DataError(f"n_cells must be >= 1, got {n_cells}.")
+    draws = 1 if n_cells is None else max(1, -(-int(n_cells) // source.n_obs))
+    predicted = model.predict(source, w, seed=seed, n_draws=draws)
+    if n_cells is not None and predicted.n_obs > int(n_cells):
+        predicted = predicted[: int(n_cells)].copy()
     ctrl_idx = np.flatnonzero(conds == reg.control_label)
     control = adata[ctrl_idx[_subsample(len(ctrl_idx), max_source_cells, seed)]]
     mask = _measured_mask(adata, reg, label)

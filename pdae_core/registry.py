@@ -271,6 +271,8 @@ def condition_column(adata: ad.AnnData, key: str) -> np.ndarray:
 
 
 def expression_matrix(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+    if adata.isbacked:  # X on disk: read these cells (a view reads only its rows)
+        adata = adata.to_memory()
     X = adata.layers[layer] if layer is not None else adata.X
     if X is None:
         raise DataError("The AnnData has no expression matrix X.")

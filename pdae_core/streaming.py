@@ -89,7 +89,9 @@ class BackedRows:
         block = self.X[uniq]
         if sp.issparse(block):
             block = block.toarray()
-        block = np.asarray(block, dtype=np.float32)[inverse]
+        block = np.asarray(block, dtype=np.float32)
+        if len(uniq) != len(file_rows) or not np.array_equal(uniq, file_rows):
+            block = block[inverse]
         if not np.isfinite(block).all():
             bad = file_rows[~np.isfinite(block).all(1)]
             raise DataError(f"{self.where} has NaN or infinite values in row(s) {bad[:5].tolist()} of the file.")

@@ -58,7 +58,7 @@ class TrainConfig:
     precision: str = "32"  # "32" | "bf16-mixed" | "16-mixed" (autocast; losses stay float32)
     compile: bool = False  # torch.compile the loss computation
     val_max_cells: int = 512  # per condition: bounds validation memory on large data
-    init_max_cells: int = 50_000  # cells used by the module's init_from_data (input scaling)
+    init_max_cells: int = 20_000  # cells used by the module's init_from_data (input scaling)
     prefetch: int = 2  # batches read ahead on a background thread when X is not in memory
 
     def __post_init__(self) -> None:
