@@ -10,7 +10,9 @@ warm-up step when ``--warmup`` >= 1). The ``--warmup`` first steps are dropped;
 ``eval_every`` and ``max_epochs`` are set so that no validation runs inside the
 timed window. Reported per (genes, model): median seconds per step, cells per
 second (batch size / median step), seconds per epoch (steps per epoch of this
-dataset's training cells x median step).
+dataset's training cells x median step). ``pdae-bf16`` and ``pdae-compile`` are the
+default PDAE with ``precision="bf16-mixed"`` or ``compile=True`` (on a CPU, whether
+they help at all is what this measures).
 
     python benchmarks/throughput.py --out benchmarks/results/throughput.md
     python benchmarks/throughput.py --quick   # smoke test: 100 genes, 5 steps
@@ -36,13 +38,15 @@ from pdae_core.base import MODEL_TYPES
 from pdae_core.synthetic import make_synthetic
 from pdae_core.training import Callback, TrainConfig, resolve_device, split_cells
 
-# benchmark name -> (registered model type, hyperparameters beyond the defaults)
-MODELS: dict[str, tuple[str, dict]] = {
-    "pdae": ("pdae", {"grid": "sampled"}),
-    "pdae-full": ("pdae", {"grid": "full"}),
-    "samsvae": ("samsvae", {}),
-    "sccvae": ("sccvae", {}),
-    "fcr": ("fcr", {}),
+# benchmark name -> (registered model type, hyperparameters beyond the defaults, TrainConfig options)
+MODELS: dict[str, tuple[str, dict, dict]] = {
+    "pdae": ("pdae", {"grid": "sampled"}, {}),
+    "pdae-full": ("pdae", {"grid": "full"}, {}),
+    "pdae-bf16": ("pdae", {"grid": "sampled"}, {"precision": "bf16-mixed"}),
+    "pdae-compile": ("pdae", {"grid": "sampled"}, {"compile": True}),
+    "samsvae": ("samsvae", {}, {}),
+    "sccvae": ("sccvae", {}, {}),
+    "fcr": ("fcr", {}, {}),
 }
 
 
@@ -92,13 +96,13 @@ def device_name(device: torch.device) -> str:
 
 
 def time_model(name: str, adata, args: argparse.Namespace, cuda: bool) -> dict:
-    model_type, hyper = MODELS[name]
+    model_type, hyper, train_opts = MODELS[name]
     model = MODEL_TYPES[model_type].from_anndata(adata, "condition", "control", seed=args.seed, **hyper)
     timer = StepTimer(cuda)
     n_steps = args.warmup + args.steps
     model.fit(
         adata, max_steps=n_steps, max_epochs=10**6, eval_every=10**6, accelerator=args.accelerator,
-        seed=args.seed, callbacks=[timer],
+        seed=args.seed, callbacks=[timer], **train_opts,
     )
     if len(timer.times) != n_steps:
         raise RuntimeError(f"{name}: {len(timer.times)} steps ran, {n_steps} expected")

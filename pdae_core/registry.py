@@ -445,7 +445,20 @@ def preprocess(
     flavour on log data). What was done is recorded in ``uns['pdae_preprocessing']``.
     """
     import scanpy as sc
+    import torch
 
+    # scanpy's numba kernels reset the OpenMP thread count that torch shares (ignoring
+    # OMP_NUM_THREADS): remember torch's and put it back, or training after
+    # preprocessing in the same process can oversubscribe the cores
+    threads = torch.get_num_threads()
+    try:
+        return _preprocess(sc, adata, target_sum, n_top_genes, layer, copy)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _preprocess(sc: Any, adata: ad.AnnData, target_sum: float, n_top_genes: int | None, layer: str | None,
+                copy: bool) -> ad.AnnData:
     if copy:
         adata = adata.copy()
     if layer is not None:

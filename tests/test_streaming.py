@@ -195,3 +195,15 @@ def test_train_config_rejects_unknown_precision():
 
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="8")
+
+
+def test_preprocess_keeps_torch_thread_count():
+    """scanpy's numba kernels reset OpenMP's thread count; preprocess must not leave
+    torch oversubscribing the cores for the training that follows."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        preprocess(_raw_counts(n=300, genes=50), n_top_genes=20)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
