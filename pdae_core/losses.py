@@ -13,13 +13,16 @@ import torch
 _EPS = 1e-10
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 def _float32(fn):
-    """Run a loss in float32 with autocast off: under mixed precision the networks run in
+    """Run a loss with autocast off and half-precision inputs cast to float32: under mixed precision the networks run in
     bf16/fp16, but distances of nearby points lose all precision in half precision."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        args = [a.float() if isinstance(a, torch.Tensor) and a.dtype in _HALF else a for a in args]  # float64 stays
         if torch.is_autocast_enabled(args[0].device.type):
             with torch.autocast(args[0].device.type, enabled=False):
                 return fn(*args, **kwargs)
