@@ -16,6 +16,7 @@ from .registry import (  # noqa: E402
 )
 from .samsvae import SAMSVAE, SAMSVAEConfig, SAMSVAEModule  # noqa: E402  (registers "samsvae")
 from .sccvae import SCCVAE, SCCVAEConfig, SCCVAEModule  # noqa: E402  (registers "sccvae")
+from .streaming import preprocess_on_disk  # noqa: E402
 from .training import Callback, History, TrainConfig, resolve_device  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def latent(model: PerturbationModel, adata):
 __all__ = [
     "PDAE", "PDAEConfig", "PDAEModule", "SAMSVAE", "SAMSVAEConfig", "SAMSVAEModule",
     "FCR", "FCRConfig", "FCRModule", "SCCVAE", "SCCVAEConfig", "SCCVAEModule", "PerturbationModel", "ExtrapolationCheck", "span_check",
-    "PerturbationRegistry", "setup_anndata", "preprocess", "read_h5ad", "detect_x_kind",
+    "PerturbationRegistry", "setup_anndata", "preprocess", "preprocess_on_disk", "read_h5ad", "detect_x_kind",
     "TrainConfig", "History", "Callback", "resolve_device",
     "PDAEError", "DataError", "CheckpointError", "DatasetUnavailableError",
     "load_model", "predict", "latent", "__version__",
