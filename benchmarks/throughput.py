@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 import torch
-from _report import emit
+from _report import cpu_model, emit
 
 import pdae_core
 from pdae_core.base import MODEL_TYPES
@@ -76,17 +76,6 @@ class StepTimer(Callback):
 
     def on_evaluation(self, record: dict[str, float]) -> None:
         self.evaluations += 1  # only the one after the last step is expected
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device) -> str:

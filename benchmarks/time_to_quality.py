@@ -69,7 +69,7 @@ import time
 
 import numpy as np
 import torch
-from _report import emit
+from _report import cpu_model, emit
 
 from pdae_core import PDAE
 from pdae_core.datasets import load_dataset
@@ -116,17 +116,6 @@ def within(value: float, target: float) -> bool:
 def first_within(records: list[dict[str, float]], target: float) -> dict[str, float] | None:
     """The first record whose val_ed is within 5% of ``target``, or None."""
     return next((r for r in records if within(r["val_ed"], target)), None)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fmt_s(r: dict[str, float] | None, key: str = "train_seconds") -> str:
