@@ -79,8 +79,21 @@ def init_from_env(backend: str | None = None) -> int:
 
 
 def shutdown() -> None:
+    _LOSS_GROUP.clear()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_LOSS_GROUP: list = []
+
+
+def loss_group():
+    """A process group of its own for the loss's all-gathers, so that they never
+    interleave with DDP's gradient all-reduces on the default group (made once per
+    process group; :func:`shutdown` forgets it)."""
+    if not _LOSS_GROUP:
+        _LOSS_GROUP.append(dist.new_group())
+    return _LOSS_GROUP[0]
 
 
 def local_device(device: torch.device) -> torch.device:

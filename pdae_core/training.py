@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .distributed import Shard, all_reduce_mean, local_device, split_sizes
+from .distributed import Shard, all_reduce_mean, local_device, loss_group, split_sizes
 from .distributed import rank as dist_rank
 from .distributed import world_size as dist_world_size
 from .losses import energy_distance
@@ -403,7 +403,7 @@ def _train(
             local = []
             for k, b in enumerate(batches):
                 sizes = split_sizes(len(b), world)
-                shards[k] = Shard(sizes, rank_, _loss_group())
+                shards[k] = Shard(sizes, rank_, loss_group())
                 lo = sum(sizes[:rank_])
                 local.append(b[lo : lo + sizes[rank_]])
             batches = local
@@ -497,14 +497,3 @@ def _train(
     for cb in callbacks:
         cb.on_train_end(hist)
     return hist
-
-
-_LOSS_GROUP: list = []
-
-
-def _loss_group():
-    """A process group of its own for the loss's all-gathers, so that they never
-    interleave with DDP's gradient all-reduces on the default group."""
-    if not _LOSS_GROUP:
-        _LOSS_GROUP.append(torch.distributed.new_group())
-    return _LOSS_GROUP[0]
