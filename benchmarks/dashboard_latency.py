@@ -12,12 +12,15 @@ Part 2 (``--browser``, needs /usr/bin/chromium and playwright): a real
 loading the URL to the first page being interactive, and, on the Compose page,
 from changing a dose slider (keyboard) until the new verdict is on screen.
 
-    PDAE_DATA_DIR=../shared/data python benchmarks/dashboard_latency.py [--browser] [--n 30]
+    PDAE_DATA_DIR=../shared/data python benchmarks/dashboard_latency.py [--browser] [--n 30] \\
+        [--out benchmarks/results/dashboard_latency.md]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import platform
 import socket
@@ -32,6 +35,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _report import emit  # noqa: E402
 
 
 def compute_path(n: int, seed: int, cells: int = 1000) -> None:
@@ -164,10 +168,14 @@ def main() -> None:
     ap.add_argument("--cells", type=int, default=1000, help="predicted cells per what-if")
     ap.add_argument("--browser", action="store_true", help="also time the real app in headless Chromium")
     ap.add_argument("--dwell", type=float, default=0.0, help="seconds on the Data page before opening Compose")
+    ap.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = ap.parse_args()
-    compute_path(args.n, args.seed, args.cells)
-    if args.browser:
-        browser_path(min(args.n, 20), args.dwell)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        compute_path(args.n, args.seed, args.cells)
+        if args.browser:
+            browser_path(min(args.n, 20), args.dwell)
+    emit(buf.getvalue().rstrip(), args.out)
 
 
 if __name__ == "__main__":
