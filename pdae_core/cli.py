@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score each cell against n_sources sampled cells or against every cell of the batch "
                    f"(PDAE: {_pdae_default('grid')})")
     h.add_argument("--n-sources", type=_positive_int, metavar="N", help=f"sources per cell with --grid sampled (PDAE: {_pdae_default('n_sources')})")
+    h.add_argument("--source-sampling", choices=["condition", "batch"],
+                   help="with --grid sampled: a cell's sources all come from one other condition of the batch, or "
+                   f"from anywhere in the batch (PDAE: {_pdae_default('source_sampling')})")
     h.add_argument("--w-pert", type=_finite_float, metavar="W", help=f"weight of the perturbation energy score (PDAE: {_pdae_default('w_pert')})")
     h.add_argument("--w-rec", type=_finite_float, metavar="W", help=f"weight of the reconstruction energy score (PDAE: {_pdae_default('w_rec')})")
     h.add_argument("--w-prior", type=_finite_float, metavar="W", help=f"weight of the latent prior energy distance (PDAE: {_pdae_default('w_prior')})")
@@ -540,7 +543,8 @@ class TqdmProgress(Callback):
 
 
 def _hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
-    names = ("latent_dim", "hidden_dims", "noise_dim", "grid", "n_sources", "w_pert", "w_rec", "w_prior", "w_l21")
+    names = ("latent_dim", "hidden_dims", "noise_dim", "grid", "n_sources", "source_sampling", "w_pert", "w_rec",
+             "w_prior", "w_l21")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 

@@ -33,10 +33,13 @@ def main(out: str) -> None:
     X, L = reg.expression(adata), reg.label_matrix(adata)
     groups = np.unique(np.asarray(adata.obs["condition"]), return_inverse=True)[1]
     result = {"world": world}
-    for grid in ("sampled", "full"):
+    # the sampled grid with sources from one condition (default) or from the whole batch, and the full grid
+    variants = {"sampled": {"grid": "sampled"}, "sampled_batch": {"grid": "sampled", "source_sampling": "batch"},
+                "full": {"grid": "full"}}
+    for grid, options in variants.items():
         torch.manual_seed(0)
         module = PDAEModule(PDAEConfig(n_genes=X.shape[1], n_perturbations=L.shape[1], hidden_dims=(32,),
-                                       latent_dim=4, noise_dim=4, grid=grid, n_sources=8))
+                                       latent_dim=4, noise_dim=4, n_sources=8, **options))
         rec = Steps()
         # batch 61 with chunks of 5 cells: odd global batches, so the two ranks' slices differ in size
         cfg = TrainConfig(max_epochs=3, batch_size=61, cells_per_condition=5, lr=3e-3, seed=1,

@@ -36,7 +36,7 @@ def runs(tmp_path_factory) -> tuple[dict, dict]:
     return json.loads((d / "one.json").read_text()), json.loads((d / "two.json").read_text())
 
 
-@pytest.mark.parametrize("grid", ["sampled", "full"])
+@pytest.mark.parametrize("grid", ["sampled", "sampled_batch", "full"])
 def test_two_gloo_processes_follow_the_single_process_trajectory(runs, grid):
     one, two = runs
     assert one["world"] == 1 and two["world"] == 2

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pdae_core.losses import energy_distance, energy_score, l21_norm, pairwise_distances
-from pdae_core.model import PDAEConfig, PDAEModule
+from pdae_core.model import PDAEConfig, PDAEModule, one_condition_sources
 
 # ---------------------------------------------------------------------------------
 # reference implementations: plain loops, no vectorisation
@@ -235,10 +235,11 @@ def test_l21_norm_is_sum_of_column_norms(rng):
 # the PDAE objective
 
 
-def _module(grid: str, n_sources: int = 16, rec_samples: int = 2) -> PDAEModule:
+def _module(grid: str, n_sources: int = 16, rec_samples: int = 2, source_sampling: str = "batch") -> PDAEModule:
     cfg = PDAEConfig(
         n_genes=4, n_perturbations=3, latent_dim=2, hidden_dims=(6,), noise_dim=0, grid=grid,
         n_sources=n_sources, rec_samples=rec_samples, w_pert=2.0, w_rec=0.5, w_prior=0.25, w_l21=0.125,
+        source_sampling=source_sampling,
     )
     torch.manual_seed(3)
     return PDAEModule(cfg).double()
@@ -390,3 +391,82 @@ def test_pdae_loss_gradients_finite_with_coincident_samples():
     out["loss"].backward()
     for name, p in mod.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def _grouped_batch(sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Cells of len(sizes) conditions (control, then singles), ``sizes[k]`` cells each."""
+    conds = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=torch.float64)
+    grp = np.repeat(np.arange(len(sizes)), sizes)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(len(grp), 4, generator=g, dtype=torch.float64) * 3
+    return x, conds[torch.as_tensor(grp)], grp
+
+
+def test_one_condition_sources_mask():
+    _, L, grp = _grouped_batch((4, 4, 3, 2))
+    torch.manual_seed(0)
+    for _ in range(200):
+        allowed, m = one_condition_sources(L, 16)
+        a = allowed.numpy()
+        # every target's sources all come from one other condition with at least m cells
+        assert m == 4  # every target finds a 4-cell condition elsewhere; the 3- and 2-cell ones are never drawn
+        for i in range(len(grp)):
+            src_groups = set(grp[a[i]])
+            assert len(src_groups) == 1 and grp[i] not in src_groups
+            (c,) = src_groups
+            assert a[i].sum() == (grp == c).sum() >= m
+    # a cell whose only other condition has one cell: fall back to the whole batch
+    _, L1, _ = _grouped_batch((3, 1))
+    assert one_condition_sources(L1, 16)[0] is None
+    assert one_condition_sources(L1[:3], 16)[0] is None  # a single condition
+
+
+def test_condition_sampling_draws_other_conditions_uniformly():
+    _, L, grp = _grouped_batch((3, 3, 3, 3))
+    torch.manual_seed(1)
+    counts = np.zeros((len(grp), 4))
+    n = 600
+    for _ in range(n):
+        allowed, m = one_condition_sources(L, 16)
+        assert m == 3
+        chosen = np.array([grp[row][0] for row in allowed.numpy()])
+        counts[np.arange(len(grp)), chosen] += 1
+    own = counts[np.arange(len(grp)), grp]
+    assert np.all(own == 0)
+    expected = n / 3
+    for i in range(len(grp)):
+        for c in range(4):
+            if c != grp[i]:
+                assert abs(counts[i, c] - expected) < 5 * math.sqrt(expected * 2 / 3)
+
+
+def test_condition_sampling_loss_is_the_mean_over_other_conditions():
+    """With as many sources as a condition has cells, the condition-sampled perturbation
+    term is the mean over targets of ES(x_i; all cells of a random other condition moved to l_i);
+    its expectation is the average over the other conditions, computed here exactly."""
+    sizes = (3, 3, 3)
+    mod = _module("sampled", n_sources=3, source_sampling="condition")
+    x, L, grp = _grouped_batch(sizes)
+    with torch.no_grad():
+        z = mod.encoder(x)
+        s = L @ mod.W.weight.T
+        zb = z - s
+        exact = []
+        for i in range(len(grp)):
+            per_c = []
+            for c in set(grp.tolist()) - {grp[i]}:
+                smp = torch.stack([mod.decoder(zb[j] + s[i]) for j in np.flatnonzero(grp == c)])[None]
+                per_c.append(energy_score(x[i : i + 1], smp).item())
+            exact.append(np.mean(per_c))
+        target = float(np.mean(exact))
+        torch.manual_seed(0)
+        draws = np.array([mod.loss(x, L)["pert"].item() for _ in range(800)])
+        batch_mod = _module("sampled", n_sources=3, source_sampling="batch")
+        batch_mod.load_state_dict(mod.state_dict())
+        batch_draws = np.array([batch_mod.loss(x, L)["pert"].item() for _ in range(800)])
+    se = draws.std(ddof=1) / math.sqrt(len(draws))
+    assert draws.std() > 1e-4
+    assert abs(draws.mean() - target) < 4 * se
+    # and it is a different objective from sampling sources anywhere in the batch
+    se_b = batch_draws.std(ddof=1) / math.sqrt(len(batch_draws))
+    assert abs(batch_draws.mean() - target) > 4 * max(se, se_b)
