@@ -181,6 +181,9 @@ class PDAEModule(nn.Module):
     def z_base(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.encode(x) - self.shift(labels)
 
+    # eager even under torch.compile: the number of sources per target is data-dependent with
+    # source_sampling="condition", and the compiler cannot draw random tensors of a symbolic size
+    @torch.compiler.disable
     def noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """Decoder noise for latent points of batch shape ``shape`` (None when deterministic)."""
         if self.config.noise_dim == 0:
