@@ -473,6 +473,7 @@ class PDAEProfile(ProfileModel):
         config = PDAEConfig(
             n_genes=profiles.n_genes, n_perturbations=len(profiles.perturbations), latent_dim=int(latent_dim),
             hidden_dims=self.hidden_dims, noise_dim=0, softplus_output=False, n_sources=self.n_sources,
+            source_sampling="batch",  # one profile per condition: there is no condition to draw several sources from
         )
         curve: list[tuple[int, float]] = []
         with torch.random.fork_rng(devices=[]):
