@@ -40,9 +40,9 @@ from _report import emit  # noqa: E402
 
 def compute_path(n: int, seed: int, cells: int = 1000) -> None:
     import pdae_core as pc
-    from pdae_core import cell_figures as cf
     from pdae_core import explore
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
+    from pdae_core.plot import cells as cf
 
     t0 = time.perf_counter()
     adata = load_dataset("norman19_devel")

@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from pdae_core import PDAE, setup_anndata
-from pdae_core.losses import energy_distance as ed_torch
-from pdae_core.metrics import energy_distance, noise_floor
-from pdae_core.synthetic import make_synthetic
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.eval.metrics import energy_distance, noise_floor
+from pdae_core.models.losses import energy_distance as ed_torch
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 from _report import emit
 
 from pdae_core import PDAE, load_model, setup_anndata
-from pdae_core.baselines import AdditiveBaseline, LinearBaseline, NoChange
-from pdae_core.datasets import load_dataset
-from pdae_core.evaluation import gap_closed, heldout_comparison, markdown_table
+from pdae_core.data.datasets import load_dataset
+from pdae_core.eval.heldout import gap_closed, heldout_comparison, markdown_table
+from pdae_core.models.baselines import AdditiveBaseline, LinearBaseline, NoChange
 
 HOLDOUT = ["KLF1+MAP2K6", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2", "KLF1+TGFBR2"]
 REPO = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """PDAE on synthetic data with known truth: held-out doubles versus baselines.
 
-Trains PDAE (library defaults) on `synthetic` (pdae_core.synthetic.make_synthetic,
+Trains PDAE (library defaults) on `synthetic` (pdae_core.data.synthetic.make_synthetic,
 seed 0: 8 perturbations, all singles, 12 doubles, a random nonlinear decoder) with
 4 doubles held out, predicts each held-out double from the control cells, and
 prints the energy distance (unbiased, bootstrap 95% interval over cells) of PDAE,
@@ -22,9 +22,9 @@ import torch
 from _report import emit
 
 from pdae_core import PDAE, setup_anndata
-from pdae_core.baselines import AdditiveBaseline, NoChange
-from pdae_core.evaluation import gap_closed, heldout_comparison, markdown_table
-from pdae_core.synthetic import SyntheticOracle, make_synthetic
+from pdae_core.data.synthetic import SyntheticOracle, make_synthetic
+from pdae_core.eval.heldout import gap_closed, heldout_comparison, markdown_table
+from pdae_core.models.baselines import AdditiveBaseline, NoChange
 
 
 def main() -> None:

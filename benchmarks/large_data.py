@@ -12,7 +12,7 @@ Steps, each in its own subprocess so that its peak RSS (``ru_maxrss``) is its ow
 2. ``inmemory``: ``read_h5ad`` the whole file, ``pdae_core.preprocess`` (scanpy
    normalize_total + log1p, all genes kept), then one epoch of PDAE training on the
    in-memory (sparse) matrix.
-3. ``streamed``: ``pdae_core.streaming.preprocess_on_disk`` into a new ``.h5ad``,
+3. ``streamed``: ``pdae_core.data.streaming.preprocess_on_disk`` into a new ``.h5ad``,
    opened with ``read_h5ad(..., backed=True)``, then one epoch of PDAE training that
    reads ``X`` from disk one mini-batch at a time; repeated at every ``--scaling``
    size to show that its peak memory does not grow with the number of cells (it is
@@ -305,7 +305,7 @@ def run_stage(args: argparse.Namespace) -> None:
     import torch
 
     import pdae_core as pc
-    from pdae_core.streaming import preprocess_on_disk
+    from pdae_core.data.streaming import preprocess_on_disk
 
     baseline = rss_kib()
     threads = torch.get_num_threads()

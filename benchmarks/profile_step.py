@@ -21,8 +21,8 @@ from _report import emit
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from pdae_core import PDAE
-from pdae_core.synthetic import make_synthetic
-from pdae_core.training import Callback
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.train.loop import Callback
 
 
 class _Timer(Callback):

@@ -34,9 +34,9 @@ import torch
 from _report import cpu_model, emit
 
 import pdae_core
-from pdae_core.base import MODEL_TYPES
-from pdae_core.synthetic import make_synthetic
-from pdae_core.training import Callback, TrainConfig, resolve_device, split_cells
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.models.catalog import MODEL_TYPES
+from pdae_core.train.loop import Callback, TrainConfig, resolve_device, split_cells
 
 # benchmark name -> (registered model type, hyperparameters beyond the defaults, TrainConfig options)
 MODELS: dict[str, tuple[str, dict, dict]] = {

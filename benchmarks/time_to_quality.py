@@ -72,9 +72,9 @@ import torch
 from _report import cpu_model, emit
 
 from pdae_core import PDAE
-from pdae_core.datasets import load_dataset
-from pdae_core.model import PDAEModule
-from pdae_core.training import Callback, TrainConfig
+from pdae_core.data.datasets import load_dataset
+from pdae_core.models.pdae import PDAEModule
+from pdae_core.train.loop import Callback, TrainConfig
 
 N_HOLDOUT = 4  # as benchmarks/eval_synthetic.py
 BAND = 0.05

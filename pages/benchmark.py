@@ -10,12 +10,12 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
-from pdae_core import figures
-from pdae_core.baselines import NoChange
-from pdae_core.benchmark import BenchmarkSpec, available_models
 from pdae_core.errors import PDAEError
-from pdae_core.evaluation import NOISE, heldout_comparison
-from pdae_core.jobs import JobState, benchmark_job
+from pdae_core.eval.benchmark import BenchmarkSpec, available_models
+from pdae_core.eval.heldout import NOISE, heldout_comparison
+from pdae_core.models.baselines import NoChange
+from pdae_core.plot import benchmark as figures
+from pdae_core.train.jobs import JobState, benchmark_job
 
 common.init_state()
 ss = st.session_state

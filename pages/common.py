@@ -24,7 +24,7 @@ import streamlit as st
 
 import pdae_core as pc
 from pdae_core import explore
-from pdae_core.datasets import default_data_dir, load_dataset
+from pdae_core.data.datasets import default_data_dir, load_dataset
 from pdae_core.errors import DatasetUnavailableError, PDAEError
 
 ROOT = Path(__file__).resolve().parent.parent

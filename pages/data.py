@@ -7,9 +7,9 @@ from pathlib import Path
 import streamlit as st
 
 from pages import common
-from pdae_core import cell_figures as cf
 from pdae_core import explore
 from pdae_core.errors import PDAEError
+from pdae_core.plot import cells as cf
 
 common.init_state()
 ss = st.session_state

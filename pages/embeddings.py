@@ -6,9 +6,9 @@ import numpy as np
 import streamlit as st
 
 from pages import common
-from pdae_core import cell_figures as cf
 from pdae_core import explore
-from pdae_core.registry import condition_column
+from pdae_core.data.registry import condition_column
+from pdae_core.plot import cells as cf
 
 common.init_state()
 ss = st.session_state

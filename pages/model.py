@@ -8,10 +8,10 @@ import streamlit as st
 
 import pdae_core as pc
 from pages import common
-from pdae_core import cell_figures as cf
 from pdae_core import explore
-from pdae_core.base import MODEL_TYPES
-from pdae_core.jobs import JobState, training_job
+from pdae_core.models.catalog import MODEL_TYPES
+from pdae_core.plot import cells as cf
+from pdae_core.train.jobs import JobState, training_job
 
 common.init_state()
 ss = st.session_state

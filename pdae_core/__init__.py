@@ -1,23 +1,22 @@
 """pdae_core: predict the distribution of single cells under unseen perturbations
 and combinations of perturbations (Perturbation Distribution Autoencoder and peers)."""
 
-__version__ = "0.1.0"
-
-from .base import ExtrapolationCheck, PerturbationModel, span_check  # noqa: E402
-from .errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError  # noqa: E402
-from .fcr import FCR, FCRConfig, FCRModule  # noqa: E402  (registers "fcr")
-from .model import PDAE, PDAEConfig, PDAEModule  # noqa: E402
-from .registry import (  # noqa: E402
+from ._version import __version__
+from .data.registry import (  # noqa: E402
     PerturbationRegistry,
     detect_x_kind,
     preprocess,
     read_h5ad,
     setup_anndata,
 )
-from .samsvae import SAMSVAE, SAMSVAEConfig, SAMSVAEModule  # noqa: E402  (registers "samsvae")
-from .sccvae import SCCVAE, SCCVAEConfig, SCCVAEModule  # noqa: E402  (registers "sccvae")
-from .streaming import preprocess_on_disk  # noqa: E402
-from .training import Callback, History, TrainConfig, resolve_device  # noqa: E402
+from .data.streaming import preprocess_on_disk  # noqa: E402
+from .errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError  # noqa: E402
+from .models.base import ExtrapolationCheck, PerturbationModel, span_check  # noqa: E402
+from .models.fcr import FCR, FCRConfig, FCRModule  # noqa: E402  (registers "fcr")
+from .models.pdae import PDAE, PDAEConfig, PDAEModule  # noqa: E402
+from .models.samsvae import SAMSVAE, SAMSVAEConfig, SAMSVAEModule  # noqa: E402  (registers "samsvae")
+from .models.sccvae import SCCVAE, SCCVAEConfig, SCCVAEModule  # noqa: E402  (registers "sccvae")
+from .train.loop import Callback, History, TrainConfig, resolve_device  # noqa: E402
 
 
 def load_model(path, adata=None, accelerator: str = "cpu") -> PerturbationModel:

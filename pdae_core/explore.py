@@ -26,16 +26,16 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .base import ExtrapolationCheck, PerturbationModel
-from .baselines import AdditiveBaseline
-from .errors import DataError
-from .registry import (
+from .data.registry import (
     CONTROL_CANDIDATES,
     PerturbationRegistry,
     condition_column,
     detect_x_kind,
     expression_matrix,
 )
+from .errors import DataError
+from .models.base import ExtrapolationCheck, PerturbationModel
+from .models.baselines import AdditiveBaseline
 
 __all__ = [
     "ColumnGuess",
@@ -450,9 +450,9 @@ def what_if_embedding(
     dataset's other cells (faint), its control cells, the observed cells of the
     target (when measured), the predicted cells and optionally the additive
     baseline's cells, all in ``reference``'s embedding. Groups are named as in
-    :mod:`pdae_core.cell_figures` (``control``, ``observed``, ``predicted``,
+    :mod:`pdae_core.plot.cells` (``control``, ``observed``, ``predicted``,
     ``additive (gene space)``) plus ``other cells``."""
-    from .cell_figures import ADDITIVE, CONTROL, OBSERVED, PREDICTED
+    from .plot.cells import ADDITIVE, CONTROL, OBSERVED, PREDICTED
 
     ref_names = pd.Index(reference.obs_names)
     shown = set(map(str, result.control.obs_names))
@@ -488,8 +488,8 @@ def _dense(X: Any) -> np.ndarray:
 
 def gene_values(result: WhatIf, genes: Sequence[str], registry: PerturbationRegistry) -> dict[str, np.ndarray]:
     """Expression of ``genes`` in each group of a what-if (control, predicted,
-    observed and additive where present), for :func:`pdae_core.cell_figures.gene_violins`."""
-    from .cell_figures import ADDITIVE, CONTROL, OBSERVED, PREDICTED
+    observed and additive where present), for :func:`pdae_core.plot.cells.gene_violins`."""
+    from .plot.cells import ADDITIVE, CONTROL, OBSERVED, PREDICTED
 
     pos = pd.Index(registry.gene_names).get_indexer(list(genes))
     if (pos < 0).any():

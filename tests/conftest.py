@@ -30,7 +30,7 @@ def data_dir() -> Path:
 @pytest.fixture()
 def tiny_adata():
     """A small synthetic dataset (control, 4 singles, 3 doubles, 40 cells each, 30 genes)."""
-    from pdae_core.synthetic import make_synthetic
+    from pdae_core.data.synthetic import make_synthetic
 
     adata, _ = make_synthetic(n_perturbations=4, latent_dim=3, n_genes=30, hidden=16, n_doubles=3,
                               cells_per_condition=40, seed=1)

@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import torch
 
-from pdae_core import distributed
-from pdae_core.model import PDAEConfig, PDAEModule
-from pdae_core.registry import setup_anndata
-from pdae_core.synthetic import make_synthetic
-from pdae_core.training import Callback, TrainConfig, train_module
+from pdae_core.data.registry import setup_anndata
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.models.pdae import PDAEConfig, PDAEModule
+from pdae_core.train import distributed
+from pdae_core.train.loop import Callback, TrainConfig, train_module
 
 
 class Steps(Callback):

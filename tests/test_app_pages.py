@@ -414,7 +414,7 @@ def test_offline_without_demo_data_opens_with_bundled_model_and_offers_synthetic
     and offers the synthetic dataset; the bundled model still loads."""
     import urllib.error
 
-    import pdae_core.datasets as datasets
+    import pdae_core.data.datasets as datasets
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline (test)")
@@ -452,8 +452,8 @@ def test_every_page_works_with_a_peer_model(model_type, data_dir, tmp_path):
     """A peer model (briefly trained on the demo, saved, loaded from its path on the Model
     page) drives Compose, Embeddings and Benchmark like the PDAE."""
     import pdae_core as pc
-    from pdae_core.base import MODEL_TYPES
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
+    from pdae_core.models.catalog import MODEL_TYPES
 
     adata = load_dataset("norman19_devel", data_dir=data_dir)
     reg = pc.setup_anndata(adata, "condition", "control")

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pdae_core import metrics
-from pdae_core.baselines import AdditiveBaseline, LinearBaseline, NoChange, PoolBaseline
+from pdae_core.data.registry import setup_anndata
 from pdae_core.errors import DataError, PDAEError
-from pdae_core.model import PDAE
-from pdae_core.registry import setup_anndata
+from pdae_core.eval import metrics
+from pdae_core.models.baselines import AdditiveBaseline, LinearBaseline, NoChange, PoolBaseline
+from pdae_core.models.pdae import PDAE
 
 OBS_COLUMNS = ["condition", "target", "source_cell", "source_condition", "draw", "kind"]
 ALL = [NoChange, AdditiveBaseline, LinearBaseline, PoolBaseline]

@@ -1,4 +1,4 @@
-"""The benchmark runner (pdae_core.benchmark) and its figures (pdae_core.figures)."""
+"""The benchmark runner (pdae_core.eval.benchmark) and its figures (pdae_core.plot.benchmark)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import plotly.graph_objects as go
 import pytest
 
 from pdae_core import PDAEError, setup_anndata
-from pdae_core import benchmark as bm
-from pdae_core.benchmark import BenchmarkSpec, benchmark_dataset, run_benchmark
-from pdae_core.figures import condition_bars, delta_scatter, summary_bars
-from pdae_core.splits import seen_count
-from pdae_core.synthetic import make_synthetic
+from pdae_core.data.splits import seen_count
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.eval import benchmark as bm
+from pdae_core.eval.benchmark import BenchmarkSpec, benchmark_dataset, run_benchmark
+from pdae_core.plot.benchmark import condition_bars, delta_scatter, summary_bars
 
 NOISE = "noise floor"
 TINY_PDAE = {"max_epochs": 1, "max_steps": 3}

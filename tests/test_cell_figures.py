@@ -7,8 +7,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from pdae_core import cell_figures as cf
-from pdae_core.cell_figures import (
+from pdae_core.plot import cells as cf
+from pdae_core.plot.cells import (
     ADDITIVE,
     CONTROL,
     EXPR_LABEL,

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from pdae_core import cli
-from pdae_core.checkpoint import load_checkpoint, read_config
-from pdae_core.synthetic import make_synthetic
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.models.checkpoint import load_checkpoint, read_config
 
 FAST = [
     "--epochs", "2", "--batch-size", "32", "--latent-dim", "3", "--hidden-dims", "16",
@@ -277,11 +277,11 @@ def test_predict_source_condition_subsample_and_outside_span(capsys, tmp_path, d
 
 
 # ---------------------------------------------------------------------------------
-# built-in datasets (pdae_core.datasets; real files from the shared data directory)
+# built-in datasets (pdae_core.data.datasets; real files from the shared data directory)
 
 
 def test_datasets_lists_every_builtin_dataset(capsys):
-    from pdae_core.datasets import list_datasets
+    from pdae_core.data.datasets import list_datasets
 
     known = list_datasets()
     assert {"norman19_devel", "mcfaline23_devel", "norman19_pseudobulk", "schraivogel20", "papalexi21",

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pdae_core import cli
-from pdae_core.synthetic import make_synthetic
+from pdae_core.data.synthetic import make_synthetic
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

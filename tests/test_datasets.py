@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pdae_core import datasets
-from pdae_core.datasets import (
+from pdae_core.data import datasets
+from pdae_core.data.datasets import (
     RemoteFile,
     build_schraivogel20,
     default_data_dir,
@@ -27,8 +27,8 @@ from pdae_core.datasets import (
     papalexi21_from_r_objects,
     read_lowmoi_rda,
 )
+from pdae_core.data.registry import PerturbationRegistry, setup_anndata
 from pdae_core.errors import DataError, DatasetUnavailableError
-from pdae_core.registry import PerturbationRegistry, setup_anndata
 
 EXPECTED = {
     "norman19_devel", "mcfaline23_devel", "norman19_pseudobulk", "schraivogel20", "papalexi21",

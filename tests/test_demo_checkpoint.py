@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from pdae_core import PDAE, load_model
-from pdae_core.checkpoint import read_config
-from pdae_core.datasets import load_dataset
-from pdae_core.metrics import energy_distance
+from pdae_core.data.datasets import load_dataset
+from pdae_core.eval.metrics import energy_distance
+from pdae_core.models.checkpoint import read_config
 
 CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "norman19_devel"
 HOLDOUT = ["KLF1+MAP2K6", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2", "KLF1+TGFBR2"]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pdae_core.distributed import Shard, split_sizes
+from pdae_core.train.distributed import Shard, split_sizes
 
 HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
@@ -62,7 +62,7 @@ def test_split_sizes_and_shard_offsets():
 
 def test_sharded_loss_of_one_rank_is_the_plain_loss():
     """A one-rank shard must give exactly the unsharded loss (no rescaling slips in)."""
-    from pdae_core.model import PDAEConfig, PDAEModule
+    from pdae_core.models.pdae import PDAEConfig, PDAEModule
 
     torch.manual_seed(0)
     m = PDAEModule(PDAEConfig(n_genes=12, n_perturbations=3, hidden_dims=(16,), latent_dim=4))
@@ -82,7 +82,7 @@ def test_sharded_loss_of_one_rank_is_the_plain_loss():
 
 def test_cli_train_under_torchrun_saves_one_checkpoint(tmp_path):
     from pdae_core import load_model
-    from pdae_core.synthetic import make_synthetic
+    from pdae_core.data.synthetic import make_synthetic
 
     adata, _ = make_synthetic(n_perturbations=3, n_genes=20, n_doubles=1, cells_per_condition=30, seed=2)
     adata.write_h5ad(tmp_path / "d.h5ad")

@@ -14,9 +14,9 @@ import torch
 
 from pdae_core import PDAE, DataError, setup_anndata
 from pdae_core import explore as ex
-from pdae_core.baselines import AdditiveBaseline
-from pdae_core.cell_figures import ADDITIVE, CONTROL, OBSERVED, PREDICTED
-from pdae_core.synthetic import make_synthetic
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.models.baselines import AdditiveBaseline
+from pdae_core.plot.cells import ADDITIVE, CONTROL, OBSERVED, PREDICTED
 
 N_CELLS = 40  # per condition of the synthetic data
 MAX_SRC = 25

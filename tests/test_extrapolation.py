@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from pdae_core import PDAE, setup_anndata
-from pdae_core.baselines import NoChange
-from pdae_core.metrics import energy_distance
-from pdae_core.synthetic import make_synthetic
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.eval.metrics import energy_distance
+from pdae_core.models.baselines import NoChange
 
 
 def test_pdae_predicts_held_out_double_close_to_truth():

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from pdae_core import DataError, PerturbationModel, setup_anndata
-from pdae_core.fcr import (
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.models.fcr import (
     FCR,
     FCRConfig,
     FCRModule,
@@ -22,7 +23,6 @@ from pdae_core.fcr import (
     group_derangement,
     permutation_bce,
 )
-from pdae_core.synthetic import make_synthetic
 
 SMALL = dict(zx_dim=3, zt_dim=3, ztx_dim=3, hidden_dims=(16,), prior_hidden_dims=(8,), interaction_dim=4,
              classifier_hidden=8, disc_hidden_dims=(8,))
@@ -172,7 +172,7 @@ def test_adversarial_game_one_loss():
         if use_grl:
             module.loss(x, labels)["adv"].backward()
         else:  # the same computation without the reversal layer
-            import pdae_core.fcr as fcr
+            import pdae_core.models.fcr as fcr
 
             orig = fcr.grad_reverse
             fcr.grad_reverse = lambda v, s=1.0: v
@@ -285,7 +285,7 @@ def test_model_level_errors(tiny_adata):
 
 def test_single_context_warns(tiny_adata, caplog):
     reg = setup_anndata(tiny_adata)
-    with caplog.at_level(logging.WARNING, logger="pdae_core.fcr"):
+    with caplog.at_level(logging.WARNING, logger="pdae_core.models.fcr"):
         model = FCR(reg, **SMALL)
     assert "single context" in caplog.text
     L = reg.label_matrix(tiny_adata)
@@ -387,7 +387,7 @@ def test_combinations_doses_and_context(synth, fitted):
 
 
 def test_norman19_short_fit(data_dir):
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
 
     adata = load_dataset("norman19_devel", data_dir=data_dir)
     reg = setup_anndata(adata, "condition", "control")
@@ -401,7 +401,7 @@ def test_norman19_short_fit(data_dir):
 
 
 def test_mcfaline23_covariates(data_dir):
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
 
     adata = load_dataset("mcfaline23_devel", data_dir=data_dir)
     assert adata.uns["pdae_dataset"]["covariate_key"] == "cell_type"

@@ -1,4 +1,4 @@
-"""Background jobs (pdae_core.jobs): state machine, cancellation, copies, training and benchmark jobs."""
+"""Background jobs (pdae_core.train.jobs): state machine, cancellation, copies, training and benchmark jobs."""
 
 from __future__ import annotations
 
@@ -10,11 +10,19 @@ import numpy as np
 import pytest
 
 from pdae_core import PDAE, setup_anndata
-from pdae_core.benchmark import BenchmarkSpec
+from pdae_core.data.synthetic import make_synthetic
 from pdae_core.errors import DataError
-from pdae_core.jobs import Job, JobSnapshot, JobState, Reporter, TrainingCallback, benchmark_job, training_job
-from pdae_core.synthetic import make_synthetic
-from pdae_core.training import History
+from pdae_core.eval.benchmark import BenchmarkSpec
+from pdae_core.train.jobs import (
+    Job,
+    JobSnapshot,
+    JobState,
+    Reporter,
+    TrainingCallback,
+    benchmark_job,
+    training_job,
+)
+from pdae_core.train.loop import History
 
 TIMEOUT = 20.0
 
@@ -78,7 +86,7 @@ def test_exception_ends_failed_with_one_line_error(caplog):
         reporter.update(fraction=0.3)
         raise DataError("column 'condition' is missing\n(second line)")
 
-    with caplog.at_level(logging.ERROR, logger="pdae_core.jobs"):
+    with caplog.at_level(logging.ERROR, logger="pdae_core.train.jobs"):
         job = Job(fn, name="bad").start()
         assert job.join(TIMEOUT)
     snap = job.snapshot()
@@ -237,7 +245,7 @@ def test_benchmark_job_done(small_adata, tmp_path):
 
 
 def test_benchmark_job_cancel(small_adata, tmp_path, monkeypatch):
-    import pdae_core.benchmark as bm
+    import pdae_core.eval.benchmark as bm
 
     holder: list[Job] = []
     fractions: list[float] = []

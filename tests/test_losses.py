@@ -1,4 +1,4 @@
-"""pdae_core.losses against direct double-loop formulas and dcor; the PDAE loss terms."""
+"""pdae_core.models.losses against direct double-loop formulas and dcor; the PDAE loss terms."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pdae_core.losses import energy_distance, energy_score, l21_norm, pairwise_distances
-from pdae_core.model import PDAEConfig, PDAEModule, one_condition_sources
+from pdae_core.models.losses import energy_distance, energy_score, l21_norm, pairwise_distances
+from pdae_core.models.pdae import PDAEConfig, PDAEModule, one_condition_sources
 
 # ---------------------------------------------------------------------------------
 # reference implementations: plain loops, no vectorisation

@@ -1,4 +1,4 @@
-"""pdae_core.metrics against direct formulas, scipy and dcor."""
+"""pdae_core.eval.metrics against direct formulas, scipy and dcor."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import scipy.sparse as sp
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import norm, pearsonr
 
-from pdae_core import metrics as M
 from pdae_core.errors import DataError
+from pdae_core.eval import metrics as M
 
 
 def gaussians(rng: np.random.Generator, n: int, m: int, d: int = 5, shift: float = 0.0):

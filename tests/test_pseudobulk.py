@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pdae_core.errors import DataError
-from pdae_core.pseudobulk import (
+from pdae_core.eval.pseudobulk import (
     AdditiveProfile,
     LinearProfile,
     PDAEProfile,
@@ -71,7 +71,7 @@ def test_means_with_control_equal_deltas(tmp_path):
 
 
 def test_builtin_tag_is_read_as_deltas(data_dir):
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
 
     adata = load_dataset("norman19_pseudobulk", data_dir=data_dir)
     assert adata.uns["pdae_dataset"]["values"] == "lfc_vs_control"
@@ -139,7 +139,7 @@ def test_folds_partition_eligible_doubles():
     assert "P0+Z" in [c for f in double_folds(p, k=4, require_singles=False) for c in f]
 
     # training rows the runner uses: every condition except the fold's doubles
-    from pdae_core.pseudobulk import _train_conditions
+    from pdae_core.eval.pseudobulk import _train_conditions
 
     for test in folds:
         train = _train_conditions(p, test)
@@ -187,7 +187,7 @@ def test_additive_needs_singles():
 
 def test_additive_baseline_on_norman_pseudobulk(data_dir):
     """The additive figures quoted for the 126 doubles with both singles (data README)."""
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
 
     p = profiles_from_anndata(load_dataset("norman19_pseudobulk", data_dir=data_dir))
     df = run_pseudobulk_benchmark(p, models=("additive", "linear"), k=5)
@@ -251,7 +251,7 @@ def test_pdae_profile_selects_steps_on_training_doubles():
 
 
 def test_paired_differences_against_a_direct_computation():
-    from pdae_core.pseudobulk import paired_differences, pseudobulk_markdown, summarise_pseudobulk
+    from pdae_core.eval.pseudobulk import paired_differences, pseudobulk_markdown, summarise_pseudobulk
 
     rng = np.random.default_rng(0)
     conds = [f"D{i}" for i in range(30)]

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from pdae_core import PDAE, DataError, detect_x_kind, preprocess, read_h5ad, setup_anndata
-from pdae_core.registry import require_conditions
+from pdae_core.data.registry import require_conditions
 
 
 def make_adata(conds, X=None, n_genes=6, seed=0, genes=None, **obs_cols) -> ad.AnnData:

@@ -1,4 +1,4 @@
-"""SAMS-VAE (pdae_core.samsvae): loss terms against direct computations, shapes, config
+"""SAMS-VAE (pdae_core.models.samsvae): loss terms against direct computations, shapes, config
 validation, fit / predict / save / load on small synthetic data, and one real-data run."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Bernoulli, NegativeBinomial, Normal, kl_divergence
 
 from pdae_core import DataError, PerturbationModel, setup_anndata
-from pdae_core.samsvae import (
+from pdae_core.models.samsvae import (
     SAMSVAE,
     SAMSVAEConfig,
     SAMSVAEModule,
@@ -347,7 +347,7 @@ def test_gaussian_constant_genes_are_predicted_as_constant(tiny_adata):
 
 
 def test_norman_short_fit_predicts(data_dir):
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
 
     adata = load_dataset("norman19_devel", data_dir=data_dir)
     model = SAMSVAE.from_anndata(adata, perturbation_key="condition")

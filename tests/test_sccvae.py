@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pdae_core import PerturbationModel, setup_anndata
-from pdae_core.sccvae import (
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.models.sccvae import (
     SCCVAE,
     SCCVAEConfig,
     SCCVAEModule,
@@ -22,7 +23,6 @@ from pdae_core.sccvae import (
     median_bandwidth,
     mmd_rbf,
 )
-from pdae_core.synthetic import make_synthetic
 
 SMALL = dict(latent_dim=4, hidden_dims=(16,))
 
@@ -425,7 +425,7 @@ NORMAN_DOUBLES = ["KLF1+MAP2K6", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR
 
 @pytest.mark.slow
 def test_short_fit_on_norman(data_dir):
-    from pdae_core.datasets import load_dataset
+    from pdae_core.data.datasets import load_dataset
 
     norman = load_dataset("norman19_devel", data_dir=data_dir)
     setup_anndata(norman, perturbation_key="condition")

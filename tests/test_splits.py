@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from pdae_core import DataError, setup_anndata
-from pdae_core.datasets import load_dataset
-from pdae_core.splits import combination_splits, seen_count
+from pdae_core.data.datasets import load_dataset
+from pdae_core.data.splits import combination_splits, seen_count
 
 BOTH_SINGLES = {"KLF1+MAP2K6", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2", "KLF1+TGFBR2"}
 

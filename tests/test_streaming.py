@@ -13,10 +13,10 @@ import torch
 
 from pdae_core import PDAE, preprocess
 from pdae_core.cli import main as cli_main
+from pdae_core.data.registry import read_h5ad
+from pdae_core.data.streaming import BackedRows, SparseRows, prefetch, preprocess_on_disk, row_source
+from pdae_core.data.synthetic import make_synthetic
 from pdae_core.errors import DataError
-from pdae_core.registry import read_h5ad
-from pdae_core.streaming import BackedRows, SparseRows, prefetch, preprocess_on_disk, row_source
-from pdae_core.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_compile_flag_trains(data):
 
 
 def test_train_config_rejects_unknown_precision():
-    from pdae_core.training import TrainConfig
+    from pdae_core.train.loop import TrainConfig
 
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="8")

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from pdae_core import PDAE, Callback, TrainConfig, resolve_device
-from pdae_core.registry import condition_column
-from pdae_core.training import _Validator, split_cells, stratified_batches
+from pdae_core.data.registry import condition_column
+from pdae_core.train.loop import _Validator, split_cells, stratified_batches
 
 SMALL = dict(latent_dim=3, hidden_dims=(16,), noise_dim=2, n_sources=4)
 

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.streaming import RowSource, prefetch
+from ..models.losses import energy_distance
 from .distributed import Shard, all_reduce_mean, local_device, loss_group, split_sizes
 from .distributed import rank as dist_rank
 from .distributed import world_size as dist_world_size
-from .losses import energy_distance
-from .streaming import RowSource, prefetch
 
 log = logging.getLogger(__name__)
 _DDP_HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
@@ -309,10 +309,10 @@ def train_module(
     Returns the :class:`History`; the module ends with its best validation weights.
 
     ``X`` is a dense array (moved to the device whole: fastest when it fits) or a
-    :class:`~pdae_core.streaming.RowSource` (sparse in memory, or an on-disk ``.h5ad``
+    :class:`~pdae_core.data.streaming.RowSource` (sparse in memory, or an on-disk ``.h5ad``
     opened in backed mode), read one mini-batch at a time; both give the same result
     for the same seed. Inside a ``torch.distributed`` process group of several ranks
-    the run is data-parallel (see :mod:`pdae_core.distributed`)."""
+    the run is data-parallel (see :mod:`pdae_core.train.distributed`)."""
     device = local_device(resolve_device(config.accelerator))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)

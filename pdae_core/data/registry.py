@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import DataError
+from ..errors import DataError
 
 CONTROL_CANDIDATES: tuple[str, ...] = (
     "control", "ctrl", "non-targeting", "non_targeting", "nontargeting", "NT", "unperturbed",

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .distributed import Shard
+from ..train.distributed import Shard
 from .losses import energy_distance, energy_score, l21_norm
 
 
@@ -230,10 +230,10 @@ class PDAEModule(nn.Module):
     def loss(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
         """The PDAE objective on one batch; ``"loss"`` is the weighted total.
 
-        With a :class:`~pdae_core.distributed.Shard`, ``x`` holds this rank's slice of a
+        With a :class:`~pdae_core.train.distributed.Shard`, ``x`` holds this rank's slice of a
         global batch; sources come from every rank and the random draws are those of
         the global batch, so the ranks' losses average to the single-process loss
-        (see :mod:`pdae_core.distributed`)."""
+        (see :mod:`pdae_core.train.distributed`)."""
         c = self.config
         n = x.shape[0]
         z = self.encode(x)
@@ -281,7 +281,8 @@ class PDAEModule(nn.Module):
         return {"loss": total, "pert": l_pert, "rec": l_rec, "prior": l_prior, "l21": l_l21}
 
 
-from .base import PerturbationModel, register_model  # noqa: E402
+from .base import PerturbationModel  # noqa: E402
+from .catalog import register_model  # noqa: E402
 
 
 @register_model

@@ -1,6 +1,6 @@
 """The interface every pdae_core model shares: fit, predict, latent, save, load.
 
-A model couples a :class:`~pdae_core.registry.PerturbationRegistry` (how the data
+A model couples a :class:`~pdae_core.data.registry.PerturbationRegistry` (how the data
 encodes perturbations) with an ``nn.Module`` that implements ``loss``, ``embed``
 and ``transfer``. Subclasses name their ``model_type``, ``config_class`` and
 ``module_class``; everything else (training, prediction, checkpoints, the
@@ -20,18 +20,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .errors import DataError
-from .registry import PerturbationRegistry, Target, condition_column, require_conditions, setup_anndata
-from .streaming import RowSource, row_source
-from .training import Callback, History, TrainConfig, resolve_device, train_module
-
-MODEL_TYPES: dict[str, type[PerturbationModel]] = {}
-
-
-def register_model(cls: type[PerturbationModel]) -> type[PerturbationModel]:
-    """Class decorator: make a model type loadable from checkpoints by its ``model_type``."""
-    MODEL_TYPES[cls.model_type] = cls
-    return cls
+from ..data.registry import PerturbationRegistry, Target, condition_column, require_conditions, setup_anndata
+from ..data.streaming import RowSource, row_source
+from ..errors import DataError
+from ..train.loop import Callback, History, TrainConfig, resolve_device, train_module
+from .prediction import prediction_anndata
 
 
 @dataclass
@@ -119,7 +112,7 @@ class PerturbationModel:
         seed: int = 0,
         **config: Any,
     ) -> PerturbationModel:
-        """Set up ``adata`` (see :func:`~pdae_core.registry.setup_anndata`) and build a model for it."""
+        """Set up ``adata`` (see :func:`~pdae_core.data.registry.setup_anndata`) and build a model for it."""
         reg = setup_anndata(adata, perturbation_key, control_label, separator, dose_key, covariate_key, layer)
         return cls(reg, seed=seed, **config)
 
@@ -146,7 +139,7 @@ class PerturbationModel:
     ) -> History:
         """Train on every cell of ``adata`` except those of the ``holdout`` conditions.
 
-        ``train_kwargs`` override fields of :class:`~pdae_core.training.TrainConfig`
+        ``train_kwargs`` override fields of :class:`~pdae_core.train.loop.TrainConfig`
         (``max_epochs``, ``lr``, ``batch_size``, ``seed``, ``accelerator``, ...).
         """
         if train_config is None:
@@ -191,7 +184,7 @@ class PerturbationModel:
         return self.registry.expression(adata[keep])
 
     def _check_x_kind(self, adata: ad.AnnData) -> None:
-        from .registry import detect_x_kind
+        from ..data.registry import detect_x_kind
 
         if detect_x_kind(adata, self.registry.layer) == "counts":
             raise DataError(
@@ -262,30 +255,14 @@ class PerturbationModel:
                 xb, lb = X[i : i + batch_size], L[i : i + batch_size]
                 outs.append(self.module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen).cpu())
         pred = torch.cat(outs).numpy().astype(np.float32)
-        src_names = np.tile(np.asarray(source.obs_names, dtype=str), n_draws)
-        src_conds = np.tile(condition_column(source, self.registry.perturbation_key), n_draws)
-        draw = np.repeat(np.arange(n_draws), source.n_obs)
-        obs = pd.DataFrame(
-            {
-                self.registry.perturbation_key: name,
-                "target": name,
-                "source_cell": src_names,
-                "source_condition": src_conds,
-                "draw": draw,
-                "kind": "predicted",
-            }
-        )
-        obs.index = [f"{s}->{name}#{d}" if n_draws > 1 else f"{s}->{name}" for s, d in zip(src_names, draw)]
-        obs.index = pd.Index(obs.index).astype(str)
-        out = ad.AnnData(X=pred, obs=obs, var=pd.DataFrame(index=pd.Index(self.registry.gene_names)))
-        out.uns["pdae_prediction"] = {
+        info = {
             "model_type": self.model_type,
             "target": name,
             "label": label.tolist(),
             "seed": int(seed),
             "extrapolation": self.extrapolation_check(label if not isinstance(target, str) else target).to_dict(),
         }
-        return out
+        return prediction_anndata(pred, source, self.registry, name, n_draws, info)
 
     def extrapolation_check(self, target: Target) -> ExtrapolationCheck:
         """Does the target lie in the span of the training labels (the paper's guarantee)?"""
@@ -337,7 +314,7 @@ class PerturbationModel:
 
         model = load_checkpoint(path, accelerator=accelerator)
         if cls is not PerturbationModel and not isinstance(model, cls):
-            from .errors import CheckpointError
+            from ..errors import CheckpointError
 
             raise CheckpointError(f"{path} holds a {model.model_type!r} model, not {cls.model_type!r}.")
         if adata is not None:

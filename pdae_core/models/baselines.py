@@ -3,7 +3,7 @@
 Every baseline is fitted with ``fit(adata, registry, holdout=())`` on the cells of
 ``adata`` outside the ``holdout`` conditions, and predicts with
 ``predict(source, target, seed=0, n_draws=1)``, returning an AnnData with the same
-``obs`` columns as :meth:`pdae_core.base.PerturbationModel.predict` (the
+``obs`` columns as :meth:`pdae_core.models.base.PerturbationModel.predict` (the
 perturbation key, ``target``, ``source_cell``, ``source_condition``, ``draw``,
 ``kind``) and ``uns['pdae_prediction']``.
 
@@ -25,10 +25,10 @@ from typing import ClassVar, TypeVar
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 
-from .errors import DataError, PDAEError
-from .registry import PerturbationRegistry, Target, condition_column, require_conditions
+from ..data.registry import PerturbationRegistry, Target, condition_column, require_conditions
+from ..errors import DataError, PDAEError
+from .prediction import prediction_anndata
 
 __all__ = ["Baseline", "NoChange", "AdditiveBaseline", "LinearBaseline", "PoolBaseline"]
 
@@ -83,7 +83,7 @@ class Baseline:
     def predict(self, source: ad.AnnData, target: Target, seed: int = 0, n_draws: int = 1) -> ad.AnnData:
         """Predicted cells under ``target`` (a condition name, ``{name: dose}``, a list of
         names or (name, dose) pairs, or a label vector), ``n_draws`` per source cell,
-        in the format of :meth:`pdae_core.base.PerturbationModel.predict`."""
+        in the format of :meth:`pdae_core.models.base.PerturbationModel.predict`."""
         reg = self.registry
         if reg is None:
             raise PDAEError(f"{type(self).__name__} is not fitted: call fit(adata, registry) first.")
@@ -95,39 +95,18 @@ class Baseline:
         reg.check_genes(source, "the source cells")
         label = reg.label_vector(target)
         name = target if isinstance(target, str) else reg.condition_name(label)
-        src_conds = condition_column(source, reg.perturbation_key)
         X = reg.expression(source).astype(np.float64)
         rng = np.random.default_rng(seed)
         pred = self._predict(X, source, label, rng, n_draws)
-        src_names = np.tile(np.asarray(source.obs_names, dtype=str), n_draws)
-        draw = np.repeat(np.arange(n_draws), source.n_obs)
-        obs = pd.DataFrame(
-            {
-                reg.perturbation_key: name,
-                "target": name,
-                "source_cell": src_names,
-                "source_condition": np.tile(src_conds, n_draws),
-                "draw": draw,
-                "kind": "predicted",
-            }
-        )
-        obs.index = pd.Index(
-            [f"{s}->{name}#{d}" if n_draws > 1 else f"{s}->{name}" for s, d in zip(src_names, draw)]
-        ).astype(str)
-        out = ad.AnnData(
-            X=np.asarray(pred, dtype=np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(reg.gene_names))
-        )
-        out.uns["pdae_prediction"] = {
+        info = {
             "model_type": self.model_type,
             "target": name,
             "label": label.tolist(),
             "seed": int(seed),
             "holdout": list(self.holdout),
-            "measured_in_training": bool(
-                np.any(np.all(np.abs(self.train_labels - label[None]) < 1e-6, axis=1))
-            ),
+            "measured_in_training": bool(np.any(np.all(np.abs(self.train_labels - label[None]) < 1e-6, axis=1))),
         }
-        return out
+        return prediction_anndata(pred, source, reg, name, n_draws, info)
 
     def _predict(
         self, X: np.ndarray, source: ad.AnnData, label: np.ndarray, rng: np.random.Generator, n_draws: int

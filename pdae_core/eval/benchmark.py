@@ -5,7 +5,7 @@ For each seed a split holds out a set of doubles (:func:`make_splits`: a random
 fraction of the testable doubles, or a fixed list for every seed). Each model is
 fitted on the training conditions only (held-out conditions are never used for
 fitting, early stopping or any choice), predicts every held-out condition from the
-same control cells, and is scored with :func:`pdae_core.metrics.evaluate_condition`.
+same control cells, and is scored with :func:`pdae_core.eval.metrics.evaluate_condition`.
 A "noise floor" row per (seed, condition) scores one random half of the observed
 cells against the other half: what a perfect model would get with that many cells.
 
@@ -17,7 +17,7 @@ cells against the other half: what a perfect model would get with that many cell
     per_condition.csv              tidy: one row per (model, seed, held-out condition)
     summary.csv / summary.md       mean +- sd over seeds, and pooled over conditions with
                                    a bootstrap interval; overall and per seen tag
-    figures/*.html                 plotly figures (pdae_core.figures)
+    figures/*.html                 plotly figures (pdae_core.plot.benchmark)
 
 Everything but the ``*_seconds`` columns is deterministic for a given spec and
 data (PDAE only when trained without ``time_limit_s``, on the same device).
@@ -42,14 +42,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from . import __version__
-from .base import MODEL_TYPES
-from .baselines import AdditiveBaseline, LinearBaseline, NoChange, PoolBaseline
-from .errors import DataError, PDAEError
-from .evaluation import NOISE, Predictor
-from .metrics import energy_distance, evaluate_condition, noise_floor
-from .model import PDAE
-from .registry import (
+from .._version import __version__
+from ..data.registry import (
     PerturbationRegistry,
     condition_column,
     detect_x_kind,
@@ -57,9 +51,15 @@ from .registry import (
     read_h5ad,
     setup_anndata,
 )
-from .splits import CombinationSplit, combination_splits, seen_count
-from .synthetic import SyntheticOracle
-from .training import Callback, TrainConfig
+from ..data.splits import CombinationSplit, combination_splits, seen_count
+from ..data.synthetic import SyntheticOracle
+from ..errors import DataError, PDAEError
+from ..models.baselines import AdditiveBaseline, LinearBaseline, NoChange, PoolBaseline
+from ..models.catalog import MODEL_TYPES
+from ..models.pdae import PDAE
+from ..train.loop import Callback, TrainConfig
+from .heldout import NOISE, Predictor
+from .metrics import energy_distance, evaluate_condition, noise_floor
 
 __all__ = [
     "MODEL_BUILDERS", "SUMMARY_METRICS", "BenchmarkSpec", "FitRequest", "ModelBuilder", "available_models",
@@ -115,7 +115,7 @@ def _baseline_builder(cls: type) -> ModelBuilder:
 
 
 def model_type_builder(cls: type) -> ModelBuilder:
-    """Builder for a :class:`~pdae_core.base.PerturbationModel` subclass: library
+    """Builder for a :class:`~pdae_core.models.base.PerturbationModel` subclass: library
     defaults unless overridden, seeded with the split seed, trained on the training
     conditions (validation cells for early stopping come from those conditions only)."""
 
@@ -145,7 +145,7 @@ def available_models() -> list[str]:
 
 
 def get_builder(name: str) -> ModelBuilder:
-    """The builder of a model name; any model type in ``pdae_core.base.MODEL_TYPES`` works too."""
+    """The builder of a model name; any model type in ``pdae_core.models.catalog.MODEL_TYPES`` works too."""
     if name in MODEL_BUILDERS:
         return MODEL_BUILDERS[name]
     if name in MODEL_TYPES:
@@ -312,7 +312,7 @@ def _prepare(
 
 def make_splits(adata: ad.AnnData, registry: PerturbationRegistry, spec: BenchmarkSpec) -> list[CombinationSplit]:
     """One split per seed. Fixed ``spec.holdout``: the same test conditions every time.
-    Otherwise :func:`pdae_core.splits.combination_splits` over the testable doubles
+    Otherwise :func:`pdae_core.data.splits.combination_splits` over the testable doubles
     (two parts, >= ``min_test_cells`` cells); every other condition trains. Seen tags
     count the parts measured alone among the training conditions."""
     conds = condition_column(adata, registry.perturbation_key)
@@ -721,7 +721,7 @@ def _header(spec: BenchmarkSpec, info: dict[str, Any], splits: list[CombinationS
 
 def _write_figures(out_dir: Path, per_condition: pd.DataFrame, summary: pd.DataFrame, ctx: _Context,
                    splits: list[CombinationSplit], sources: dict[int, ad.AnnData], obs: dict[int, dict]) -> list[str]:
-    from . import figures
+    from ..plot import benchmark as figures
 
     figs = {
         "condition_bars_energy_distance": figures.condition_bars(per_condition, "energy_distance"),
@@ -843,13 +843,13 @@ def benchmark_dataset(
     overwrite: bool = False,
     adata: ad.AnnData | None = None,
 ) -> pd.DataFrame:
-    """Load a named dataset (:func:`pdae_core.datasets.load_dataset`, with
+    """Load a named dataset (:func:`pdae_core.data.datasets.load_dataset`, with
     ``spec.dataset_options``) or an ``.h5ad`` file (perturbation column and control
     label from ``spec.perturbation_key`` / ``spec.control_label``, else the file's
     ``uns['pdae_dataset']``, else ``condition`` / auto-detected), set it up and run
     :func:`run_benchmark`. ``name_or_path`` is recorded as ``spec.dataset``; pass
     ``adata`` when it is already loaded (``name_or_path`` then only labels it)."""
-    from .datasets import list_datasets, load_dataset
+    from ..data.datasets import list_datasets, load_dataset
 
     spec.check_models()
     name = str(name_or_path)

@@ -34,14 +34,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .training import Callback, History, TrainConfig
+from .loop import Callback, History, TrainConfig
 
 if TYPE_CHECKING:
     import anndata as ad
     import pandas as pd
 
-    from .base import PerturbationModel
-    from .benchmark import BenchmarkSpec
+    from ..eval.benchmark import BenchmarkSpec
+    from ..models.base import PerturbationModel
 
 __all__ = ["JobState", "JobSnapshot", "Job", "Reporter", "TrainingCallback", "training_job", "benchmark_job"]
 
@@ -367,7 +367,7 @@ def training_job(
     """A (not yet started) job that calls ``model.fit(adata, holdout=holdout,
     callbacks=[TrainingCallback(reporter)], **train_kwargs)`` and returns the model.
 
-    ``train_kwargs`` are :class:`~pdae_core.training.TrainConfig` fields (or
+    ``train_kwargs`` are :class:`~pdae_core.train.loop.TrainConfig` fields (or
     ``train_config=``), as for ``fit``. Cancelling stops training after the current
     step and the job ends CANCELLED; ``result()`` still returns the model, which holds
     its best weights so far. A cancel before training began ends CANCELLED with no
@@ -401,7 +401,7 @@ def benchmark_job(
     adata: ad.AnnData | None = None,
     overwrite: bool = False,
 ) -> Job:
-    """A (not yet started) job that runs :func:`pdae_core.benchmark.benchmark_dataset`
+    """A (not yet started) job that runs :func:`pdae_core.eval.benchmark.benchmark_dataset`
     and returns its per-condition table.
 
     Each progress event becomes the status line (``format_event``); the fraction is
@@ -410,7 +410,7 @@ def benchmark_job(
     progress event (between stages, and at each evaluation while a model trains);
     the job then ends CANCELLED with no result, and finished pairs are on disk (a
     later run with the same spec reuses them)."""
-    from .benchmark import benchmark_dataset, format_event
+    from ..eval.benchmark import benchmark_dataset, format_event
 
     def run(reporter: Reporter) -> pd.DataFrame:
         best = 0.0

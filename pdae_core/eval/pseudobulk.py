@@ -32,9 +32,9 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .errors import DataError
+from ..errors import DataError
+from ..models.pdae import PDAEConfig, PDAEModule
 from .metrics import pearson_delta, r2_delta, top_de_genes
-from .model import PDAEConfig, PDAEModule
 
 __all__ = [
     "ProfileSet",
@@ -111,7 +111,7 @@ class ProfileSet:
 
 
 def _x_kind_tag(adata: ad.AnnData) -> str | None:
-    """``uns['pdae_dataset']['values']`` as recorded by :mod:`pdae_core.datasets`, if any."""
+    """``uns['pdae_dataset']['values']`` as recorded by :mod:`pdae_core.data.datasets`, if any."""
     meta = adata.uns.get("pdae_dataset")
     if hasattr(meta, "get"):
         v = meta.get("values")
@@ -168,7 +168,7 @@ def profiles_from_anndata(
     doubles.
     """
     if isinstance(adata, (str, os.PathLike)):
-        from .registry import read_h5ad
+        from ..data.registry import read_h5ad
 
         adata = read_h5ad(adata)
     if not isinstance(adata, ad.AnnData):
@@ -345,7 +345,7 @@ class LinearProfile(ProfileModel):
 
     Unlike :class:`AdditiveProfile` it also learns from training doubles (a single's
     coefficient is a compromise between its own profile and the doubles it is part
-    of). ``alpha = 1e-2`` (as :class:`pdae_core.baselines.LinearBaseline`) is small
+    of). ``alpha = 1e-2`` (as :class:`pdae_core.models.baselines.LinearBaseline`) is small
     next to the label Gram matrix (diagonal entries >= 1): it only keeps the system
     well posed and gives unseen perturbations a zero effect.
     """
@@ -369,7 +369,7 @@ class LinearProfile(ProfileModel):
 class PDAEProfile(ProfileModel):
     """The PDAE in its deterministic mean form, fitted to one profile per condition.
 
-    Built on :class:`pdae_core.model.PDAEModule` with ``noise_dim=0`` (a deterministic
+    Built on :class:`pdae_core.models.pdae.PDAEModule` with ``noise_dim=0`` (a deterministic
     decoder) and a linear output (deltas can be negative). The training rows are the
     training conditions' deltas plus the control (delta 0, label 0); the objective is
     the PDAE loss ``module.loss`` on the full batch: each profile is scored against

@@ -15,7 +15,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
+from ..errors import DataError
 from .registry import PerturbationRegistry, condition_column
 
 

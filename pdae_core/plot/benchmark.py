@@ -1,6 +1,6 @@
 """Plotly figures of benchmark results: pure functions, no file IO, no UI framework.
 
-Every function takes tables (as written by :mod:`pdae_core.benchmark`) or arrays
+Every function takes tables (as written by :mod:`pdae_core.eval.benchmark`) or arrays
 and returns a :class:`plotly.graph_objects.Figure`; the caller shows it
 (``fig.show()``, Streamlit's ``st.plotly_chart``) or saves it
 (``fig.write_html(path, include_plotlyjs="cdn")``).
@@ -40,7 +40,7 @@ def metric_label(metric: str) -> str:
 
 
 #: Fixed colours of the usual models, the same as the dashboard's cell groups
-#: (:data:`pdae_core.cell_figures.KIND_COLORS`): PDAE = predicted, control = no change.
+#: (:data:`pdae_core.plot.cells.KIND_COLORS`): PDAE = predicted, control = no change.
 FIXED_MODEL_COLORS: dict[str, str] = {
     "pdae": "#d62728",
     "additive": "#ff7f0e",
@@ -190,7 +190,7 @@ def summary_bars(
     title: str | None = None,
 ) -> go.Figure:
     """Bars per section (all test conditions, then each seen tag) and model, from the
-    long summary table of :func:`pdae_core.benchmark.summarize`. ``view="seeds"``:
+    long summary table of :func:`pdae_core.eval.benchmark.summarize`. ``view="seeds"``:
     mean over seeds with sd error bars; ``view="pooled"``: mean over conditions with
     its bootstrap interval."""
     if view not in ("seeds", "pooled"):

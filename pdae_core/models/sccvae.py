@@ -475,7 +475,8 @@ class SCCVAEModule(nn.Module):
         return {"loss": total, "rec": l_rec, "pred": l_pred, "kl": l_kl, "mmd": l_mmd, "l1": l_l1}
 
 
-from .base import PerturbationModel, register_model  # noqa: E402
+from .base import PerturbationModel  # noqa: E402
+from .catalog import register_model  # noqa: E402
 
 
 @register_model

@@ -17,8 +17,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ..data.registry import PerturbationRegistry, condition_column, require_conditions
 from .metrics import bootstrap_energy_distance, noise_floor, paired_bootstrap_difference
-from .registry import PerturbationRegistry, condition_column, require_conditions
 
 NOISE = "noise floor"
 

@@ -72,7 +72,7 @@ Defaults and where they come from:
   (which is unbounded for them) and predicted as that constant.
 * ``min_scale = 1e-3``: numerical floor on the other standard deviations (implementation detail).
 
-Training uses the shared loop (``pdae_core.training``): stratified batches, Adam with
+Training uses the shared loop (``pdae_core.train.loop``): stratified batches, Adam with
 cosine decay, weight averaging and early stopping on the validation energy distance
 computed with ``transfer``. The paper optimises the same ELBO with Adam; the choice
 of the kept weights by a validation energy distance is this package's.
@@ -91,7 +91,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .model import mlp
+from .pdae import mlp
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -430,10 +430,11 @@ class SAMSVAEModule(nn.Module):
         return {"loss": total, "nll": nll.mean(), "kl_z": kl_z.mean(), "kl_embed": kl_e.mean(), "kl_mask": kl_m.mean()}
 
 
-from .base import PerturbationModel, register_model  # noqa: E402
-from .errors import DataError  # noqa: E402
-from .registry import condition_column, detect_x_kind  # noqa: E402
-from .training import Callback, History, TrainConfig  # noqa: E402
+from ..data.registry import condition_column, detect_x_kind  # noqa: E402
+from ..errors import DataError  # noqa: E402
+from ..train.loop import Callback, History, TrainConfig  # noqa: E402
+from .base import PerturbationModel  # noqa: E402
+from .catalog import register_model  # noqa: E402
 
 
 @register_model

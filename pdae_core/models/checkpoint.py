@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CheckpointError, DataError
-from .registry import PerturbationRegistry
-from .training import History, TrainConfig
+from ..data.registry import PerturbationRegistry
+from ..errors import CheckpointError, DataError
+from ..train.loop import History, TrainConfig
 
 if TYPE_CHECKING:
     from .base import PerturbationModel
@@ -47,7 +47,7 @@ def _sha256(path: Path) -> str:
 
 
 def _library_version() -> str:
-    from . import __version__
+    from .._version import __version__
 
     return __version__
 
@@ -192,8 +192,8 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu") -> Pertur
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .base import MODEL_TYPES
-    from .training import resolve_device
+    from ..train.loop import resolve_device
+    from .catalog import MODEL_TYPES
 
     path = Path(path)
     cfg = read_config(path)

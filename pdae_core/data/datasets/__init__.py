@@ -1,5 +1,5 @@
 """Named perturbation datasets: where each comes from, how it is fetched and checked,
-and loaders that return an AnnData ready for :func:`pdae_core.registry.setup_anndata`.
+and loaders that return an AnnData ready for :func:`pdae_core.data.registry.setup_anndata`.
 
 Files live in a data directory (:func:`default_data_dir`: the ``data_dir`` argument,
 else ``$PDAE_DATA_DIR``, else the user cache ``platformdirs.user_cache_dir("pdae_core")``).
@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .errors import DataError, DatasetUnavailableError
-from .registry import read_h5ad
+from ...errors import DataError, DatasetUnavailableError
+from ..registry import read_h5ad
 
 __all__ = [
     "ENV_VAR",
@@ -549,7 +549,7 @@ def build_schraivogel20(
         adata.obsm["grna_counts"] = grna_counts
     adata.uns["grna_names"] = np.asarray(grna_names, dtype=str)
     adata.uns["source"] = (
-        f"velten-group/crispat {_CRISPAT_REF}: built by pdae_core.datasets.build_schraivogel20 from "
+        f"velten-group/crispat {_CRISPAT_REF}: built by pdae_core.data.datasets.build_schraivogel20 from "
         f"{expr_path.name} + {asg_path.name}"
         + (f" + {Path(grna_counts_h5ad).name}" if grna_counts_h5ad is not None else "")
         + f"; {unknown_cells} assigned cells absent from the expression table were ignored"
@@ -776,7 +776,7 @@ def papalexi21_from_r_objects(
     adata.uns["source"] = (
         f"Katsevich-Lab/sceptredata {_SCEPTREDATA_REF} data/lowmoi_example_data.rda; Papalexi et al. 2021 "
         "ECCITE-seq THP-1 CRISPR KO subset; guide assignment = argmax gRNA UMI "
-        "(pdae_core.datasets.papalexi21_from_r_objects)"
+        "(pdae_core.data.datasets.papalexi21_from_r_objects)"
     )
     return _drop_unused_categories(adata)
 
@@ -960,13 +960,13 @@ def _load_norman19_full(data_dir: Path, download: bool, source: str = "auto") ->
 
 
 def _load_synthetic(data_dir: Path, download: bool, **kwargs: Any) -> ad.AnnData:
-    from .synthetic import make_synthetic
+    from ..synthetic import make_synthetic
 
     _check_kwargs("synthetic", make_synthetic, kwargs)
     adata = make_synthetic(**kwargs)[0]
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(kwargs.items()))
     return _tag(adata, "synthetic", "condition", "control", None, "synthetic",
-                f"pdae_core.synthetic.make_synthetic({args})")
+                f"pdae_core.data.synthetic.make_synthetic({args})")
 
 
 # --------------------------------------------------------------------------------------
@@ -1044,7 +1044,7 @@ def load_dataset(
 
     Options: ``schraivogel20``: ``keep_unassigned=False``; ``norman19_full``:
     ``source='auto'|'scperturb'|'gears'``; ``synthetic``: any
-    :func:`pdae_core.synthetic.make_synthetic` argument.
+    :func:`pdae_core.data.synthetic.make_synthetic` argument.
     """
     ds = _DATASETS.get(name)
     if ds is None:

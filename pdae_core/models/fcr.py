@@ -33,7 +33,7 @@ Sec. 4, Fig. 2a-b). The objective (minimised, per batch; G = ``n_genes``) is
   of the same context in the batch (``z^0``, posterior means): treated and control cells
   should share ``z_x`` and differ in ``z_t``.
 
-**One optimiser, one loss** (``pdae_core.training``): the adversarial game is played
+**One optimiser, one loss** (``pdae_core.train.loop``): the adversarial game is played
 through a gradient-reversal layer (Ganin & Lempitsky 2015) in front of each
 discriminator. The discriminators minimise their BCE like any other term; the encoders
 receive the reversed gradient (times ``grl_scale``), i.e. they maximise it. The paper
@@ -71,7 +71,7 @@ fork of github.com/Genentech/fcr; the paper's tables were not available here):
 * ``zx_dim = zt_dim = ztx_dim = 32``: the released code uses 64 per block; halved for
   2 CPU cores (a few thousand cells x 500 genes do not need 192 latent dimensions).
 * ``hidden_dims = (128, 128)``: encoder/decoder width 128, depth 3 as in the released
-  code; ELU activations (the shared ``pdae_core.model.mlp``).
+  code; ELU activations (the shared ``pdae_core.models.pdae.mlp``).
 * ``disc_hidden_dims = (64, 64)``: discriminator width 64, depth 2 (released code).
   ``prior_hidden_dims = (64,)``, ``interaction_dim = 32``, ``classifier_hidden = 64``:
   small networks, chosen for 2 CPU cores.
@@ -115,11 +115,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import PerturbationModel, register_model
-from .errors import DataError
-from .model import mlp
-from .registry import PerturbationRegistry, Target, setup_anndata
-from .training import Callback, History, TrainConfig
+from ..data.registry import PerturbationRegistry, Target, setup_anndata
+from ..errors import DataError
+from ..train.loop import Callback, History, TrainConfig
+from .base import PerturbationModel
+from .catalog import register_model
+from .pdae import mlp
 
 logger = logging.getLogger(__name__)
 

@@ -17,17 +17,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import distributed
-from .errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError
-from .training import Callback
+from ..errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError
+from ..train import distributed
+from ..train.loop import Callback
 
 if TYPE_CHECKING:
     import anndata as ad
     from tqdm import tqdm
 
-    from .base import PerturbationModel
-    from .registry import PerturbationRegistry, Target
-    from .training import History
+    from ..data.registry import PerturbationRegistry, Target
+    from ..models.base import PerturbationModel
+    from ..train.loop import History
 
 PROG = "pdae"
 EXIT_OK = 0
@@ -65,7 +65,7 @@ def _pdae_default(name: str) -> str:
     """A PDAE hyperparameter's default as shown in --help (read from PDAEConfig, never copied)."""
     from dataclasses import fields
 
-    from .model import PDAEConfig
+    from ..models.pdae import PDAEConfig
 
     value = next(f.default for f in fields(PDAEConfig) if f.name == name)
     return ",".join(map(str, value)) if isinstance(value, tuple) else f"{value:g}" if isinstance(value, float) else str(value)
@@ -188,8 +188,8 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pdae`` argument parser (exposed for documentation and tests)."""
-    from . import __version__
-    from .base import MODEL_TYPES
+    from .._version import __version__
+    from ..models.catalog import MODEL_TYPES
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                     help="conditions to leave out of training (comma-separated; repeatable)")
     tr.add_argument("--model", default="pdae", choices=sorted(MODEL_TYPES), help="model type")
-    from .training import TrainConfig
+    from ..train.loop import TrainConfig
 
     _d = TrainConfig()
     tr.add_argument("--epochs", type=_positive_int, metavar="N", default=_d.max_epochs,
@@ -404,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _datasets_module() -> Any:
     try:
-        from . import datasets
+        from ..data import datasets
     except ImportError as e:
         raise PDAEError(f"built-in datasets are not available in this installation ({e}); use --data FILE.h5ad") from None
     return datasets
@@ -448,7 +448,7 @@ def _load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
     """The AnnData named by --data or --dataset, and a short description of where it came from."""
     if args.data is not None:
         _check_file_flags(args)
-        from .registry import read_h5ad
+        from ..data.registry import read_h5ad
 
         return read_h5ad(args.data, backed=getattr(args, "backed", False)), args.data
     options = _dataset_options(args.dataset_options)
@@ -466,13 +466,13 @@ def _load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
         raise DataError(
             f"Dataset {args.dataset!r} holds per-perturbation log-fold-changes vs control (no single cells, no "
             "control cells), which a model cannot be trained on or predict from; use it for effect-level "
-            "comparisons (pdae_core.datasets.load_dataset) or pick a single-cell dataset (see `pdae datasets`)."
+            "comparisons (pdae_core.data.datasets.load_dataset) or pick a single-cell dataset (see `pdae datasets`)."
         )
     return adata, f"dataset {args.dataset}"
 
 
 def _dataset_defaults(adata: ad.AnnData) -> dict[str, str | None]:
-    """Keys recorded by pdae_core.datasets in ``uns['pdae_dataset']`` (missing ones are None)."""
+    """Keys recorded by pdae_core.data.datasets in ``uns['pdae_dataset']`` (missing ones are None)."""
     meta = adata.uns.get("pdae_dataset")
     out: dict[str, str | None] = {}
     if not hasattr(meta, "get"):
@@ -498,7 +498,7 @@ def _check_out_dir(path: Path, overwrite: bool) -> None:
 
 
 class TqdmProgress(Callback):
-    """A :class:`pdae_core.training.Callback` showing a tqdm bar over training steps,
+    """A :class:`pdae_core.train.loop.Callback` showing a tqdm bar over training steps,
     with the latest loss and validation energy distance in its postfix."""
 
     def __init__(self, disable: bool = False) -> None:
@@ -563,8 +563,7 @@ def _holdout(values: Sequence[str]) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .base import MODEL_TYPES
-    from .registry import (
+    from ..data.registry import (
         condition_column,
         detect_control,
         detect_x_kind,
@@ -572,7 +571,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         require_conditions,
         setup_anndata,
     )
-    from .training import TrainConfig, resolve_device
+    from ..models.catalog import MODEL_TYPES
+    from ..train.loop import TrainConfig, resolve_device
 
     # fail fast on settings, before reading data or training
     if args.n_top_genes is not None and not args.preprocess:
@@ -582,7 +582,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.backed and (args.data is None or args.preprocess):
         raise DataError("--backed streams an .h5ad given with --data, already log-normalised "
                         "(run `pdae preprocess RAW.h5ad OUT.h5ad` first; --preprocess needs the data in memory).")
-    # under torchrun: one process per device, rank 0 prints and saves (see pdae_core.distributed)
+    # under torchrun: one process per device, rank 0 prints and saves (see pdae_core.train.distributed)
     world = distributed.init_from_env()
     main_process = distributed.is_main_process()
     out = Path(args.out)
@@ -728,7 +728,7 @@ def _parse_target(text: str, registry: PerturbationRegistry) -> tuple[Target, bo
 
 def _prepare_source(adata: ad.AnnData, model: PerturbationModel, source: str) -> ad.AnnData:
     """Apply the checkpoint's recorded preprocessing to raw counts and align the genes."""
-    from .registry import detect_x_kind, preprocess
+    from ..data.registry import detect_x_kind, preprocess
 
     reg = model.registry
     prep = reg.preprocessing or {}
@@ -772,8 +772,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
 
-    from .checkpoint import load_checkpoint
-    from .registry import condition_column
+    from ..data.registry import condition_column
+    from ..models.checkpoint import load_checkpoint
 
     model = load_checkpoint(args.checkpoint, accelerator=args.accelerator)
     reg = model.registry
@@ -839,8 +839,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
     """Everything `pdae info` shows, as a JSON-ready dict (validates the checkpoint)."""
-    from . import __version__
-    from .checkpoint import load_checkpoint, read_config
+    from .._version import __version__
+    from ..models.checkpoint import load_checkpoint, read_config
 
     cfg = read_config(path)
     model = load_checkpoint(path, accelerator="cpu")  # verifies the weights and their checksum
@@ -887,8 +887,8 @@ def _kv(d: dict[str, Any] | None) -> str:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from .registry import read_h5ad
-    from .streaming import preprocess_on_disk
+    from ..data.registry import read_h5ad
+    from ..data.streaming import preprocess_on_disk
 
     dst = Path(args.dst)
     if dst.exists() and not args.overwrite:
@@ -954,7 +954,7 @@ class _BenchmarkProgress:
             return
         from tqdm import tqdm
 
-        from .benchmark import format_event
+        from ..eval.benchmark import format_event
 
         if event.get("stage") == "epoch":
             if self.bar is None:
@@ -998,7 +998,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         raise DataError(f"--out {out} exists and is a file; the benchmark writes a folder.")
     if args.data is not None:
         _check_file_flags(args)
-        from .registry import read_h5ad
+        from ..data.registry import read_h5ad
 
         adata = read_h5ad(args.data)
         name = Path(args.data).name
@@ -1025,7 +1025,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _benchmark_cells(args: argparse.Namespace, adata: ad.AnnData, name: str, out: Path, progress: Any) -> None:
-    from .benchmark import BenchmarkSpec, benchmark_dataset
+    from ..eval.benchmark import BenchmarkSpec, benchmark_dataset
 
     train: dict[str, Any] = {}
     if args.epochs is not None:
@@ -1054,7 +1054,7 @@ def _benchmark_cells(args: argparse.Namespace, adata: ad.AnnData, name: str, out
 
 
 def _benchmark_pseudobulk(args: argparse.Namespace, adata: ad.AnnData, name: str, out: Path, progress: Any) -> None:
-    from . import pseudobulk as pb
+    from ..eval import pseudobulk as pb
 
     for flag, given in (("--holdout", bool(args.holdout)), ("--exclude", bool(args.exclude)),
                         ("--highlight", args.highlight is not None), ("--epochs", args.epochs is not None),

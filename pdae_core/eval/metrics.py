@@ -32,8 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from . import losses
-from .errors import DataError
+from ..errors import DataError
+from ..models import losses
 
 #: Cells x genes: a numpy array (or anything ``np.asarray`` accepts), a scipy sparse
 #: matrix or an AnnData (its ``X``).
@@ -105,7 +105,7 @@ def _same_genes(*mats: tuple[np.ndarray, str]) -> None:
 
 def _centred(*mats: np.ndarray) -> list[np.ndarray]:
     """Subtract the pooled mean: distances do not change, but the ``|a|^2 + |b|^2 - 2ab``
-    expansion in :func:`pdae_core.losses.pairwise_distances` loses far less precision."""
+    expansion in :func:`pdae_core.models.losses.pairwise_distances` loses far less precision."""
     n = sum(m.shape[0] for m in mats)
     c = sum(m.sum(0) for m in mats) / n
     return [m - c for m in mats]
@@ -250,7 +250,7 @@ def energy_distance(x: Cells, y: Cells, unbiased: bool = True, *, block_size: in
     one cell contributes a within-set term of 0). ``unbiased=False`` is the
     V-statistic (``dcor.energy_distance``'s default; >= 0, 0 for identical sets).
 
-    Computed with :func:`pdae_core.losses.energy_distance` in float64 on centred data;
+    Computed with :func:`pdae_core.models.losses.energy_distance` in float64 on centred data;
     sets larger than ``block_size`` cells are processed in blocks of
     ``block_size x block_size`` distances, so memory stays bounded.
     """

@@ -130,10 +130,10 @@ class SyntheticOracle:
     @classmethod
     def from_anndata(cls, adata: ad.AnnData) -> SyntheticOracle:
         if "synthetic_truth" not in adata.uns:
-            from .errors import DataError
+            from ..errors import DataError
 
             raise DataError("The oracle needs synthetic data with its truth in uns['synthetic_truth'] "
-                            "(pdae_core.synthetic.make_synthetic / load_dataset('synthetic')).")
+                            "(pdae_core.data.synthetic.make_synthetic / load_dataset('synthetic')).")
         return cls(SyntheticTruth.from_uns(dict(adata.uns["synthetic_truth"])))
 
     def predict(self, source: ad.AnnData, target: str, seed: int = 0) -> ad.AnnData:

@@ -1,0 +1,73 @@
+"""The one schema of predicted cells, shared by every model, baseline and the CLI.
+
+A prediction is an AnnData with one row per (source cell, draw): ``obs`` holds the
+perturbation column (the target's name), ``target``, ``source_cell``,
+``source_condition``, ``draw`` and ``kind == "predicted"``; the row names are
+``"<source cell>-><target>"`` (``"#<draw>"`` appended when there are several draws);
+``var`` are the model's genes and ``uns['pdae_prediction']`` describes the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..data.registry import PerturbationRegistry, condition_column
+
+PREDICTION_KEY = "pdae_prediction"
+EXTRAPOLATION_KEY = "pdae_extrapolation"
+
+
+def prediction_anndata(
+    X: np.ndarray,
+    source: ad.AnnData,
+    registry: PerturbationRegistry,
+    target: str,
+    n_draws: int,
+    info: Mapping[str, Any],
+) -> ad.AnnData:
+    """Predicted expression ``X`` ((n_draws * n_source) x genes, draw-major: all source
+    cells of draw 0, then of draw 1, ...) as an AnnData in the prediction schema;
+    ``info`` becomes ``uns['pdae_prediction']``."""
+    n_draws = int(n_draws)
+    X = np.asarray(X, dtype=np.float32)
+    if X.shape != (n_draws * source.n_obs, registry.n_genes):
+        raise ValueError(
+            f"predicted matrix is {X.shape}; expected ({n_draws} draws x {source.n_obs} cells, {registry.n_genes} genes)"
+        )
+    src_names = np.tile(np.asarray(source.obs_names, dtype=str), n_draws)
+    draw = np.repeat(np.arange(n_draws), source.n_obs)
+    obs = pd.DataFrame(
+        {
+            registry.perturbation_key: target,
+            "target": target,
+            "source_cell": src_names,
+            "source_condition": np.tile(condition_column(source, registry.perturbation_key), n_draws),
+            "draw": draw,
+            "kind": "predicted",
+        }
+    )
+    obs.index = pd.Index(
+        [f"{s}->{target}#{d}" if n_draws > 1 else f"{s}->{target}" for s, d in zip(src_names, draw)]
+    ).astype(str)
+    out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=pd.Index(registry.gene_names)))
+    out.uns[PREDICTION_KEY] = dict(info)
+    return out
+
+
+def combine_predictions(
+    preds: Sequence[ad.AnnData], info: Mapping[str, Any], extrapolation: pd.DataFrame | None = None
+) -> ad.AnnData:
+    """Several targets' predictions in one AnnData (rows stacked); its ``uns`` holds only
+    ``info`` (as ``pdae_prediction``) and the per-target ``extrapolation`` table."""
+    if not preds:
+        raise ValueError("no predictions to combine")
+    out = ad.concat(list(preds), join="outer", merge="same") if len(preds) > 1 else preds[0].copy()
+    out.uns = {PREDICTION_KEY: dict(info)}
+    if extrapolation is not None:
+        out.uns[EXTRAPOLATION_KEY] = extrapolation
+    return out
