@@ -1,0 +1,312 @@
+"""What the ``pdae`` commands share: exit codes, the help formatter, argument types,
+the --data / --dataset options and their loading, output checks and the progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..data.defaults import holds_profiles
+from ..errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError
+from ..train.loop import Callback
+
+if TYPE_CHECKING:
+    import anndata as ad
+    from tqdm import tqdm
+
+    from ..train.loop import History
+
+PROG = "pdae"
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows meaningful defaults; wraps one-paragraph descriptions, keeps multi-line ones
+    (the example epilogs) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" not in help_text
+            and action.option_strings
+            and default not in (None, argparse.SUPPRESS, [])
+            and not isinstance(default, bool)
+        ):
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+# ---------------------------------------------------------------------------------
+# argument types
+
+
+def int_at_least(lo: int, what: str):
+    """An argparse type: an integer >= ``lo`` (``what`` names the bound in the message)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {v}")
+        return v
+
+    return parse
+
+
+positive_int = int_at_least(1, "positive")
+non_negative_int = int_at_least(0, "non-negative")
+
+
+def integer(text: str) -> int:
+    """An argparse type: any integer."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated positive integers (layer sizes), e.g. ``512,256``."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 512,256, got {text!r}")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers like 512,256, got {text!r}"
+        ) from None
+    if min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return vals
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """An argparse type: comma-separated finite numbers, e.g. ``0.5,1,2``."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,1,2, got {text!r}")
+    return tuple(finite_float(p) for p in parts)
+
+
+def str_list(text: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated names, e.g. ``a,b``."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names like a,b, got {text!r}")
+    return parts
+
+
+def holdout_list(values: Sequence[str]) -> list[str]:
+    """The conditions of repeated, comma-separated --holdout values, de-duplicated in order."""
+    out: list[str] = []
+    for v in values:
+        for c in v.split(","):
+            c = c.strip()
+            if c and c not in out:
+                out.append(c)
+    return out
+
+
+def preview(items: Sequence[Any], n: int = 8) -> str:
+    """The first ``n`` items, comma-separated, with the total when there are more."""
+    items = list(items)
+    shown = ", ".join(map(str, items[:n]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+# ---------------------------------------------------------------------------------
+# data: --data FILE or --dataset NAME
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """The options naming the input data: --data / --dataset and the dataset's loader options."""
+    g = p.add_argument_group("data (one of --data / --dataset)")
+    src = g.add_mutually_exclusive_group(required=required)
+    src.add_argument("--data", metavar="FILE.h5ad", help="an AnnData file")
+    src.add_argument("--dataset", metavar="NAME", help="a built-in dataset (see `pdae datasets`)")
+    g.add_argument("--data-dir", metavar="DIR",
+                   help="with --dataset: where built-in datasets are stored (default: $PDAE_DATA_DIR, else the "
+                   "user cache)")
+    g.add_argument(
+        "--no-download", dest="download", action="store_false",
+        help="with --dataset: fail instead of downloading a dataset that is not in the data directory",
+    )
+    g.add_argument(
+        "--dataset-option", action="append", default=[], metavar="KEY=VALUE", dest="dataset_options",
+        help="with --dataset: an option of the dataset's loader, e.g. source=gears (norman19_full), "
+        "keep_unassigned=true (schraivogel20), n_genes=50 (synthetic); repeatable",
+    )
+
+
+def datasets_module() -> Any:
+    """:mod:`pdae_core.data.datasets`, or a clear error when it cannot be imported."""
+    try:
+        from ..data import datasets
+    except ImportError as e:
+        raise PDAEError(f"built-in datasets are not available in this installation ({e}); use --data FILE.h5ad") from None
+    return datasets
+
+
+def option_value(text: str) -> Any:
+    """A --dataset-option value as a bool, None, int, float or the string itself."""
+    low = text.strip().lower()
+    if low in ("true", "yes"):
+        return True
+    if low in ("false", "no"):
+        return False
+    if low == "none":
+        return None
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def dataset_options(values: Sequence[str]) -> dict[str, Any]:
+    """The KEY=VALUE --dataset-option values as keyword arguments of the loader."""
+    opts: dict[str, Any] = {}
+    for item in values:
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--dataset-option {item!r}: write KEY=VALUE, e.g. source=gears.")
+        opts[key.strip()] = option_value(val)
+    return opts
+
+
+def check_file_flags(args: argparse.Namespace) -> None:
+    """With --data FILE, the flags that only make sense for a built-in dataset are errors."""
+    for flag, given in (("--data-dir", args.data_dir is not None), ("--dataset-option", bool(args.dataset_options)),
+                        ("--no-download", not args.download)):
+        if given:
+            raise DataError(f"{flag} only applies with --dataset NAME, not with --data FILE.")
+
+
+def load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
+    """The AnnData named by --data or --dataset, and a short description of where it came from."""
+    if args.data is not None:
+        check_file_flags(args)
+        from ..data.registry import read_h5ad
+
+        return read_h5ad(args.data, backed=getattr(args, "backed", False)), args.data
+    options = dataset_options(args.dataset_options)
+    ds = datasets_module()
+    known = ds.list_datasets()
+    if args.dataset not in known:
+        raise DataError(f"Unknown dataset {args.dataset!r}; built-in datasets: {', '.join(known)} (see `pdae datasets`).")
+    try:
+        adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, **options)
+    except DatasetUnavailableError as e:
+        hint = " (command line: drop --no-download" if not args.download else " (command line"
+        raise DatasetUnavailableError(f"{e}{hint}, or pass --data-dir DIR.)") from None
+    if holds_profiles(adata):
+        raise DataError(
+            f"Dataset {args.dataset!r} holds per-perturbation log-fold-changes vs control (no single cells, no "
+            "control cells), which a model cannot be trained on or predict from; use it for effect-level "
+            "comparisons (pdae_core.data.datasets.load_dataset) or pick a single-cell dataset (see `pdae datasets`)."
+        )
+    return adata, f"dataset {args.dataset}"
+
+
+# ---------------------------------------------------------------------------------
+# outputs
+
+
+def check_out_dir(path: Path, overwrite: bool) -> None:
+    """A checkpoint directory may be written to ``path`` (absent, empty, or --overwrite)."""
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"--out {path} exists and is a file; a checkpoint is a directory.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"--out {path} already exists and is not empty; pass --overwrite to replace it.")
+
+
+def write_h5ad_atomic(adata: ad.AnnData, path: Path) -> None:
+    """Write ``adata`` to ``path`` through a temporary file, so that an interrupted write
+    leaves no partial file."""
+    if path.is_dir():
+        raise DataError(f"--out {path} is a directory; give a file name such as pred.h5ad.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------------------
+# progress
+
+
+class TqdmProgress(Callback):
+    """A :class:`pdae_core.train.loop.Callback` showing a tqdm bar over training steps,
+    with the latest loss and validation energy distance in its postfix."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self.disable = disable
+        self.bar: tqdm | None = None
+        self.val_ed: float | None = None
+
+    def on_train_start(self, max_epochs: int, steps_per_epoch: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=max_epochs * steps_per_epoch, unit="step", desc="training", file=sys.stderr,
+                        disable=self.disable, dynamic_ncols=True)
+
+    def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
+        if self.bar is None:
+            return
+        post = {"epoch": epoch, "loss": f"{losses['loss']:.4g}"}
+        if self.val_ed is not None:
+            post["val_ed"] = f"{self.val_ed:.4g}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def on_evaluation(self, record: dict[str, float]) -> None:
+        if "val_ed" in record:
+            self.val_ed = float(record["val_ed"])
+            if self.bar is not None:
+                self.bar.set_postfix(
+                    {"epoch": int(record["epoch"]), "loss": f"{record.get('train_loss', float('nan')):.4g}",
+                     "val_ed": f"{self.val_ed:.4g}"}
+                )
+
+    def on_train_end(self, history: History) -> None:
+        self.close()
+
+    def should_stop(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

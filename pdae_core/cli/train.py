@@ -1,0 +1,283 @@
+"""``pdae train``: train a model on an AnnData file or a built-in dataset and save a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data.defaults import dataset_defaults
+from ..errors import DataError
+from ..train import distributed
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    PROG,
+    HelpFormatter,
+    TqdmProgress,
+    add_data_args,
+    check_out_dir,
+    finite_float,
+    holdout_list,
+    load_data,
+    positive_int,
+    preview,
+)
+from .model_flags import add_model_flags, hyperparameters
+
+DEFAULT_MODEL = "pdae"
+
+TRAIN_EXAMPLES = """\
+examples:
+  # train on your own AnnData (log-normalised X, perturbations in obs['condition'])
+  pdae train --data cells.h5ad --out ckpt/ --holdout KLF1+MAP2K6,CEBPE+KLF1
+
+  # raw counts: normalise + log1p and keep 2000 highly variable genes first
+  pdae train --data counts.h5ad --preprocess --n-top-genes 2000 --out ckpt/
+
+  # a built-in dataset, keys taken from the dataset, on the GPU for at most 10 minutes
+  pdae train --dataset norman19_devel --out ckpt/ --accelerator cuda --time-limit 600
+
+  # other column / control label / separator, smaller model
+  pdae train --data cells.h5ad --perturbation-key guide --control NT --separator _ \\
+      --latent-dim 16 --hidden-dims 256,128 --epochs 50 --out ckpt/
+
+  # another model type; `pdae train --model samsvae --help` lists its hyperparameters
+  pdae train --data cells.h5ad --model samsvae --latent-dim 8 --out ckpt/
+
+Press Ctrl-C to abort: nothing is written (exit code 130)."""
+
+
+class _QuietParser(argparse.ArgumentParser):
+    """An argument parser that raises instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
+def selected_model(argv: Sequence[str]) -> str:
+    """The --model of a ``train`` command line (read before the full parser is built, whose
+    hyperparameter flags depend on it); the default model when absent, unknown or not ``train``."""
+    from ..models.catalog import MODEL_TYPES
+
+    argv = list(argv)
+    if not argv or argv[0] != "train":
+        return DEFAULT_MODEL
+    pre = _QuietParser(add_help=False)
+    pre.add_argument("--model", default=DEFAULT_MODEL)
+    try:
+        known, _ = pre.parse_known_args(argv[1:])
+    except ValueError:
+        return DEFAULT_MODEL
+    return known.model if known.model in MODEL_TYPES else DEFAULT_MODEL
+
+
+def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
+    """Register ``train`` with the hyperparameter flags of ``model``."""
+    from ..models.catalog import MODEL_TYPES
+    from ..train.loop import TrainConfig
+
+    t = sub.add_parser(
+        "train",
+        help="train a model on an AnnData file or a built-in dataset and save a checkpoint",
+        description="Train a model on every cell except those of the --holdout conditions and save "
+        "it as a checkpoint directory (model.safetensors + config.json). Column names and the control "
+        "label default to the dataset's uns['pdae_dataset'] when present, else 'condition' and an "
+        "auto-detected control label (control, ctrl, non-targeting, NT, ...). The model hyperparameter "
+        "flags are those of the selected --model.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    add_data_args(t)
+    t.add_argument("--out", required=True, metavar="CHECKPOINT_DIR", help="checkpoint directory to write")
+    t.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    k = t.add_argument_group("how the data encodes perturbations")
+    k.add_argument("--perturbation-key", metavar="KEY", help="obs column with the condition of each cell "
+                   "(default: the dataset's, else 'condition')")
+    k.add_argument("--control", metavar="LABEL", help="label of the control cells (default: the dataset's, "
+                   "else auto-detected)")
+    k.add_argument("--separator", metavar="SEP", help="joins the perturbations of a combination "
+                   "(default: the dataset's, else '+')")
+    k.add_argument("--dose-key", metavar="KEY", help="obs column with the dose of each cell (optional)")
+    k.add_argument("--covariate-key", metavar="KEY", help="obs column with a covariate such as the cell line")
+    k.add_argument("--layer", metavar="NAME", help="use adata.layers[NAME] instead of X")
+    pp = t.add_argument_group("preprocessing")
+    pp.add_argument("--preprocess", action="store_true",
+                    help="normalise raw counts (normalize_total + log1p) with pdae_core.preprocess; recorded "
+                    "in the checkpoint and re-applied by `pdae predict`")
+    pp.add_argument("--n-top-genes", type=positive_int, metavar="N",
+                    help="with --preprocess: keep the N most highly variable genes")
+    tr = t.add_argument_group("training")
+    tr.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
+                    help="conditions to leave out of training (comma-separated; repeatable)")
+    tr.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODEL_TYPES), help="model type")
+    _d = TrainConfig()
+    tr.add_argument("--epochs", type=positive_int, metavar="N", default=_d.max_epochs,
+                    help="maximum number of epochs")
+    tr.add_argument("--lr", type=finite_float, metavar="LR", default=_d.lr, help="Adam learning rate")
+    tr.add_argument("--batch-size", type=positive_int, metavar="N", default=_d.batch_size,
+                    help="cells per mini-batch")
+    tr.add_argument("--patience", type=positive_int, metavar="N", default=_d.patience,
+                    help="stop after this many evaluations without a better validation energy distance")
+    tr.add_argument("--val-fraction", type=finite_float, metavar="F", default=_d.val_fraction,
+                    help="fraction of each condition's cells used for validation")
+    tr.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the initial weights, batches and split")
+    tr.add_argument("--accelerator", default="auto", metavar="{auto,cpu,cuda,mps}",
+                    help="device: auto picks CUDA, then Apple MPS, then the CPU (also cuda:N)")
+    tr.add_argument("--time-limit", type=finite_float, metavar="SECONDS",
+                    help="stop training after this many seconds (the best weights so far are saved)")
+    tr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    perf = t.add_argument_group("performance and scale")
+    perf.add_argument("--backed", action="store_true",
+                      help="with --data: stream X from the .h5ad on disk, one mini-batch at a time, instead of "
+                      "loading it (for data larger than memory; preprocess it first with `pdae preprocess`)")
+    perf.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default=_d.precision,
+                      help="autocast precision of the networks (losses stay float32); bf16-mixed suits recent GPUs")
+    perf.add_argument("--compile", action="store_true", help="torch.compile the loss computation")
+    perf.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimiser steps")
+    add_model_flags(t, model)
+    t.set_defaults(func=run)
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    """Fail fast on settings, before reading data or training."""
+    if args.n_top_genes is not None and not args.preprocess:
+        raise DataError("--n-top-genes selects genes during preprocessing; add --preprocess.")
+    if args.time_limit is not None and args.time_limit <= 0:
+        raise ValueError("--time-limit must be > 0 seconds.")
+    if args.backed and (args.data is None or args.preprocess):
+        raise DataError("--backed streams an .h5ad given with --data, already log-normalised "
+                        "(run `pdae preprocess RAW.h5ad OUT.h5ad` first; --preprocess needs the data in memory).")
+
+
+def _prepare_data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
+    """Load the data, resolve its keys (flags, else the dataset's recorded defaults) and
+    preprocess it; returns (adata, registry, source description, perturbation column)."""
+    from ..data.registry import condition_column, detect_control, detect_x_kind, preprocess, setup_anndata
+
+    adata, source = load_data(args)
+    defaults = dataset_defaults(adata)
+    if args.perturbation_key and args.perturbation_key != defaults.get("perturbation_key"):
+        # the dataset's control label and separator describe its own column, not this one
+        defaults.pop("control_label", None)
+        defaults.pop("separator", None)
+    key = args.perturbation_key or defaults.get("perturbation_key") or "condition"
+    control = args.control or defaults.get("control_label")
+    separator = args.separator or defaults.get("separator") or "+"
+    dose_key = args.dose_key or defaults.get("dose_key")
+    covariate_key = args.covariate_key or defaults.get("covariate_key")
+    layer = args.layer
+
+    if key not in adata.obs.columns:
+        raise DataError(
+            f"Perturbation column {key!r} is not in obs of {source}; pass --perturbation-key "
+            f"(obs columns: {preview(list(adata.obs.columns), 20)})."
+        )
+    if control is None:
+        try:
+            control = detect_control(condition_column(adata, key))
+        except DataError as e:
+            raise DataError(f"{e} Pass --control LABEL.") from None
+    if layer is not None and layer not in adata.layers:
+        raise DataError(f"Layer {layer!r} is not in {source} (layers: {list(adata.layers.keys()) or 'none'}).")
+
+    kind = detect_x_kind(adata, layer)
+    if args.preprocess:
+        prior = dict(adata.uns.get("pdae_preprocessing", {}) or {})
+        adata = preprocess(adata, n_top_genes=args.n_top_genes, layer=layer, copy=True)
+        steps = dict(adata.uns["pdae_preprocessing"])
+        if layer is not None:
+            steps["source_layer"] = layer
+        if prior:
+            steps["earlier"] = prior
+        adata.uns["pdae_preprocessing"] = steps
+        layer = None  # preprocess put the (normalised) layer into X
+    elif kind == "counts":
+        where = f"layer {layer!r}" if layer else "X"
+        raise DataError(
+            f"{where} of {source} holds raw counts (non-negative integers), but the model expects "
+            "log-normalised expression. Rerun with --preprocess (normalize_total + log1p; add --n-top-genes N "
+            "to keep the N most variable genes), or pass --layer with a log-normalised layer."
+        )
+    registry = setup_anndata(adata, key, control, separator, dose_key, covariate_key, layer)
+    return adata, registry, source, key
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pdae train``."""
+    from ..data.registry import condition_column, require_conditions
+    from ..models.catalog import MODEL_TYPES
+    from ..train.loop import TrainConfig, resolve_device
+
+    _check_settings(args)
+    # under torchrun: one process per device, rank 0 prints and saves (see pdae_core.train.distributed)
+    world = distributed.init_from_env()
+    main_process = distributed.is_main_process()
+    out = Path(args.out)
+    if main_process:
+        check_out_dir(out, args.overwrite)
+    device = distributed.local_device(resolve_device(args.accelerator))
+    train_config = TrainConfig(
+        max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        accelerator=args.accelerator, time_limit_s=args.time_limit, patience=args.patience,
+        val_fraction=args.val_fraction, cells_per_condition=min(TrainConfig().cells_per_condition, args.batch_size),
+        precision=args.precision, compile=args.compile, max_steps=args.max_steps,
+    )
+    say = print if main_process else (lambda *a, **k: None)
+    cls = MODEL_TYPES[args.model]
+    hp = hyperparameters(args)
+    try:
+        cls.config_class(n_genes=1, n_perturbations=1, **hp)
+    except TypeError as e:
+        raise ValueError(f"{args.model}: unsupported hyperparameter ({e})") from None
+
+    adata, registry, source, key = _prepare_data(args)
+    holdout = holdout_list(args.holdout)
+    if holdout:
+        require_conditions(adata, registry, holdout)
+    model = cls(registry, seed=args.seed, **hp)
+    n_cond = len(set(condition_column(adata, key)))
+    say(
+        f"Data: {source}: {adata.n_obs} cells x {adata.n_vars} genes, {n_cond} conditions, "
+        f"{registry.n_perturbations} perturbations; column {key!r}, control {registry.control_label!r}, "
+        f"separator {registry.separator!r}" + (f"; held out: {', '.join(holdout)}" if holdout else "")
+        + ("; X streamed from disk" if args.backed else "")
+    )
+    say(f"Training {args.model} on {device}" + (f" x {world} processes" if world > 1 else "")
+        + f" for at most {args.epochs} epochs" + (f" / {args.time_limit:g} s" if args.time_limit else "") + ".")
+
+    progress = TqdmProgress(disable=args.quiet or not main_process)
+    try:
+        history = model.fit(adata, holdout=holdout, train_config=train_config, callbacks=[progress])
+    except KeyboardInterrupt:
+        progress.close()
+        print("\ninterrupted: training aborted, no checkpoint written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        progress.close()
+    if not main_process:
+        distributed.shutdown()
+        return EXIT_OK
+    try:
+        model.save(out, overwrite=True)
+    except KeyboardInterrupt:
+        print("\ninterrupted while saving: no checkpoint written.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    epochs = int(history.records[-1]["epoch"]) if history.records else 0
+    if history.stopped_early:
+        why = f" (early stop: no better validation ED for {train_config.patience} evaluations)"
+    elif epochs < args.epochs and args.time_limit is not None:
+        why = f" (time limit of {args.time_limit:g} s reached)"
+    else:
+        why = ""
+    print(f"Done: {epochs} epochs, {history.steps} steps in {history.seconds:.1f} s on {history.device}{why}.")
+    if history.best_val is not None:
+        print(f"Best validation energy distance: {history.best_val:.4g} at epoch {history.best_epoch}.")
+    else:
+        print("Best validation energy distance: n/a (no validation cells; the final weights were saved).")
+    print(f"Checkpoint saved to {out} (inspect with: {PROG} info {out}).")
+    distributed.shutdown()
+    return EXIT_OK
