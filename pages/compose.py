@@ -11,6 +11,7 @@ from pages import common
 from pdae_core import explore
 from pdae_core.errors import PDAEError
 from pdae_core.plot import cells as cf
+from pdae_core.plot import style
 
 common.init_state()
 ss = st.session_state
@@ -101,11 +102,8 @@ with right:
     )
     ref = common.reference_embedding(ds.key, reg.perturbation_key, ds.adata)
     coords, groups, hover = explore.what_if_embedding(ref, result, include_additive=show_add)
-    colors = {explore.OTHER_CELLS: "#e6e6e6"}
-    order = [explore.OTHER_CELLS, cf.CONTROL, cf.OBSERVED, cf.ADDITIVE, cf.PREDICTED]
     st.plotly_chart(
-        cf.embedding_scatter(coords, groups, hover, title=f"{result.target}: cells in one shared UMAP (gene space)",
-                             colors=colors, order=order),
+        cf.what_if_scatter(coords, groups, hover, title=f"{result.target}: cells in one shared UMAP (gene space)"),
         width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_umap",
     )
 
@@ -130,10 +128,7 @@ with g2:
                     width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_bars")
 
 st.subheader("Top changed genes")
-show = table.head(50).rename(columns={
-    "control_mean": "control mean", "predicted_mean": "predicted mean", "predicted_delta": "predicted Δ",
-    "observed_delta": "observed Δ", "additive_delta": "additive Δ",
-})
+show = table.head(50).rename(columns=style.GENE_TABLE_LABELS)
 st.dataframe(show.style.format(precision=3, na_rep="–"), hide_index=True, width="stretch", height=320)
 d1, d2 = st.columns(2)
 slug = result.target.replace("+", "_").replace(":", "-")

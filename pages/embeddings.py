@@ -42,22 +42,11 @@ def latent_section() -> None:
 
     coords = common.latent_umap(ds.key, model_key, which, model, ds.adata)
     conds = condition_column(ds.adata, reg.perturbation_key)
-    if colour == "condition":
-        groups = list(conds)
-        order = [reg.control_label, *sorted(set(groups) - {reg.control_label})]
-        colors = {reg.control_label: cf.KIND_COLORS[cf.CONTROL]}
-    elif colour.startswith("kind"):
-        n_parts = {c: len(reg.parse(c)) for c in np.unique(conds)}
-        groups = ["control" if n_parts[c] == 0 else "single" if n_parts[c] == 1 else "combination" for c in conds]
-        order, colors = ["control", "single", "combination"], cf.CONDITION_KIND_COLORS
-    else:
-        groups = ds.adata.obs[ds.registry.covariate_key].astype(str).tolist()
-        order, colors = None, None
-    held = set(model.holdout)
-    hover = [f"{c} (held out)" if c in held else c for c in conds]
+    by = "condition" if colour == "condition" else "kind" if colour.startswith("kind") else "covariate"
+    covariate = ds.adata.obs[ds.registry.covariate_key].astype(str).tolist() if by == "covariate" else None
     st.plotly_chart(
-        cf.embedding_scatter(coords, groups, hover, title=f"UMAP of {which} ({ds.adata.n_obs:,} cells)",
-                             colors=colors, order=order),
+        cf.latent_scatter(coords, conds, reg, colour_by=by, covariate=covariate, held_out=model.holdout,
+                          title=f"UMAP of {which} ({ds.adata.n_obs:,} cells)"),
         width="stretch", config=common.PLOT_CONFIG, theme=None, key="emb_umap",
     )
 

@@ -11,6 +11,7 @@ from pages import common
 from pdae_core import explore
 from pdae_core.models.catalog import MODEL_TYPES
 from pdae_core.plot import cells as cf
+from pdae_core.plot import style
 from pdae_core.train.jobs import JobState, training_job
 
 common.init_state()
@@ -29,7 +30,7 @@ else:
     st.subheader(common.model_label(key))
     reg = model.registry
     m = st.columns(4)
-    m[0].metric("Model", model.model_type.upper())
+    m[0].metric("Model", style.model_name(model.model_type))
     m[1].metric("Genes", reg.n_genes)
     m[2].metric("Perturbations", reg.n_perturbations)
     m[3].metric("Training conditions", len(model.train_conditions))
@@ -121,7 +122,7 @@ with train_tab:
             return
         snap = job.snapshot()
         meta = ss.get("train_meta", {})
-        st.markdown(f"**Training {meta.get('model_type', '').upper()} on {meta.get('dataset', '')}** · "
+        st.markdown(f"**Training {style.model_name(meta.get('model_type', ''))} on {meta.get('dataset', '')}** · "
                     f"{snap.state.value} · {snap.elapsed_s:.0f} s")
         st.progress(min(1.0, snap.fraction), text=snap.message or "starting…")
         st.plotly_chart(cf.loss_curve(snap.records), width="stretch", config=common.PLOT_CONFIG, theme=None,

@@ -7,23 +7,31 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
+from pdae_core.data.registry import PerturbationRegistry
 from pdae_core.plot import cells as cf
 from pdae_core.plot.cells import (
-    ADDITIVE,
-    CONTROL,
-    EXPR_LABEL,
-    KIND_COLORS,
-    OBSERVED,
-    PREDICTED,
     condition_count_bars,
     delta_bars,
     embedding_scatter,
     gene_violins,
-    kind_color,
     latent_heatmap,
+    latent_scatter,
     loss_curve,
     perturbation_map,
     similarity_heatmap,
+    what_if_scatter,
+)
+from pdae_core.plot.style import (
+    ADDITIVE,
+    CONDITION_KIND_COLORS,
+    CONTROL,
+    EXPR_LABEL,
+    KIND_COLORS,
+    OBSERVED,
+    OTHER_CELLS,
+    OTHER_CELLS_COLOR,
+    PREDICTED,
+    kind_color,
 )
 
 
@@ -31,23 +39,14 @@ def _title(ax) -> str | None:
     return ax.title.text
 
 
-def test_constants_and_all():
-    assert KIND_COLORS == {CONTROL: "#8c8c8c", PREDICTED: "#d62728", OBSERVED: "#1f77b4", ADDITIVE: "#ff7f0e"}
-    assert EXPR_LABEL == "expression (log1p normalised counts)"
+def test_all():
     for name in cf.__all__:
         assert hasattr(cf, name), name
     for fn in ("embedding_scatter", "gene_violins", "delta_bars", "loss_curve", "perturbation_map",
-               "latent_heatmap", "similarity_heatmap", "condition_count_bars", "kind_color"):
+               "latent_heatmap", "similarity_heatmap", "condition_count_bars", "what_if_scatter", "latent_scatter"):
         assert fn in cf.__all__
-
-
-def test_kind_color():
-    assert kind_color(PREDICTED) == "#d62728"
-    assert kind_color("single") == "#2ca02c"
-    assert kind_color("combination") == "#9467bd"
-    c = kind_color("some other kind")
-    assert c.startswith("#") and c == kind_color("some other kind")
-    assert c not in KIND_COLORS.values()
+    # the kind names stay importable from here (pdae_core.explore imports them from plot.cells)
+    assert (cf.CONTROL, cf.PREDICTED, cf.OBSERVED, cf.ADDITIVE) == (CONTROL, PREDICTED, OBSERVED, ADDITIVE)
 
 
 # ---------------------------------------------------------------- embedding_scatter
@@ -307,3 +306,48 @@ def test_condition_count_bars_errors(counts):
         condition_count_bars(counts.drop(columns="kind"))
     with pytest.raises(ValueError, match="max_conditions"):
         condition_count_bars(counts, max_conditions=0)
+
+
+# ---------------------------------------------------------------- what_if_scatter / latent_scatter
+def test_what_if_scatter_order_and_colors():
+    rng = np.random.default_rng(1)
+    groups = [PREDICTED, OTHER_CELLS, CONTROL, ADDITIVE, OBSERVED, OTHER_CELLS, PREDICTED]
+    fig = what_if_scatter(rng.normal(size=(len(groups), 2)), groups, title="what if")
+    assert [t.name for t in fig.data] == [OTHER_CELLS, CONTROL, OBSERVED, ADDITIVE, PREDICTED]
+    cols = {t.name: t.marker.color for t in fig.data}
+    assert cols[OTHER_CELLS] == OTHER_CELLS_COLOR == "#e6e6e6"
+    assert all(cols[k] == KIND_COLORS[k] for k in (CONTROL, OBSERVED, ADDITIVE, PREDICTED))
+    assert fig.layout.title.text == "what if" and list(fig.data[1].text) == [CONTROL]
+
+
+@pytest.fixture()
+def latent_cells():
+    reg = PerturbationRegistry(perturbation_key="condition", control_label="ctrl", perturbations=["A", "B", "C"],
+                               gene_names=["g1", "g2"])
+    conds = ["B", "ctrl", "A+B", "A", "ctrl", "C"]
+    return np.random.default_rng(2).normal(size=(len(conds), 2)), conds, reg
+
+
+def test_latent_scatter_by_condition(latent_cells):
+    xy, conds, reg = latent_cells
+    fig = latent_scatter(xy, conds, reg, held_out=["A+B"], title="UMAP of z_base")
+    assert [t.name for t in fig.data] == ["ctrl", "A", "A+B", "B", "C"]
+    assert fig.data[0].marker.color == KIND_COLORS[CONTROL]
+    assert list(fig.data[2].text) == ["A+B (held out)"] and list(fig.data[1].text) == ["A"]
+    assert np.allclose(fig.data[0].x, xy[[1, 4], 0])
+    assert fig.layout.title.text == "UMAP of z_base"
+
+
+def test_latent_scatter_by_kind_and_covariate(latent_cells):
+    xy, conds, reg = latent_cells
+    fig = latent_scatter(xy, conds, reg, colour_by="kind")
+    assert [t.name for t in fig.data] == ["control", "single", "combination"]
+    assert [t.marker.color for t in fig.data] == [CONDITION_KIND_COLORS[k] for k in ("control", "single", "combination")]
+    assert list(fig.data[1].text) == ["B", "A", "C"] and list(fig.data[2].text) == ["A+B"]
+    cov = ["x", "y", "x", "y", "x", "z"]
+    fig = latent_scatter(xy, conds, reg, colour_by="covariate", covariate=cov)
+    assert [t.name for t in fig.data] == ["x", "y", "z"] and list(fig.data[0].text) == ["B", "A+B", "ctrl"]
+    with pytest.raises(ValueError, match="covariate"):
+        latent_scatter(xy, conds, reg, colour_by="covariate")
+    with pytest.raises(ValueError, match="colour_by"):
+        latent_scatter(xy, conds, reg, colour_by="batch")

@@ -13,60 +13,11 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
-NOISE = "noise floor"
-NOISE_COLOR = "#cfcfcf"
+from .style import METRIC_LABELS, NOISE, metric_label, model_colors
 
-#: Readable names of the metric columns of ``per_condition.csv``.
-METRIC_LABELS: dict[str, str] = {
-    "energy_distance": "energy distance",
-    "energy_distance_de": "energy distance (top 20 DE genes)",
-    "mmd_rbf": "MMD (RBF)",
-    "mean_l2": "L2 distance of mean profiles",
-    "pearson_delta": "Pearson r of change from control",
-    "pearson_delta_de": "Pearson r of change from control (top 20 DE genes)",
-    "r2_delta": "R2 of change from control",
-    "r2_delta_de": "R2 of change from control (top 20 DE genes)",
-    "direction_accuracy_de": "direction accuracy (top 20 DE genes)",
-}
-
-__all__ = ["METRIC_LABELS", "metric_label", "model_colors", "condition_bars", "delta_scatter", "summary_bars"]
-
-
-def metric_label(metric: str) -> str:
-    """Readable name of a metric column (the column name itself if unknown)."""
-    return METRIC_LABELS.get(metric, metric.replace("_", " "))
-
-
-#: Fixed colours of the usual models, the same as the dashboard's cell groups
-#: (:data:`pdae_core.plot.cells.KIND_COLORS`): PDAE = predicted, control = no change.
-FIXED_MODEL_COLORS: dict[str, str] = {
-    "pdae": "#d62728",
-    "additive": "#ff7f0e",
-    "control": "#8c8c8c",
-    "no change": "#8c8c8c",
-    "oracle": "#1f77b4",
-}
-
-
-def model_colors(models: Sequence[str]) -> dict[str, str]:
-    """A fixed colour per model: the usual ones from :data:`FIXED_MODEL_COLORS`, the
-    noise floor light grey, the rest from a palette (in order, skipping those colours)."""
-    palette = [c for c in qualitative.Plotly if c.lower() not in {"#ef553b", "#636efa"}] + list(qualitative.Safe)
-    used = set(FIXED_MODEL_COLORS.values())
-    palette = [c for c in palette if c.lower() not in used]
-    out: dict[str, str] = {}
-    k = 0
-    for m in models:
-        if m == NOISE:
-            out[m] = NOISE_COLOR
-        elif m in FIXED_MODEL_COLORS:
-            out[m] = FIXED_MODEL_COLORS[m]
-        else:
-            out[m] = palette[k % len(palette)]
-            k += 1
-    return out
+#: METRIC_LABELS and metric_label are re-exported for pages/benchmark.py (defined in :mod:`.style`).
+__all__ = ["METRIC_LABELS", "metric_label", "condition_bars", "delta_scatter", "summary_bars"]
 
 
 def _models_in(df: pd.DataFrame, models: Sequence[str] | None) -> list[str]:

@@ -2,67 +2,61 @@
 functions, no file IO, no UI framework.
 
 Every function takes arrays or tables and returns a :class:`plotly.graph_objects.Figure`;
-the caller shows it (``st.plotly_chart``, ``fig.show()``) or saves it. Colours are
-fixed per kind of cell population (:data:`KIND_COLORS`) so pages agree with each other.
+the caller shows it (``st.plotly_chart``, ``fig.show()``) or saves it. Names and colours
+of the kinds of cell population come from :mod:`pdae_core.plot.style`, so pages agree
+with each other.
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
-CONTROL = "control"
-PREDICTED = "predicted"
-OBSERVED = "observed"
-ADDITIVE = "additive (gene space)"
+from .style import (
+    ADDITIVE,
+    CONDITION_KIND_COLORS,
+    CONTROL,
+    DIVERGING,
+    EXPR_LABEL,
+    KIND_COLORS,
+    OBSERVED,
+    OTHER_CELLS,
+    OTHER_CELLS_COLOR,
+    PALETTE,
+    PREDICTED,
+    TEMPLATE,
+    kind_color,
+)
 
-#: One colour per kind of cell population, the same on every page.
-KIND_COLORS: dict[str, str] = {CONTROL: "#8c8c8c", PREDICTED: "#d62728", OBSERVED: "#1f77b4", ADDITIVE: "#ff7f0e"}
-#: Colours of the condition kinds of :func:`condition_count_bars`.
-CONDITION_KIND_COLORS: dict[str, str] = {CONTROL: KIND_COLORS[CONTROL], "single": "#2ca02c", "combination": "#9467bd"}
-EXPR_LABEL = "expression (log1p normalised counts)"
+if TYPE_CHECKING:
+    from ..data.registry import PerturbationRegistry
 
-TEMPLATE = "plotly_white"
-_PALETTE: list[str] = list(qualitative.Dark24) + list(qualitative.Light24)
-_DIVERGING = "RdBu_r"  # reversed RdBu: negative blue, positive red
 _DELTA_COLUMNS = {"predicted_delta": PREDICTED, "observed_delta": OBSERVED, "additive_delta": ADDITIVE}
 _LOSS_SKIP = {"epoch", "step", "lr", "seconds", "train_seconds"}
 
+#: ADDITIVE, CONTROL, OBSERVED and PREDICTED are re-exported for pdae_core.explore and
+#: tests/test_explore.py (defined in :mod:`.style`).
 __all__ = [
     "ADDITIVE",
-    "CONDITION_KIND_COLORS",
     "CONTROL",
-    "EXPR_LABEL",
-    "KIND_COLORS",
     "OBSERVED",
     "PREDICTED",
-    "TEMPLATE",
     "condition_count_bars",
     "delta_bars",
     "embedding_scatter",
     "gene_violins",
-    "kind_color",
     "latent_heatmap",
+    "latent_scatter",
     "loss_curve",
     "perturbation_map",
     "similarity_heatmap",
+    "what_if_scatter",
 ]
-
-
-def kind_color(kind: str) -> str:
-    """Colour of a kind: :data:`KIND_COLORS`, then :data:`CONDITION_KIND_COLORS`, else a
-    palette colour chosen by a stable hash of the name (the same in every process)."""
-    if kind in KIND_COLORS:
-        return KIND_COLORS[kind]
-    if kind in CONDITION_KIND_COLORS:
-        return CONDITION_KIND_COLORS[kind]
-    return _PALETTE[zlib.crc32(str(kind).encode()) % len(_PALETTE)]
 
 
 def _coords2(coords: np.ndarray, n: int | None, what: str) -> np.ndarray:
@@ -83,7 +77,7 @@ def _group_colors(names: Sequence[str], colors: Mapping[str, str] | None) -> dic
         elif g in KIND_COLORS:
             out[g] = KIND_COLORS[g]
         else:
-            out[g] = _PALETTE[k % len(_PALETTE)]
+            out[g] = PALETTE[k % len(PALETTE)]
             k += 1
     return out
 
@@ -130,6 +124,60 @@ def embedding_scatter(
         xaxis_title=f"{axis_prefix} 1", yaxis_title=f"{axis_prefix} 2",
     )
     return fig
+
+
+#: Drawing order of the what-if UMAP: the faint other cells underneath, predicted cells on top.
+_WHAT_IF_ORDER = (OTHER_CELLS, CONTROL, OBSERVED, ADDITIVE, PREDICTED)
+
+
+def what_if_scatter(
+    coords: np.ndarray, groups: Sequence[str], hover: Sequence[str] | None = None, title: str | None = None
+) -> go.Figure:
+    """The what-if UMAP of :func:`pdae_core.explore.what_if_embedding`: the dataset's
+    other cells in faint grey underneath, then control, observed, additive and
+    predicted cells (on top), each in its kind colour."""
+    return embedding_scatter(coords, groups, hover, title=title, colors={OTHER_CELLS: OTHER_CELLS_COLOR},
+                             order=_WHAT_IF_ORDER)
+
+
+def latent_scatter(
+    coords: np.ndarray,
+    conditions: Sequence[str],
+    registry: PerturbationRegistry,
+    colour_by: str = "condition",
+    covariate: Sequence[str] | None = None,
+    held_out: Sequence[str] = (),
+    title: str | None = None,
+) -> go.Figure:
+    """Cells in a 2-D embedding of a latent space, coloured by ``colour_by``:
+
+    - ``"condition"``: one group per condition, control first (in the control colour),
+      then the others sorted by name;
+    - ``"kind"``: control / single / combination (by the number of perturbations
+      ``registry`` parses from the condition), in :data:`CONDITION_KIND_COLORS`;
+    - ``"covariate"``: the values of ``covariate`` (one per cell), palette colours.
+
+    Hover: the cell's condition, marked "(held out)" when it is in ``held_out``."""
+    conds = [str(c) for c in conditions]
+    control = registry.control_label
+    if colour_by == "condition":
+        groups = conds
+        order: list[str] | None = [control, *sorted(set(conds) - {control})]
+        colors: Mapping[str, str] | None = {control: KIND_COLORS[CONTROL]}
+    elif colour_by == "kind":
+        n_parts = {c: len(registry.parse(c)) for c in set(conds)}
+        groups = [CONTROL if n_parts[c] == 0 else "single" if n_parts[c] == 1 else "combination" for c in conds]
+        order, colors = list(CONDITION_KIND_COLORS), CONDITION_KIND_COLORS
+    elif colour_by == "covariate":
+        if covariate is None or len(covariate) != len(conds):
+            raise ValueError("colour_by='covariate' needs covariate: one value per cell.")
+        groups = [str(v) for v in covariate]
+        order, colors = None, None
+    else:
+        raise ValueError(f"colour_by must be 'condition', 'kind' or 'covariate', got {colour_by!r}.")
+    held = set(held_out)
+    hover = [f"{c} (held out)" if c in held else c for c in conds]
+    return embedding_scatter(coords, groups, hover, title=title, colors=colors, order=order)
 
 
 def gene_violins(values: Mapping[str, np.ndarray], genes: Sequence[str], title: str | None = None) -> go.Figure:
@@ -210,7 +258,7 @@ def loss_curve(records: Sequence[Mapping[str, float]], title: str | None = None)
         right = key == "val_ed"
         fig.add_trace(go.Scatter(
             x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=key,
-            yaxis="y2" if right else "y", line={"color": "black" if right else _PALETTE[j % len(_PALETTE)],
+            yaxis="y2" if right else "y", line={"color": "black" if right else PALETTE[j % len(PALETTE)],
                                                "dash": "dash" if right else "solid"},
             hovertemplate=f"{key}<br>epoch %{{x}}<br>%{{y:.4g}}<extra></extra>",
         ))
@@ -246,7 +294,7 @@ def latent_heatmap(W: pd.DataFrame, title: str | None = None) -> go.Figure:
         raise ValueError(f"W is empty (shape {W.shape}).")
     fig = go.Figure(go.Heatmap(
         z=W.to_numpy(dtype=float), x=[str(c) for c in W.columns], y=[str(i) for i in W.index],
-        colorscale=_DIVERGING, zmid=0,
+        colorscale=DIVERGING, zmid=0,
         hovertemplate="perturbation: %{y}<br>dimension: %{x}<br>value: %{z:.3f}<extra></extra>",
     ))
     fig.update_layout(
@@ -269,7 +317,7 @@ def similarity_heatmap(sim: pd.DataFrame, title: str | None = None) -> go.Figure
     text = [[f"{a} vs {b}: {v:.2f}" if np.isfinite(v) else f"{a} vs {b}: n/a" for b, v in zip(names, row)]
             for a, row in zip(names, z)]
     fig = go.Figure(go.Heatmap(
-        z=z, x=names, y=names, text=text, colorscale=_DIVERGING, zmin=-1, zmax=1, zmid=0,
+        z=z, x=names, y=names, text=text, colorscale=DIVERGING, zmin=-1, zmax=1, zmid=0,
         hovertemplate="%{text}<extra></extra>",
     ))
     fig.update_layout(
