@@ -24,7 +24,9 @@ import streamlit as st
 
 import pdae_core as pc
 from pdae_core import explore
+from pdae_core.data.columns import guess_columns
 from pdae_core.data.datasets import default_data_dir, load_dataset
+from pdae_core.data.defaults import dataset_defaults
 from pdae_core.errors import DatasetUnavailableError, PDAEError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,14 +210,15 @@ def current_dataset() -> Dataset | None:
 
 
 def default_setup(adata: ad.AnnData) -> dict[str, Any]:
-    d = adata.uns.get("pdae_dataset") or {}
-    if d.get("perturbation_key") in adata.obs.columns:
+    """The set-up the dataset records (:func:`dataset_defaults`), else the guessed columns."""
+    d = dataset_defaults(adata)
+    if "perturbation_key" in d:
         return {
             "perturbation_key": d["perturbation_key"],
             "control_label": d.get("control_label"),
-            "covariate_key": d.get("covariate_key") if d.get("covariate_key") in adata.obs.columns else None,
+            "covariate_key": d.get("covariate_key"),
         }
-    g = explore.guess_columns(adata)
+    g = guess_columns(adata)
     return {"perturbation_key": g.perturbation_key, "control_label": g.control_label, "covariate_key": g.covariate_key}
 
 

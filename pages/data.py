@@ -8,6 +8,7 @@ import streamlit as st
 
 from pages import common
 from pdae_core import explore
+from pdae_core.data.columns import control_candidates, guess_columns
 from pdae_core.errors import PDAEError
 from pdae_core.plot import cells as cf
 
@@ -67,7 +68,7 @@ if ds is None:
 # ---- set-up ----------------------------------------------------------------------------
 adata = ds.adata
 setup = dict(ss.data_setup.get(ds.source_key, {}))
-guess = explore.guess_columns(adata)
+guess = guess_columns(adata)
 st.subheader("Set-up")
 c1, c2, c3 = st.columns(3)
 cols = guess.perturbation_candidates or list(map(str, adata.obs.columns))
@@ -77,7 +78,7 @@ if pk not in cols:
 pk = c1.selectbox("Perturbation column", cols, index=cols.index(pk) if pk in cols else 0, key=f"pk:{ds.source_key}",
                   help="The obs column naming each cell's perturbation; combinations written A+B.")
 try:
-    controls = explore.control_candidates(adata, pk)
+    controls = control_candidates(adata, pk)
 except PDAEError as e:
     st.error(str(e))
     st.stop()

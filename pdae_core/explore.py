@@ -1,7 +1,7 @@
 """Interactive exploration: the science behind the dashboard, with no UI code.
 
-- :func:`guess_columns` and :func:`control_candidates`: auto-detect the perturbation
-  column, control label and covariate column of an unfamiliar AnnData.
+(Guessing the set-up columns of an unfamiliar AnnData is in :mod:`pdae_core.data.columns`.)
+
 - :func:`summarize_dataset`: cells, genes, counts vs log-normalised, conditions
   with their cell counts, singles vs combinations, and which combinations have
   all their parts measured alone.
@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from .data.registry import (
-    CONTROL_CANDIDATES,
     PerturbationRegistry,
     condition_column,
     detect_x_kind,
@@ -38,9 +37,6 @@ from .models.base import ExtrapolationCheck, PerturbationModel
 from .models.baselines import AdditiveBaseline
 
 __all__ = [
-    "ColumnGuess",
-    "guess_columns",
-    "control_candidates",
     "DatasetSummary",
     "summarize_dataset",
     "fit_additive",
@@ -56,75 +52,6 @@ __all__ = [
     "perturbation_projection",
     "shift_similarity",
 ]
-
-_PERT_HINTS = ("condition", "perturbation", "perturbations", "gene", "target", "target_gene", "guide", "guide_identity")
-_COV_HINTS = ("cell_type", "celltype", "cell_line", "cellline", "cell_line_name", "covariate", "cell_type_name", "tissue")
-
-
-# ---- column detection ----------------------------------------------------------------
-@dataclass
-class ColumnGuess:
-    """Best guesses for an AnnData's set-up, and the alternatives to offer."""
-
-    perturbation_key: str | None
-    control_label: str | None
-    covariate_key: str | None
-    perturbation_candidates: list[str] = field(default_factory=list)
-    covariate_candidates: list[str] = field(default_factory=list)
-
-
-def _label_columns(adata: ad.AnnData) -> list[str]:
-    out = []
-    for col in adata.obs.columns:
-        s = adata.obs[col]
-        if isinstance(s.dtype, pd.CategoricalDtype) or s.dtype == object or pd.api.types.is_string_dtype(s):
-            n = s.nunique(dropna=True)
-            if 1 <= n <= max(2, adata.n_obs):
-                out.append(str(col))
-    return out
-
-
-def _is_control(label: str) -> bool:
-    return str(label).strip().lower() in {c.lower() for c in CONTROL_CANDIDATES}
-
-
-def guess_columns(adata: ad.AnnData, separator: str = "+") -> ColumnGuess:
-    """Rank the obs columns that could hold perturbations and pick the best one,
-    its control label and a covariate (cell type / line) column with 2-50 values."""
-    cols = _label_columns(adata)
-    scored = []
-    for col in cols:
-        values = pd.unique(adata.obs[col].astype(str))
-        n = len(values)
-        if n < 2:
-            continue
-        score = 0.0
-        score += 4.0 if any(_is_control(v) for v in values) else 0.0
-        score += 1.0 if any(separator in v for v in values) else 0.0
-        score += 2.0 if col.lower() in _PERT_HINTS else 0.0
-        score -= 3.0 if n > adata.n_obs / 2 else 0.0  # per-cell ids, barcodes
-        scored.append((score, col))
-    scored.sort(key=lambda t: -t[0])
-    pert_candidates = [c for _, c in scored]
-    pert = pert_candidates[0] if pert_candidates else None
-    control = None
-    if pert is not None:
-        cands = control_candidates(adata, pert)
-        control = cands[0] if cands and _is_control(cands[0]) else None
-    cov_candidates = [
-        c for c in cols if c != pert and 2 <= adata.obs[c].nunique() <= 50
-    ]
-    cov_candidates.sort(key=lambda c: (c.lower() not in _COV_HINTS, c))
-    cov = cov_candidates[0] if cov_candidates and cov_candidates[0].lower() in _COV_HINTS else None
-    return ColumnGuess(pert, control, cov, pert_candidates, cov_candidates)
-
-
-def control_candidates(adata: ad.AnnData, key: str) -> list[str]:
-    """Labels of column ``key``: control-like names first, then by cell count."""
-    if key not in adata.obs.columns:
-        raise DataError(f"Column {key!r} is not in obs (columns: {list(adata.obs.columns)[:20]}).")
-    counts = pd.Series(adata.obs[key].astype(str)).value_counts()
-    return sorted(counts.index, key=lambda v: (not _is_control(v), -counts[v], v))
 
 
 # ---- dataset summary ------------------------------------------------------------------

@@ -414,13 +414,13 @@ def test_offline_without_demo_data_opens_with_bundled_model_and_offers_synthetic
     and offers the synthetic dataset; the bundled model still loads."""
     import urllib.error
 
-    import pdae_core.data.datasets as datasets
+    import pdae_core.data.datasets.download as download
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("offline (test)")
 
     monkeypatch.setenv("PDAE_DATA_DIR", str(tmp_path))
-    monkeypatch.setattr(datasets, "_urlopen", offline)
+    monkeypatch.setattr(download, "_urlopen", offline)
     at = start()
     warning = joined(at.warning)
     assert "norman19_devel is not on this machine and could not be downloaded" in warning

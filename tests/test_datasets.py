@@ -15,17 +15,22 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from pdae_core.data import datasets
 from pdae_core.data.datasets import (
     RemoteFile,
     build_schraivogel20,
     default_data_dir,
+    download,
     fetch_file,
     list_datasets,
     load_dataset,
     norman19_from_gears,
+    norman_full,
+    papalexi,
     papalexi21_from_r_objects,
+    perturbench,
+    rda,
     read_lowmoi_rda,
+    schraivogel,
 )
 from pdae_core.data.registry import PerturbationRegistry, setup_anndata
 from pdae_core.errors import DataError, DatasetUnavailableError
@@ -154,7 +159,7 @@ def test_download_from_file_url_into_empty_dir(tmp_path, monkeypatch):
     def no_network(url, timeout=None):
         raise AssertionError("a present, valid file must not be downloaded again")
 
-    monkeypatch.setattr(datasets, "_urlopen", no_network)
+    monkeypatch.setattr(download, "_urlopen", no_network)
     assert fetch_file("local.bin", src.as_uri(), _sha(src), data_dir=dest_dir) == path
 
 
@@ -182,7 +187,7 @@ class _FlakyResponse:
 
 def test_failed_download_leaves_no_partial_file(tmp_path, monkeypatch):
     url = "https://example.org/big.h5ad"
-    monkeypatch.setattr(datasets, "_urlopen", lambda u, timeout=None: _FlakyResponse(b"x" * 1000, fail=True))
+    monkeypatch.setattr(download, "_urlopen", lambda u, timeout=None: _FlakyResponse(b"x" * 1000, fail=True))
     with pytest.raises(DatasetUnavailableError) as e:
         fetch_file("big.h5ad", url, None, data_dir=tmp_path)
     assert url in str(e.value) and str(tmp_path / "big.h5ad") in str(e.value)
@@ -190,7 +195,7 @@ def test_failed_download_leaves_no_partial_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
     # a response shorter than its Content-Length is a failure too
-    monkeypatch.setattr(datasets, "_urlopen",
+    monkeypatch.setattr(download, "_urlopen",
                         lambda u, timeout=None: _FlakyResponse(b"x" * 10, fail=False, length=100))
     with pytest.raises(DatasetUnavailableError, match="cut short"):
         fetch_file("big.h5ad", url, None, data_dir=tmp_path)
@@ -212,11 +217,12 @@ def test_download_with_wrong_hash_or_bad_url_leaves_nothing(tmp_path):
 
 
 def test_load_dataset_downloads_a_missing_file(data_dir, tmp_path, monkeypatch):
-    real = data_dir / datasets.DEVEL.filename
-    monkeypatch.setattr(datasets, "DEVEL", RemoteFile(datasets.DEVEL.filename, real.as_uri(), datasets.DEVEL.sha256))
+    real = data_dir / perturbench.DEVEL.filename
+    monkeypatch.setattr(perturbench, "DEVEL",
+                        RemoteFile(perturbench.DEVEL.filename, real.as_uri(), perturbench.DEVEL.sha256))
     adata = load_dataset("norman19_devel", data_dir=tmp_path)
     assert adata.n_obs == 3375
-    assert _sha(tmp_path / "perturbench_devel.h5ad") == datasets.DEVEL.sha256
+    assert _sha(tmp_path / "perturbench_devel.h5ad") == perturbench.DEVEL.sha256
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,7 +312,7 @@ def test_schraivogel20(data_dir):
 def test_schraivogel_guide_rule_reproduces_converted_labels(data_dir):
     """The builder's rule (guides -> targets -> label) gives the converted file's labels for every cell."""
     adata = ad.read_h5ad(data_dir / "schraivogel2020_tapseq.h5ad")
-    got = [datasets._crispat_condition([g for g in s.split(";") if g]) for s in adata.obs["gRNAs"].astype(str)]
+    got = [schraivogel._crispat_condition([g for g in s.split(";") if g]) for s in adata.obs["gRNAs"].astype(str)]
     assert [p for p, _ in got] == list(adata.obs["perturbation"].astype(str))
     assert [n for _, n in got] == list(adata.obs["n_targets"])
 
@@ -376,9 +382,9 @@ def _write_crispat_files(folder: Path, with_grna_h5ad: bool = True) -> dict[str,
     cells = ["TAP1-AAA", "TAP1-CCC", "TAP2-GGG", "TAP2-TTT", "TAP2-ACG", "TAP1-GTA"]
     counts = np.arange(len(cells) * len(_GENES)).reshape(len(cells), len(_GENES)) % 7
     expr = pd.DataFrame(counts, index=pd.Index(cells, name="gene"), columns=_GENES)  # crispat's header: "gene"
-    paths = {"expr": folder / datasets.CRISPAT_EXPRESSION.filename,
-             "asg": folder / datasets.CRISPAT_ASSIGNMENTS.filename,
-             "grna": folder / datasets.CRISPAT_GRNA_COUNTS.filename}
+    paths = {"expr": folder / schraivogel.CRISPAT_EXPRESSION.filename,
+             "asg": folder / schraivogel.CRISPAT_ASSIGNMENTS.filename,
+             "grna": folder / schraivogel.CRISPAT_GRNA_COUNTS.filename}
     expr.to_csv(paths["expr"])
     rows = [  # sorted by gRNA like crispat's output; TAP9-XXX is not in the expression table
         ("TAP2-GGG", _G_CCNE2, 12.0), ("TAP1-AAA", _G_A, 40.0), ("TAP1-CCC", _G_A, 9.0),
@@ -441,8 +447,8 @@ def test_schraivogel20_built_from_originals_when_converted_file_is_absent(tmp_pa
     remote = tmp_path / "remote"
     p = _write_crispat_files(remote)
     for attr, key in (("CRISPAT_EXPRESSION", "expr"), ("CRISPAT_ASSIGNMENTS", "asg"), ("CRISPAT_GRNA_COUNTS", "grna")):
-        rf = getattr(datasets, attr)
-        monkeypatch.setattr(datasets, attr, RemoteFile(rf.filename, p[key].as_uri(), None))
+        rf = getattr(schraivogel, attr)
+        monkeypatch.setattr(schraivogel, attr, RemoteFile(rf.filename, p[key].as_uri(), None))
     cache = tmp_path / "cache"
     with pytest.raises(DatasetUnavailableError, match="schraivogel2020_tapseq.h5ad"):
         load_dataset("schraivogel20", data_dir=cache, download=False)
@@ -500,7 +506,7 @@ def test_papalexi21_from_rdata_objects():
     assert list(obs["bio_rep"].astype(str)) == ["rep_1", "rep_1", "rep_2", "rep_2", "rep_3", "rep_3"]
 
     # pandas frames (names from index) and the reader's own sparse wrapper give the same result
-    wrapped = datasets._rsparse_constructor("C")(None, vars(_dgc_slots(resp, ["G1", "G2", "G3"])))
+    wrapped = rda._rsparse_constructor("C")(None, vars(_dgc_slots(resp, ["G1", "G2", "G3"])))
     frame = pd.DataFrame(grna, index=["AAg1", "AAg2", "BBg1", "NTg1"], columns=[f"c{i}" for i in range(6)])
     other = papalexi21_from_r_objects(wrapped, frame, gtdf, covs, cell_names=[f"c{i}" for i in range(6)])
     assert list(other.obs["perturbation"]) == list(obs["perturbation"])
@@ -520,12 +526,12 @@ def test_papalexi21_from_r_objects_rejects_inconsistent_parts():
 
 
 def test_rda_reader_missing_gives_install_hint(tmp_path, monkeypatch):
-    rda = tmp_path / datasets.SCEPTREDATA_LOWMOI.filename
-    rda.write_bytes(b"RDX3\n")
+    rda_file = tmp_path / papalexi.SCEPTREDATA_LOWMOI.filename
+    rda_file.write_bytes(b"RDX3\n")
     monkeypatch.setitem(sys.modules, "rdata", None)  # makes `import rdata` fail
     with pytest.raises(DataError, match=r"pip install rdata") as e:
-        read_lowmoi_rda(rda)
-    assert str(rda) in str(e.value) and "pyreadr" in str(e.value)
+        read_lowmoi_rda(rda_file)
+    assert str(rda_file) in str(e.value) and "pyreadr" in str(e.value)
     with pytest.raises(DataError, match=r"pip install rdata"):
         load_dataset("papalexi21", data_dir=tmp_path, download=False)
     with pytest.raises(DataError, match="not found"):
@@ -535,7 +541,7 @@ def test_rda_reader_missing_gives_install_hint(tmp_path, monkeypatch):
 def test_papalexi21_offline_without_any_file(tmp_path):
     with pytest.raises(DatasetUnavailableError) as e:
         load_dataset("papalexi21", data_dir=tmp_path, download=False)
-    assert "papalexi2021_eccite.h5ad" in str(e.value) and datasets.SCEPTREDATA_LOWMOI.url in str(e.value)
+    assert "papalexi2021_eccite.h5ad" in str(e.value) and papalexi.SCEPTREDATA_LOWMOI.url in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------
@@ -620,7 +626,7 @@ def test_norman19_full_downloads_and_unpacks_gears_zip(tmp_path, monkeypatch):
     with zipfile.ZipFile(archive, "w") as zf:
         zf.write(remote / "perturb_processed.h5ad", "norman/perturb_processed.h5ad")
         zf.writestr("norman/go.csv", "source,target\n")
-    monkeypatch.setattr(datasets, "NORMAN_GEARS_ZIP", RemoteFile("norman.zip", archive.as_uri(), None))
+    monkeypatch.setattr(norman_full, "NORMAN_GEARS_ZIP", RemoteFile("norman.zip", archive.as_uri(), None))
     cache = tmp_path / "cache"
     adata = load_dataset("norman19_full", data_dir=cache, source="gears")
     assert (cache / "norman" / "perturb_processed.h5ad").is_file()

@@ -14,6 +14,7 @@ import torch
 
 from pdae_core import PDAE, DataError, setup_anndata
 from pdae_core import explore as ex
+from pdae_core.data.columns import control_candidates, guess_columns
 from pdae_core.data.synthetic import make_synthetic
 from pdae_core.models.baselines import AdditiveBaseline
 from pdae_core.plot.cells import ADDITIVE, CONTROL, OBSERVED, PREDICTED
@@ -92,7 +93,7 @@ def test_guess_columns_prefers_column_with_control_label(ctrl):
         "treatment": labels,
         "cell_type": ["K562", "RPE1"] * 20,
     })
-    g = ex.guess_columns(adata)
+    g = guess_columns(adata)
     assert g.perturbation_key == "treatment"
     assert g.control_label == ctrl
     assert g.perturbation_candidates[0] == "treatment"
@@ -109,7 +110,7 @@ def test_guess_columns_ignores_single_valued_covariate():
         "cell_type": ["K562"] * 20,  # one value: not a covariate (nor a perturbation column)
         "batch": ["b1", "b2"] * 10,  # two values but not a covariate-like name
     })
-    g = ex.guess_columns(adata)
+    g = guess_columns(adata)
     assert g.perturbation_key == "condition"
     assert g.control_label == "ctrl"
     assert g.covariate_key is None
@@ -124,14 +125,14 @@ def test_guess_columns_named_covariate_wins_over_others():
         "batch": ["b1", "b2"] * 10,
         "cell_type": ["T", "B", "T", "NK"] * 5,
     })
-    g = ex.guess_columns(adata)
+    g = guess_columns(adata)
     assert g.covariate_key == "cell_type"
     assert g.covariate_candidates == ["cell_type", "batch"]
 
 
 def test_guess_columns_control_none_when_no_control_like_label():
     adata = hand_adata({"condition": ["A", "B", "A+B", "B"] * 5})
-    g = ex.guess_columns(adata)
+    g = guess_columns(adata)
     assert g.perturbation_key == "condition"
     assert g.control_label is None
 
@@ -142,7 +143,7 @@ def test_guess_columns_nothing_fits():
         "n_genes": np.arange(12),
         "sample": ["s1"] * 12,  # a single value
     })
-    g = ex.guess_columns(adata)
+    g = guess_columns(adata)
     assert g.perturbation_key is None
     assert g.control_label is None
     assert g.covariate_key is None
@@ -157,13 +158,13 @@ def test_control_candidates_control_first_then_by_count():
     labels = ["A"] * 10 + ["B"] * 5 + ["ctrl"] * 3 + ["C"] * 7 + ["D"] * 5
     adata = hand_adata({"cond": pd.Categorical(labels, categories=["A", "B", "C", "D", "E", "ctrl"])})
     # control first although rarest; then by count; ties (B, D) by name; unused "E" absent
-    assert ex.control_candidates(adata, "cond") == ["ctrl", "A", "C", "B", "D"]
+    assert control_candidates(adata, "cond") == ["ctrl", "A", "C", "B", "D"]
 
 
 def test_control_candidates_missing_column():
     adata = hand_adata({"cond": ["ctrl", "A"] * 3})
     with pytest.raises(DataError, match="'perturbation'"):
-        ex.control_candidates(adata, "perturbation")
+        control_candidates(adata, "perturbation")
 
 
 # ---- summarize_dataset --------------------------------------------------------------------

@@ -155,7 +155,8 @@ def _check_settings(args: argparse.Namespace) -> None:
 def _prepare_data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     """Load the data, resolve its keys (flags, else the dataset's recorded defaults) and
     preprocess it; returns (adata, registry, source description, perturbation column)."""
-    from ..data.registry import condition_column, detect_control, detect_x_kind, preprocess, setup_anndata
+    from ..data.columns import detect_control
+    from ..data.registry import condition_column, detect_x_kind, preprocess, setup_anndata
 
     adata, source = load_data(args)
     defaults = dataset_defaults(adata)

@@ -21,10 +21,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..errors import DataError
-
-CONTROL_CANDIDATES: tuple[str, ...] = (
-    "control", "ctrl", "non-targeting", "non_targeting", "nontargeting", "NT", "unperturbed",
-)
+from .columns import detect_control
+from .preview import preview
 
 #: A target for prediction: a condition name, {perturbation: dose}, a list of
 #: perturbation names or (name, dose) pairs, or a raw label vector.
@@ -129,7 +127,7 @@ class PerturbationRegistry:
             if name not in idx:
                 raise DataError(
                     f"Unknown perturbation {name!r}: the model knows {K} elementary perturbations "
-                    f"({_preview(self.perturbations)})."
+                    f"({preview(self.perturbations)})."
                 )
             if not math.isfinite(dose):
                 raise DataError(f"Dose of {name!r} is not finite ({dose}).")
@@ -142,7 +140,7 @@ class PerturbationRegistry:
         doses = None
         if self.dose_key is not None:
             if self.dose_key not in adata.obs.columns:
-                raise DataError(f"Dose column {self.dose_key!r} is not in obs (columns: {_preview(list(adata.obs.columns))}).")
+                raise DataError(f"Dose column {self.dose_key!r} is not in obs (columns: {preview(list(adata.obs.columns))}).")
             doses = adata.obs[self.dose_key].to_numpy()
         cache: dict[tuple[str, Any], np.ndarray] = {}
         out = np.zeros((adata.n_obs, self.n_perturbations), dtype=np.float32)
@@ -159,7 +157,7 @@ class PerturbationRegistry:
                     if p not in idx:
                         raise DataError(
                             f"Condition {cond!r} uses perturbation {p!r}, which is not in the model's vocabulary "
-                            f"({_preview(self.perturbations)})."
+                            f"({preview(self.perturbations)})."
                         )
                     row[idx[p]] += d
                 cache[key] = row
@@ -191,7 +189,7 @@ class PerturbationRegistry:
         raise DataError(
             f"{what} does not match the model's genes: the model expects {self.n_genes} genes, "
             f"{what} has {len(genes)}; {len(missing)} of the model's genes are missing "
-            f"({_preview(missing)}) and {len(extra)} are extra ({_preview(extra)})."
+            f"({preview(missing)}) and {len(extra)} are extra ({preview(extra)})."
         )
 
     def expression(self, adata: ad.AnnData) -> np.ndarray:
@@ -225,12 +223,6 @@ class PerturbationRegistry:
 # helpers
 
 
-def _preview(items: Sequence[Any], n: int = 8) -> str:
-    items = list(items)
-    shown = ", ".join(map(str, items[:n]))
-    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
-
-
 def _split_doses(dose: Any, parts: list[str], sep: str, cond: str, dose_key: str | None) -> list[float]:
     if dose is None:
         return [1.0] * len(parts)
@@ -258,7 +250,7 @@ def condition_column(adata: ad.AnnData, key: str) -> np.ndarray:
     """The perturbation column as an array of stripped strings, with clear errors."""
     if key not in adata.obs.columns:
         raise DataError(
-            f"Perturbation column {key!r} is not in obs; available columns: {_preview(list(adata.obs.columns), 20)}."
+            f"Perturbation column {key!r} is not in obs; available columns: {preview(list(adata.obs.columns), 20)}."
         )
     col = adata.obs[key]
     missing = col.isna().to_numpy()
@@ -315,22 +307,6 @@ def detect_x_kind(adata: ad.AnnData, layer: str | None = None, max_cells: int = 
     return "counts" if np.all(np.equal(np.mod(sample, 1), 0)) else "log1p"
 
 
-def detect_control(conditions: Sequence[str], key: str | None = None) -> str:
-    present = set(conditions)
-    lower = {c.lower(): c for c in present}
-    for cand in CONTROL_CANDIDATES:
-        if cand in present:
-            return cand
-        if cand.lower() in lower:
-            return lower[cand.lower()]
-    column = "the perturbation column" if key is None else f"perturbation column {key!r}"
-    raise DataError(
-        f"Could not find control cells in {column}: none of the labels "
-        f"{list(CONTROL_CANDIDATES)} is in it; pass control_label=... "
-        f"(labels present: {_preview(sorted(present), 12)})."
-    )
-
-
 def setup_anndata(
     adata: ad.AnnData,
     perturbation_key: str = "condition",
@@ -360,10 +336,10 @@ def setup_anndata(
     elif control_label not in set(conds):
         raise DataError(
             f"Control label {control_label!r} has no cells in column {perturbation_key!r} "
-            f"(labels present: {_preview(sorted(set(conds)), 12)})."
+            f"(labels present: {preview(sorted(set(conds)), 12)})."
         )
     if covariate_key is not None and covariate_key not in adata.obs.columns:
-        raise DataError(f"Covariate column {covariate_key!r} is not in obs (columns: {_preview(list(adata.obs.columns), 20)}).")
+        raise DataError(f"Covariate column {covariate_key!r} is not in obs (columns: {preview(list(adata.obs.columns), 20)}).")
     x_kind = detect_x_kind(adata, layer)
     vocab: set[str] = set()
     probe = PerturbationRegistry(perturbation_key, control_label, [], [], separator)
@@ -374,7 +350,7 @@ def setup_anndata(
     names = list(map(str, adata.var_names))
     if len(set(names)) != len(names):
         dup = pd.Index(names)[pd.Index(names).duplicated()].unique()
-        raise DataError(f"Gene names are not unique ({_preview(list(dup))}); call adata.var_names_make_unique().")
+        raise DataError(f"Gene names are not unique ({preview(list(dup))}); call adata.var_names_make_unique().")
     reg = PerturbationRegistry(
         perturbation_key=perturbation_key,
         control_label=control_label,
@@ -403,7 +379,7 @@ def require_conditions(adata: ad.AnnData, registry: PerturbationRegistry, condit
     empty = [c for c in conditions if c not in present]
     if empty:
         raise DataError(
-            f"Condition(s) {_preview(empty)} have zero cells in column {registry.perturbation_key!r}."
+            f"Condition(s) {preview(empty)} have zero cells in column {registry.perturbation_key!r}."
         )
 
 
