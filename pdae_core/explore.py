@@ -35,6 +35,7 @@ from .data.registry import (
 from .errors import DataError
 from .models.base import ExtrapolationCheck, PerturbationModel
 from .models.baselines import AdditiveBaseline
+from .plot.style import ADDITIVE, CONTROL, OBSERVED, OTHER_CELLS, PREDICTED
 
 __all__ = [
     "DatasetSummary",
@@ -367,7 +368,6 @@ def shift_similarity(W: pd.DataFrame, cluster: bool = True) -> pd.DataFrame:
     return pd.DataFrame(S[np.ix_(order, order)], index=names, columns=names)
 
 
-OTHER_CELLS = "other cells"
 
 
 def what_if_embedding(
@@ -379,8 +379,6 @@ def what_if_embedding(
     baseline's cells, all in ``reference``'s embedding. Groups are named as in
     :mod:`pdae_core.plot.cells` (``control``, ``observed``, ``predicted``,
     ``additive (gene space)``) plus ``other cells``."""
-    from .plot.cells import ADDITIVE, CONTROL, OBSERVED, PREDICTED
-
     ref_names = pd.Index(reference.obs_names)
     shown = set(map(str, result.control.obs_names))
     if result.observed is not None:
@@ -416,8 +414,6 @@ def _dense(X: Any) -> np.ndarray:
 def gene_values(result: WhatIf, genes: Sequence[str], registry: PerturbationRegistry) -> dict[str, np.ndarray]:
     """Expression of ``genes`` in each group of a what-if (control, predicted,
     observed and additive where present), for :func:`pdae_core.plot.cells.gene_violins`."""
-    from .plot.cells import ADDITIVE, CONTROL, OBSERVED, PREDICTED
-
     pos = pd.Index(registry.gene_names).get_indexer(list(genes))
     if (pos < 0).any():
         missing = [g for g, p in zip(genes, pos) if p < 0]

@@ -17,7 +17,7 @@ from pdae_core import explore as ex
 from pdae_core.data.columns import control_candidates, guess_columns
 from pdae_core.data.synthetic import make_synthetic
 from pdae_core.models.baselines import AdditiveBaseline
-from pdae_core.plot.cells import ADDITIVE, CONTROL, OBSERVED, PREDICTED
+from pdae_core.plot.style import ADDITIVE, CONTROL, OBSERVED, PREDICTED
 
 N_CELLS = 40  # per condition of the synthetic data
 MAX_SRC = 25
