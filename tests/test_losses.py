@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from pdae_core.models.losses import energy_distance, energy_score, l21_norm, pairwise_distances
+from pdae_core.models.losses import (
+    energy_distance,
+    energy_score,
+    l21_norm,
+    pairwise_distances,
+    pairwise_sq_distances,
+)
 from pdae_core.models.pdae import PDAEConfig, PDAEModule, one_condition_sources
 
 # ---------------------------------------------------------------------------------
@@ -61,6 +67,24 @@ def test_pairwise_distances_match_loops(rng):
     d = pairwise_distances(t64(a), t64(b)).numpy()
     ref = np.array([[ref_dist(u, v) for v in b] for u in a])
     np.testing.assert_allclose(d, ref, rtol=1e-9, atol=1e-8)
+
+
+def test_pairwise_sq_distances_match_loops_and_cdist(rng):
+    a, b = rng.normal(size=(5, 3)), rng.normal(size=(4, 3)) + 2.0
+    d2 = pairwise_sq_distances(t64(a), t64(b))
+    ref = np.array([[ref_dist(u, v) ** 2 for v in b] for u in a])
+    np.testing.assert_allclose(d2.numpy(), ref, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(d2, torch.cdist(t64(a), t64(b)) ** 2)
+    assert float(pairwise_sq_distances(t64(a), t64(a)).diagonal().abs().max()) < 1e-12  # clamped, never negative
+    assert bool((pairwise_sq_distances(t64(a), t64(a)) >= 0).all())
+    # the distances are its square root (plus the tiny epsilon), also batched
+    torch.testing.assert_close(pairwise_distances(t64(a), t64(b)), torch.sqrt(d2 + 1e-10))
+    batched = pairwise_sq_distances(t64(np.stack([a, a + 1])), t64(np.stack([a[:2], a[:2]])))
+    torch.testing.assert_close(batched[0], pairwise_sq_distances(t64(a), t64(a[:2])))
+    # float32 far from the origin stays accurate (the shared centre)
+    far = torch.as_tensor(a + 1e4, dtype=torch.float32)
+    exact = torch.cdist(far.double(), far[:2].double()) ** 2
+    torch.testing.assert_close(pairwise_sq_distances(far, far[:2]).double(), exact, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------

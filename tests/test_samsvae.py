@@ -4,7 +4,6 @@ validation, fit / predict / save / load on small synthetic data, and one real-da
 from __future__ import annotations
 
 import json
-import math
 
 import anndata as ad
 import numpy as np
@@ -13,16 +12,7 @@ import torch
 from torch.distributions import Bernoulli, NegativeBinomial, Normal, kl_divergence
 
 from pdae_core import DataError, PerturbationModel, setup_anndata
-from pdae_core.models.samsvae import (
-    SAMSVAE,
-    SAMSVAEConfig,
-    SAMSVAEModule,
-    gaussian_log_prob,
-    kl_bernoulli,
-    kl_normal,
-    nb_log_prob,
-    sample_nb,
-)
+from pdae_core.models.samsvae import SAMSVAE, SAMSVAEConfig, SAMSVAEModule
 
 SMALL = dict(latent_dim=3, hidden_dims=(16,))
 FAST = dict(batch_size=64, seed=0, accelerator="cpu")
@@ -49,60 +39,33 @@ def counts_adata(adata, seed=0) -> ad.AnnData:
     return out
 
 
-# ---- closed-form terms ---------------------------------------------------------------------
+# ---- the likelihood (the closed forms are in tests/test_distributions.py) ---------------------
 
 
-def test_kl_normal_matches_torch():
-    g = torch.Generator().manual_seed(0)
-    loc = torch.randn(5, 4, generator=g)
-    scale = torch.rand(5, 4, generator=g) + 0.1
-    for prior in (1.0, 0.5):
-        ref = kl_divergence(Normal(loc, scale), Normal(torch.zeros(()), torch.tensor(prior)))
-        torch.testing.assert_close(kl_normal(loc, scale, prior), ref)
-    assert float(kl_normal(torch.zeros(3), torch.ones(3)).abs().max()) < 1e-7
-
-
-def test_kl_bernoulli_matches_direct_formula():
-    logits = torch.tensor([-6.0, -1.0, 0.0, 0.5, 4.0])
-    p = 0.01
-    q = torch.sigmoid(logits).double()
-    direct = q * torch.log(q / p) + (1 - q) * torch.log((1 - q) / (1 - p))
-    torch.testing.assert_close(kl_bernoulli(logits, p).double(), direct, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(kl_bernoulli(logits, p), kl_divergence(Bernoulli(logits=logits), Bernoulli(probs=torch.tensor(p))))
-    # zero exactly at the prior
-    assert abs(float(kl_bernoulli(torch.tensor([math.log(0.2 / 0.8)]), 0.2))) < 1e-6
-
-
-def test_gaussian_log_prob_matches_torch():
+def test_gaussian_log_likelihood_leaves_out_constant_genes():
+    torch.manual_seed(1)
+    mod = SAMSVAEModule(SAMSVAEConfig(n_genes=7, n_perturbations=2, latent_dim=3, hidden_dims=(8,)))
     g = torch.Generator().manual_seed(1)
-    x, loc = torch.rand(6, 7, generator=g), torch.randn(6, 7, generator=g)
-    scale = torch.rand(7, generator=g) + 0.2
-    ref = Normal(loc, scale).log_prob(x).sum(-1)
-    torch.testing.assert_close(gaussian_log_prob(x, loc, scale), ref)
+    x, z = torch.rand(6, 7, generator=g), torch.randn(6, 3, generator=g)
+    with torch.no_grad():
+        mod.gene_log_param.copy_(torch.randn(7, generator=g))
+    loc, scale = mod.decoder(z), mod.gene_scale
+    torch.testing.assert_close(mod.log_likelihood(x, z), Normal(loc, scale).log_prob(x).sum(-1))
     w = torch.tensor([1.0, 0, 1, 1, 0, 1, 1])
-    torch.testing.assert_close(gaussian_log_prob(x, loc, scale, w), (Normal(loc, scale).log_prob(x) * w).sum(-1))
+    with torch.no_grad():
+        mod.gene_varies.copy_(w)
+    torch.testing.assert_close(mod.log_likelihood(x, z), (Normal(loc, scale).log_prob(x) * w).sum(-1))
 
 
-def test_nb_log_prob_matches_torch():
+def test_nb_log_likelihood_matches_torch():
+    torch.manual_seed(2)
+    mod = SAMSVAEModule(SAMSVAEConfig(n_genes=6, n_perturbations=2, latent_dim=3, hidden_dims=(8,), likelihood="nb"))
     g = torch.Generator().manual_seed(2)
-    mu = torch.rand(4, 6, generator=g) * 20 + 0.1
-    theta = torch.rand(6, generator=g) * 5 + 0.2
-    x = torch.poisson(mu, generator=g)
-    # torch's NB counts failures before total_count successes: mean = total_count * p / (1 - p)
+    x, z = torch.poisson(torch.rand(4, 6, generator=g) * 20), torch.randn(4, 3, generator=g)
+    mu = x.sum(-1, keepdim=True) * torch.softmax(mod.decoder(z), dim=-1)
+    theta = mod.gene_log_param.exp()
     ref = NegativeBinomial(total_count=theta.expand_as(mu), probs=mu / (mu + theta)).log_prob(x).sum(-1)
-    torch.testing.assert_close(nb_log_prob(x, mu, theta), ref, rtol=1e-4, atol=1e-3)
-
-
-def test_sample_nb_moments_and_determinism():
-    mu = torch.tensor([[0.5, 4.0, 30.0]]).expand(40000, 3)
-    theta = torch.tensor([0.3, 2.0, 10.0])
-    x = sample_nb(mu, theta, torch.Generator().manual_seed(0))
-    assert torch.all(x == x.round()) and torch.all(x >= 0)
-    m = mu[0]
-    np.testing.assert_allclose(x.mean(0).numpy(), m.numpy(), rtol=0.05)
-    np.testing.assert_allclose(x.var(0).numpy(), (m + m * m / theta).numpy(), rtol=0.1)
-    again = sample_nb(mu[:50], theta, torch.Generator().manual_seed(7))
-    torch.testing.assert_close(again, sample_nb(mu[:50], theta, torch.Generator().manual_seed(7)))
+    torch.testing.assert_close(mod.log_likelihood(x, z), ref, rtol=1e-4, atol=1e-3)
 
 
 # ---- the loss against a direct computation ---------------------------------------------------

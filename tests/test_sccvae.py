@@ -12,17 +12,9 @@ import torch
 
 from pdae_core import PerturbationModel, setup_anndata
 from pdae_core.data.synthetic import make_synthetic
-from pdae_core.models.sccvae import (
-    SCCVAE,
-    SCCVAEConfig,
-    SCCVAEModule,
-    censored_gaussian_nll,
-    censored_mean,
-    gaussian_nll,
-    kl_std_normal,
-    median_bandwidth,
-    mmd_rbf,
-)
+from pdae_core.models.distributions import censored_mean
+from pdae_core.models.losses import median_bandwidth, mmd_rbf
+from pdae_core.models.sccvae import SCCVAE, SCCVAEConfig, SCCVAEModule
 
 SMALL = dict(latent_dim=4, hidden_dims=(16,))
 
@@ -79,48 +71,7 @@ def test_model_rejects_unknown_hyperparameter(tiny_adata):
 # ---- loss terms against direct computations ----------------------------------------------------------
 
 
-def test_gaussian_nll_matches_normal_log_prob():
-    x = torch.tensor([[0.0, 1.5, -2.0]])
-    mean = torch.tensor([[0.5, 1.0, 0.0]])
-    scale = torch.tensor([0.3, 1.0, 2.5])
-    direct = [
-        0.5 * ((xi - mi) / si) ** 2 + math.log(si) + 0.5 * math.log(2 * math.pi)
-        for xi, mi, si in zip([0.0, 1.5, -2.0], [0.5, 1.0, 0.0], [0.3, 1.0, 2.5])
-    ]
-    torch.testing.assert_close(gaussian_nll(x, mean, scale), torch.tensor([direct]))
-    ref = -torch.distributions.Normal(mean, scale).log_prob(x)
-    torch.testing.assert_close(gaussian_nll(x, mean, scale), ref)
-
-
-def test_censored_gaussian_nll_and_mean_match_scipy():
-    from scipy import integrate, stats
-
-    x = torch.tensor([0.0, 0.0, 0.7, 2.0], dtype=torch.float64)
-    mean = torch.tensor([0.3, -1.0, 0.5, 2.5], dtype=torch.float64)
-    scale = torch.tensor([0.5, 0.2, 1.0, 0.8], dtype=torch.float64)
-    want = [
-        -stats.norm.logcdf(0.0, loc=0.3, scale=0.5),  # P(y <= 0)
-        -stats.norm.logcdf(0.0, loc=-1.0, scale=0.2),
-        -stats.norm.logpdf(0.7, loc=0.5, scale=1.0),
-        -stats.norm.logpdf(2.0, loc=2.5, scale=0.8),
-    ]
-    np.testing.assert_allclose(censored_gaussian_nll(x, mean, scale).numpy(), want, rtol=1e-10)
-    for m, s in [(0.3, 0.5), (-1.0, 0.2), (2.5, 0.8)]:
-        e, _ = integrate.quad(lambda y, m=m, s=s: max(y, 0.0) * stats.norm.pdf(y, m, s), m - 12 * s, m + 12 * s, points=[0.0])
-        got = float(censored_mean(torch.tensor(m, dtype=torch.float64), torch.tensor(s, dtype=torch.float64)))
-        assert got == pytest.approx(e, rel=1e-7, abs=1e-12)
-
-
-def test_kl_matches_closed_form_of_two_gaussians():
-    mu = torch.tensor([0.0, 1.0, -2.0])
-    logvar = torch.tensor([0.0, math.log(4.0), math.log(0.25)])
-    # KL(N(m, v) || N(0, 1)) = (v + m^2 - 1 - log v) / 2
-    direct = torch.tensor([0.0, (4 + 1 - 1 - math.log(4)) / 2, (0.25 + 4 - 1 - math.log(0.25)) / 2])
-    torch.testing.assert_close(kl_std_normal(mu, logvar), direct)
-    ref = torch.distributions.kl_divergence(
-        torch.distributions.Normal(mu, torch.exp(0.5 * logvar)), torch.distributions.Normal(0.0, 1.0)
-    )
-    torch.testing.assert_close(kl_std_normal(mu, logvar), ref)
+# (the densities and KL terms are tested in tests/test_distributions.py)
 
 
 def _mmd_direct(a: np.ndarray, b: np.ndarray, scales, h: float) -> float:

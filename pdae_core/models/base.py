@@ -1,10 +1,10 @@
 """The interface every pdae_core model shares: fit, predict, latent, save, load.
 
 A model couples a :class:`~pdae_core.data.registry.PerturbationRegistry` (how the data
-encodes perturbations) with an ``nn.Module`` that implements ``loss``, ``embed``
-and ``transfer``. Subclasses name their ``model_type``, ``config_class`` and
-``module_class``; everything else (training, prediction, checkpoints, the
-extrapolation check) is shared.
+encodes perturbations) with a :class:`~pdae_core.models.module.PerturbationModule` (the
+network: ``loss``, ``embed``, ``transfer``, ``perturbation_matrix``). Subclasses name
+their ``model_type``, ``config_class`` (a dataclass) and ``module_class``; everything
+else (training, prediction, checkpoints, the extrapolation check) is shared.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from ..data.registry import PerturbationRegistry, Target, condition_column, requ
 from ..data.streaming import RowSource, row_source
 from ..errors import DataError
 from ..train.loop import Callback, History, TrainConfig, resolve_device, train_module
+from .module import PerturbationModule
 from .prediction import prediction_anndata
 
 
@@ -69,7 +70,8 @@ def span_check(train_labels: np.ndarray, label: np.ndarray, tol: float = 1e-6) -
 
 
 class PerturbationModel:
-    """Base class: a registry, a config, an ``nn.Module`` and what it was trained on."""
+    """Base class: a registry, a config, a :class:`~pdae_core.models.module.PerturbationModule`
+    (``self.module``) and what it was trained on."""
 
     model_type: ClassVar[str] = ""
     #: True when a cell's latent state is ``latent() + W l`` (``W`` = perturbation_embedding,
@@ -77,7 +79,7 @@ class PerturbationModel:
     #: perturbation embedding lives in another block (FCR).
     additive_latent: ClassVar[bool] = True
     config_class: ClassVar[type] = object
-    module_class: ClassVar[type] = torch.nn.Module
+    module_class: ClassVar[type[PerturbationModule]] = PerturbationModule
 
     def __init__(self, registry: PerturbationRegistry, seed: int = 0, **config: Any):
         self.registry = registry

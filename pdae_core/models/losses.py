@@ -1,7 +1,8 @@
-"""Energy score, energy distance and the L2,1 norm (differentiable, in torch).
+"""Energy score, energy distance, the kernel MMD and the L2,1 norm (differentiable, in torch).
 
-All distances are Euclidean (beta = 1). The square root gets a tiny epsilon so that
-gradients stay finite when two points coincide; it changes values by < 1e-5.
+The energy terms use Euclidean distances (beta = 1), whose square root gets a tiny
+epsilon so that gradients stay finite when two points coincide (it changes values by
+< 1e-5); the MMD uses an RBF kernel on squared distances.
 """
 
 from __future__ import annotations
@@ -35,15 +36,21 @@ def _norm(diff: torch.Tensor) -> torch.Tensor:
     return torch.sqrt((diff * diff).sum(-1) + _EPS)
 
 
-def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between the rows of ``a`` (..., n, d) and ``b`` (..., m, d).
+def pairwise_sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances between the rows of ``a`` (..., n, d) and ``b`` (..., m, d).
 
     Both are centred on a shared (detached) mean first: the expansion
     |a|^2 + |b|^2 - 2ab then stays accurate in float32 for points far from 0."""
     c = torch.cat([a, b], dim=-2).mean(dim=-2, keepdim=True).detach()
     a, b = a - c, b - c
     sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * a @ b.transpose(-1, -2)
-    return torch.sqrt(sq.clamp_min(0.0) + _EPS)
+    return sq.clamp_min(0.0)
+
+
+def pairwise_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between the rows of ``a`` (..., n, d) and ``b`` (..., m, d)
+    (the square root of :func:`pairwise_sq_distances`, plus a tiny epsilon)."""
+    return torch.sqrt(pairwise_sq_distances(a, b) + _EPS)
 
 
 @_float32
@@ -103,3 +110,34 @@ def l21_norm(W: torch.Tensor) -> torch.Tensor:
     the sum over perturbations (columns) of each column's Euclidean norm. It is a
     group lasso that pulls the shifts of perturbations without an effect to zero."""
     return torch.sqrt((W * W).sum(0) + _EPS).sum()
+
+
+def median_bandwidth(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Median heuristic: the median squared distance over distinct pairs of the pooled sample (detached)."""
+    p = torch.cat([a, b]).detach()
+    d = pairwise_sq_distances(p, p)
+    off = d[~torch.eye(len(p), dtype=torch.bool, device=p.device)]
+    return off.median().clamp_min(1e-8)
+
+
+def mmd_rbf(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scales: tuple[float, ...] = (1.0,),
+    bandwidth: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Unbiased squared MMD between samples ``a`` (n, d) and ``b`` (m, d), n, m >= 2, with the
+    kernel ``k(x, y) = mean_s exp(-||x - y||^2 / (s * h))``; ``h`` is ``bandwidth`` or, when
+    None, the median heuristic on the pooled sample."""
+    n, m = a.shape[0], b.shape[0]
+    if n < 2 or m < 2:
+        raise ValueError("the unbiased MMD needs at least 2 points in each sample")
+    h = median_bandwidth(a, b) if bandwidth is None else torch.as_tensor(bandwidth, dtype=a.dtype, device=a.device)
+
+    def k(d: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.exp(-d / (s * h)) for s in scales]).mean(0)
+
+    kaa, kbb, kab = k(pairwise_sq_distances(a, a)), k(pairwise_sq_distances(b, b)), k(pairwise_sq_distances(a, b))
+    within_a = (kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1))
+    within_b = (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
+    return within_a + within_b - 2.0 * kab.mean()

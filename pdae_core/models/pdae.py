@@ -37,7 +37,11 @@ import torch
 from torch import nn
 
 from ..train.distributed import Shard
+from .base import PerturbationModel
+from .catalog import register_model
 from .losses import energy_distance, energy_score, l21_norm
+from .module import PerturbationModule
+from .nn import inverse_softplus, last_linear, mlp
 
 
 @dataclass
@@ -93,18 +97,6 @@ class PDAEConfig:
         return d
 
 
-def mlp(sizes: list[int], final_activation: nn.Module | None = None) -> nn.Sequential:
-    """Linear layers with ELU between them (and an optional final activation)."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.ELU())
-    if final_activation is not None:
-        layers.append(final_activation)
-    return nn.Sequential(*layers)
-
-
 def one_condition_sources(labels: torch.Tensor, m: int) -> tuple[torch.Tensor | None, int]:
     """For ``source_sampling="condition"``: each target cell (row) draws one *other*
     condition of the batch, and only that condition's cells may be its sources.
@@ -131,8 +123,10 @@ def one_condition_sources(labels: torch.Tensor, m: int) -> tuple[torch.Tensor | 
     return grp.unsqueeze(0) == chosen.unsqueeze(1), m
 
 
-class PDAEModule(nn.Module):
+class PDAEModule(PerturbationModule):
     """Encoder ``g``, perturbation matrix ``W`` and stochastic decoder ``f``."""
+
+    supports_shard = True
 
     def __init__(self, config: PDAEConfig):
         super().__init__()
@@ -164,10 +158,9 @@ class PDAEModule(nn.Module):
         mean = X.mean(0)
         self.x_mean.copy_(mean)
         self.x_scale.copy_(X.std(0).clamp_min(1e-2))
-        last = [m for m in self.decoder if isinstance(m, nn.Linear)][-1]
+        last = last_linear(self.decoder)
         if self.config.softplus_output:
-            m = mean.clamp_min(1e-4)
-            last.bias.copy_(torch.where(m > 20, m, torch.log(torch.expm1(m))))  # inverse softplus
+            last.bias.copy_(inverse_softplus(mean.clamp_min(1e-4)))
         else:
             last.bias.copy_(mean)
 
@@ -215,17 +208,12 @@ class PDAEModule(nn.Module):
         self,
         x: torch.Tensor,
         labels: torch.Tensor,
-        target_labels: torch.Tensor,
+        target: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Cells observed under ``labels`` moved to ``target_labels`` (row-wise or broadcast)."""
+        """Cells observed under ``labels`` moved to ``target`` (row-wise or broadcast)."""
         zb = self.z_base(x, labels)
-        return self.decode(zb + self.shift(target_labels), generator)
-
-    supports_shard = True
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
-        return self.loss(x, labels, shard)
+        return self.decode(zb + self.shift(target), generator)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
         """The PDAE objective on one batch; ``"loss"`` is the weighted total.
@@ -279,10 +267,6 @@ class PDAEModule(nn.Module):
         l_l21 = l21_norm(self.perturbation_matrix)
         total = c.w_pert * l_pert + c.w_rec * l_rec + c.w_prior * l_prior + c.w_l21 * l_l21
         return {"loss": total, "pert": l_pert, "rec": l_rec, "prior": l_prior, "l21": l_l21}
-
-
-from .base import PerturbationModel  # noqa: E402
-from .catalog import register_model  # noqa: E402
 
 
 @register_model

@@ -83,7 +83,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 import numpy as np
@@ -91,86 +91,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .pdae import mlp
+from ..data.registry import condition_column, detect_x_kind
+from ..errors import DataError
+from ..train.loop import Callback, History, TrainConfig
+from .base import PerturbationModel
+from .catalog import register_model
+from .distributions import bernoulli_kl, gaussian_nll, nb_log_prob, normal_kl, sample_nb
+from .module import PerturbationModule
+from .nn import last_linear, mlp
 
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-# ---- closed-form terms (exposed for tests) ------------------------------------------------
-
-
-def kl_normal(loc: torch.Tensor, scale: torch.Tensor, prior_scale: float = 1.0) -> torch.Tensor:
-    """Elementwise KL( N(loc, scale^2) || N(0, prior_scale^2) )."""
-    var_ratio = (scale / prior_scale) ** 2
-    return 0.5 * (var_ratio + (loc / prior_scale) ** 2 - 1.0 - torch.log(var_ratio))
-
-
-def kl_bernoulli(logits: torch.Tensor, prior_p: float) -> torch.Tensor:
-    """Elementwise KL( Bernoulli(sigmoid(logits)) || Bernoulli(prior_p) ), stable in the logits."""
-    q = torch.sigmoid(logits)
-    log_q, log_1mq = F.logsigmoid(logits), F.logsigmoid(-logits)
-    return q * (log_q - math.log(prior_p)) + (1.0 - q) * (log_1mq - math.log1p(-prior_p))
-
-
-def gaussian_log_prob(
-    x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, gene_weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Per-cell Gaussian log-likelihood, summed over genes (weighted by ``gene_weight``
-    when given): (n, G) -> (n,)."""
-    z = (x - loc) / scale
-    lp = -0.5 * z * z - torch.log(scale) - 0.5 * _LOG_2PI
-    return (lp if gene_weight is None else lp * gene_weight).sum(-1)
-
-
-def nb_log_prob(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Per-cell negative binomial log-likelihood (mean ``mu``, inverse dispersion ``theta``),
-    summed over genes: (n, G) -> (n,). Variance is ``mu + mu^2 / theta``."""
-    log_theta_mu = torch.log(theta + mu + eps)
-    ll = (
-        torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1.0)
-        + theta * (torch.log(theta + eps) - log_theta_mu)
-        + x * (torch.log(mu + eps) - log_theta_mu)
-    )
-    return ll.sum(-1)
-
-
-def sample_standard_gamma(alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gamma(alpha, 1) draws driven by ``generator`` (Marsaglia & Tsang 2000, with the
-    ``U^(1/alpha)`` boost for alpha < 1); ``torch.distributions.Gamma`` takes no generator."""
-    alpha = alpha.detach()
-    flat = alpha.reshape(-1)
-    boost = flat < 1.0
-    a = torch.where(boost, flat + 1.0, flat)
-    d = a - 1.0 / 3.0
-    c = 1.0 / torch.sqrt(9.0 * d)
-    out = torch.empty_like(a)
-    todo = torch.arange(a.numel(), device=a.device)
-    for _ in range(1000):
-        if todo.numel() == 0:
-            break
-        dd, cc = d[todo], c[todo]
-        xn = torch.randn(todo.numel(), device=a.device, dtype=a.dtype, generator=generator)
-        u = torch.rand(todo.numel(), device=a.device, dtype=a.dtype, generator=generator)
-        v = (1.0 + cc * xn) ** 3
-        vpos = v.clamp_min(1e-30)
-        ok = (v > 0) & (torch.log(u.clamp_min(1e-30)) < 0.5 * xn * xn + dd - dd * vpos + dd * torch.log(vpos))
-        out[todo[ok]] = (dd * v)[ok]
-        todo = todo[~ok]
-    if todo.numel():  # practically unreachable (acceptance rate > 95 %); fall back to the mean
-        out[todo] = a[todo]
-    if boost.any():
-        u = torch.rand(int(boost.sum()), device=a.device, dtype=a.dtype, generator=generator)
-        out[boost] = out[boost] * u.clamp_min(1e-30) ** (1.0 / flat[boost])
-    return out.view_as(alpha)
-
-
-def sample_nb(mu: torch.Tensor, theta: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Negative binomial counts as a Gamma-Poisson mixture: ``rate = mu / theta * Gamma(theta, 1)``."""
-    theta = theta.expand_as(mu)
-    rate = mu.detach() / theta * sample_standard_gamma(theta, generator)
-    return torch.poisson(rate, generator=generator)
+if TYPE_CHECKING:
+    from ..train.distributed import Shard
 
 
 # ---- configuration --------------------------------------------------------------------------
@@ -226,7 +157,7 @@ class SAMSVAEConfig:
 # ---- the module -------------------------------------------------------------------------------
 
 
-class SAMSVAEModule(nn.Module):
+class SAMSVAEModule(PerturbationModule):
     """Basal encoder, global embedding / mask posteriors and the decoder of a SAMS-VAE."""
 
     _GLOBAL = ("e_loc", "e_scale_raw", "mask_logits")
@@ -265,7 +196,7 @@ class SAMSVAEModule(nn.Module):
         xin = torch.log1p(X) if self.config.likelihood == "nb" else X
         self.x_mean.copy_(xin.mean(0))
         self.x_scale.copy_(xin.std(0).clamp_min(1e-2))
-        last = [m for m in self.decoder if isinstance(m, nn.Linear)][-1]
+        last = last_linear(self.decoder)
         if self.config.likelihood == "nb":
             prop = (X / X.sum(1, keepdim=True).clamp_min(1.0)).mean(0)
             last.bias.copy_(torch.log(prop + 1e-8))
@@ -348,8 +279,9 @@ class SAMSVAEModule(nn.Module):
         out = self.decoder(z)
         if self.config.likelihood == "nb":
             mu = x.sum(-1, keepdim=True) * torch.softmax(out, dim=-1)
-            return nb_log_prob(x, mu, self.gene_log_param.exp())
-        return gaussian_log_prob(x, out, self.gene_scale, self.gene_varies)
+            return nb_log_prob(x, mu, self.gene_log_param.exp()).sum(-1)
+        # genes that are constant in the training cells (gene_varies == 0) are left out
+        return (-gaussian_nll(x, out, self.gene_scale) * self.gene_varies).sum(-1)
 
     def sample_x(
         self, z: torch.Tensor, library: torch.Tensor | None = None, generator: torch.Generator | None = None
@@ -368,8 +300,8 @@ class SAMSVAEModule(nn.Module):
     def global_kl(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per perturbation (K,): KL(q(e_t) || p(e_t)) and KL(q(m_t) || p(m_t)), summed over latent dims."""
         c = self.config
-        kl_e = kl_normal(self.e_loc, self.e_scale, c.embedding_prior_scale).sum(-1)
-        kl_m = kl_bernoulli(self.mask_logits, c.mask_prior).sum(-1)
+        kl_e = normal_kl(self.e_loc, self.e_scale, scale_p=c.embedding_prior_scale).sum(-1)
+        kl_m = bernoulli_kl(self.mask_logits, c.mask_prior).sum(-1)
         return kl_e, kl_m
 
     def global_kl_weights(self, labels: torch.Tensor) -> torch.Tensor:
@@ -391,17 +323,17 @@ class SAMSVAEModule(nn.Module):
         self,
         x: torch.Tensor,
         labels: torch.Tensor,
-        target_labels: torch.Tensor,
+        target: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Cells observed under ``labels`` moved to ``target_labels``: ``z_basal ~ q``, plus the
+        """Cells observed under ``labels`` moved to ``target``: ``z_basal ~ q``, plus the
         target's shift with ``e``, ``m`` drawn from q (one draw per cell), decoded and
         sampled (NB: sampled counts with the source cell's library size)."""
         B = x.shape[0]
-        target_labels = target_labels.expand(B, -1)
+        target = target.expand(B, -1)
         K = self.config.n_perturbations
         # only the perturbations that occur in the source or target labels need draws
-        used = (target_labels[:, :K] != 0).any(0)
+        used = (target[:, :K] != 0).any(0)
         if self.config.correlated:
             used = used | (labels[:, :K] != 0).any(0)
         idx = torch.nonzero(used).flatten()
@@ -409,32 +341,32 @@ class SAMSVAEModule(nn.Module):
         src = self.shift(labels[:, idx], e, m) if self.config.correlated else None
         loc, scale = self.encode(x, src)
         zb = loc + scale * torch.randn(loc.shape, device=loc.device, dtype=loc.dtype, generator=generator)
-        z = zb + self.shift(target_labels[:, idx], e, m)
+        z = zb + self.shift(target[:, idx], e, m)
         library = x.sum(-1) if self.config.likelihood == "nb" else None
         return self.sample_x(z, library, generator)
 
     def loss(
-        self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        shard: Shard | None = None,
+        *,
+        generator: torch.Generator | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Negative ELBO per cell, averaged over the batch (``"loss"``), and its parts."""
+        """Negative ELBO per cell, averaged over the batch (``"loss"``), and its parts.
+        ``shard`` is ignored (no sharded loss: each rank uses its local slice); random
+        draws come from ``generator`` (the global RNG when None)."""
         e, m = self.sample_globals(1, generator)
         s = self.shift(labels, e, m)
         loc, scale = self.encode(x, s if self.config.correlated else None)
         zb = loc + scale * torch.randn(loc.shape, device=loc.device, dtype=loc.dtype, generator=generator)
         nll = -self.log_likelihood(x, zb + s)
-        kl_z = kl_normal(loc, scale).sum(-1)
+        kl_z = normal_kl(loc, scale).sum(-1)
         kl_e_t, kl_m_t = self.global_kl()
         w = self.global_kl_weights(labels)
         kl_e, kl_m = w @ kl_e_t, w @ kl_m_t
         total = (nll + kl_z + kl_e + kl_m).mean()
         return {"loss": total, "nll": nll.mean(), "kl_z": kl_z.mean(), "kl_embed": kl_e.mean(), "kl_mask": kl_m.mean()}
-
-
-from ..data.registry import condition_column, detect_x_kind  # noqa: E402
-from ..errors import DataError  # noqa: E402
-from ..train.loop import Callback, History, TrainConfig  # noqa: E402
-from .base import PerturbationModel  # noqa: E402
-from .catalog import register_model  # noqa: E402
 
 
 @register_model

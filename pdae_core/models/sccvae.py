@@ -124,78 +124,23 @@ perturbations; the held-out doubles here use only the trained ``S``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from torch import nn
 
-_LOG_2PI = math.log(2.0 * math.pi)
+from .base import PerturbationModel
+from .catalog import register_model
+from .distributions import censored_gaussian_nll, censored_mean, gaussian_nll, std_normal_kl_logvar
+from .losses import mmd_rbf
+from .module import PerturbationModule
+from .nn import mlp
 
-
-# ---- loss terms (module-level so that tests can check them against direct computations) -----------
-
-
-def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Elementwise ``-log N(x | mean, scale^2)``."""
-    return 0.5 * ((x - mean) / scale) ** 2 + torch.log(scale) + 0.5 * _LOG_2PI
-
-
-def censored_gaussian_nll(x: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Elementwise ``-log p(x)`` of ``x = max(0, y)``, ``y ~ N(mean, scale^2)`` (Tobit): the
-    Gaussian density where ``x > 0`` and ``P(y <= 0) = Phi(-mean / scale)`` where ``x = 0``."""
-    return torch.where(x > 0, gaussian_nll(x, mean, scale), -torch.special.log_ndtr(-mean / scale))
-
-
-def censored_mean(mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``E[max(0, y)]`` for ``y ~ N(mean, scale^2)``: ``mean Phi(mean/scale) + scale phi(mean/scale)``."""
-    t = mean / scale
-    return mean * torch.special.ndtr(t) + scale * torch.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
-
-
-def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """``KL(N(mu, exp(logvar)) || N(0, 1))`` per dimension (closed form)."""
-    return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
-
-
-def sq_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances between the rows of ``a`` (n, d) and ``b`` (m, d)."""
-    c = torch.cat([a, b]).mean(0, keepdim=True).detach()  # centre: accurate in float32
-    a, b = a - c, b - c
-    return ((a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(0) - 2.0 * a @ b.T).clamp_min(0.0)
-
-
-def median_bandwidth(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Median heuristic: the median squared distance over distinct pairs of the pooled sample (detached)."""
-    p = torch.cat([a, b]).detach()
-    d = sq_distances(p, p)
-    off = d[~torch.eye(len(p), dtype=torch.bool, device=p.device)]
-    return off.median().clamp_min(1e-8)
-
-
-def mmd_rbf(
-    a: torch.Tensor,
-    b: torch.Tensor,
-    scales: tuple[float, ...] = (1.0,),
-    bandwidth: float | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Unbiased squared MMD between samples ``a`` (n, d) and ``b`` (m, d), n, m >= 2, with the
-    kernel ``k(x, y) = mean_s exp(-||x - y||^2 / (s * h))``; ``h`` is ``bandwidth`` or, when
-    None, the median heuristic on the pooled sample."""
-    n, m = a.shape[0], b.shape[0]
-    if n < 2 or m < 2:
-        raise ValueError("the unbiased MMD needs at least 2 points in each sample")
-    h = median_bandwidth(a, b) if bandwidth is None else torch.as_tensor(bandwidth, dtype=a.dtype, device=a.device)
-
-    def k(d: torch.Tensor) -> torch.Tensor:
-        return torch.stack([torch.exp(-d / (s * h)) for s in scales]).mean(0)
-
-    kaa, kbb, kab = k(sq_distances(a, a)), k(sq_distances(b, b)), k(sq_distances(a, b))
-    within_a = (kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1))
-    within_b = (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
-    return within_a + within_b - 2.0 * kab.mean()
+if TYPE_CHECKING:
+    from ..train.distributed import Shard
 
 
 # ---- config --------------------------------------------------------------------------------------
@@ -262,27 +207,19 @@ class SCCVAEConfig:
         return d
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
-    """Linear layers with LeakyReLU(0.2) between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i in range(len(sizes) - 1):
-        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
-        if i < len(sizes) - 2:
-            layers.append(nn.LeakyReLU(0.2))
-    return nn.Sequential(*layers)
-
-
 # ---- module ---------------------------------------------------------------------------------------
 
+_LEAKY = partial(nn.LeakyReLU, 0.2)  # the paper's activation between linear layers
 
-class SCCVAEModule(nn.Module):
+
+class SCCVAEModule(PerturbationModule):
     """Encoder, shift interventions ``S``, linear SCM ``B`` and Gaussian decoder."""
 
     def __init__(self, config: SCCVAEConfig):
         super().__init__()
         self.config = c = config
         d, K = c.latent_dim, c.n_perturbations
-        self.encoder = _mlp([c.n_genes, *c.hidden_dims, 2 * d])  # posterior mean and log-variance
+        self.encoder = mlp([c.n_genes, *c.hidden_dims, 2 * d], activation=_LEAKY)  # posterior mean and log-variance
         if c.shift_type == "softmax":
             self.shift_logits = nn.Parameter(torch.randn(K, d))
             self.shift_magnitude = nn.Parameter(torch.ones(K))
@@ -291,7 +228,7 @@ class SCCVAEModule(nn.Module):
         self.B_param = nn.Parameter(0.1 * torch.randn(d, d))
         mask = torch.triu(torch.ones(d, d), diagonal=1) if c.graph == "full" else torch.zeros(d, d)
         self.register_buffer("B_mask", mask)
-        self.decoder = _mlp([d, *reversed(c.hidden_dims), c.n_genes])
+        self.decoder = mlp([d, *reversed(c.hidden_dims), c.n_genes], activation=_LEAKY)
         self.log_scale = nn.Parameter(torch.zeros(c.n_genes))  # per-gene log sigma
         self.register_buffer("x_mean", torch.zeros(c.n_genes))
         self.register_buffer("x_scale", torch.ones(c.n_genes))
@@ -395,13 +332,13 @@ class SCCVAEModule(nn.Module):
         self,
         x: torch.Tensor,
         labels: torch.Tensor,
-        target_labels: torch.Tensor,
+        target: torch.Tensor,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Cells observed under ``labels`` moved to ``target_labels``: abduct ``z``, apply the
+        """Cells observed under ``labels`` moved to ``target``: abduct ``z``, apply the
         target's shift, propagate, decode and sample (noise from ``generator``)."""
         z = self.embed(x, labels)
-        mean = self.decode_mean(z + self.shift(target_labels))
+        mean = self.decode_mean(z + self.shift(target))
         return self.sample(mean, generator) if self.config.sample_noise else self.expected(mean)
 
     def kl_factor(self) -> float:
@@ -432,8 +369,9 @@ class SCCVAEModule(nn.Module):
             out.append((tgt, src, uniq[g]))
         return out
 
-    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The SCCVAE objective on one batch; ``"loss"`` is the weighted total (see module docstring)."""
+    def loss(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
+        """The SCCVAE objective on one batch; ``"loss"`` is the weighted total (see module docstring).
+        ``shard`` is ignored (no sharded loss: each rank uses its local slice)."""
         c = self.config
         n, G = x.shape
         if n < 2:
@@ -445,7 +383,7 @@ class SCCVAEModule(nn.Module):
         M = self.propagation()
 
         l_rec = self.nll(x, self.decoder((z + s) @ M)).sum(1).mean() / G
-        l_kl = kl_std_normal(mu_z, logvar).sum(1).mean() / G
+        l_kl = std_normal_kl_logvar(mu_z, logvar).sum(1).mean() / G
 
         zero = x.new_zeros(())
         l_pred, l_mmd = zero, zero
@@ -473,10 +411,6 @@ class SCCVAEModule(nn.Module):
         if c.w_l1 > 0:
             total = total + c.w_l1 * l_l1
         return {"loss": total, "rec": l_rec, "pred": l_pred, "kl": l_kl, "mmd": l_mmd, "l1": l_l1}
-
-
-from .base import PerturbationModel  # noqa: E402
-from .catalog import register_model  # noqa: E402
 
 
 @register_model

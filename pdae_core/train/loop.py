@@ -1,9 +1,9 @@
 """One training loop for every pdae_core module.
 
-A module exposes ``loss(x, labels) -> {"loss": total, ...}`` and
-``transfer(x, labels, target_labels, generator)``. The loop handles the device,
-seeds, stratified mini-batches, a validation split by cells, early stopping on a
-validation energy distance, and progress callbacks that know nothing of any UI.
+A module is a :class:`~pdae_core.models.module.PerturbationModule`; the loop uses only
+that contract. It handles the device, seeds, stratified mini-batches, a validation
+split by cells, early stopping on a validation energy distance (of ``transfer``), and
+progress callbacks that know nothing of any UI.
 """
 
 from __future__ import annotations
@@ -16,17 +16,19 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.streaming import RowSource, prefetch
-from ..models.losses import energy_distance
 from .distributed import Shard, all_reduce_mean, local_device, loss_group, split_sizes
 from .distributed import rank as dist_rank
 from .distributed import world_size as dist_world_size
+
+if TYPE_CHECKING:
+    from ..models.module import PerturbationModule
 
 log = logging.getLogger(__name__)
 _DDP_HAS_FORWARD_SYNC = "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
@@ -239,7 +241,10 @@ class _Validator:
         return bool(self.items)
 
     @torch.no_grad()
-    def __call__(self, module: torch.nn.Module) -> float:
+    def __call__(self, module: PerturbationModule) -> float:
+        # not at the top: pdae_core.models imports every model, and they import this module
+        from ..models.losses import energy_distance
+
         gen = torch.Generator(device=self.X.device).manual_seed(self.seed + 104729)
         vals = []
         for tgt, src in self.items:
@@ -286,18 +291,16 @@ def _to_tensor(rows: np.ndarray, device: torch.device) -> torch.Tensor:
 class _LossForward(torch.nn.Module):
     """``forward`` = the module's loss, so that DDP (and torch.compile) can wrap it."""
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: PerturbationModule):
         super().__init__()
         self.module = module
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
-        if shard is not None:
-            return self.module.loss(x, labels, shard)
-        return self.module.loss(x, labels)
+        return self.module.loss(x, labels, shard)
 
 
 def train_module(
-    module: torch.nn.Module,
+    module: PerturbationModule,
     X: np.ndarray | RowSource,
     labels: np.ndarray,
     groups: np.ndarray,
@@ -320,7 +323,7 @@ def train_module(
 
 
 def _train(
-    module: torch.nn.Module,
+    module: PerturbationModule,
     X: np.ndarray | RowSource,
     labels: np.ndarray,
     groups: np.ndarray,
@@ -348,10 +351,9 @@ def _train(
 
     world, rank_ = dist_world_size(), dist_rank()
     sharded = world > 1
-    if sharded and not getattr(module, "supports_shard", False):
+    if sharded and not module.supports_shard:
         log.info("%s has no sharded loss: each rank trains on its local slice of the batch", type(module).__name__)
-    params = module.optimizer_groups(config.lr) if hasattr(module, "optimizer_groups") else module.parameters()
-    opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.Adam(module.optimizer_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay)
     sched = (
         torch.optim.lr_scheduler.LambdaLR(
             opt, lambda e: 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(e, config.max_epochs) / config.max_epochs))
@@ -366,12 +368,11 @@ def _train(
     for cb in callbacks:
         cb.on_train_start(config.max_epochs, steps_per_epoch)
 
-    if hasattr(module, "init_from_data"):
-        init_idx = train_idx
-        if len(train_idx) > config.init_max_cells:  # a fixed random subset, drawn without touching `rng`
-            pick = np.random.default_rng(config.seed + 31337).choice(len(train_idx), config.init_max_cells, replace=False)
-            init_idx = np.sort(train_idx[pick])
-        module.init_from_data(read(init_idx))
+    init_idx = train_idx
+    if len(train_idx) > config.init_max_cells:  # a fixed random subset, drawn without touching `rng`
+        pick = np.random.default_rng(config.seed + 31337).choice(len(train_idx), config.init_max_cells, replace=False)
+        init_idx = np.sort(train_idx[pick])
+    module.init_from_data(read(init_idx))
     forward: torch.nn.Module = _LossForward(module)
     if sharded:
         # buffers (input scaling) are set identically on every rank: no need to sync them
@@ -379,7 +380,7 @@ def _train(
         forward = DistributedDataParallel(
             forward,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not getattr(module, "supports_shard", False),
+            find_unused_parameters=not module.supports_shard,
             **sync,
         )
     if config.compile:
@@ -414,7 +415,7 @@ def _train(
                 xb = _to_tensor(xb, device)
             lb = Lt[torch.as_tensor(cell_batches[k], device=device)]
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext():
-                out = forward(xb, lb, shards[k]) if shards[k] is not None else forward(xb, lb)
+                out = forward(xb, lb, shards[k])
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(out["loss"]).backward()
