@@ -15,7 +15,7 @@ then the eigenvalues of the control cells' ``z_base`` covariance, and, with
 ``--optimise-shift``, the gap reached by a free latent shift fitted to each held-out
 double's observed cells with the decoder fixed (how far ``W l`` is from the best
 point the decoder offers). Used to choose ``source_sampling`` on dev seeds 2-4 (see
-the README); it reads the held-out cells, so it is never run on the report seeds to
+docs/reproducibility.md); it reads the held-out cells, so it is never run on the report seeds to
 choose anything.
 
     python benchmarks/dev_seed_diagnosis.py --seed 3 [--model-seed 11] [--set source_sampling="'batch'"] [--optimise-shift]

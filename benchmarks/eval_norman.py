@@ -1,7 +1,7 @@
 """PDAE on the real Norman 2019 slice: the five held-out doubles versus baselines.
 
 Loads the bundled checkpoint `checkpoints/norman19_devel` (trained with those five
-doubles held out; see README for the command that reproduces it) or, with
+doubles held out; see docs/benchmarks.md for the command that reproduces it) or, with
 `--train`, trains a fresh PDAE with library defaults. Each held-out double is
 predicted from the control cells and compared with its observed cells: energy
 distance (unbiased, 95% bootstrap interval over cells) of PDAE, the gene-space

@@ -3,7 +3,7 @@ against ``streamlit run app.py`` on a free localhost port.
 
 Chromium is installed with apt-get by the ``chromium`` fixture when it is missing
 (as root, or through sudo); the test fails with the reason when that is impossible.
-Screenshots of every page are written to ``docs/screenshots/`` (the README shows them).
+Screenshots of every page are written to ``docs/screenshots/`` (the README and docs/user-guide.md show them).
 """
 
 from __future__ import annotations
