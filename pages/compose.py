@@ -4,7 +4,6 @@ gene-space baseline."""
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from pages import common
@@ -24,7 +23,7 @@ st.caption(
     "Source cells are encoded, moved and decoded into predicted cells."
 )
 
-seen = [p for p, used in zip(reg.perturbations, np.abs(model.train_labels).sum(0) > 0) if used]
+seen = model.seen_perturbations
 summary = explore.summarize_dataset(ds.adata, reg)
 conds = summary.conditions
 combos = conds.loc[conds.kind == "combination", "condition"].tolist()

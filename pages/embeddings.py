@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from pages import common
@@ -61,7 +60,7 @@ else:
 
 st.subheader("Perturbation embedding (columns of W)")
 W = model.perturbation_embedding()
-seen = np.abs(model.train_labels).sum(0) > 0
+seen = W.index.isin(model.seen_perturbations)
 if not seen.all():
     st.caption("Perturbations never seen in training keep their initial shift and are left out: "
                + ", ".join(W.index[~seen]))

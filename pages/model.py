@@ -9,7 +9,7 @@ import streamlit as st
 import pdae_core as pc
 from pages import common
 from pdae_core import explore
-from pdae_core.models.catalog import MODEL_TYPES
+from pdae_core.models.catalog import MODEL_TYPES, build_model
 from pdae_core.plot import cells as cf
 from pdae_core.plot import style
 from pdae_core.train.jobs import JobState, training_job
@@ -102,10 +102,7 @@ with train_tab:
             go = st.form_submit_button("Start training", type="primary")
         if go:
             try:
-                cls = MODEL_TYPES[mtype]
-                fields = getattr(cls.config_class, "__dataclass_fields__", {})
-                options = {"latent_dim": int(latent)} if "latent_dim" in fields else {}
-                new = cls(ds.registry, seed=int(seed), **options)
+                new = build_model(mtype, ds.registry, seed=int(seed), latent_dim=int(latent))
                 ss.train_job = training_job(
                     new, ds.adata, holdout=holdout, max_epochs=int(epochs), lr=float(lr), seed=int(seed),
                     time_limit_s=float(minutes) * 60 or None,

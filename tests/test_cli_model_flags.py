@@ -13,6 +13,7 @@ from pdae_core import cli
 from pdae_core.cli import model_flags, train
 from pdae_core.models.catalog import MODEL_TYPES
 from pdae_core.models.checkpoint import read_config
+from pdae_core.models.hparams import DATA_FIELDS, field_choices
 from pdae_core.models.samsvae import SAMSVAEConfig
 
 SYNTHETIC = ["--dataset", "synthetic"] + [
@@ -49,7 +50,7 @@ def test_help_lists_the_selected_models_hyperparameters(capsys):
 @pytest.mark.parametrize("model", sorted(MODEL_TYPES))
 def test_every_config_field_has_a_flag(model):
     cls = MODEL_TYPES[model].config_class
-    expected = [f.name for f in dataclasses.fields(cls) if f.name not in model_flags.DATA_FIELDS]
+    expected = [f.name for f in dataclasses.fields(cls) if f.name not in DATA_FIELDS]
     assert [f.field for f in model_flags.model_flags(model)] == expected
     parser = cli.build_parser(model)
     args = parser.parse_args(["train", "--data", "x.h5ad", "--out", "o", "--model", model])
@@ -70,8 +71,40 @@ def test_flag_types_follow_the_field_types():
         "independence_pairs": ("x_t", "t_tx"), "clip_output": True,
     }
     assert parse("pdae", "--grid", "full", "--w-rec", "0.5") == {"grid": "full", "w_rec": 0.5}
-    # choices are read from the config's own check
-    assert model_flags.field_choices(SAMSVAEConfig)["mask_posterior"] == ("straight_through", "relaxed")
+    # choices are the ones the config declares on its field (and checks in __post_init__)
+    assert field_choices(SAMSVAEConfig)["mask_posterior"] == ("straight_through", "relaxed")
+    flags = {f.field: f for f in model_flags.model_flags("samsvae")}
+    assert flags["mask_posterior"].choices == ("straight_through", "relaxed")
+    assert flags["temperature"].choices is None
+
+
+@pytest.mark.parametrize("model", sorted(MODEL_TYPES))
+def test_help_texts_are_the_ones_the_config_declares(capsys, model):
+    cls = MODEL_TYPES[model].config_class
+    rc, stdout, _ = run(capsys, "train", "--model", model, "--help")
+    assert rc == 0
+    text = " ".join(stdout.split())
+    for f in dataclasses.fields(cls):
+        if f.name in DATA_FIELDS:
+            continue
+        flag = next(fl for fl in model_flags.model_flags(model) if fl.field == f.name)
+        assert flag.help == f.metadata["help"], f.name
+        assert f.metadata["help"] in text, f.name
+
+
+def test_help_text_source_is_metadata_not_the_class_source(monkeypatch, capsys):
+    """A declared help text reaches --help even when the class source cannot be read."""
+    import inspect
+
+    def no_source(obj):
+        raise OSError("no source")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    rc, stdout, _ = run(capsys, "train", "--model", "sccvae", "--help")
+    assert rc == 0
+    text = " ".join(stdout.split())
+    assert "weight of the MMD between moved and observed cells (default: 10)" in text
+    assert "--likelihood {gaussian,censored}" in stdout
 
 
 def test_selected_model_is_read_before_the_parser_is_built():

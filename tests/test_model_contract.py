@@ -15,7 +15,8 @@ import torch
 
 import pdae_core.models  # noqa: F401  (imports, hence registers, every model type)
 from pdae_core.models.base import PerturbationModel
-from pdae_core.models.catalog import MODEL_TYPES
+from pdae_core.models.catalog import MODEL_TYPES, build_model
+from pdae_core.models.hparams import DATA_FIELDS, hyperparameter_fields
 from pdae_core.models.module import PerturbationModule
 from pdae_core.train.distributed import Shard
 
@@ -161,6 +162,61 @@ def test_save_load_round_trip(key, trained, tmp_path):
     assert p1.obs.equals(p2.obs)
     np.testing.assert_array_equal(model.latent(adata), loaded.latent(adata))
     assert loaded.holdout == model.holdout and loaded.train_conditions == model.train_conditions
+    assert loaded.seen_perturbations == model.seen_perturbations
+
+
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_every_hyperparameter_is_declared(key):
+    """Every hyperparameter of every model type's config carries a help text (``hp``), and
+    its declared choices, if any, include its default; the declarations stay out of the
+    config's values."""
+    cls = MODEL_TYPES[key].config_class
+    fields = hyperparameter_fields(cls)
+    assert fields and [f.name for f in fields] == [f.name for f in dataclasses.fields(cls) if f.name not in DATA_FIELDS]
+    for f in fields:
+        assert isinstance(f.metadata.get("help"), str) and f.metadata["help"].strip(), f"{key}.{f.name}: no help text"
+        choices = f.metadata.get("choices")
+        assert choices is None or f.default in choices, f"{key}.{f.name}: default not among its choices"
+    config = cls(n_genes=3, n_perturbations=2)
+    assert set(dataclasses.asdict(config)) == set(config.to_dict()) == {f.name for f in dataclasses.fields(cls)}
+    assert "help" not in config.to_dict()
+
+
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_seen_perturbations(key, trained):
+    adata, model, _ = trained(key)
+    K = model.registry.n_perturbations
+    used = [p for j, p in enumerate(model.registry.perturbations) if any(model.train_labels[:, j] != 0)]
+    assert model.seen_perturbations == used and len(used) == K  # the held-out double's parts are seen
+    fresh = build(key, adata)
+    assert fresh.seen_perturbations == []  # nothing trained yet
+    fresh.train_labels = np.zeros((3, K), dtype=np.float32)
+    fresh.train_labels[1, 2] = 1.0
+    fresh.train_labels[2, [0, 2]] = -0.5  # a negative dose counts as seen
+    assert fresh.seen_perturbations == [model.registry.perturbations[0], model.registry.perturbations[2]]
+
+
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_build_model(key, tiny_adata):
+    reference = build(key, tiny_adata)
+    reg = reference.registry
+    cls = MODEL_TYPES[key]
+    has_latent = "latent_dim" in {f.name for f in dataclasses.fields(cls.config_class)}
+    model = build_model(key, reg, seed=3, latent_dim=5)
+    assert type(model) is cls and model.init_seed == 3 and model.registry is reg
+    expected = cls(reg, seed=3, **({"latent_dim": 5} if has_latent else {}))
+    assert model.config == expected.config
+    assert (model.config.latent_dim == 5) if has_latent else (model.config == reference.config)
+    a, b = model.module.state_dict(), expected.module.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="bad hyperparameter"):
+        build_model(key, reg, no_such_hyperparameter=1)  # known to no model type: rejected
+
+
+def test_build_model_rejects_an_unknown_type(tiny_adata):
+    reg = build("pdae", tiny_adata).registry
+    with pytest.raises(ValueError, match="unknown model type 'nope'.*pdae"):
+        build_model("nope", reg)
 
 
 # ---- the base class's defaults ----------------------------------------------------------------------

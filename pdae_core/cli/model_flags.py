@@ -2,53 +2,28 @@
 
 Every field of ``MODEL_TYPES[name].config_class`` except those that come from the data
 becomes a flag ``--field-name`` whose type is read from the field's annotation: int,
-float, bool (``--x`` / ``--no-x``), str (with choices where the config's
-``__post_init__`` checks ``self.x in ("a", "b")``) and tuples as comma lists. A flag
-not given leaves no attribute on the parsed arguments, so only the values the user
-gave reach the model and the config's own defaults apply otherwise; the help text
-shows those defaults.
+float, bool (``--x`` / ``--no-x``), str and tuples as comma lists. Help texts and
+choices are the ones the config declares on its fields
+(:func:`~pdae_core.models.hparams.hp`). A flag not given leaves no attribute on the
+parsed arguments, so only the values the user gave reach the model and the config's
+own defaults apply otherwise; the help text shows those defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
-import functools
-import inspect
-import re
 import sys
 import types
 import typing
 from collections.abc import Callable
 from typing import Any
 
+from ..models.hparams import field_choices, help_text, hyperparameter_fields
 from .common import finite_float, float_list, int_list, integer, non_negative_int, positive_int, str_list
 
-#: Config fields filled in from the data, never flags.
-DATA_FIELDS = ("n_genes", "n_perturbations", "covariate_categories")
 DEST_PREFIX = "hp_"
 
-#: Help texts written for the command line, by model type and field (others: the field's comment).
-HELP: dict[str, dict[str, str]] = {
-    "pdae": {
-        "latent_dim": "latent dimension",
-        "hidden_dims": "encoder layer sizes, mirrored by the decoder",
-        "noise_dim": "decoder noise dimension, 0 = deterministic",
-        "noise_sigma": "standard deviation of the decoder noise",
-        "softplus_output": "softplus on the decoder output (non-negative expression)",
-        "grid": "score each cell against n_sources sampled cells or against every cell of the batch",
-        "n_sources": "sources per cell with --grid sampled",
-        "source_sampling": "with --grid sampled: a cell's sources all come from one other condition of the batch, "
-        "or from anywhere in the batch",
-        "w_pert": "weight of the perturbation energy score",
-        "w_rec": "weight of the reconstruction energy score",
-        "w_prior": "weight of the latent prior energy distance",
-        "w_l21": "weight of the L2,1 penalty on W",
-        "rec_samples": "decoder samples per cell in the reconstruction energy score",
-    },
-}
-GENERIC_HELP = {"latent_dim": "latent dimension", "hidden_dims": "hidden layer sizes"}
 #: Integer fields with a bound checked while parsing (the config checks the rest).
 INT_TYPES: dict[str, Callable[[str], int]] = {
     "latent_dim": positive_int, "n_sources": positive_int, "noise_dim": non_negative_int,
@@ -67,6 +42,7 @@ class ModelFlag:
     optional: bool = False
     choices: tuple[str, ...] | None = None
     as_list: bool = False  # the field is a list, not a tuple
+    help: str = ""  # the help text the config declares for the field
 
     @property
     def dest(self) -> str:
@@ -77,37 +53,6 @@ def _config_class(model: str) -> type:
     from ..models.catalog import MODEL_TYPES
 
     return MODEL_TYPES[model].config_class
-
-
-@functools.cache
-def _source(cls: type) -> str:
-    try:
-        return inspect.getsource(cls)
-    except (OSError, TypeError):
-        return ""
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """The trailing ``# comment`` of each field in the class source, where there is one
-    that says more than the field's choices (``# "a" | "b"``)."""
-    out: dict[str, str] = {}
-    for m in re.finditer(r"^[ \t]+(\w+)[ \t]*:[^=\n]*=[^#\n]*#[ \t]*(.+?)[ \t]*$", _source(cls), re.M):
-        if re.sub(r'"[^"]*"|\||\s', "", m.group(2)):
-            out.setdefault(m.group(1), m.group(2))
-    return out
-
-
-def field_choices(cls: type) -> dict[str, tuple[str, ...]]:
-    """The fixed sets ``self.<field> in ("a", "b", ...)`` that the config checks."""
-    out: dict[str, tuple[str, ...]] = {}
-    for m in re.finditer(r"self\.(\w+) in (\([^()]*\))", _source(cls)):
-        try:
-            values = ast.literal_eval(m.group(2))
-        except (ValueError, SyntaxError):
-            continue
-        if isinstance(values, tuple) and values and all(isinstance(v, str) for v in values):
-            out.setdefault(m.group(1), values)
-    return out
 
 
 def _field_type(cls: type, f: dataclasses.Field) -> Any:
@@ -151,15 +96,13 @@ def model_flags(model: str) -> list[ModelFlag]:
     cls = _config_class(model)
     choices = field_choices(cls)
     out = []
-    for f in dataclasses.fields(cls):
-        if f.name in DATA_FIELDS:
-            continue
+    for f in hyperparameter_fields(cls):
         kind, optional, as_list = _kind(_field_type(cls, f))
         if kind is None:
             continue
         out.append(ModelFlag(field=f.name, flag="--" + f.name.replace("_", "-"), kind=kind, default=_default(f),
                              optional=optional, choices=choices.get(f.name) if kind == "str" else None,
-                             as_list=as_list))
+                             as_list=as_list, help=help_text(f)))
     return out
 
 
@@ -207,26 +150,22 @@ def _metavar(flag: ModelFlag) -> str | None:
 def add_model_flags(parser: argparse.ArgumentParser, model: str) -> None:
     """Add a group with one flag per hyperparameter of ``model`` (absent from the parsed
     arguments unless given)."""
-    cls = _config_class(model)
-    comments = field_comments(cls)
-    own = HELP.get(model, {})
     g = parser.add_argument_group(
         f"{model} hyperparameters (default: the model's own; `--model NAME --help` lists another model's)"
     )
     flags = model_flags(model)
     for flag in flags:
-        text = own.get(flag.field) or comments.get(flag.field) or GENERIC_HELP.get(flag.field) \
-            or flag.field.replace("_", " ")
+        text = flag.help or flag.field.replace("_", " ")
         if flag.optional:
             text += '; "none" accepted'
-        help_text = f"{text} (default: {show(flag.default)})".replace("%", "%%")
+        shown = f"{text} (default: {show(flag.default)})".replace("%", "%%")
         if flag.kind == "bool":
             g.add_argument(flag.flag, dest=flag.dest, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS,
-                           help=help_text)
+                           help=shown)
         else:
             g.add_argument(flag.flag, dest=flag.dest, type=_parser(flag), choices=flag.choices,
-                           metavar=_metavar(flag), default=argparse.SUPPRESS, help=help_text)
+                           metavar=_metavar(flag), default=argparse.SUPPRESS, help=shown)
     parser.set_defaults(model_flags=tuple(flag.field for flag in flags))
 
 

@@ -130,6 +130,16 @@ class PerturbationModel:
     def is_trained(self) -> bool:
         return self.history is not None
 
+    def _seen_mask(self) -> np.ndarray:
+        """(K,) bool: which elementary perturbations occur in some training label vector."""
+        return np.abs(self.train_labels).sum(0) > 0
+
+    @property
+    def seen_perturbations(self) -> list[str]:
+        """Names of the elementary perturbations present in the training labels, in the
+        registry's order (empty before training). The others' shifts were never trained."""
+        return [p for p, seen in zip(self.registry.perturbations, self._seen_mask()) if seen]
+
     # ---- training -------------------------------------------------------------------
     def fit(
         self,
@@ -272,7 +282,7 @@ class PerturbationModel:
         name = target if isinstance(target, str) else self.registry.condition_name(label)
         if not self.is_trained:
             return ExtrapolationCheck(name, False, 1.0, 0, 0, [], False, "The model is not trained yet.")
-        seen = np.abs(self.train_labels).sum(0) > 0
+        seen = self._seen_mask()
         unseen = [self.registry.perturbations[i] for i in np.flatnonzero((np.abs(label) > 0) & ~seen)]
         in_span, resid, r1, r2 = span_check(self.train_labels, label)
         measured = bool(np.any(np.all(np.abs(self.train_labels - label[None]) < 1e-6, axis=1)))

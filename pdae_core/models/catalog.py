@@ -1,12 +1,14 @@
 """The catalogue of model types: every :class:`~pdae_core.models.base.PerturbationModel`
 subclass registers itself here by its ``model_type`` so that checkpoints, the CLI
-and the benchmark find it by name."""
+and the benchmark find it by name; :func:`build_model` builds one by that name."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..data.registry import PerturbationRegistry
     from .base import PerturbationModel
 
 MODEL_TYPES: dict[str, type[PerturbationModel]] = {}
@@ -16,3 +18,26 @@ def register_model(cls: type[PerturbationModel]) -> type[PerturbationModel]:
     """Class decorator: make a model type loadable from checkpoints by its ``model_type``."""
     MODEL_TYPES[cls.model_type] = cls
     return cls
+
+
+def _config_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+
+
+def build_model(
+    model_type: str, registry: PerturbationRegistry, seed: int = 0, **hyperparameters: Any
+) -> PerturbationModel:
+    """An untrained model of a registered type for ``registry``, initialised with ``seed``.
+
+    ``hyperparameters`` set fields of the type's config; the config's defaults apply to
+    the others. So that one form can offer the same choices for every type, a
+    hyperparameter that only other model types have (``latent_dim`` for FCR) is left
+    out; a name that no model type knows reaches the model, which rejects it.
+    """
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r} (known: {', '.join(sorted(MODEL_TYPES))})")
+    cls = MODEL_TYPES[model_type]
+    own = _config_fields(cls.config_class)
+    others = set().union(*(_config_fields(c.config_class) for c in MODEL_TYPES.values())) - own
+    options = {k: v for k, v in hyperparameters.items() if k not in others}
+    return cls(registry, seed=seed, **options)

@@ -119,41 +119,45 @@ from ..train.loop import Callback, History, TrainConfig
 from .base import PerturbationModel
 from .catalog import register_model
 from .fcr_module import PAIRS, FCRModule
+from .hparams import choice_check, hp
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class FCRConfig:
-    """Architecture and loss hyperparameters of an FCR model (see the module docstring)."""
+    """Architecture and loss hyperparameters of an FCR model (see the module docstring;
+    each is declared with :func:`~pdae_core.models.hparams.hp`: help text and choices)."""
 
     n_genes: int
     n_perturbations: int
     covariate_categories: list[str] = field(default_factory=list)
-    zx_dim: int = 32
-    zt_dim: int = 32
-    ztx_dim: int = 32
-    hidden_dims: tuple[int, ...] = (128, 128)
-    prior_hidden_dims: tuple[int, ...] = (64,)
-    interaction_dim: int = 32
-    classifier_hidden: int = 64
-    disc_hidden_dims: tuple[int, ...] = (64, 64)
-    independence_pairs: tuple[str, ...] = ("x_tx", "t_tx", "x_t")
-    w_rec: float = 1.0
-    w_kl: float = 1.0
-    w_cls: float = 1.0
-    w_adv: float = 1.0
-    w_sim: float = 1.0
-    linear_prior_means: bool = False
-    residual_posterior: bool = True
-    lr_scale: float = 3.0
-    grl_scale: float = 1.0
-    min_scale: float = 1e-3
-    min_sigma: float = 0.05
-    softplus_output: bool = True
-    transfer_zx: str = "mean"  # "mean" | "sample"
-    output_noise: bool = True
-    clip_output: bool = False
+    zx_dim: int = hp(32, "size of the covariate (context) latent block z_x")
+    zt_dim: int = hp(32, "size of the treatment latent block z_t")
+    ztx_dim: int = hp(32, "size of the interaction latent block z_tx")
+    hidden_dims: tuple[int, ...] = hp((128, 128), "encoder and decoder hidden layer sizes")
+    prior_hidden_dims: tuple[int, ...] = hp((64,), "hidden layer sizes of the prior networks")
+    interaction_dim: int = hp(32, "size of the context and treatment embeddings of the interaction prior")
+    classifier_hidden: int = hp(64, "hidden layer size of the auxiliary classifiers")
+    disc_hidden_dims: tuple[int, ...] = hp((64, 64), "hidden layer sizes of the independence discriminators")
+    independence_pairs: tuple[str, ...] = hp(("x_tx", "t_tx", "x_t"), "latent block pairs kept independent by "
+                                             "discriminators (among x_tx, t_tx, x_t)")
+    w_rec: float = hp(1.0, "weight of the reconstruction term")
+    w_kl: float = hp(1.0, "weight of the KL terms")
+    w_cls: float = hp(1.0, "weight of the auxiliary classifiers")
+    w_adv: float = hp(1.0, "weight of the independence discriminators")
+    w_sim: float = hp(1.0, "weight of the causal structure regulariser (treated vs control cells)")
+    linear_prior_means: bool = hp(False, "prior means linear in the treatment (a double's shift = sum of its parts')")
+    residual_posterior: bool = hp(True, "encoders output an offset from their block's prior mean")
+    lr_scale: float = hp(3.0, "learning-rate multiplier of the whole model")
+    grl_scale: float = hp(1.0, "scale of the reversed discriminator gradient reaching the encoders")
+    min_scale: float = hp(1e-3, "numerical floor on the latent standard deviations")
+    min_sigma: float = hp(0.05, "floor on the per-gene output standard deviation")
+    softplus_output: bool = hp(True, "softplus on the decoded mean (non-negative expression)")
+    transfer_zx: str = hp("mean", "z_x of a source cell in predictions: a posterior sample or its mean",
+                          choices=("sample", "mean"))
+    output_noise: bool = hp(True, "predictions sample the output Gaussian (off: its mean)")
+    clip_output: bool = hp(False, "clip predicted expression at 0")
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -186,7 +190,7 @@ class FCRConfig:
             (self.lr_scale > 0, "lr_scale must be > 0"),
             (self.min_scale > 0, "min_scale must be > 0"),
             (self.min_sigma > 0, "min_sigma must be > 0"),
-            (self.transfer_zx in ("sample", "mean"), "transfer_zx must be 'sample' or 'mean'"),
+            choice_check(self, "transfer_zx"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -39,6 +39,7 @@ from torch import nn
 from ..train.distributed import Shard
 from .base import PerturbationModel
 from .catalog import register_model
+from .hparams import choice_check, hp
 from .losses import energy_distance, energy_score, l21_norm
 from .module import PerturbationModule
 from .nn import inverse_softplus, last_linear, mlp
@@ -54,23 +55,27 @@ class PDAEConfig:
     cosine decay, weight averaging (``TrainConfig``), a 10x learning rate for ``W``,
     and per-gene standardisation of the encoder input. The latent size (16) and the
     schedule were chosen on synthetic data (seed 0 and dev seeds); see the README.
+    Each hyperparameter is declared with :func:`~pdae_core.models.hparams.hp` (its help
+    text and choices, read by the command line and by ``__post_init__``).
     """
 
     n_genes: int
     n_perturbations: int
-    latent_dim: int = 16
-    hidden_dims: tuple[int, ...] = (512, 256)
-    noise_dim: int = 16
-    noise_sigma: float = 1.0
-    softplus_output: bool = True
-    w_pert: float = 10.0
-    w_rec: float = 0.1
-    w_prior: float = 1e-4
-    w_l21: float = 1e-4
-    grid: str = "sampled"  # "sampled" | "full"
-    n_sources: int = 16
-    source_sampling: str = "condition"  # "condition" | "batch" (sampled grid only)
-    rec_samples: int = 2
+    latent_dim: int = hp(16, "latent dimension")
+    hidden_dims: tuple[int, ...] = hp((512, 256), "encoder layer sizes, mirrored by the decoder")
+    noise_dim: int = hp(16, "decoder noise dimension, 0 = deterministic")
+    noise_sigma: float = hp(1.0, "standard deviation of the decoder noise")
+    softplus_output: bool = hp(True, "softplus on the decoder output (non-negative expression)")
+    w_pert: float = hp(10.0, "weight of the perturbation energy score")
+    w_rec: float = hp(0.1, "weight of the reconstruction energy score")
+    w_prior: float = hp(1e-4, "weight of the latent prior energy distance")
+    w_l21: float = hp(1e-4, "weight of the L2,1 penalty on W")
+    grid: str = hp("sampled", "score each cell against n_sources sampled cells or against every cell of the batch",
+                   choices=("sampled", "full"))
+    n_sources: int = hp(16, "sources per cell with the sampled grid")
+    source_sampling: str = hp("condition", "with the sampled grid: a cell's sources all come from one other "
+                              "condition of the batch, or from anywhere in the batch", choices=("condition", "batch"))
+    rec_samples: int = hp(2, "decoder samples per cell in the reconstruction energy score")
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -81,8 +86,8 @@ class PDAEConfig:
             (len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1, "hidden_dims must be positive"),
             (self.noise_dim >= 0, "noise_dim must be >= 0 (0 = deterministic decoder)"),
             (self.noise_sigma >= 0, "noise_sigma must be >= 0"),
-            (self.grid in ("sampled", "full"), "grid must be 'sampled' or 'full'"),
-            (self.source_sampling in ("condition", "batch"), "source_sampling must be 'condition' or 'batch'"),
+            choice_check(self, "grid"),
+            choice_check(self, "source_sampling"),
             (self.n_sources >= 2, "n_sources must be >= 2"),
             (self.rec_samples >= 1, "rec_samples must be >= 1"),
             (min(self.w_pert, self.w_rec, self.w_prior, self.w_l21) >= 0, "loss weights must be >= 0"),

@@ -97,6 +97,7 @@ from ..train.loop import Callback, History, TrainConfig
 from .base import PerturbationModel
 from .catalog import register_model
 from .distributions import bernoulli_kl, gaussian_nll, nb_log_prob, normal_kl, sample_nb
+from .hparams import choice_check, hp
 from .module import PerturbationModule
 from .nn import last_linear, mlp
 
@@ -110,21 +111,24 @@ if TYPE_CHECKING:
 @dataclass
 class SAMSVAEConfig:
     """Architecture, prior and variational hyperparameters of a SAMS-VAE (see the module
-    docstring for where each default comes from)."""
+    docstring for where each default comes from; each is declared with
+    :func:`~pdae_core.models.hparams.hp`: help text and choices)."""
 
     n_genes: int
     n_perturbations: int
-    latent_dim: int = 16
-    hidden_dims: tuple[int, ...] = (256, 256)
-    likelihood: str = "gaussian"  # "gaussian" (log-normalised data) | "nb" (raw counts)
-    correlated: bool = True  # q(z_basal | x, shift) instead of q(z_basal | x)
-    mask_prior: float = 0.01  # p of the Bernoulli prior on every mask entry
-    mask_posterior: str = "straight_through"  # "straight_through" | "relaxed"
-    temperature: float = 1.0  # of the Gumbel-sigmoid (binary Concrete) relaxation
-    embedding_prior_scale: float = 1.0  # e_t ~ N(0, scale^2 I)
-    global_lr_factor: float = 10.0  # learning-rate multiplier of q(e), q(m)
-    min_scale: float = 1e-3
-    gene_scale_floor: float = 0.1  # lower bound of the Gaussian likelihood's per-gene sd
+    latent_dim: int = hp(16, "latent dimension")
+    hidden_dims: tuple[int, ...] = hp((256, 256), "encoder and decoder hidden layer sizes")
+    likelihood: str = hp("gaussian", "gaussian: log-normalised data; nb: negative binomial on raw counts",
+                         choices=("gaussian", "nb"))
+    correlated: bool = hp(True, "basal-state encoder also sees the cell's sampled shift, q(z_basal | x, shift)")
+    mask_prior: float = hp(0.01, "p of the Bernoulli prior on every mask entry")
+    mask_posterior: str = hp("straight_through", "masks in training: hard 0/1 with relaxed gradients "
+                             "(straight_through) or relaxed", choices=("straight_through", "relaxed"))
+    temperature: float = hp(1.0, "temperature of the Gumbel-sigmoid (binary Concrete) mask relaxation")
+    embedding_prior_scale: float = hp(1.0, "prior scale s of the perturbation embeddings, e_t ~ N(0, s^2 I)")
+    global_lr_factor: float = hp(10.0, "learning-rate multiplier of the global posteriors q(e), q(m)")
+    min_scale: float = hp(1e-3, "numerical floor on the posterior standard deviations")
+    gene_scale_floor: float = hp(0.1, "lower bound of the Gaussian likelihood's per-gene sd")
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -134,10 +138,9 @@ class SAMSVAEConfig:
             (self.n_perturbations >= 1, "n_perturbations must be >= 1"),
             (self.latent_dim >= 1, "latent_dim must be >= 1"),
             (len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1, "hidden_dims must be positive"),
-            (self.likelihood in ("gaussian", "nb"), "likelihood must be 'gaussian' or 'nb'"),
+            choice_check(self, "likelihood"),
             (0.0 < self.mask_prior < 1.0, "mask_prior must be in (0, 1)"),
-            (self.mask_posterior in ("straight_through", "relaxed"),
-             "mask_posterior must be 'straight_through' or 'relaxed'"),
+            choice_check(self, "mask_posterior"),
             (self.temperature > 0, "temperature must be > 0"),
             (self.embedding_prior_scale > 0, "embedding_prior_scale must be > 0"),
             (self.global_lr_factor > 0, "global_lr_factor must be > 0"),

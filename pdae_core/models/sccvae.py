@@ -135,6 +135,7 @@ from torch import nn
 from .base import PerturbationModel
 from .catalog import register_model
 from .distributions import censored_gaussian_nll, censored_mean, gaussian_nll, std_normal_kl_logvar
+from .hparams import choice_check, hp
 from .losses import mmd_rbf
 from .module import PerturbationModule
 from .nn import mlp
@@ -148,29 +149,34 @@ if TYPE_CHECKING:
 
 @dataclass
 class SCCVAEConfig:
-    """Architecture and loss hyperparameters of an SCCVAE (sources in the module docstring)."""
+    """Architecture and loss hyperparameters of an SCCVAE (sources in the module docstring;
+    each is declared with :func:`~pdae_core.models.hparams.hp`: help text and choices)."""
 
     n_genes: int
     n_perturbations: int
-    latent_dim: int = 16
-    hidden_dims: tuple[int, ...] = (256, 256)
-    shift_type: str = "softmax"  # "softmax" | "dense"
-    graph: str = "full"  # "full" (learned strictly upper-triangular B) | "none" (B = 0, no propagation)
-    beta: float = 1.0
-    w_rec: float = 1.0
-    w_pred: float = 1.0
-    mmd_weight: float = 10.0
-    w_l1: float = 0.0
-    mmd_scales: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
-    mmd_bandwidth: float | None = None  # None: median heuristic
-    n_sources: int = 32
-    min_scale: float = 1e-3
-    likelihood: str = "censored"  # "censored" | "gaussian"
-    rectify: bool = True
-    sample_noise: bool = True
-    shift_lr_mult: float = 10.0
-    kl_warmup_steps: int = 1500
-    sources: str = "control"  # "control" | "all"
+    latent_dim: int = hp(16, "number of latent causal nodes")
+    hidden_dims: tuple[int, ...] = hp((256, 256), "encoder and decoder hidden layer sizes")
+    shift_type: str = hp("softmax", "shift of a perturbation: a magnitude on a softmax selection of nodes, or free "
+                         "(dense, sparsified by w_l1)", choices=("softmax", "dense"))
+    graph: str = hp("full", "latent graph: learned strictly upper-triangular B (full) or none (B = 0, no "
+                    "propagation)", choices=("full", "none"))
+    beta: float = hp(1.0, "weight of the KL term (reached after the KL warm-up)")
+    w_rec: float = hp(1.0, "weight of the reconstruction term")
+    w_pred: float = hp(1.0, "weight of the prediction (mean-matching) term")
+    mmd_weight: float = hp(10.0, "weight of the MMD between moved and observed cells")
+    w_l1: float = hp(0.0, "weight of the L1 penalty on the shifts")
+    mmd_scales: tuple[float, ...] = hp((0.25, 0.5, 1.0, 2.0, 4.0), "MMD kernel bandwidths, as multiples of the base")
+    mmd_bandwidth: float | None = hp(None, "base MMD bandwidth; none: median heuristic")
+    n_sources: int = hp(32, "at most this many source cells moved to each target condition")
+    min_scale: float = hp(1e-3, "floor on the per-gene likelihood scale")
+    likelihood: str = hp("censored", "Gaussian likelihood censored at 0, or the plain Gaussian",
+                         choices=("gaussian", "censored"))
+    rectify: bool = hp(True, "clip sampled expression at 0 (needed by the censored likelihood)")
+    sample_noise: bool = hp(True, "predictions sample the likelihood (off: the expected expression)")
+    shift_lr_mult: float = hp(10.0, "learning-rate multiplier of the shift parameters")
+    kl_warmup_steps: int = hp(1500, "training steps of the linear KL warm-up")
+    sources: str = hp("control", "cells moved to the target conditions in training: control cells, or cells of "
+                      "every other condition", choices=("control", "all"))
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
@@ -180,8 +186,8 @@ class SCCVAEConfig:
             (self.n_perturbations >= 1, "n_perturbations must be >= 1"),
             (self.latent_dim >= 1, "latent_dim must be >= 1"),
             (len(self.hidden_dims) >= 1 and min(self.hidden_dims) >= 1, "hidden_dims must be positive"),
-            (self.shift_type in ("softmax", "dense"), "shift_type must be 'softmax' or 'dense'"),
-            (self.graph in ("full", "none"), "graph must be 'full' or 'none'"),
+            choice_check(self, "shift_type"),
+            choice_check(self, "graph"),
             (
                 min(self.beta, self.w_rec, self.w_pred, self.mmd_weight, self.w_l1) >= 0,
                 "loss weights (beta, w_rec, w_pred, mmd_weight, w_l1) must be >= 0",
@@ -192,8 +198,8 @@ class SCCVAEConfig:
             (self.min_scale > 0, "min_scale must be > 0"),
             (self.shift_lr_mult > 0, "shift_lr_mult must be > 0"),
             (self.kl_warmup_steps >= 0, "kl_warmup_steps must be >= 0"),
-            (self.sources in ("control", "all"), "sources must be 'control' or 'all'"),
-            (self.likelihood in ("gaussian", "censored"), "likelihood must be 'gaussian' or 'censored'"),
+            choice_check(self, "sources"),
+            choice_check(self, "likelihood"),
             (self.rectify or self.likelihood == "gaussian", "the censored likelihood needs rectify=True"),
         ]
         for ok, msg in checks:
