@@ -10,7 +10,7 @@ else (training, prediction, checkpoints, the extrapolation check) is shared.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -116,7 +116,15 @@ class PerturbationModel:
     ) -> PerturbationModel:
         """Set up ``adata`` (see :func:`~pdae_core.data.registry.setup_anndata`) and build a model for it."""
         reg = setup_anndata(adata, perturbation_key, control_label, separator, dose_key, covariate_key, layer)
-        return cls(reg, seed=seed, **config)
+        return cls(reg, seed=seed, **cls._config_from_data(adata, reg, dict(config)))
+
+    @classmethod
+    def _config_from_data(
+        cls, adata: ad.AnnData, registry: PerturbationRegistry, config: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Hook of :meth:`from_anndata`: the hyperparameters ``config`` completed with what
+        the model reads from the data (default: nothing; FCR reads its context categories)."""
+        return config
 
     @property
     def device(self) -> torch.device:
@@ -173,13 +181,27 @@ class PerturbationModel:
             raise DataError("Training needs at least two conditions (e.g. control and one perturbation).")
         if X.shape[0] < 8:
             raise DataError(f"Training needs at least 8 cells; {X.shape[0]} remain after holding out {holdout}.")
-        self.history = train_module(self.module, X, self._module_labels(sub, L), groups, train_config, callbacks)
+        undo = self._before_training(adata, keep, L)
+        try:
+            self.history = train_module(self.module, X, self._module_labels(sub, L), groups, train_config, callbacks)
+        except BaseException:
+            if undo is not None:
+                undo()
+            raise
         self.train_config = train_config
         self.holdout = holdout
         self.train_conditions = [str(n) for n in names]
         uniq = np.unique(L, axis=0)
         self.train_labels = uniq.astype(np.float32)
         return self.history
+
+    def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> Callable[[], None] | None:
+        """Hook of :meth:`fit`, called after the input checks and just before training with
+        the whole ``adata``, the mask of its training cells and their label matrix. A model
+        that sets state from the training data does it here (SAMS-VAE: cells per
+        perturbation; FCR: context categories) and may return a function that undoes it,
+        called when training fails. Default: nothing."""
+        return None
 
     def _training_matrix(self, adata: ad.AnnData, keep: np.ndarray) -> np.ndarray | RowSource:
         """The training cells' expression: a dense array when ``X`` is dense in memory

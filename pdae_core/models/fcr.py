@@ -104,8 +104,7 @@ fork of github.com/Genentech/fcr; the paper's tables were not available here):
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import anndata as ad
@@ -113,19 +112,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data.registry import PerturbationRegistry, Target, setup_anndata
+from ..data.registry import PerturbationRegistry, Target
 from ..errors import DataError
-from ..train.loop import Callback, History, TrainConfig
 from .base import PerturbationModel
 from .catalog import register_model
 from .fcr_module import PAIRS, FCRModule
-from .hparams import choice_check, hp
+from .hparams import ModelConfig, choice_check, hp
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class FCRConfig:
+class FCRConfig(ModelConfig):
     """Architecture and loss hyperparameters of an FCR model (see the module docstring;
     each is declared with :func:`~pdae_core.models.hparams.hp`: help text and choices)."""
 
@@ -192,21 +190,13 @@ class FCRConfig:
             (self.min_sigma > 0, "min_sigma must be > 0"),
             choice_check(self, "transfer_zx"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"FCRConfig: {msg}")
+        self._raise_failed(checks)
 
     @property
     def n_covariates(self) -> int:
         """Number of contexts C (1 when there is no covariate)."""
         return max(1, len(self.covariate_categories))
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k in ("hidden_dims", "prior_hidden_dims", "disc_hidden_dims", "independence_pairs",
-                  "covariate_categories"):
-            d[k] = list(d[k])
-        return d
 
 
 def _categories(adata: ad.AnnData, key: str) -> list[str]:
@@ -248,24 +238,15 @@ class FCR(PerturbationModel):
         super().__init__(registry, seed=seed, **config)
 
     @classmethod
-    def from_anndata(
-        cls,
-        adata: ad.AnnData,
-        perturbation_key: str = "condition",
-        control_label: str | None = None,
-        separator: str = "+",
-        dose_key: str | None = None,
-        covariate_key: str | None = None,
-        layer: str | None = None,
-        seed: int = 0,
-        **config: Any,
-    ) -> FCR:
-        """Like :meth:`PerturbationModel.from_anndata`; the context categories are read from
-        ``adata.obs[covariate_key]`` unless ``covariate_categories`` is given."""
-        reg = setup_anndata(adata, perturbation_key, control_label, separator, dose_key, covariate_key, layer)
-        if covariate_key is not None and not config.get("covariate_categories"):
-            config["covariate_categories"] = _categories(adata, covariate_key)
-        return cls(reg, seed=seed, **config)
+    def _config_from_data(
+        cls, adata: ad.AnnData, registry: PerturbationRegistry, config: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The context categories are read from ``adata.obs[covariate_key]`` unless
+        ``covariate_categories`` is given."""
+        key = registry.covariate_key
+        if key is not None and not config.get("covariate_categories"):
+            config["covariate_categories"] = _categories(adata, key)
+        return config
 
     def _rebuild(self, categories: list[str]) -> None:
         """New config and module with these context categories, same init seed and device."""
@@ -276,20 +257,11 @@ class FCR(PerturbationModel):
             self.module = FCRModule(self.config)
         self.module.to(device).eval()
 
-    def fit(
-        self,
-        adata: ad.AnnData,
-        holdout: Sequence[str] = (),
-        train_config: TrainConfig | None = None,
-        callbacks: Sequence[Callback] = (),
-        **train_kwargs: Any,
-    ) -> History:
-        """Train (see :meth:`PerturbationModel.fit`); reads the context categories from
-        ``adata`` first when the config has none."""
+    def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> None:
+        """Reads the context categories from ``adata`` when the config has none."""
         key = self.registry.covariate_key
         if key is not None and not self.config.covariate_categories:
             self._rebuild(_categories(adata, key))
-        return super().fit(adata, holdout, train_config, callbacks, **train_kwargs)
 
     def _covariate_onehot(self, adata: ad.AnnData) -> np.ndarray:
         key = self.registry.covariate_key

@@ -10,6 +10,7 @@ The metadata does not enter ``dataclasses.asdict``, equality or checkpoints.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 
 #: Config fields filled in from the data (the registry), never hyperparameters.
@@ -50,3 +51,22 @@ def choice_check(config: Any, name: str) -> tuple[bool, str]:
     quoted = [repr(c) for c in allowed]
     listed = quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
     return getattr(config, name) in allowed, f"{name} must be {listed}"
+
+
+class ModelConfig:
+    """Base of the model config dataclasses: what every config does the same way."""
+
+    def _raise_failed(self, checks: Iterable[tuple[bool, str]]) -> None:
+        """Raise ``ValueError("<Config>: <message>")`` for the first failed ``(ok, message)``."""
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"{type(self).__name__}: {msg}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (tuples and lists as new lists): what a
+        checkpoint stores, and ``type(self)(**d)`` rebuilds the config."""
+        out = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, (tuple, list)) else v
+        return out

@@ -30,8 +30,7 @@ scores each target against at most ``n_sources`` sources drawn without replaceme
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,14 +38,14 @@ from torch import nn
 from ..train.distributed import Shard
 from .base import PerturbationModel
 from .catalog import register_model
-from .hparams import choice_check, hp
+from .hparams import ModelConfig, choice_check, hp
 from .losses import energy_distance, energy_score, l21_norm
 from .module import PerturbationModule
 from .nn import inverse_softplus, last_linear, mlp
 
 
 @dataclass
-class PDAEConfig:
+class PDAEConfig(ModelConfig):
     """Architecture and loss hyperparameters of a PDAE.
 
     The loss weights are the reference code's (w_pert 10, w_rec 0.1, w_prior 1e-4,
@@ -92,14 +91,8 @@ class PDAEConfig:
             (self.rec_samples >= 1, "rec_samples must be >= 1"),
             (min(self.w_pert, self.w_rec, self.w_prior, self.w_l21) >= 0, "loss weights must be >= 0"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"PDAEConfig: {msg}")
+        self._raise_failed(checks)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["hidden_dims"] = list(self.hidden_dims)
-        return d
 
 
 def one_condition_sources(labels: torch.Tensor, m: int) -> tuple[torch.Tensor | None, int]:

@@ -81,9 +81,9 @@ of the kept weights by a validation energy distance is this package's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
@@ -91,13 +91,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..data.registry import condition_column, detect_x_kind
+from ..data.registry import detect_x_kind
 from ..errors import DataError
-from ..train.loop import Callback, History, TrainConfig
 from .base import PerturbationModel
 from .catalog import register_model
 from .distributions import bernoulli_kl, gaussian_nll, nb_log_prob, normal_kl, sample_nb
-from .hparams import choice_check, hp
+from .hparams import ModelConfig, choice_check, hp
 from .module import PerturbationModule
 from .nn import last_linear, mlp
 
@@ -109,7 +108,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SAMSVAEConfig:
+class SAMSVAEConfig(ModelConfig):
     """Architecture, prior and variational hyperparameters of a SAMS-VAE (see the module
     docstring for where each default comes from; each is declared with
     :func:`~pdae_core.models.hparams.hp`: help text and choices)."""
@@ -147,14 +146,8 @@ class SAMSVAEConfig:
             (self.min_scale > 0, "min_scale must be > 0"),
             (self.gene_scale_floor > 0, "gene_scale_floor must be > 0"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"SAMSVAEConfig: {msg}")
+        self._raise_failed(checks)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["hidden_dims"] = list(self.hidden_dims)
-        return d
 
 
 # ---- the module -------------------------------------------------------------------------------
@@ -389,28 +382,14 @@ class SAMSVAE(PerturbationModel):
     config_class = SAMSVAEConfig
     module_class = SAMSVAEModule
 
-    def fit(
-        self,
-        adata: ad.AnnData,
-        holdout: Sequence[str] = (),
-        train_config: TrainConfig | None = None,
-        callbacks: Sequence[Callback] = (),
-        **train_kwargs: Any,
-    ) -> History:
-        """As :meth:`PerturbationModel.fit`; first stores ``N_t``, the number of training
-        cells (outside ``holdout``) whose label includes each perturbation ``t``, which
-        scales the global KL terms of the ELBO."""
-        conds = condition_column(adata, self.registry.perturbation_key)
-        hold = [holdout] if isinstance(holdout, str) else [str(h) for h in holdout]
-        L = self.registry.label_matrix(adata[~np.isin(conds, hold)])
+    def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> Callable[[], None]:
+        """Stores ``N_t``, the number of training cells (outside the held-out conditions)
+        whose label includes each perturbation ``t``, which scales the global KL terms of
+        the ELBO; restored if training fails."""
         buf = self.module.n_cells
         old = buf.detach().clone()
-        buf.copy_(torch.as_tensor((L != 0).sum(0), dtype=buf.dtype, device=buf.device))
-        try:
-            return super().fit(adata, holdout, train_config, callbacks, **train_kwargs)
-        except BaseException:
-            buf.copy_(old.to(buf.device))
-            raise
+        buf.copy_(torch.as_tensor((labels != 0).sum(0), dtype=buf.dtype, device=buf.device))
+        return lambda: buf.copy_(old.to(buf.device))
 
     def _check_x_kind(self, adata: ad.AnnData) -> None:
         kind = detect_x_kind(adata, self.registry.layer)

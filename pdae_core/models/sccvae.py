@@ -124,9 +124,9 @@ perturbations; the held-out doubles here use only the trained ``S``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -135,7 +135,7 @@ from torch import nn
 from .base import PerturbationModel
 from .catalog import register_model
 from .distributions import censored_gaussian_nll, censored_mean, gaussian_nll, std_normal_kl_logvar
-from .hparams import choice_check, hp
+from .hparams import ModelConfig, choice_check, hp
 from .losses import mmd_rbf
 from .module import PerturbationModule
 from .nn import mlp
@@ -148,7 +148,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class SCCVAEConfig:
+class SCCVAEConfig(ModelConfig):
     """Architecture and loss hyperparameters of an SCCVAE (sources in the module docstring;
     each is declared with :func:`~pdae_core.models.hparams.hp`: help text and choices)."""
 
@@ -202,15 +202,8 @@ class SCCVAEConfig:
             choice_check(self, "likelihood"),
             (self.rectify or self.likelihood == "gaussian", "the censored likelihood needs rectify=True"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"SCCVAEConfig: {msg}")
+        self._raise_failed(checks)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["hidden_dims"] = list(self.hidden_dims)
-        d["mmd_scales"] = list(self.mmd_scales)
-        return d
 
 
 # ---- module ---------------------------------------------------------------------------------------
