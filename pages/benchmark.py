@@ -11,7 +11,13 @@ import streamlit as st
 
 from pages import common
 from pdae_core.errors import PDAEError
-from pdae_core.eval.benchmark import BenchmarkSpec, available_models
+from pdae_core.eval.benchmark import (
+    BenchmarkSpec,
+    available_models,
+    has_results,
+    read_results,
+    results_folders,
+)
 from pdae_core.eval.heldout import NOISE, heldout_comparison
 from pdae_core.models.baselines import NoChange
 from pdae_core.plot import benchmark as figures
@@ -36,22 +42,18 @@ def _heldout_table(data_key: str, model_key: str, conditions: tuple[str, ...], _
 
 
 def _show_results(folder: Path, key: str) -> None:
-    summary_md = folder / "summary.md"
-    per_cond = folder / "per_condition.csv"
-    if per_cond.is_file():
-        df = pd.read_csv(per_cond)
-        metrics = [m for m in figures.METRIC_LABELS if m in df.columns and df[m].notna().any()]
+    res = read_results(folder)
+    if res.per_condition is not None:
+        metrics = res.metrics(figures.METRIC_LABELS)
         metric = st.selectbox("Metric", metrics, format_func=figures.metric_label, key=f"{key}_metric")
-        if "energy_distance" in df.columns:
-            st.plotly_chart(figures.condition_bars(df, metric=metric), width="stretch",
+        if res.track == "cells":
+            st.plotly_chart(figures.condition_bars(res.per_condition, metric=metric), width="stretch",
                             config=common.PLOT_CONFIG, theme=None, key=f"{key}_bars")
-        elif "fold" in df.columns:  # pseudobulk track: one value per double
-            mean = df.groupby("model", sort=False)[metric].mean().rename("mean over doubles").to_frame()
-            st.dataframe(mean, width="stretch")
-    if summary_md.is_file():
-        text = "\n".join(ln for ln in summary_md.read_text().splitlines() if not ln.startswith("<!--"))
-        with st.expander("Summary tables", expanded=not per_cond.is_file()):
-            st.markdown(text)
+        elif res.track == "pseudobulk":  # one value per double
+            st.dataframe(res.mean_per_model(metric), width="stretch")
+    if res.summary_text is not None:
+        with st.expander("Summary tables", expanded=res.per_condition is None):
+            st.markdown(res.summary_text)
 
 
 tab_model, tab_saved, tab_run = st.tabs(["Loaded model on its held-out conditions", "Saved results", "Run a benchmark"])
@@ -90,9 +92,9 @@ with tab_model:
             st.dataframe(wide[cols].style.format(precision=4), width="stretch")
 
 with tab_saved:
-    folders = sorted(p.parent for p in common.RESULTS_DIR.glob("*/summary.md")) if common.RESULTS_DIR.is_dir() else []
+    folders = results_folders(common.RESULTS_DIR)
     extra = ss.get("bench_out")
-    if extra and Path(extra, "summary.md").is_file() and Path(extra) not in folders:
+    if extra and has_results(extra) and Path(extra) not in folders:
         folders.append(Path(extra))
     if not folders:
         st.info("No saved results: run `pdae benchmark` or use the Run tab.")

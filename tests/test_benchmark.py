@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
@@ -12,13 +13,18 @@ import plotly.graph_objects as go
 import pytest
 
 from pdae_core import PDAEError, setup_anndata
+from pdae_core.data.defaults import DATASET_KEY
 from pdae_core.data.splits import seen_count
 from pdae_core.data.synthetic import make_synthetic
+from pdae_core.errors import DataError
 from pdae_core.eval import benchmark as bm
-from pdae_core.eval.benchmark import BenchmarkSpec, benchmark_dataset, run_benchmark
+from pdae_core.eval.benchmark import BenchmarkSpec, benchmark_dataset, read_results, run_benchmark
+from pdae_core.eval.benchmark import run as bm_run
+from pdae_core.models.catalog import MODEL_TYPES
 from pdae_core.plot.benchmark import condition_bars, delta_scatter, summary_bars
 
 NOISE = "noise floor"
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 TINY_PDAE = {"max_epochs": 1, "max_steps": 3}
 
 
@@ -37,15 +43,22 @@ def _spec(**kw) -> BenchmarkSpec:
 
 @pytest.fixture()
 def fits(monkeypatch):
-    """Wrap every builder: records (model, seed, holdout, training conditions) of each fit."""
+    """Wrap every builder the runner gets (baselines and catalogue model types alike):
+    records (model, seed, holdout, training conditions) of each fit."""
     log: list[tuple[str, int, list[str], list[str]]] = []
-    for name, build in list(bm.MODEL_BUILDERS.items()):
-        def counted(req, _name=name, _build=build):
-            model = _build(req)
-            log.append((_name, req.seed, list(req.holdout), list(model.train_conditions)))
+    get_builder = bm.get_builder
+
+    def counting(name):
+        build = get_builder(name)
+
+        def counted(req):
+            model = build(req)
+            log.append((name, req.seed, list(req.holdout), list(model.train_conditions)))
             return model
 
-        monkeypatch.setitem(bm.MODEL_BUILDERS, name, counted)
+        return counted
+
+    monkeypatch.setattr(bm_run, "get_builder", counting)
     return log
 
 
@@ -213,3 +226,82 @@ def test_norman19_devel_fixed_holdout(data_dir, tmp_path):
     for c in spec.holdout:
         assert df.loc[("additive", c), "seen"] == 2
         assert df.loc[("additive", c), "energy_distance"] < 0.1 < df.loc[("control", c), "energy_distance"]
+
+
+def test_model_types_are_built_from_the_catalogue(synth, monkeypatch):
+    adata, reg = synth
+    assert bm.available_models() == ["additive", "control", "fcr", "linear", "oracle", "pdae", "pool", "samsvae",
+                                     "sccvae"]
+    assert not set(bm.MODEL_BUILDERS) & set(MODEL_TYPES)  # no model type is registered by hand
+
+    class Dummy:
+        model_type = "dummy"
+
+        def __init__(self, registry, seed=0, **options):
+            self.registry, self.seed, self.options = registry, seed, options
+
+        def fit(self, adata, holdout=None, callbacks=None, seed=0, accelerator="auto", **train):
+            self.fitted = (list(holdout), seed, accelerator, train, len(callbacks))
+            return self
+
+    monkeypatch.setitem(MODEL_TYPES, "dummy", Dummy)
+    assert "dummy" in bm.available_models()
+    BenchmarkSpec(models=["dummy", "additive"]).check_models()
+    req = bm.FitRequest(adata, reg, ["P1+P2"], 3, {"width": 8}, {"max_epochs": 2}, "cpu", [object()])
+    model = bm.get_builder("dummy")(req)
+    assert isinstance(model, Dummy) and model.registry is reg and model.seed == 3 and model.options == {"width": 8}
+    assert model.fitted == (["P1+P2"], 3, "cpu", {"max_epochs": 2}, 1)
+    with pytest.raises(PDAEError, match="valid models: .*dummy"):
+        bm.get_builder("gears")
+
+
+def test_read_results_reads_a_run_back(synth, tmp_path):
+    adata, reg = synth
+    spec = _spec(models=["additive", "control"], seeds=[0])
+    df = run_benchmark(adata, reg, spec, tmp_path)
+    res = read_results(tmp_path)
+    assert res.folder == tmp_path and res.track == "cells"
+    assert list(res.per_condition.columns) == list(bm.COLUMNS) and len(res.per_condition) == len(df)
+    for col in ("energy_distance", "pearson_delta", "n_obs"):
+        np.testing.assert_array_equal(res.per_condition[col].to_numpy(float), df[col].to_numpy(float))
+    assert list(res.per_condition["model"]) == list(df["model"])
+    pd.testing.assert_frame_equal(res.summary, pd.read_csv(tmp_path / "summary.csv", float_precision="round_trip"))
+    assert res.summary_md == (tmp_path / "summary.md").read_text()
+    assert res.spec["spec"]["models"] == ["additive", "control"] and res.spec["spec_hash"]
+    assert "condition_bars_energy_distance" in res.figures and all(p.is_file() for p in res.figures.values())
+    assert res.metrics(["pearson_delta", "not_a_metric", "energy_distance"]) == ["pearson_delta", "energy_distance"]
+    assert bm.has_results(tmp_path) and not bm.has_results(tmp_path / "runs")
+    (tmp_path / "spec.json").write_text("{not json")
+    assert read_results(tmp_path).spec is None  # unreadable: as if absent
+    assert bm.results_folders(tmp_path.parent) == [p.parent for p in sorted(tmp_path.parent.glob("*/summary.md"))]
+
+
+def test_read_results_of_the_pseudobulk_track_and_of_a_missing_folder(tmp_path):
+    res = read_results(RESULTS / "norman19_pseudobulk")
+    assert res.track == "pseudobulk" and res.spec is None and res.figures == {}
+    assert res.summary_md.startswith("<!-- generated by:") and "<!--" not in res.summary_text
+    assert res.summary_text.startswith("# Pseudobulk benchmark")
+    mean = res.mean_per_model("pearson_delta")
+    assert list(mean.index) == ["additive", "linear", "pdae"] and list(mean.columns) == ["mean over doubles"]
+    assert mean.loc["additive", "mean over doubles"] == pytest.approx(
+        res.per_condition.loc[res.per_condition.model == "additive", "pearson_delta"].mean())
+    assert RESULTS / "norman19_pseudobulk" in bm.results_folders(RESULTS)
+    empty = read_results(tmp_path / "nothing")
+    assert empty.per_condition is None and empty.summary is None and empty.summary_text is None
+    assert empty.track is None and empty.metrics(["energy_distance"]) == [] and empty.figures == {}
+
+
+def test_benchmark_dataset_takes_keys_from_the_dataset_defaults(synth, tmp_path):
+    adata, _ = synth
+    data = adata.copy()
+    data.obs = data.obs.rename(columns={"condition": "guide"})
+    data.obs["guide"] = data.obs["guide"].astype(str).replace({"control": "NT"})
+    data.uns[DATASET_KEY] = {"perturbation_key": "guide", "control_label": "NT", "covariate_key": "absent"}
+    spec = _spec(models=["additive"], seeds=[0])
+    df = benchmark_dataset("custom", spec, tmp_path / "a", adata=data)
+    record = json.loads((tmp_path / "a" / "spec.json").read_text())
+    assert record["spec"]["dataset"] == "custom" and len(df) and (df["error"] == "").all()
+    assert "NT" in record["splits"][0]["train"]
+    data.uns[DATASET_KEY] = {"values": "lfc_vs_control"}
+    with pytest.raises(DataError, match="log-fold-changes, not cells"):
+        benchmark_dataset("profiles", spec, tmp_path / "b", adata=data)

@@ -1,4 +1,4 @@
-"""pdae_core.eval.metrics against direct formulas, scipy and dcor."""
+"""pdae_core.eval.metrics (and .bootstrap, .matrices) against direct formulas, scipy and dcor."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from scipy.spatial.distance import cdist, pdist
 from scipy.stats import norm, pearsonr
 
 from pdae_core.errors import DataError
+from pdae_core.eval import bootstrap as B
+from pdae_core.eval import matrices as MX
 from pdae_core.eval import metrics as M
 
 
@@ -116,8 +118,8 @@ def test_bootstrap_replicate_is_the_tie_free_statistic_of_a_resample(rng):
     ix, iy = r.integers(0, 9, 9), r.integers(0, 7, 7)
     cx = np.bincount(ix, minlength=9)[None].astype(float)
     cy = np.bincount(iy, minlength=7)[None].astype(float)
-    a, b = M._centred(x, y)
-    got = M._energy_terms(a, b, np.vstack([np.ones((1, 9)), cx]), np.vstack([np.ones((1, 7)), cy]), True, 4)
+    a, b = MX.centred(x, y)
+    got = B._energy_terms(a, b, np.vstack([np.ones((1, 9)), cx]), np.vstack([np.ones((1, 7)), cy]), True, 4)
     xs, ys = x[ix], y[iy]
 
     def tie_free(z: np.ndarray, idx: np.ndarray) -> float:
@@ -132,17 +134,17 @@ def test_bootstrap_replicate_is_the_tie_free_statistic_of_a_resample(rng):
 
 def test_bootstrap_replicates_centre_on_the_estimate(rng):
     x, y = gaussians(rng, 15, 12, d=20, shift=1.0)
-    a, b = M._centred(x, y)
+    a, b = MX.centred(x, y)
     r = np.random.default_rng(0)
-    ca, cb = M._boot_counts(r, 15, 4000), M._boot_counts(r, 12, 4000)
+    ca, cb = B._boot_counts(r, 15, 4000), B._boot_counts(r, 12, 4000)
     for unbiased in (True, False):
-        stat = M._energy_terms(a, b, ca, cb, unbiased, 64)
+        stat = B._energy_terms(a, b, ca, cb, unbiased, 64)
         assert stat[0] == pytest.approx(M.energy_distance(x, y, unbiased), rel=1e-9)
         se = stat[1:].std() / math.sqrt(4000)
         assert abs(stat[1:].mean() - stat[0]) < 4 * se
     # counting the copies as pairs at distance 0 would centre the replicates far above the U-statistic
-    within_with_copies = M._pair_sums(a, a, ca, ca, same=True, block=64)[1:] / (15 * 14)
-    within_tie_free = M._tie_free_within(M._pair_sums(a, a, ca, ca, same=True, block=64), ca)[1:]
+    within_with_copies = MX.pair_sums(a, a, ca, ca, same=True, block=64)[1:] / (15 * 14)
+    within_tie_free = B._tie_free_within(MX.pair_sums(a, a, ca, ca, same=True, block=64), ca)[1:]
     assert np.mean(within_tie_free - within_with_copies) > 0.05 * np.mean(within_tie_free)
 
 

@@ -139,10 +139,10 @@ def test_folds_partition_eligible_doubles():
     assert "P0+Z" in [c for f in double_folds(p, k=4, require_singles=False) for c in f]
 
     # training rows the runner uses: every condition except the fold's doubles
-    from pdae_core.eval.pseudobulk import _train_conditions
+    from pdae_core.eval.pseudobulk.profiles import train_conditions
 
     for test in folds:
-        train = _train_conditions(p, test)
+        train = train_conditions(p, test)
         assert not set(train) & set(test)
         assert {"P0+Z", "P1+P2+P3", *[f"P{i}" for i in range(7)]} <= set(train)
     with pytest.raises(DataError, match="fewer than k=30"):

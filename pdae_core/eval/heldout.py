@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from ..data.registry import PerturbationRegistry, condition_column, require_conditions
-from .metrics import bootstrap_energy_distance, noise_floor, paired_bootstrap_difference
-
-NOISE = "noise floor"
+from ..plot.style import NOISE
+from .bootstrap import bootstrap_energy_distance, paired_bootstrap_difference
+from .metrics import noise_floor
 
 
 class Predictor(Protocol):
