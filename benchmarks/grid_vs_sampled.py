@@ -28,7 +28,7 @@ from _report import emit
 from pdae_core import PDAE, setup_anndata
 from pdae_core.data.datasets import load_dataset
 from pdae_core.eval.metrics import energy_distance
-from pdae_core.train.loop import stratified_batches
+from pdae_core.train.batches import stratified_batches
 
 HOLDOUT = ["KLF1+MAP2K6", "MAP2K3+SLC38A2", "MAP2K3+MAP2K6", "MAPK1+TGFBR2", "KLF1+TGFBR2"]
 

@@ -11,7 +11,8 @@ import torch
 
 from pdae_core import PDAE, Callback, TrainConfig, resolve_device
 from pdae_core.data.registry import condition_column
-from pdae_core.train.loop import _Validator, split_cells, stratified_batches
+from pdae_core.train.batches import split_cells, stratified_batches
+from pdae_core.train.loop import _Validator
 
 SMALL = dict(latent_dim=3, hidden_dims=(16,), noise_dim=2, n_sources=4)
 
@@ -258,3 +259,77 @@ def test_train_config_rejects_bad_values():
         TrainConfig(batch_size=16, cells_per_condition=32)
     cfg = TrainConfig(max_epochs=5, lr=0.01, accelerator="cpu")
     assert TrainConfig.from_dict({**cfg.to_dict(), "unknown": 1}) == cfg
+
+
+class _Recorder(torch.nn.Module):
+    """A module whose loss records the rows it sees and draws one random number per step."""
+
+    def __init__(self, n_genes: int):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.zeros(n_genes))
+        self.seen: list[torch.Tensor] = []
+        self.draws: list[float] = []
+
+    def optimizer_groups(self, lr):
+        return self.parameters()
+
+    def init_from_data(self, x):
+        pass
+
+    supports_shard = False
+
+    def loss(self, x, labels, shard=None):
+        self.seen.append(x.detach().clone())
+        self.draws.append(float(torch.rand(())))
+        return {"loss": ((x - self.b) ** 2).mean()}
+
+
+def _recorder_run(**kw):
+    from pdae_core.train.loop import train_module
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(12, 4)).astype(np.float32)
+    module = _Recorder(4)
+    cfg = TrainConfig(**{"max_epochs": 3, "batch_size": 12, "cells_per_condition": 1, "val_fraction": 0.0,
+                         "accelerator": "cpu", **kw.pop("config", {})})
+    hist = train_module(module, X, np.zeros((12, 1), np.float32), np.arange(12), cfg, **kw)
+    return module, X, hist
+
+
+def test_full_batch_sees_every_row_in_order_each_step():
+    module, X, hist = _recorder_run(config={"full_batch": True})
+    assert len(module.seen) == 3 and hist.steps == 3
+    for x in module.seen:
+        np.testing.assert_array_equal(x.numpy(), X)
+    shuffled, _, _ = _recorder_run()  # stratified batches shuffle the rows
+    assert not all(np.array_equal(x.numpy(), X) for x in shuffled.seen)
+
+
+def test_custom_validation_score_is_recorded_and_selects_the_best_weights():
+    calls = []
+
+    def score(module):
+        calls.append(float(module.b.detach().sum()))
+        return -float(len(calls))  # improves at every evaluation: the last weights are the best
+
+    module, _, hist = _recorder_run(config={"full_batch": True, "eval_every": 1, "ema_decay": None}, validate=score)
+    assert [r["val_score"] for r in hist.records] == [-1.0, -2.0, -3.0]
+    assert all("val_ed" not in r for r in hist.records)
+    assert hist.best_epoch == 3 and hist.best_val == -3.0
+    assert math.isclose(float(module.b.detach().sum()), calls[-1])
+
+
+def test_reseed_false_continues_the_callers_random_stream():
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        torch.rand(())  # the caller used the stream (e.g. to build the module)
+        a, _, _ = _recorder_run(config={"full_batch": True, "seed": 0}, reseed=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        torch.rand(())
+        expected = [float(torch.rand(())) for _ in range(3)]
+    assert a.draws == expected
+    b, _, _ = _recorder_run(config={"full_batch": True, "seed": 0})  # default: seeded with config.seed
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        assert b.draws == [float(torch.rand(())) for _ in range(3)]

@@ -1,0 +1,1 @@
+"""Figures: one style module (names, colours, template) and pure plotly figure builders."""

@@ -13,7 +13,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..data.streaming import RowSource, prefetch
+from .batches import split_cells, stratified_batches
 from .distributed import Shard, all_reduce_mean, local_device, loss_group, split_sizes
 from .distributed import rank as dist_rank
 from .distributed import world_size as dist_world_size
@@ -62,6 +63,7 @@ class TrainConfig:
     val_max_cells: int = 512  # per condition: bounds validation memory on large data
     init_max_cells: int = 20_000  # cells used by the module's init_from_data (input scaling)
     prefetch: int = 2  # batches read ahead on a background thread when X is not in memory
+    full_batch: bool = False  # every step sees all training rows in their order (a few rows, e.g. one per condition)
 
     def __post_init__(self) -> None:
         checks = [
@@ -158,67 +160,6 @@ def resolve_device(accelerator: str = "auto") -> torch.device:
     raise ValueError(f"Unknown accelerator {accelerator!r}: use 'auto', 'cpu', 'cuda', 'cuda:N', 'gpu' or 'mps'.")
 
 
-def _group_members(groups: np.ndarray) -> list[np.ndarray]:
-    """Indices of the cells of each group, groups in sorted order, cells in increasing
-    order (what ``[np.flatnonzero(groups == g) for g in np.unique(groups)]`` gives, in
-    O(n log n) rather than O(n x groups))."""
-    groups = np.asarray(groups)
-    if groups.size == 0:
-        return []
-    order = np.argsort(groups, kind="stable")
-    return np.split(order, np.flatnonzero(groups[order][1:] != groups[order][:-1]) + 1)
-
-
-def split_cells(
-    groups: np.ndarray, val_fraction: float, rng: np.random.Generator, max_val: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validation split by cells, stratified by condition: each condition with at least
-    4 cells gives ``round(val_fraction * n)`` (>= 1, at most ``max_val``) of them to validation."""
-    train, val = [], []
-    for idx in _group_members(groups):
-        idx = idx[rng.permutation(len(idx))]
-        n_val = max(1, int(round(val_fraction * len(idx)))) if (val_fraction > 0 and len(idx) >= 4) else 0
-        if max_val is not None:
-            n_val = min(n_val, max_val)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-def stratified_batches(
-    groups: np.ndarray, batch_size: int, cells_per_condition: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """One epoch of mini-batches in which every condition present has (up to)
-    ``cells_per_condition`` cells: each condition's cells are shuffled and cut into
-    chunks, and the shuffled chunks are packed into batches. Every cell appears once."""
-    per_group = []
-    for idx in _group_members(groups):
-        idx = idx[rng.permutation(len(idx))]
-        per_group.append([idx[i : i + cells_per_condition] for i in range(0, len(idx), cells_per_condition)])
-    # round-robin over conditions (random order each round) so that consecutive
-    # chunks, and hence each batch, come from different conditions
-    chunks: list[np.ndarray] = []
-    for r in range(max(len(c) for c in per_group)):
-        for k in rng.permutation(len(per_group)):
-            if r < len(per_group[k]):
-                chunks.append(per_group[k][r])
-    order = range(len(chunks))
-    batches, cur, n = [], [], 0
-    for k in order:
-        cur.append(chunks[k])
-        n += len(chunks[k])
-        if n >= batch_size:
-            batches.append(np.concatenate(cur))
-            cur, n = [], 0
-    if cur:
-        last = np.concatenate(cur)
-        if len(last) >= 3 or not batches:
-            batches.append(last)
-        else:
-            batches[-1] = np.concatenate([batches[-1], last])
-    return batches
-
-
 class _Validator:
     """Mean over validation conditions of the energy distance between the observed
     validation cells of a condition and validation cells of *other* conditions moved
@@ -306,6 +247,8 @@ def train_module(
     groups: np.ndarray,
     config: TrainConfig,
     callbacks: Sequence[Callback] = (),
+    validate: Callable[[PerturbationModule], float] | None = None,
+    reseed: bool = True,
 ) -> History:
     """Train ``module`` in place on ``X`` (cells x genes) with ``labels`` (cells x K);
     ``groups`` (condition index per cell) drives stratified batches and the split.
@@ -315,11 +258,19 @@ def train_module(
     :class:`~pdae_core.data.streaming.RowSource` (sparse in memory, or an on-disk ``.h5ad``
     opened in backed mode), read one mini-batch at a time; both give the same result
     for the same seed. Inside a ``torch.distributed`` process group of several ranks
-    the run is data-parallel (see :mod:`pdae_core.train.distributed`)."""
+    the run is data-parallel (see :mod:`pdae_core.train.distributed`).
+
+    ``validate`` replaces the built-in validation (the energy distance of held-out cells
+    of the training conditions, see :class:`_Validator`) by the caller's score of the
+    module, lower is better, recorded as ``val_score`` every ``eval_every`` epochs (on
+    the averaged weights when ``ema_decay`` is set). Torch's random generator is seeded
+    with ``config.seed`` first; ``reseed=False`` continues the caller's stream instead
+    (a caller that seeded it to build the module, as the pseudobulk PDAE does)."""
     device = local_device(resolve_device(config.accelerator))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        return _train(module, X, labels, groups, config, callbacks, device)
+        if reseed:
+            torch.manual_seed(config.seed)
+        return _train(module, X, labels, groups, config, callbacks, device, validate)
 
 
 def _train(
@@ -330,6 +281,7 @@ def _train(
     config: TrainConfig,
     callbacks: Sequence[Callback],
     device: torch.device,
+    validate: Callable[[PerturbationModule], float] | None = None,
 ) -> History:
     rng = np.random.default_rng(config.seed)
     groups = np.asarray(groups)
@@ -347,7 +299,8 @@ def _train(
         return _to_tensor(source.rows(idx), device)
 
     train_idx, val_idx = split_cells(groups, config.val_fraction, rng, config.val_max_cells)
-    validator = _Validator(read(val_idx), Lt[val_idx], groups[val_idx], config.val_max_sources, config.seed)
+    val_key = "val_score" if validate is not None else "val_ed"
+    validator = validate or _Validator(read(val_idx), Lt[val_idx], groups[val_idx], config.val_max_sources, config.seed)
 
     world, rank_ = dist_world_size(), dist_rank()
     sharded = world > 1
@@ -364,7 +317,15 @@ def _train(
     amp_dtype = PRECISIONS[config.precision]
     scaler = torch.amp.GradScaler(device.type) if config.precision == "16-mixed" else None
     hist = History(device=str(device))
-    steps_per_epoch = len(stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, np.random.default_rng(0)))
+
+    def epoch_batches() -> list[np.ndarray]:  # positions in train_idx
+        if config.full_batch:
+            return [np.arange(len(train_idx))]
+        return stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, rng)
+
+    steps_per_epoch = 1 if config.full_batch else len(
+        stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, np.random.default_rng(0))
+    )
     for cb in callbacks:
         cb.on_train_start(config.max_epochs, steps_per_epoch)
 
@@ -398,7 +359,7 @@ def _train(
         sums: dict[str, float] = {}
         n_batches = 0
         t_epoch = time.perf_counter()
-        batches = stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, rng)
+        batches = epoch_batches()
         shards: list[Shard | None] = [None] * len(batches)
         if sharded:
             local = []
@@ -471,7 +432,7 @@ def _train(
             record.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
             if validator:
                 val = validator(module)
-                record["val_ed"] = val
+                record[val_key] = val
                 if val < best - 1e-6:
                     best, bad_evals = val, 0
                     best_state = copy.deepcopy(module.state_dict())

@@ -12,6 +12,7 @@ import torch
 
 from ...errors import DataError
 from ...models.pdae import PDAEConfig, PDAEModule
+from ...train.loop import TrainConfig, train_module
 from ..metrics import pearson_delta, top_de_genes
 from .profiles import ProfileSet, train_conditions
 
@@ -99,10 +100,11 @@ class PDAEProfile(ProfileModel):
     ``n_sources`` other profiles moved to its label (``decode(z_base_j + W l_i)``),
     plus the reconstruction, prior and L2,1 terms with the default weights.
 
-    Optimisation: full-batch Adam (``module.optimizer_groups(lr)``: ``W`` at 10x
-    ``lr``), cosine decay to 1% over ``steps``, gradient clipping at 10, and an
-    exponential moving average of the weights (``ema_decay``), used for validation
-    and prediction. Seeded with ``seed`` inside ``torch.random.fork_rng``.
+    Optimisation, by the shared training loop: full-batch Adam
+    (``module.optimizer_groups(lr)``: ``W`` at 10x ``lr``), cosine decay to 1% over
+    ``steps``, gradient clipping at 10, and an exponential moving average of the weights
+    (``ema_decay``), used for validation and prediction. Seeded with ``seed`` inside
+    ``torch.random.fork_rng`` (the module is built from the same stream).
 
     Step selection (``val_fraction > 0``): ``val_fraction`` of the training doubles
     that have both singles in training are held out (at least 2; skipped if fewer
@@ -192,43 +194,29 @@ class PDAEProfile(ProfileModel):
         stop_at: int | None = None,
         validate: Callable[[PDAEModule, torch.Tensor, torch.Tensor], float] | None = None,
     ) -> tuple[PDAEModule, torch.Tensor, torch.Tensor, list[tuple[int, float]]]:
+        """Train on the profiles' rows through the shared loop (:func:`pdae_core.train.loop.train_module`)
+        in full batches, one step per epoch; ``validate`` (higher is better) is recorded every
+        ``eval_every`` steps as the curve ``[(step, score)]``; ``stop_at`` ends at that step
+        (the cosine schedule still spans ``steps``)."""
         X, L = self._rows(profiles)
         config = PDAEConfig(
             n_genes=profiles.n_genes, n_perturbations=len(profiles.perturbations), latent_dim=int(latent_dim),
             hidden_dims=self.hidden_dims, noise_dim=0, softplus_output=False, n_sources=self.n_sources,
             source_sampling="batch",  # one profile per condition: there is no condition to draw several sources from
         )
-        curve: list[tuple[int, float]] = []
+        schedule = TrainConfig(
+            max_epochs=self.steps, batch_size=max(3, len(X)), cells_per_condition=1, full_batch=True,
+            lr=self.lr, lr_schedule="cosine", ema_decay=self.ema_decay, weight_decay=0.0, grad_clip=10.0,
+            val_fraction=0.0, eval_every=self.eval_every, patience=self.steps + 1, seed=self.seed,
+            max_steps=stop_at, accelerator="cpu",
+        )
+        score = None if validate is None else (lambda module: -validate(module, X, L))  # the loop minimises
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+            torch.manual_seed(self.seed)  # the module's initial weights and the training draws: one stream
             module = PDAEModule(config)
-            module.init_from_data(X)
-            opt = torch.optim.Adam(module.optimizer_groups(self.lr))
-            total = self.steps
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda s: 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total))
-            )
-            avg = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            last = stop_at if stop_at is not None else total
-            for step in range(1, last + 1):
-                module.train()
-                opt.zero_grad()
-                module.loss(X, L)["loss"].backward()
-                torch.nn.utils.clip_grad_norm_(module.parameters(), 10.0)
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    d = 0.0 if self.ema_decay is None else min(self.ema_decay, (1.0 + step) / (10.0 + step))
-                    for k, v in module.state_dict().items():
-                        avg[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
-                if validate is not None and (step % self.eval_every == 0 or step == last):
-                    raw = {k: v.detach().clone() for k, v in module.state_dict().items()}
-                    module.load_state_dict(avg)
-                    module.eval()
-                    curve.append((step, validate(module, X, L)))
-                    module.load_state_dict(raw)
-            module.load_state_dict(avg)
-            module.eval()
+            history = train_module(module, X.numpy(), L.numpy(), np.arange(len(X)), schedule, validate=score,
+                                   reseed=False)
+        curve = [(int(r["step"]), -r["val_score"]) for r in history.records if "val_score" in r]
         return module, X, L, curve
 
     def _validation_split(self, profiles: ProfileSet) -> list[str]:
