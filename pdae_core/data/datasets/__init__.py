@@ -113,11 +113,10 @@ def load_dataset(
 
     Files are looked up in :func:`default_data_dir` and downloaded when missing and
     ``download`` is true. ``uns['pdae_dataset']`` names the perturbation column, the
-    control label and the covariate, so that::
+    control label and the covariate; :func:`pdae_core.data.defaults.dataset_defaults`
+    reads them, so that::
 
-        d = adata.uns["pdae_dataset"]
-        registry = setup_anndata(adata, perturbation_key=d["perturbation_key"],
-                                 control_label=d["control_label"], covariate_key=d["covariate_key"])
+        registry = setup_anndata(adata, **dataset_defaults(adata))
 
     ``norman19_pseudobulk`` holds log-fold-changes vs control (``values ==
     "lfc_vs_control"``): one row per perturbation, no control row and negative
