@@ -296,3 +296,13 @@ def test_training_loop_uses_only_the_contract(rng):
     hist = train_module(m, X, L, groups, cfg)
     assert hist.steps > 0 and "train_sq" in hist.records[-1] and hist.best_val is not None
     np.testing.assert_allclose(m.perturbation_matrix.detach().numpy(), W.T, atol=0.1)
+
+
+def test_prediction_size_bound():
+    from pdae_core.errors import DataError
+    from pdae_core.models.prediction import MAX_PREDICTED_VALUES, check_prediction_size, max_predicted_cells
+
+    assert max_predicted_cells(2000) == MAX_PREDICTED_VALUES // 2000
+    check_prediction_size(max_predicted_cells(2000), 2000)
+    with pytest.raises(DataError, match="more than one prediction may hold"):
+        check_prediction_size(max_predicted_cells(2000) + 1, 2000)

@@ -17,9 +17,30 @@ import numpy as np
 import pandas as pd
 
 from ..data.registry import PerturbationRegistry, condition_column
+from ..errors import DataError
 
 PREDICTION_KEY = "pdae_prediction"
 EXTRAPOLATION_KEY = "pdae_extrapolation"
+
+#: The most expression values (predicted cells x genes) one prediction may hold:
+#: 2^30 float32 values, 4 GiB. Larger requests are refused before any work.
+MAX_PREDICTED_VALUES = 2**30
+
+
+def max_predicted_cells(n_genes: int) -> int:
+    """How many cells one prediction over ``n_genes`` genes may return."""
+    return max(1, MAX_PREDICTED_VALUES // max(1, int(n_genes)))
+
+
+def check_prediction_size(n_cells: int, n_genes: int) -> None:
+    """Refuse (``DataError``) a prediction of more than :func:`max_predicted_cells` cells."""
+    limit = max_predicted_cells(n_genes)
+    if int(n_cells) > limit:
+        raise DataError(
+            f"{int(n_cells):,} predicted cells x {int(n_genes):,} genes is more than one prediction may hold "
+            f"(at most {limit:,} cells at this gene count, {MAX_PREDICTED_VALUES * 4 // 2**30} GiB); "
+            "ask for fewer cells or predict in parts."
+        )
 
 
 def prediction_anndata(
