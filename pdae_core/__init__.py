@@ -1,26 +1,52 @@
 """pdae_core: predict the distribution of single cells under unseen perturbations
-and combinations of perturbations (Perturbation Distribution Autoencoder and peers)."""
+and combinations of perturbations (Perturbation Distribution Autoencoder and peers).
+
+The names below are imported on first use (PEP 562), so that ``import pdae_core`` (and
+``pdae_core.cli``, whose ``main`` handles Ctrl-C) costs no torch/anndata import by itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .data.registry import (  # noqa: E402
-    PerturbationRegistry,
-    detect_x_kind,
-    preprocess,
-    read_h5ad,
-    setup_anndata,
-)
-from .data.streaming import preprocess_on_disk  # noqa: E402
-from .errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError  # noqa: E402
-from .models.base import ExtrapolationCheck, PerturbationModel, span_check  # noqa: E402
-from .models.fcr import FCR, FCRConfig, FCRModule  # noqa: E402  (registers "fcr")
-from .models.pdae import PDAE, PDAEConfig, PDAEModule  # noqa: E402
-from .models.samsvae import SAMSVAE, SAMSVAEConfig, SAMSVAEModule  # noqa: E402  (registers "samsvae")
-from .models.sccvae import SCCVAE, SCCVAEConfig, SCCVAEModule  # noqa: E402  (registers "sccvae")
-from .train.loop import Callback, History, TrainConfig, resolve_device  # noqa: E402
+
+if TYPE_CHECKING:
+    from .models.base import PerturbationModel
+
+# public name -> module that defines it
+_EXPORTS = {
+    **dict.fromkeys(["PerturbationRegistry", "detect_x_kind", "preprocess", "read_h5ad", "setup_anndata"],
+                    ".data.registry"),
+    "preprocess_on_disk": ".data.streaming",
+    **dict.fromkeys(["CheckpointError", "DataError", "DatasetUnavailableError", "PDAEError"], ".errors"),
+    **dict.fromkeys(["ExtrapolationCheck", "PerturbationModel", "span_check"], ".models.base"),
+    **dict.fromkeys(["FCR", "FCRConfig", "FCRModule"], ".models.fcr"),
+    **dict.fromkeys(["PDAE", "PDAEConfig", "PDAEModule"], ".models.pdae"),
+    **dict.fromkeys(["SAMSVAE", "SAMSVAEConfig", "SAMSVAEModule"], ".models.samsvae"),
+    **dict.fromkeys(["SCCVAE", "SCCVAEConfig", "SCCVAEModule"], ".models.sccvae"),
+    **dict.fromkeys(["Callback", "History", "TrainConfig", "resolve_device"], ".train.loop"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 def load_model(path, adata=None, accelerator: str = "cpu") -> PerturbationModel:
     """Load any pdae_core checkpoint directory (never unpickles)."""
+    from .models.base import PerturbationModel
+
     return PerturbationModel.load(path, adata=adata, accelerator=accelerator)
 
 

@@ -147,6 +147,16 @@ def test_every_module_is_short():
     assert not long, f"modules over {MAX_LINES} lines: {long}"
 
 
+def test_every_public_name_resolves():
+    import pdae_core as pc
+
+    for name in pc.__all__:
+        assert getattr(pc, name) is not None, name
+    assert set(pc.__all__) <= set(dir(pc))
+    with __import__("pytest").raises(AttributeError, match="no attribute 'nope'"):
+        pc.nope  # noqa: B018
+
+
 if __name__ == "__main__":
     g = import_graph()
     print(f"{len(g)} modules, {sum(map(len, g.values()))} import edges")

@@ -17,12 +17,15 @@ from .common import (
     HelpFormatter,
     add_data_args,
     check_file_flags,
+    check_not_empty,
+    check_output_not_input,
     dataset_options,
     datasets_module,
     finite_float,
     holdout_list,
     non_negative_int,
     positive_int,
+    printable,
 )
 
 if TYPE_CHECKING:
@@ -111,7 +114,7 @@ class BenchmarkProgress:
                 self.bar.set_postfix({"val_ed": f"{event['val_ed']:.4g}"}, refresh=False)
             return
         self.close()
-        print(format_event(event), file=sys.stderr, flush=True)
+        print(printable(format_event(event)), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -136,6 +139,7 @@ def _stamp(path: Path, command: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """``pdae benchmark``."""
     out = Path(args.out)
+    check_output_not_input(out, {"--data": args.data})
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out} exists and is a file; the benchmark writes a folder.")
     if args.data is not None:
@@ -143,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         from ..data.registry import read_h5ad
 
         adata = read_h5ad(args.data)
+        check_not_empty(adata.n_obs, adata.n_vars, args.data)
         name = Path(args.data).name
     else:
         ds = datasets_module()
@@ -150,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             raise DataError(f"Unknown dataset {args.dataset!r}; built-in datasets: {', '.join(ds.list_datasets())}.")
         adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
                                 **dataset_options(args.dataset_options))
+        check_not_empty(adata.n_obs, adata.n_vars, f"dataset {args.dataset}")
         name = args.dataset
     level = args.level if args.level != "auto" else ("pseudobulk" if holds_profiles(adata) else "cells")
     progress = BenchmarkProgress(args.quiet)
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(f"benchmark written to {out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    print((out / "summary.md").read_text())
+    print(printable((out / "summary.md").read_text(), newlines=True))
     return EXIT_OK
 
 

@@ -1,5 +1,6 @@
 """What the ``pdae`` commands share: exit codes, the help formatter, argument types,
-the --data / --dataset options and their loading, output checks and the progress bar."""
+the --data / --dataset options and their loading, output checks (never onto an input),
+escaping of text read from files, and the progress bar."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,33 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             help_text += " (default: %(default)s)"
         return help_text
+
+
+# ---------------------------------------------------------------------------------
+# printing text read from files
+
+# bidirectional overrides and isolates reorder what a terminal shows (like escape codes, they
+# can make a name look like another)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape(ch: str) -> str:
+    o = ord(ch)
+    return f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def printable(text: object, newlines: bool = False) -> str:
+    """``text`` safe to print on a terminal: every control character (C0, DEL, C1 and the
+    bidirectional overrides) written as an escape such as ``\\x1b``, so that a gene, perturbation
+    or file name cannot move the cursor, recolour or rewrite the screen. With ``newlines``,
+    line breaks are kept (multi-line reports); otherwise they are escaped too."""
+    text = str(text)
+    if text.isprintable() and not any(ch in _BIDI for ch in text):
+        return text
+    return "".join(
+        ch if (newlines and ch == "\n") or not (unicodedata.category(ch) == "Cc" or ch in _BIDI) else _escape(ch)
+        for ch in text
+    )
 
 
 # ---------------------------------------------------------------------------------
@@ -210,13 +239,23 @@ def check_file_flags(args: argparse.Namespace) -> None:
             raise DataError(f"{flag} only applies with --dataset NAME, not with --data FILE.")
 
 
+def check_not_empty(n_obs: int, n_vars: int, source: str) -> None:
+    """Refuse data without cells or without genes, naming where it came from."""
+    if n_obs == 0 or n_vars == 0:
+        what = "no cells" if n_obs == 0 else "no genes"
+        raise DataError(f"{source} is empty: it holds {what} ({n_obs} cells x {n_vars} genes).")
+
+
 def load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
-    """The AnnData named by --data or --dataset, and a short description of where it came from."""
+    """The AnnData named by --data or --dataset (never empty), and a short description of
+    where it came from."""
     if args.data is not None:
         check_file_flags(args)
         from ..data.registry import read_h5ad
 
-        return read_h5ad(args.data, backed=getattr(args, "backed", False)), args.data
+        adata = read_h5ad(args.data, backed=getattr(args, "backed", False))
+        check_not_empty(adata.n_obs, adata.n_vars, args.data)
+        return adata, args.data
     options = dataset_options(args.dataset_options)
     ds = datasets_module()
     known = ds.list_datasets()
@@ -233,11 +272,68 @@ def load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
             "control cells), which a model cannot be trained on or predict from; use it for effect-level "
             "comparisons (pdae_core.data.datasets.load_dataset) or pick a single-cell dataset (see `pdae datasets`)."
         )
+    check_not_empty(adata.n_obs, adata.n_vars, f"dataset {args.dataset}")
     return adata, f"dataset {args.dataset}"
 
 
 # ---------------------------------------------------------------------------------
 # outputs
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.fspath(path))).resolve()
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name the same file or folder (through symlinks, relative paths
+    and, where both exist, hard links)."""
+    try:
+        if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    return _resolved(a) == _resolved(b)
+
+
+def lies_inside(inner: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``inner`` lies (at any depth) inside the folder ``folder``."""
+    ri, rf = _resolved(inner), _resolved(folder)
+    if rf in ri.parents:
+        return True
+    if os.path.isdir(folder):  # the same folder reached under another name (bind mount, ...)
+        for parent in ri.parents:
+            try:
+                if parent.exists() and os.path.samefile(parent, folder):
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def check_output_not_input(
+    out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], out_flag: str = "--out"
+) -> None:
+    """Refuse (``DataError``) an output path that is one of the ``inputs`` ({flag: path}, None
+    skipped), lies inside an input folder, or is a folder holding an input: a command never
+    writes over what it reads."""
+    for flag, inp in inputs.items():
+        if inp is None:
+            continue
+        if same_path(out, inp):
+            raise DataError(
+                f"{out_flag} {out} is the input {flag} {inp}; write the output to another path "
+                "(the input is never modified)."
+            )
+        if lies_inside(out, inp):
+            raise DataError(
+                f"{out_flag} {out} lies inside the input {flag} {inp}; write the output elsewhere "
+                "(the input is never modified)."
+            )
+        if lies_inside(inp, out):
+            raise DataError(
+                f"The input {flag} {inp} lies inside the output {out_flag} {out}; choose an output "
+                "that does not hold the input."
+            )
 
 
 def check_out_dir(path: Path, overwrite: bool) -> None:

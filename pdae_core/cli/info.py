@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_OK, HelpFormatter, preview
+from .common import EXIT_OK, HelpFormatter, preview, printable
 
 INFO_EXAMPLES = """\
 examples:
@@ -84,8 +84,8 @@ def _kv(d: dict[str, Any] | None) -> str:
 def run(args: argparse.Namespace) -> int:
     """``pdae info``."""
     s = checkpoint_summary(args.checkpoint)
-    if args.json:
-        print(json.dumps(s, indent=1))
+    if args.json:  # ASCII only: control characters in names are written as \u escapes
+        print(json.dumps(s, indent=1, ensure_ascii=True))
         return EXIT_OK
     opt = lambda v: "-" if v is None else repr(v)  # noqa: E731
     lines = [
@@ -112,5 +112,6 @@ def run(args: argparse.Namespace) -> int:
         f"Model config:     {_kv({k: v for k, v in s['model_config'].items() if k not in ('n_genes', 'n_perturbations')})}",
         f"Training config:  {_kv(s['train_config'])}",
     ]
-    print("\n".join(lines))
+    # names come from the checkpoint: escape control characters (terminal escape codes)
+    print("\n".join(printable(line) for line in lines))
     return EXIT_OK

@@ -13,9 +13,11 @@ from .common import (
     EXIT_OK,
     HelpFormatter,
     add_data_args,
+    check_output_not_input,
     load_data,
     positive_int,
     preview,
+    printable,
     write_h5ad_atomic,
 )
 
@@ -118,7 +120,7 @@ def prepare_source(adata: ad.AnnData, model: PerturbationModel, source: str) -> 
     genes = list(map(str, adata.var_names))
     if genes != reg.gene_names and set(reg.gene_names) <= set(genes):
         adata = adata[:, reg.gene_names].copy()
-        print(f"Using the model's {reg.n_genes} of the {len(genes)} genes of {source}.")
+        print(printable(f"Using the model's {reg.n_genes} of the {len(genes)} genes of {source}."))
     reg.check_genes(adata, source)
     return adata
 
@@ -130,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.registry import condition_column
     from ..models.checkpoint import load_checkpoint
-    from ..models.prediction import PREDICTION_KEY, combine_predictions
+    from ..models.prediction import PREDICTION_KEY, check_prediction_size, combine_predictions
 
+    check_output_not_input(args.out, {"--data": args.data, "CHECKPOINT": args.checkpoint})
     model = load_checkpoint(args.checkpoint, accelerator=args.accelerator)
     reg = model.registry
     targets: dict[str, tuple[str, Target]] = {}  # output name -> (as written, model target)
@@ -140,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         label = reg.label_vector(tgt)  # validates every target before any work
         name = reg.condition_name(label) if has_doses else text.strip()
         targets.setdefault(name, (text, tgt))
+    if args.n_cells is not None:  # all targets together, before reading any data
+        check_prediction_size(args.n_cells * len(targets), reg.n_genes)
 
     adata, source = load_data(args)
     src_label = args.source_condition or reg.control_label
@@ -152,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         )
     src = prepare_source(adata[mask].copy(), model, source)
     n_src = src.n_obs
+    check_prediction_size((args.n_cells or n_src) * len(targets), reg.n_genes)
     rng = np.random.default_rng(args.seed)
     n_draws = 1
     if args.n_cells is not None and args.n_cells < n_src:
@@ -168,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         check = model.extrapolation_check(tgt)
         name = str(pred.uns[PREDICTION_KEY]["target"])
         shown = text.strip() if name == text.strip() else f"{text.strip()} (as {name})"
-        print(f"{shown}: {pred.n_obs} cells from {n_src} {src_label!r} cells. {check.message}")
+        print(printable(f"{shown}: {pred.n_obs} cells from {n_src} {src_label!r} cells. {check.message}"))
         rows.append({
             "target": name, "in_span": bool(check.in_span), "measured_in_training": bool(check.measured_in_training),
             "residual": float(check.residual), "unseen_perturbations": ",".join(check.unseen_perturbations),
@@ -189,5 +195,5 @@ def run(args: argparse.Namespace) -> int:
     out = combine_predictions(preds, info, extrapolation)
     dest = Path(args.out)
     write_h5ad_atomic(out, dest)
-    print(f"Wrote {out.n_obs} predicted cells ({len(rows)} target(s) x {out.n_vars} genes) to {dest}.")
+    print(printable(f"Wrote {out.n_obs} predicted cells ({len(rows)} target(s) x {out.n_vars} genes) to {dest}."))
     return EXIT_OK

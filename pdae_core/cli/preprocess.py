@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .common import EXIT_OK, HelpFormatter, finite_float, positive_int
+from .common import (
+    EXIT_OK,
+    HelpFormatter,
+    check_not_empty,
+    check_output_not_input,
+    finite_float,
+    positive_int,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -37,13 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from ..data.streaming import preprocess_on_disk
 
     dst = Path(args.dst)
+    check_output_not_input(dst, {"RAW.h5ad": args.src}, out_flag="OUT.h5ad")
     if dst.exists() and not args.overwrite:
         raise DataError(f"{dst} exists; pass --overwrite to replace it.")
-    if dst.resolve() == Path(args.src).resolve():
-        raise DataError("OUT.h5ad must differ from RAW.h5ad (the input is never modified).")
     backed = read_h5ad(args.src, backed=True)  # checks the file with a clear message
     shape = backed.shape
     backed.file.close()
+    check_not_empty(shape[0], shape[1], args.src)
     t0 = time.perf_counter()
     steps = preprocess_on_disk(args.src, dst, target_sum=args.target_sum, n_top_genes=args.n_top_genes,
                                chunk_size=args.chunk_size)
