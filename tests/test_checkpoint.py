@@ -344,7 +344,10 @@ def _fail_second_replace(monkeypatch):
     return calls
 
 
-def test_interrupted_swap_is_recovered_on_load(tmp_path, tiny_adata, monkeypatch):
+def test_exception_between_the_renames_rolls_back(tmp_path, tiny_adata, monkeypatch):
+    """(issue 14, item 5: an exception between the two renames no longer leaves the previous
+    checkpoint in a hidden ``.old-*`` folder to be resurrected later: the save puts it back itself.
+    A save *killed* there is recovered on load: tests/test_checkpoint_safety.py.)"""
     path = tmp_path / "ckpt"
     first = trained(tiny_adata, seed=0)
     first.save(path)
@@ -353,19 +356,22 @@ def test_interrupted_swap_is_recovered_on_load(tmp_path, tiny_adata, monkeypatch
     with pytest.raises(OSError, match="simulated"):
         trained(tiny_adata, seed=1).save(path)
     monkeypatch.undo()
-    left = siblings(tmp_path)
-    assert "ckpt" not in left and len(left) == 1 and left[0].startswith(".ckpt.old-")
-    loaded = PDAE.load(path)
     assert siblings(tmp_path) == ["ckpt"] and files(path) == before
+    loaded = PDAE.load(path)
     src = controls(tiny_adata)
     np.testing.assert_array_equal(loaded.predict(src, "P1", seed=2).X, first.predict(src, "P1", seed=2).X)
 
 
-def test_leftover_old_directory_is_recovered(tmp_path, ckpt):
-    before = files(ckpt)
-    os.rename(ckpt, tmp_path / ".ckpt.old-x1y2z3")
-    assert PDAE.load(ckpt).is_trained
-    assert siblings(tmp_path) == ["ckpt"] and files(ckpt) == before
+def test_lone_old_directory_is_not_resurrected(tmp_path, ckpt, tiny_adata):
+    """(issue 14, item 5; this test used to expect the opposite) A lone ``.NAME.old-*`` folder is what a
+    save killed after its swap leaves: the checkpoint it holds was replaced, or deleted by the user since,
+    and must not come back. The next save removes the folder."""
+    os.rename(ckpt, tmp_path / ".ckpt.old-x1y2z3ab")
+    with pytest.raises(CheckpointError, match="not found"):
+        PDAE.load(ckpt)
+    assert not ckpt.exists()
+    trained(tiny_adata, seed=1).save(ckpt)
+    assert siblings(tmp_path) == ["ckpt"]
 
 
 def test_recovery_ignores_stale_old_directories(tmp_path, tiny_adata, monkeypatch):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data.defaults import holds_profiles
-from ..errors import CheckpointError, DataError, DatasetUnavailableError, PDAEError
+from ..errors import DataError, DatasetUnavailableError, PDAEError
 from ..train.loop import Callback
 
 if TYPE_CHECKING:
@@ -334,14 +334,6 @@ def check_output_not_input(
                 f"The input {flag} {inp} lies inside the output {out_flag} {out}; choose an output "
                 "that does not hold the input."
             )
-
-
-def check_out_dir(path: Path, overwrite: bool) -> None:
-    """A checkpoint directory may be written to ``path`` (absent, empty, or --overwrite)."""
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"--out {path} exists and is a file; a checkpoint is a directory.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise CheckpointError(f"--out {path} already exists and is not empty; pass --overwrite to replace it.")
 
 
 def write_h5ad_atomic(adata: ad.AnnData, path: Path) -> None:

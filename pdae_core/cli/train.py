@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.defaults import dataset_defaults
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 from ..train import distributed
 from .common import (
     EXIT_INTERRUPTED,
@@ -18,7 +18,7 @@ from .common import (
     HelpFormatter,
     TqdmProgress,
     add_data_args,
-    check_out_dir,
+    check_output_not_input,
     finite_float,
     holdout_list,
     load_data,
@@ -92,7 +92,9 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
     )
     add_data_args(t)
     t.add_argument("--out", required=True, metavar="CHECKPOINT_DIR", help="checkpoint directory to write")
-    t.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoint in --out (a README.md there is kept; a folder with other "
+                   "files is always refused)")
     k = t.add_argument_group("how the data encodes perturbations")
     k.add_argument("--perturbation-key", metavar="KEY", help="obs column with the condition of each cell "
                    "(default: the dataset's, else 'condition')")
@@ -143,6 +145,11 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
 
 def _check_settings(args: argparse.Namespace) -> None:
     """Fail fast on settings, before reading data or training."""
+    for flag in ("perturbation_key", "control", "separator", "dose_key", "covariate_key", "layer"):
+        value = getattr(args, flag)
+        if value is not None and not (value if flag == "separator" else value.strip()):
+            name = "--" + flag.replace("_", "-")
+            raise DataError(f"{name} is empty: give a value, or leave {name} out to use the default.")
     if args.n_top_genes is not None and not args.preprocess:
         raise DataError("--n-top-genes selects genes during preprocessing; add --preprocess.")
     if args.time_limit is not None and args.time_limit <= 0:
@@ -206,19 +213,45 @@ def _prepare_data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     return adata, registry, source, key
 
 
+def _check_holdout(holdout: list[str], registry: Any) -> None:
+    control = registry.control_label
+    if control in holdout:
+        raise DataError(
+            f"--holdout {control}: the control condition ({control!r}) cannot be held out: every model learns "
+            "and predicts perturbations relative to the control cells. Hold out perturbed conditions only."
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     """``pdae train``."""
-    from ..data.registry import condition_column, require_conditions
-    from ..models.catalog import MODEL_TYPES
-    from ..train.loop import TrainConfig, resolve_device
+    from ..models.checkpoint import check_output_dir, clean_leftovers
+    from ..models.output_lock import output_lock
 
     _check_settings(args)
     # under torchrun: one process per device, rank 0 prints and saves (see pdae_core.train.distributed)
     world = distributed.init_from_env()
-    main_process = distributed.is_main_process()
     out = Path(args.out)
-    if main_process:
-        check_out_dir(out, args.overwrite)
+    if not distributed.is_main_process():
+        return _train(args, out, world, main_process=False)
+    # before reading data or training: the output must be writable and hold nothing but a checkpoint,
+    # and it stays locked for the whole run, so that a second `pdae train --out SAME` is refused at once
+    check_output_not_input(out, {"--data": args.data})
+    check_output_dir(out, args.overwrite, flag="--overwrite")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"Cannot create the folder {out.parent} for --out: {e.strerror or e}.") from None
+    with output_lock(out, f"--out {out}"):
+        clean_leftovers(out, locked=True)  # may put back a checkpoint whose save was killed midway
+        check_output_dir(out, args.overwrite, flag="--overwrite")
+        return _train(args, out, world, main_process=True)
+
+
+def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) -> int:
+    from ..data.registry import condition_column, require_conditions
+    from ..models.catalog import MODEL_TYPES
+    from ..train.loop import TrainConfig, resolve_device
+
     device = distributed.local_device(resolve_device(args.accelerator))
     train_config = TrainConfig(
         max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
@@ -236,6 +269,7 @@ def run(args: argparse.Namespace) -> int:
 
     adata, registry, source, key = _prepare_data(args)
     holdout = holdout_list(args.holdout)
+    _check_holdout(holdout, registry)
     if holdout:
         require_conditions(adata, registry, holdout)
     model = cls(registry, seed=args.seed, **hp)
@@ -262,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
         distributed.shutdown()
         return EXIT_OK
     try:
-        model.save(out, overwrite=True)
+        model.save(out, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print("\ninterrupted while saving: no checkpoint written.", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -5,8 +5,31 @@ source cannot run code; any other file in the directory is refused.
 ``config.json`` holds the model type, its hyperparameters, the registry (gene
 names, perturbation vocabulary, separator, control label, preprocessing), what the
 model was trained on, the library version, and the SHA-256 of the weights file.
-Saving writes a fresh directory next to the target and swaps it in, so an
-interrupted save leaves the previous checkpoint intact.
+
+Saving (:func:`save_checkpoint`) never deletes a file it did not write, and never
+loses the previous checkpoint:
+
+1. :func:`check_output_dir`: the target ``NAME`` must be absent, an empty folder, or a
+   checkpoint folder (``overwrite=True`` to replace what it holds), in a writable
+   folder. A folder holding any other file is refused, naming the files; a
+   ``README.md`` there is carried over to the new checkpoint.
+2. Lock ``.NAME.lock`` next to ``NAME`` (:mod:`.output_lock`): a save while another
+   process holds the lock (for instance a running ``pdae train --out NAME``) is refused.
+3. Under the lock, leftovers of earlier saves killed midway are handled (step 6).
+4. The new checkpoint is written to ``.NAME.tmp-PID-TOKEN`` (weights, config, fsync;
+   ``README.md`` copied).
+5. Swap: ``NAME`` -> ``.NAME.old-PID-TOKEN``, then ``.NAME.tmp-PID-TOKEN`` -> ``NAME``
+   (two atomic renames; an exception between them renames the old one back), then
+   ``.NAME.old-PID-TOKEN`` is deleted and the lock released.
+6. A save killed during 4 leaves a ``tmp`` folder; killed between the two renames, an
+   ``old`` *and* a ``tmp`` folder of the same PID-TOKEN and no ``NAME``; killed after
+   them, a lone ``old`` folder. Only the middle case is an interrupted swap: the next
+   load or save renames that ``old`` back to ``NAME`` (the previous checkpoint). A lone
+   ``old`` folder is never put back, so a checkpoint the user deleted stays deleted.
+   Leftover folders named exactly ``.NAME.tmp-*`` / ``.NAME.old-*`` as this module (or
+   an earlier version) names them are deleted by the next save (under the lock) and,
+   once the process that made them no longer runs, by the next load (with the lock
+   file of a process that no longer runs).
 """
 
 from __future__ import annotations
@@ -15,9 +38,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +49,7 @@ import numpy as np
 from ..data.registry import PerturbationRegistry
 from ..errors import CheckpointError, DataError
 from ..train.loop import History, TrainConfig
+from .output_lock import output_lock, pid_alive, remove_stale_lock
 
 if TYPE_CHECKING:
     from .base import PerturbationModel
@@ -66,30 +90,116 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write ``model`` to directory ``path`` (created, or atomically replaced if it is empty or holds a
-    checkpoint; any other directory is refused rather than deleted)."""
-    from safetensors.torch import save_file
-
+def _target(path: str | os.PathLike) -> Path:
+    """``path`` as a Path with a real last component (``.`` or ``..`` would hide it)."""
     path = Path(path)
+    return Path(os.path.abspath(path)) if path.name in ("", "..") else path
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, flag: str = "overwrite=True") -> list[str]:
+    """Check that a checkpoint can be saved to ``path`` without deleting anything it did not write,
+    and that its folder is writable; raises :class:`CheckpointError` otherwise.
+
+    ``path`` must be absent, an empty folder, or a folder with only checkpoint files (``config.json``,
+    ``model.safetensors``, ``README.md``); it needs ``overwrite`` (named ``flag`` in the message) if
+    it holds any file. Returns the files that a save carries over (``README.md``)."""
+    path = _target(path)
+    if path.is_symlink():
+        raise CheckpointError(f"{path} is a symbolic link; give the real folder to save a checkpoint to.")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} exists and is not a directory; a checkpoint is a directory.")
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} already exists (pass overwrite=True to replace it).")
-    if path.exists():
-        foreign = sorted({p.name for p in path.iterdir()} - ALLOWED_FILES - _IGNORED)
-        if foreign:
+    keep: list[str] = []
+    if path.is_dir():
+        try:
+            cwd = Path.cwd().resolve()
+        except OSError:
+            cwd = None
+        if cwd is not None and (cwd == path.resolve() or path.resolve() in cwd.parents):
             raise CheckpointError(
-                f"{path} exists and is not a pdae_core checkpoint (it holds {foreign[:5]}); refusing to "
-                "replace it: choose another path or empty it first."
+                f"{path} is the current folder or holds it: a save replaces the whole folder; "
+                "give a folder name inside it instead."
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _new_dir(path.parent, f".{path.name}.tmp-")
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except PermissionError:
+            raise CheckpointError(f"Cannot read folder {path} (permission denied).") from None
+        names, foreign = [], []
+        for e in entries:
+            if e.name in _IGNORED or e.name in ALLOWED_FILES:
+                if not e.is_file(follow_symlinks=False):
+                    foreign.append(e.name)  # a folder or a link named like a checkpoint file
+                elif e.name not in (WEIGHTS, CONFIG):
+                    keep.append(e.name)
+            else:
+                foreign.append(e.name)
+            if e.name not in _IGNORED:
+                names.append(e.name)
+        if foreign:
+            foreign.sort()
+            more = f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+            raise CheckpointError(
+                f"{path} exists and is not a pdae_core checkpoint (it holds {foreign[:10]}{more}); refusing to "
+                "replace it, which would delete these files: move them elsewhere or choose another folder."
+            )
+        if names and not overwrite:
+            raise CheckpointError(
+                f"{path} already exists and holds {sorted(names)}; pass {flag} to replace the checkpoint "
+                "(a README.md there is kept)."
+            )
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise CheckpointError(f"Cannot create {path}: {base} is a file, not a folder.")
+    if base == path.parent:  # a real write probe (also catches read-only mounts and ACLs)
+        probe = base / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            probe.mkdir()
+            probe.rmdir()
+        except OSError as e:
+            raise CheckpointError(
+                f"Cannot write to folder {base} ({e.strerror or e}): {path} cannot be saved there."
+            ) from None
+    elif not os.access(base, os.W_OK | os.X_OK):
+        raise CheckpointError(f"Cannot write to folder {base} (permission denied): {path} cannot be created there.")
+    return sorted(keep)
+
+
+def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``model`` to directory ``path`` (the sequence is in the module docstring): created, or
+    atomically replaced if it holds a checkpoint and ``overwrite``; a folder holding other files is
+    refused, never emptied. Refused as well while another process holds the output lock of ``path``."""
+    path = _target(path)
+    check_output_dir(path, overwrite)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"Cannot create the folder {path.parent}: {e.strerror or e}.") from None
+    with output_lock(path, f"Checkpoint {path}"):
+        clean_leftovers(path, locked=True)
+        keep = check_output_dir(path, overwrite)
+        _write_and_swap(model, path, keep)
+    return path
+
+
+def _write_and_swap(model: PerturbationModel, path: Path, keep: list[str]) -> None:
+    from safetensors.torch import save_file
+
+    token = f"{os.getpid()}-{secrets.token_hex(6)}"
+    tmp = path.parent / f".{path.name}.tmp-{token}"
+    tmp.mkdir()  # with the user's umask (mkdtemp would make it 0700)
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
         # one metadata key: safetensors writes several in no fixed order, which would make
         # byte-identical weights hash differently from one save to the next
         save_file(state, str(tmp / WEIGHTS), metadata={"format": FORMAT})
+        _fsync(tmp / WEIGHTS)
         config = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -111,46 +221,96 @@ def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite
             json.dump(_json_safe(config), f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        for name in keep:  # the user's README.md moves over to the new checkpoint
+            shutil.copy2(path / name, tmp / name)
+        _fsync(tmp)
         if path.exists():
-            for stale in path.parent.glob(f".{path.name}.old-*"):  # left by a save killed after its swap
-                shutil.rmtree(stale, ignore_errors=True)
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            old.rmdir()
+            old = path.parent / f".{path.name}.old-{token}"
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+            _fsync(path.parent)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+            _fsync(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
-def _new_dir(parent: Path, prefix: str) -> Path:
-    """A fresh directory created with the user's umask (``mkdtemp`` would make it 0700)."""
-    while True:
-        d = parent / f"{prefix}{secrets.token_hex(6)}"
-        try:
-            d.mkdir()
-            return d
-        except FileExistsError:
-            continue
-
-
-def _recover(path: Path) -> None:
-    """If a save was interrupted between its two renames, put the previous checkpoint back."""
-    if path.exists():
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder's entries to disk (best effort: not every system syncs folders)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return
-    olds = sorted(path.parent.glob(f".{path.name}.old-*")) if path.parent.exists() else []
-    if olds:
-        os.replace(olds[-1], path)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# how save names its temporary folders (PID-TOKEN), and how earlier versions named them
+_LEFTOVER = re.compile(r"(?P<kind>tmp|old)-(?:(?P<pid>[0-9]+)-[0-9a-f]{12}|[0-9a-f]{12}|[a-z0-9_]{8})")
+
+
+def _leftovers(path: Path) -> list[tuple[Path, str, int | None, str]]:
+    """The leftover folders of saves to ``path``: (folder, 'tmp' or 'old', PID or None, suffix)."""
+    prefix = f".{path.name}."
+    try:
+        with os.scandir(path.parent) as it:
+            entries = list(it)
+    except OSError:
+        return []
+    out = []
+    for e in entries:
+        m = _LEFTOVER.fullmatch(e.name[len(prefix):]) if e.name.startswith(prefix) else None
+        if m and e.is_dir(follow_symlinks=False):
+            out.append((Path(e.path), m["kind"], int(m["pid"]) if m["pid"] else None, e.name[len(prefix) + 4:]))
+    return sorted(out)
+
+
+def clean_leftovers(path: str | os.PathLike, locked: bool = False) -> None:
+    """Finish what saves to ``path`` killed midway left behind (module docstring, step 6).
+
+    ``locked``: the caller holds the output lock of ``path``, so no other save to it runs and
+    every leftover goes; otherwise only those of processes that no longer run. Best effort:
+    a read-only folder is left as it is."""
+    path = _target(path)
+    items = _leftovers(path)
+    me = os.getpid()
+
+    def finished(pid: int | None) -> bool:
+        if pid is None or pid == me:
+            return locked
+        return locked or not pid_alive(pid)
+
+    if not os.path.lexists(path):
+        tmps = {suffix for _, kind, pid, suffix in items if kind == "tmp" and pid is not None}
+        for d, kind, pid, suffix in items:
+            if kind == "old" and pid is not None and suffix in tmps and finished(pid):
+                try:
+                    os.replace(d, path)  # killed between the two renames: the previous checkpoint comes back
+                except OSError:
+                    pass  # restored by another process first, or a read-only folder
+                break
+    for d, _, pid, _ in items:
+        if finished(pid) and os.path.lexists(d):
+            shutil.rmtree(d, ignore_errors=True)
+    if not locked:
+        remove_stale_lock(path)
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """Validate a checkpoint directory's files and return its parsed ``config.json``."""
     path = Path(path)
-    _recover(path)
+    clean_leftovers(path)
     if not path.exists():
         raise CheckpointError(f"Checkpoint not found: {path}")
     if not path.is_dir():
