@@ -87,12 +87,14 @@ with right:
     check = result.check
     where = (" It was held out during training, so the observed cells below are a true test."
              if result.target in model.holdout else "")
-    if check.measured_in_training:
+    if check.measured_in_training and not check.doses_outside_training:
         st.info(f"**{result.target}** · {check.message}{where}")
-    elif check.in_span:
-        st.success(f"**{result.target}** · {check.message}{where}")
-    else:
+    elif not check.in_span:
         st.error(f"**{result.target}** · {check.message}")
+    elif check.doses_outside_training:  # covered by the span, but beyond the doses measured
+        st.warning(f"**{result.target}** · {check.message}{where}")
+    else:
+        st.success(f"**{result.target}** · {check.message}{where}")
     obs_n = 0 if result.observed is None else result.observed.n_obs
     st.caption(
         f"{result.predicted.n_obs} predicted cells from {src} · "

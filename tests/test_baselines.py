@@ -252,7 +252,9 @@ def test_predict_validation(tiny_adata):
     with pytest.raises(DataError):
         model.predict(src[:0], "P1")
     with pytest.raises(DataError, match="genes"):
-        model.predict(src[:, ::-1], "P1")
+        model.predict(src[:, 1:], "P1")
+    # the same genes in another order are reordered (issue 14, item 10)
+    np.testing.assert_array_equal(model.predict(src[:, ::-1], "P1").X, model.predict(src, "P1").X)
     with pytest.raises(ValueError):
         model.predict(src, "P1", n_draws=0)
     sparse = src.copy()

@@ -193,7 +193,8 @@ def test_predict_refuses_a_huge_n_cells_at_once(ckpt, data_file, tmp_path):
 def test_predict_counts_all_targets_against_the_bound(capsys, ckpt, data_file, tmp_path, monkeypatch):
     from pdae_core.models import prediction
 
-    monkeypatch.setattr(prediction, "MAX_PREDICTED_VALUES", 10 * 25)  # 25 cells x 10 genes
+    monkeypatch.setattr(prediction, "MAX_PREDICTED_VALUES", 10 * 35)  # 35 cells x 10 genes (the library also
+    # counts the draws it makes before subsampling: 2 x 16 source cells for --n-cells 20)
     out = tmp_path / "pred.h5ad"
     rc, _, err = run(capsys, "predict", ckpt, "--data", data_file, "--target", "P1", "--target", "P2",
                      "--n-cells", "20", "--out", out)

@@ -100,6 +100,7 @@ def parse_target(text: str, registry: PerturbationRegistry) -> tuple[Target, boo
 def prepare_source(adata: ad.AnnData, model: PerturbationModel, source: str) -> ad.AnnData:
     """Apply the checkpoint's recorded preprocessing to raw counts and align the genes."""
     from ..data.registry import detect_x_kind, preprocess
+    from ..models.prediction import check_source_cells
 
     reg = model.registry
     prep = reg.preprocessing or {}
@@ -121,7 +122,7 @@ def prepare_source(adata: ad.AnnData, model: PerturbationModel, source: str) -> 
     if genes != reg.gene_names and set(reg.gene_names) <= set(genes):
         adata = adata[:, reg.gene_names].copy()
         print(printable(f"Using the model's {reg.n_genes} of the {len(genes)} genes of {source}."))
-    reg.check_genes(adata, source)
+    check_source_cells(reg, adata, source)  # the library's checks: genes, NaN / inf / negative values
     return adata
 
 

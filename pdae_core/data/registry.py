@@ -44,6 +44,16 @@ class PerturbationRegistry:
     x_kind: str = "log1p"  # "log1p" | "counts"
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.separator, str) or not self.separator:
+            raise DataError(
+                f"The combination separator must be a non-empty string (e.g. '+'), got {self.separator!r}."
+            )
+        if self.x_kind not in ("log1p", "counts"):
+            raise DataError(f"Registry field 'x_kind' must be 'log1p' or 'counts', got {self.x_kind!r}.")
+        if not isinstance(self.preprocessing, dict):
+            raise DataError(f"Registry field 'preprocessing' must be a dict, got {self.preprocessing!r:.80}.")
+
     # ---- conditions and labels -------------------------------------------------
     @property
     def n_perturbations(self) -> int:
@@ -76,9 +86,29 @@ class PerturbationRegistry:
     def is_control(self, condition: str) -> bool:
         return len(self.parse(condition)) == 0
 
+    def _target_error(self, what: str | None) -> DataError:
+        ctrl = f"pass the control label {self.control_label!r} as a string"
+        if what is None:
+            return DataError(f"The prediction target is empty: name at least one perturbation; to predict control cells explicitly, {ctrl}.")
+        return DataError(
+            f"{what}. A prediction target is a condition name (str, e.g. 'A{self.separator}B'), a {{name: dose}} "
+            f"dict, a list of names or (name, dose) pairs, or a label vector of {self.n_perturbations} numbers; for control {ctrl}."
+        )
+
     def label_vector(self, target: Target) -> np.ndarray:
-        """Label vector (float32, length = vocabulary size) of a prediction target."""
+        """Label vector (float32, length = vocabulary size) of a prediction target.
+
+        An empty target (``""``, ``[]``, ``{}``, an empty array) is an error: control is
+        asked for explicitly with the control label (or a zero vector of full length)."""
         K = self.n_perturbations
+        if isinstance(target, (bytes, bytearray, memoryview)) or not isinstance(
+            target, (str, Mapping, Sequence, np.ndarray)
+        ):
+            raise self._target_error(f"Cannot interpret a prediction target of type {type(target).__name__}")
+        if (isinstance(target, str) and not target.strip()) or len(target) == 0 or (
+            isinstance(target, np.ndarray) and target.size == 0
+        ):
+            raise self._target_error(None)
         if isinstance(target, np.ndarray) and not np.issubdtype(target.dtype, np.number):
             target = target.tolist()  # an array of names (or of (name, dose) pairs), not a raw vector
         if isinstance(target, np.ndarray) or (
@@ -104,8 +134,9 @@ class PerturbationRegistry:
                         pass
                 weights[name] = weights.get(name, 0.0) + dose
         elif isinstance(target, Mapping):
-            weights = {str(k): float(v) for k, v in target.items()}
-        elif isinstance(target, Sequence):
+            for k, v in target.items():
+                weights[str(k)] = self._dose(k, v)
+        else:
             for item in target:
                 if isinstance(item, str):
                     name, dose = item, 1.0
@@ -113,12 +144,10 @@ class PerturbationRegistry:
                     try:
                         name, dose = item
                     except (TypeError, ValueError):
-                        raise DataError(
-                            f"Target item {item!r} is neither a perturbation name nor a (name, dose) pair."
+                        raise self._target_error(
+                            f"Target item {item!r} is neither a perturbation name nor a (name, dose) pair"
                         ) from None
-                weights[str(name)] = weights.get(str(name), 0.0) + float(dose)
-        else:
-            raise DataError(f"Cannot interpret prediction target of type {type(target).__name__}.")
+                weights[str(name)] = weights.get(str(name), 0.0) + self._dose(name, dose)
         vec = np.zeros(K, dtype=np.float32)
         idx = self._index()
         for name, dose in weights.items():
@@ -133,6 +162,14 @@ class PerturbationRegistry:
                 raise DataError(f"Dose of {name!r} is not finite ({dose}).")
             vec[idx[name]] = dose
         return vec
+
+    def _dose(self, name: Any, dose: Any) -> float:
+        try:
+            if not isinstance(dose, (bool, str, bytes)):
+                return float(dose)
+        except (TypeError, ValueError):
+            pass
+        raise self._target_error(f"Dose {dose!r} of {name!r} is not a number")
 
     def label_matrix(self, adata: ad.AnnData) -> np.ndarray:
         """(n_cells, n_perturbations) float32 label matrix of an AnnData set up with this registry."""

@@ -10,8 +10,9 @@ else (training, prediction, checkpoints, the extrapolation check) is shared.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import anndata as ad
@@ -25,7 +26,7 @@ from ..data.streaming import RowSource, row_source
 from ..errors import DataError
 from ..train.loop import Callback, History, TrainConfig, resolve_device, train_module
 from .module import PerturbationModule
-from .prediction import prediction_anndata
+from .prediction import check_prediction_size, check_source_cells, prediction_anndata
 
 
 @dataclass
@@ -45,28 +46,70 @@ class ExtrapolationCheck:
     unseen_perturbations: list[str]
     measured_in_training: bool
     message: str
+    #: seen perturbations whose dose lies outside the doses seen in training for them
+    #: (control counting as dose 0), and those ranges as ``{name: [low, high]}``
+    doses_outside_training: list[str] = field(default_factory=list)
+    training_dose_ranges: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 def span_check(train_labels: np.ndarray, label: np.ndarray, tol: float = 1e-6) -> tuple[bool, float, int, int]:
-    """Rank test: is ``label`` in the row span of ``train_labels``? Returns
-    (in_span, relative residual of the least-squares fit, rank, rank with the label)."""
-    L = np.asarray(train_labels, dtype=np.float64)
-    v = np.asarray(label, dtype=np.float64)
-    scale = max(1.0, float(np.abs(L).max(initial=0.0)), float(np.abs(v).max(initial=0.0)))
-    rank = int(np.linalg.matrix_rank(L, tol=tol * scale)) if L.size else 0
-    rank2 = int(np.linalg.matrix_rank(np.vstack([L, v[None]]) if L.size else v[None], tol=tol * scale))
+    """Is ``label`` in the row span of ``train_labels``? Returns (in_span, relative
+    residual of the least-squares fit, rank, rank with the label).
+
+    Scale-invariant: every nonzero row and the label are scaled to unit norm first
+    (which leaves the span unchanged), so ``c * l`` is in the span for any ``c != 0``
+    exactly when ``l`` is. The label is in the span when its relative residual is at
+    most ``tol``; the rank with the label is then the rank, else the rank plus one."""
+    L = np.asarray(train_labels, dtype=np.float64).reshape(-1, np.asarray(label).size)
+    v = np.asarray(label, dtype=np.float64).reshape(-1)
+    norms = np.linalg.norm(L, axis=1)
+    L = L[norms > 0] / norms[norms > 0, None]
+    rank = int(np.linalg.matrix_rank(L, tol=tol)) if L.size else 0
     norm = float(np.linalg.norm(v))
     if norm == 0.0:
         return True, 0.0, rank, rank
+    v = v / norm
     if L.size:
         coef, *_ = np.linalg.lstsq(L.T, v, rcond=None)
-        resid = float(np.linalg.norm(L.T @ coef - v)) / norm
+        resid = float(np.linalg.norm(L.T @ coef - v))
     else:
         resid = 1.0
-    return rank2 == rank, resid, rank, rank2
+    in_span = resid <= tol
+    return in_span, resid, rank, rank if in_span else rank + 1
+
+
+def _fmt_dose(x: float) -> str:
+    return f"{x:g}"
+
+
+def dose_ranges(
+    train_labels: np.ndarray, label: np.ndarray, perturbations: Sequence[str], seen: np.ndarray, rtol: float = 1e-6
+) -> tuple[dict[str, list[float]], list[str]]:
+    """For each seen perturbation the target uses: the range of its training doses
+    (control counting as dose 0), and the names whose target dose lies outside it."""
+    L = np.asarray(train_labels, dtype=np.float64)
+    ranges: dict[str, list[float]] = {}
+    outside: list[str] = []
+    for k in np.flatnonzero((np.abs(label) > 0) & seen):
+        lo, hi = min(0.0, float(L[:, k].min())), max(0.0, float(L[:, k].max()))
+        d = float(label[k])
+        ranges[perturbations[k]] = [lo, hi]
+        slack = rtol * max(1.0, abs(lo), abs(hi))
+        if d < lo - slack or d > hi + slack:
+            outside.append(perturbations[k])
+    return ranges, outside
+
+
+def _dose_warning(check: ExtrapolationCheck, label: np.ndarray, perturbations: list[str]) -> str:
+    parts = [
+        f"{p} at dose {_fmt_dose(float(label[perturbations.index(p)]))} (training range "
+        f"[{_fmt_dose(lo)}, {_fmt_dose(hi)}])"
+        for p, (lo, hi) in check.training_dose_ranges.items()
+    ]
+    return f"Predicting {check.target}: dose outside the range seen in training for {'; '.join(parts)}."
 
 
 class PerturbationModel:
@@ -235,27 +278,32 @@ class PerturbationModel:
         passed to ``transfer`` by ``predict`` stay (n, K)."""
         return L
 
-    def _tensors(self, adata: ad.AnnData) -> tuple[torch.Tensor, torch.Tensor]:
-        self.registry.check_genes(adata, "the source cells" if adata.n_obs else "the dataset")
-        X = torch.as_tensor(self.registry.expression(adata), device=self.device)
+    def _tensors(self, adata: ad.AnnData, what: str = "the source cells") -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated expression (genes in the model's order) and module labels of ``adata``."""
+        order = check_source_cells(self.registry, adata, what)
+        X = self.registry.expression(adata)
+        if order is not None:
+            X = X[:, order]
         L = self.registry.label_matrix(adata)
-        return X, torch.as_tensor(self._module_labels(adata, L), device=self.device)
+        return torch.as_tensor(X, device=self.device), torch.as_tensor(self._module_labels(adata, L), device=self.device)
 
     @torch.no_grad()
     def latent(self, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
-        """Basal latent embedding (perturbation removed) of every cell, (n_cells, latent_dim)."""
+        """Basal latent embedding (perturbation removed) of every cell, (n_cells, latent_dim).
+        The cells are validated as in :meth:`predict` (genes in another order are reordered)."""
         self.module.eval()
         if adata.isbacked and self.registry.layer is None and adata.n_obs > batch_size:
             # read a backed file chunk by chunk rather than loading X whole
-            self.registry.check_genes(adata)
+            order = check_source_cells(self.registry, adata, "the cells")
             L = torch.as_tensor(self._module_labels(adata, self.registry.label_matrix(adata)), device=self.device)
             rows = row_source(adata.X, where=f"X of {adata.filename}")
             out = []
             for i in range(0, adata.n_obs, batch_size):
-                xb = torch.as_tensor(rows.rows(np.arange(i, min(i + batch_size, adata.n_obs))), device=self.device)
+                xb = rows.rows(np.arange(i, min(i + batch_size, adata.n_obs)))
+                xb = torch.as_tensor(xb if order is None else xb[:, order], device=self.device)
                 out.append(self.module.embed(xb, L[i : i + batch_size]).cpu())
             return torch.cat(out).numpy()
-        X, L = self._tensors(adata)
+        X, L = self._tensors(adata, "the cells")
         out = [self.module.embed(X[i : i + batch_size], L[i : i + batch_size]).cpu() for i in range(0, len(X), batch_size)]
         return torch.cat(out).numpy() if out else self.module.embed(X, L).cpu().numpy()  # (0, latent_dim)
 
@@ -272,29 +320,40 @@ class PerturbationModel:
         (``n_draws`` decoder draws each). ``target`` is a condition name
         (``"KLF1+MAP2K6"``), ``{name: dose}``, a list of names or (name, dose) pairs,
         or a raw label vector. The result's ``obs`` names the target, the source cell
-        and its condition; ``uns['pdae_prediction']`` holds the extrapolation check."""
+        and its condition; ``uns['pdae_prediction']`` holds the extrapolation check.
+
+        The source cells are validated (finite, non-negative, not raw counts for a model
+        of log-normalised expression, the model's genes: in another order they are
+        reordered); more than :func:`~pdae_core.models.prediction.max_predicted_cells`
+        predicted cells is refused before any work. A dose outside the doses seen in
+        training for its perturbation gives a ``UserWarning``."""
         self.module.eval()
         if source.n_obs == 0:
             raise DataError("No source cells to predict from.")
         if int(n_draws) < 1:
             raise ValueError(f"n_draws must be >= 1, got {n_draws}.")
+        n_draws, n = int(n_draws), source.n_obs
+        check_prediction_size(n * n_draws, self.registry.n_genes)
         label = self.registry.label_vector(target)
         name = target if isinstance(target, str) else self.registry.condition_name(label)
         X, L = self._tensors(source)
+        check = self.extrapolation_check(label if not isinstance(target, str) else target)
+        if check.doses_outside_training:
+            warnings.warn(_dose_warning(check, label, self.registry.perturbations), UserWarning, stacklevel=3)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         tgt = torch.as_tensor(label, device=self.device)
-        outs = []
-        for _ in range(n_draws):
-            for i in range(0, len(X), batch_size):
+        pred = np.empty((n * n_draws, self.registry.n_genes), dtype=np.float32)  # filled chunk by chunk
+        for d in range(n_draws):
+            for i in range(0, n, batch_size):
                 xb, lb = X[i : i + batch_size], L[i : i + batch_size]
-                outs.append(self.module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen).cpu())
-        pred = torch.cat(outs).numpy().astype(np.float32)
+                out = self.module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen)
+                pred[d * n + i : d * n + i + len(xb)] = out.cpu().numpy()
         info = {
             "model_type": self.model_type,
             "target": name,
             "label": label.tolist(),
             "seed": int(seed),
-            "extrapolation": self.extrapolation_check(label if not isinstance(target, str) else target).to_dict(),
+            "extrapolation": check.to_dict(),
         }
         return prediction_anndata(pred, source, self.registry, name, n_draws, info)
 
@@ -308,6 +367,7 @@ class PerturbationModel:
         unseen = [self.registry.perturbations[i] for i in np.flatnonzero((np.abs(label) > 0) & ~seen)]
         in_span, resid, r1, r2 = span_check(self.train_labels, label)
         measured = bool(np.any(np.all(np.abs(self.train_labels - label[None]) < 1e-6, axis=1)))
+        ranges, outside = dose_ranges(self.train_labels, label, self.registry.perturbations, seen)
         if measured:
             msg = f"{name} was measured in training: the prediction is an in-distribution reconstruction."
         elif in_span:
@@ -322,7 +382,15 @@ class PerturbationModel:
                 else f"it is not a linear combination of the training labels (relative residual {resid:.2g})"
             )
             msg = f"{name} is outside the span of the training labels: {why}. Treat the prediction as unsupported."
-        return ExtrapolationCheck(name, bool(in_span), resid, r1, r2, unseen, measured, msg)
+        if outside:
+            msg += " " + " ".join(
+                f"The dose {_fmt_dose(label[self.registry.perturbations.index(p)])} of {p} is outside the range of "
+                f"doses seen in training for it [{_fmt_dose(ranges[p][0])}, {_fmt_dose(ranges[p][1])}] "
+                "(control counts as dose 0): the prediction extrapolates in dose."
+                for p in outside
+            )
+        return ExtrapolationCheck(name, bool(in_span), resid, r1, r2, unseen, measured, msg, outside,
+                                  {p: ranges[p] for p in outside})
 
     def perturbation_embedding(self) -> pd.DataFrame:
         """One row per elementary perturbation: its latent shift (the columns of ``W``)."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..data.registry import PerturbationRegistry, Target, condition_column, require_conditions
 from ..errors import DataError, PDAEError
-from .prediction import prediction_anndata
+from .prediction import check_prediction_size, check_source_cells, prediction_anndata
 
 __all__ = ["Baseline", "NoChange", "AdditiveBaseline", "LinearBaseline", "PoolBaseline"]
 
@@ -83,7 +83,8 @@ class Baseline:
     def predict(self, source: ad.AnnData, target: Target, seed: int = 0, n_draws: int = 1) -> ad.AnnData:
         """Predicted cells under ``target`` (a condition name, ``{name: dose}``, a list of
         names or (name, dose) pairs, or a label vector), ``n_draws`` per source cell,
-        in the format of :meth:`pdae_core.models.base.PerturbationModel.predict`."""
+        in the format of :meth:`pdae_core.models.base.PerturbationModel.predict`, with
+        the same checks of the source cells and of the prediction's size."""
         reg = self.registry
         if reg is None:
             raise PDAEError(f"{type(self).__name__} is not fitted: call fit(adata, registry) first.")
@@ -92,10 +93,13 @@ class Baseline:
         if int(n_draws) < 1:
             raise ValueError(f"n_draws must be >= 1, got {n_draws}.")
         n_draws = int(n_draws)
-        reg.check_genes(source, "the source cells")
+        check_prediction_size(source.n_obs * n_draws, reg.n_genes)
         label = reg.label_vector(target)
         name = target if isinstance(target, str) else reg.condition_name(label)
+        order = check_source_cells(reg, source)  # same checks as the models; permuted genes are reordered
         X = reg.expression(source).astype(np.float64)
+        if order is not None:
+            X = X[:, order]
         rng = np.random.default_rng(seed)
         pred = self._predict(X, source, label, rng, n_draws)
         info = {

@@ -15,8 +15,9 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
-from ..data.registry import PerturbationRegistry, condition_column
+from ..data.registry import PerturbationRegistry, condition_column, detect_x_kind
 from ..errors import DataError
 
 PREDICTION_KEY = "pdae_prediction"
@@ -41,6 +42,55 @@ def check_prediction_size(n_cells: int, n_genes: int) -> None:
             f"(at most {limit:,} cells at this gene count, {MAX_PREDICTED_VALUES * 4 // 2**30} GiB); "
             "ask for fewer cells or predict in parts."
         )
+
+
+def source_gene_order(registry: PerturbationRegistry, adata: ad.AnnData, what: str = "the dataset") -> np.ndarray | None:
+    """Column indices that put ``adata``'s genes in the model's order: ``None`` when they
+    already are, an index array when ``adata`` holds the same genes permuted; any missing
+    or extra gene is a DataError naming a few of them (see ``registry.check_genes``)."""
+    genes = list(map(str, adata.var_names))
+    if genes == registry.gene_names:
+        return None
+    pos = {g: i for i, g in enumerate(genes)}
+    if len(genes) == registry.n_genes and len(pos) == len(genes) and all(g in pos for g in registry.gene_names):
+        return np.array([pos[g] for g in registry.gene_names], dtype=np.int64)
+    registry.check_genes(adata, what)  # raises, naming the missing and extra genes
+    raise DataError(f"{what} has duplicate gene names; call adata.var_names_make_unique().")
+
+
+def _nonzero_head(adata: ad.AnnData, layer: str | None) -> bool:
+    """Whether the first cells hold a nonzero value (all-zero cells are not raw counts)."""
+    head = (adata.layers[layer] if layer is not None else adata.X)[:2000]
+    return sp.csr_matrix(head).count_nonzero() > 0
+
+
+def check_source_cells(
+    registry: PerturbationRegistry, adata: ad.AnnData, what: str = "the source cells"
+) -> np.ndarray | None:
+    """Validate cells given to a trained model (``predict``, ``latent``, the baselines):
+    the layer the model reads exists; its values are finite and non-negative (the checks
+    and messages of :func:`~pdae_core.data.registry.detect_x_kind`) and, for a model of
+    log-normalised expression, not raw counts; the genes are the model's, possibly
+    permuted. Returns :func:`source_gene_order` (``None``: already in order)."""
+    layer = registry.layer
+    if layer is not None and layer not in adata.layers:
+        raise DataError(f"The model reads layer {layer!r}, which is not in {what} (layers: {list(adata.layers.keys())}).")
+    order = source_gene_order(registry, adata, what)
+    if adata.n_obs == 0:
+        return order
+    try:
+        kind = detect_x_kind(adata, layer)
+    except DataError as e:
+        raise DataError(f"{what}: {e}") from None
+    if kind == "counts" and registry.x_kind != "counts" and _nonzero_head(adata, layer):
+        target_sum = (registry.preprocessing or {}).get("normalize_total")
+        how = (f"pdae_core.preprocess(adata, target_sum={target_sum}), as recorded with the model"
+               if target_sum is not None else "normalize_total + log1p, as for the training data")
+        raise DataError(
+            f"{what} hold raw counts (non-negative integers), but the model was trained on log-normalised "
+            f"expression; normalise them the same way first: {how}."
+        )
+    return order
 
 
 def prediction_anndata(
