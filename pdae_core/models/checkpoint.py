@@ -49,6 +49,13 @@ import numpy as np
 from ..data.registry import PerturbationRegistry
 from ..errors import CheckpointError, DataError
 from ..train.loop import History, TrainConfig
+from .checkpoint_checks import (
+    check_shapes,
+    check_training,
+    expected_shapes,
+    read_weights_header,
+    warn_if_newer,
+)
 from .output_lock import output_lock, pid_alive, remove_stale_lock
 
 if TYPE_CHECKING:
@@ -333,6 +340,8 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             cfg = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path / CONFIG} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path / CONFIG} is not a checkpoint config: its JSON is nested too deeply.") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path / CONFIG} must hold a JSON object.")
     if cfg.get("format") != FORMAT:
@@ -344,6 +353,13 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("model_type", "model_config", "registry", "training", "weights_sha256"):
         if key not in cfg:
             raise CheckpointError(f"{path / CONFIG} is missing the field {key!r}.")
+    kind_name = {str: "string", dict: "object"}
+    for key, kind in (("model_type", str), ("model_config", dict), ("registry", dict), ("training", dict),
+                      ("weights_sha256", str)):
+        if not isinstance(cfg[key], kind):
+            raise CheckpointError(f"{path / CONFIG}: the field {key!r} must be a JSON {kind_name[kind]}.")
+    if "library_version" in cfg and not isinstance(cfg["library_version"], str):
+        raise CheckpointError(f"{path / CONFIG}: the field 'library_version' must be a version string.")
     return cfg
 
 
@@ -371,35 +387,32 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu") -> Pertur
     except (DataError, TypeError) as e:
         raise CheckpointError(f"{path / CONFIG}: invalid registry ({e}).") from None
     mc = cfg["model_config"]
-    if not isinstance(mc, dict):
-        raise CheckpointError(f"{path / CONFIG}: model_config must be an object.")
     if mc.get("n_genes") != registry.n_genes or mc.get("n_perturbations") != registry.n_perturbations:
         raise CheckpointError(
             f"{path / CONFIG}: model_config says {mc.get('n_genes')} genes / {mc.get('n_perturbations')} perturbations "
             f"but the registry lists {registry.n_genes} / {registry.n_perturbations}."
         )
     kwargs = {k: v for k, v in mc.items() if k not in ("n_genes", "n_perturbations")}
+    tr = cfg["training"]
+    check_training(tr, path / CONFIG)
+    if "library_version" in cfg:
+        warn_if_newer(cfg["library_version"], _library_version(), path / CONFIG)
+    # sizes first, from the header and a module on the meta device: nothing big is allocated
+    # before the config is known to agree with the weights
+    check_shapes(path / WEIGHTS, mtype, expected_shapes(cls, registry, kwargs, path / CONFIG),
+                  read_weights_header(path / WEIGHTS))
     try:
-        model = cls(registry, seed=int(cfg.get("init_seed", 0)), **kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path / CONFIG}: invalid model_config ({e}).") from None
+        init_seed = int(cfg.get("init_seed", 0))
+        model = cls(registry, seed=init_seed, **kwargs)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CheckpointError(f"{path / CONFIG}: invalid model_config or init_seed ({e}).") from None
     try:
         state = load_file(str(path / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path / WEIGHTS} is not a valid safetensors file: {e}") from None
-    expected = model.module.state_dict()
-    if set(state) != set(expected):
-        raise CheckpointError(
-            f"{path / WEIGHTS} does not fit a {mtype!r} model with this config: missing "
-            f"{sorted(set(expected) - set(state))[:5]}, unexpected {sorted(set(state) - set(expected))[:5]}."
-        )
-    for k, v in expected.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            raise CheckpointError(
-                f"{path / WEIGHTS}: tensor {k!r} has shape {tuple(state[k].shape)} but config.json implies {tuple(v.shape)}."
-            )
+    check_shapes(path / WEIGHTS, mtype, {k: tuple(v.shape) for k, v in model.module.state_dict().items()},
+                  {k: tuple(v.shape) for k, v in state.items()})
     model.module.load_state_dict(state)
-    tr = cfg["training"] if isinstance(cfg["training"], dict) else {}
     try:
         model.train_conditions = [str(c) for c in tr.get("train_conditions", [])]
         labels = np.asarray(tr.get("train_labels", []), dtype=np.float32)
