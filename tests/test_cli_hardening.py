@@ -260,3 +260,26 @@ def test_ctrl_c_early_in_the_console_script_exits_130_quietly():
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, (delay, err)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
+
+
+def test_huge_model_sizes_are_refused_before_allocating(capsys, tmp_path, tiny_adata):
+    """Issue 14 item 7: `--latent-dim 100000000` used to try to allocate ~100 GB."""
+    import tracemalloc
+
+    import pdae_core as pc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"GiB\), more than the 1,073,741,824"):
+        pc.PDAE.from_anndata(tiny_adata, perturbation_key="condition", latent_dim=100_000_000)
+    with pytest.raises(ValueError, match="lower latent_dim / hidden_dims"):
+        pc.SCCVAE.from_anndata(tiny_adata, perturbation_key="condition", hidden_dims=(200_000, 200_000))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - t0 < 30 and peak < 200 * 2**20
+    data = tmp_path / "tiny.h5ad"
+    tiny_adata.write_h5ad(data)
+    rc, _, err = run(capsys, "train", "--data", data, "--latent-dim", "100000000", "--epochs", "1", "--out",
+                     tmp_path / "ck", "-q")
+    assert_error(rc, err, "more than the 1,073,741,824")
+    assert not (tmp_path / "ck").exists()

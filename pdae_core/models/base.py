@@ -28,6 +28,9 @@ from ..train.loop import Callback, History, TrainConfig, resolve_device, train_m
 from .module import PerturbationModule
 from .prediction import check_prediction_size, check_source_cells, prediction_anndata
 
+#: The most values (parameters and buffers) a model's network may hold: 2^30, 4 GiB of float32.
+MAX_PARAMETERS = 2**30
+
 
 @dataclass
 class ExtrapolationCheck:
@@ -132,6 +135,7 @@ class PerturbationModel:
             )
         except TypeError as e:
             raise ValueError(f"{type(self).__name__}: bad hyperparameter ({e})") from None
+        self._check_size()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.module = self.module_class(self.config)
@@ -142,6 +146,19 @@ class PerturbationModel:
         self.holdout: list[str] = []
         self.train_config: TrainConfig | None = None
         self.history: History | None = None
+
+    def _check_size(self) -> None:
+        """Refuse hyperparameters whose network would exceed :data:`MAX_PARAMETERS`: the
+        module is first built on torch's ``meta`` device, which allocates nothing."""
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            probe = self.module_class(self.config)
+        n = sum(t.numel() for t in probe.state_dict().values())
+        if n > MAX_PARAMETERS:
+            raise ValueError(
+                f"{type(self).__name__}: these hyperparameters give a network of {n:,} values "
+                f"({n * 4 / 2**30:.1f} GiB), more than the {MAX_PARAMETERS:,} (4 GiB) this library builds; "
+                "lower latent_dim / hidden_dims."
+            )
 
     # ---- construction ---------------------------------------------------------------
     @classmethod
