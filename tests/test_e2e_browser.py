@@ -130,6 +130,8 @@ def test_opens_on_demo_data(page, server):
     page.get_by_role("heading", name="Data").wait_for()
     _idle(page)
     page.get_by_text("bundled checkpoint norman19_devel").wait_for()
+    # the sidebar can be drawn before the dataset summary on a loaded machine: wait for the summary too
+    page.get_by_text("have every part measured alone", exact=False).first.wait_for()
     text = page.inner_text("body")
     assert "norman19_devel" in text and "3,375" in text  # cells of the demo slice
     assert "combination(s) have every part measured alone" in text
