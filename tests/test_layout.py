@@ -1,8 +1,8 @@
 """The package's shape: no import cycle between pdae_core's modules, no oversized module.
 
 The import graph is read from the source (every ``import`` statement, those inside
-functions included; ``if TYPE_CHECKING:`` blocks excluded), so a cycle hidden in a
-lazy import is found too. Run ``python tests/test_layout.py`` to print the graph's
+functions and under ``if TYPE_CHECKING:`` included), so a cycle hidden in a lazy or
+annotation-only import is found too. Run ``python tests/test_layout.py`` to print the graph's
 size and any cycle.
 """
 
@@ -27,29 +27,13 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
 
 
-def _type_checking_blocks(tree: ast.AST) -> set[int]:
-    """ids of the import nodes under ``if TYPE_CHECKING:``."""
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If):
-            test = node.test
-            name = test.id if isinstance(test, ast.Name) else test.attr if isinstance(test, ast.Attribute) else ""
-            if name == "TYPE_CHECKING":
-                for sub in node.body:
-                    skip.update(id(n) for n in ast.walk(sub))
-    return skip
-
-
 def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     """The pdae_core modules that module ``name`` imports."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    skip = _type_checking_blocks(tree)
     is_pkg = path.name == "__init__.py"
     here = name.split(".") if is_pkg else name.split(".")[:-1]
     out: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
             out.update(t for t in targets if t in known)
@@ -126,7 +110,7 @@ def test_the_checker_reads_relative_and_lazy_imports(tmp_path):
     )
     known = {"pdae_core.sub.x", "pdae_core.sub.z", "pdae_core.top", "pdae_core.sub.sib", "pdae_core.sub"}
     found = imports_of("pdae_core.sub.m", f, known)
-    assert found == {"pdae_core.sub.x", "pdae_core.top", "pdae_core.sub.sib"}
+    assert found == {"pdae_core.sub.x", "pdae_core.sub.z", "pdae_core.top", "pdae_core.sub.sib"}
 
 
 def test_no_import_cycle():

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..data.registry import PerturbationRegistry
-    from .base import PerturbationModel
 
-MODEL_TYPES: dict[str, type[PerturbationModel]] = {}
+#: model type name -> its :class:`~pdae_core.models.base.PerturbationModel` subclass (typed loosely:
+#: this module must not import ``base``, which imports the checkpoints, which read this catalogue).
+MODEL_TYPES: dict[str, type] = {}
 
 
-def register_model(cls: type[PerturbationModel]) -> type[PerturbationModel]:
+def register_model(cls: type) -> type:
     """Class decorator: make a model type loadable from checkpoints by its ``model_type``."""
     MODEL_TYPES[cls.model_type] = cls
     return cls
@@ -26,7 +27,7 @@ def _config_fields(cls: type) -> set[str]:
 
 def build_model(
     model_type: str, registry: PerturbationRegistry, seed: int = 0, **hyperparameters: Any
-) -> PerturbationModel:
+) -> Any:
     """An untrained model of a registered type for ``registry``, initialised with ``seed``.
 
     ``hyperparameters`` set fields of the type's config; the config's defaults apply to

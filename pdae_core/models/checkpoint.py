@@ -42,7 +42,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -57,9 +57,6 @@ from .checkpoint_checks import (
     warn_if_newer,
 )
 from .output_lock import output_lock, pid_alive, remove_stale_lock
-
-if TYPE_CHECKING:
-    from .base import PerturbationModel
 
 FORMAT = "pdae_core.checkpoint"
 FORMAT_VERSION = 1
@@ -178,7 +175,7 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, flag: str = "over
     return sorted(keep)
 
 
-def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite: bool = True) -> Path:
+def save_checkpoint(model: Any, path: str | os.PathLike, overwrite: bool = True) -> Path:
     """Write ``model`` to directory ``path`` (the sequence is in the module docstring): created, or
     atomically replaced if it holds a checkpoint and ``overwrite``; a folder holding other files is
     refused, never emptied. Refused as well while another process holds the output lock of ``path``."""
@@ -195,7 +192,7 @@ def save_checkpoint(model: PerturbationModel, path: str | os.PathLike, overwrite
     return path
 
 
-def _write_and_swap(model: PerturbationModel, path: Path, keep: list[str]) -> None:
+def _write_and_swap(model: Any, path: Path, keep: list[str]) -> None:
     from safetensors.torch import save_file
 
     token = f"{os.getpid()}-{secrets.token_hex(6)}"
@@ -363,7 +360,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu") -> PerturbationModel:
+def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu") -> Any:
     """Load and validate a checkpoint; raises :class:`CheckpointError` on anything amiss."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

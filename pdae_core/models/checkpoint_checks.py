@@ -16,7 +16,6 @@ from ..errors import CheckpointError
 
 if TYPE_CHECKING:
     from ..data.registry import PerturbationRegistry
-    from .base import PerturbationModel
 
 # bytes per element of each safetensors dtype
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
@@ -65,7 +64,7 @@ def read_weights_header(weights: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def expected_shapes(cls: type[PerturbationModel], registry: PerturbationRegistry, kwargs: dict[str, Any],
+def expected_shapes(cls: type, registry: PerturbationRegistry, kwargs: dict[str, Any],
                      where: Path) -> dict[str, tuple[int, ...]]:
     """The shapes of the weights a model of ``cls`` with this config has, built on the meta device
     (no memory is allocated, whatever sizes the config asks for)."""
