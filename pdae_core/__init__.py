@@ -43,11 +43,12 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_EXPORTS))
 
 
-def load_model(path, adata=None, accelerator: str = "cpu") -> PerturbationModel:
-    """Load any pdae_core checkpoint directory (never unpickles)."""
+def load_model(path, adata=None, accelerator: str = "cpu", trust_modified: bool = False) -> PerturbationModel:
+    """Load any pdae_core checkpoint directory (never unpickles). A checkpoint modified after
+    saving is refused unless ``trust_modified=True``, which loads it with a warning."""
     from .models.base import PerturbationModel
 
-    return PerturbationModel.load(path, adata=adata, accelerator=accelerator)
+    return PerturbationModel.load(path, adata=adata, accelerator=accelerator, trust_modified=trust_modified)
 
 
 def predict(model: PerturbationModel, source_cells, target, seed: int = 0, n_draws: int = 1):

@@ -18,6 +18,7 @@ import torch
 
 import pdae_core
 from pdae_core import PDAE, CheckpointError, DataError, PerturbationModel, load_model
+from pdae_core.models.integrity import config_digest, seal
 
 SMALL = dict(latent_dim=3, hidden_dims=(16,), noise_dim=2, n_sources=4)
 
@@ -46,9 +47,12 @@ def siblings(tmp_path) -> list[str]:
 
 
 def edit_config(ckpt, edit) -> None:
+    """Edit config.json and record its new digest, as a forger would: the checks after the
+    integrity check must still refuse what is inconsistent (test_checkpoint_integrity.py
+    covers edits that keep the old digest)."""
     cfg = json.loads((ckpt / "config.json").read_text())
     edit(cfg)
-    (ckpt / "config.json").write_text(json.dumps(cfg))
+    (ckpt / "config.json").write_text(json.dumps(seal(cfg)))
 
 
 class CreatesFile:
@@ -114,7 +118,7 @@ def test_config_json_contents(tmp_path, tiny_adata):
     model.save(tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "model.safetensors"]
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert cfg["format"] == "pdae_core.checkpoint" and cfg["format_version"] == 1
+    assert cfg["format"] == "pdae_core.checkpoint" and cfg["format_version"] == 2
     assert cfg["library_version"] == pdae_core.__version__
     assert cfg["model_type"] == "pdae"
     reg = cfg["registry"]
@@ -126,6 +130,7 @@ def test_config_json_contents(tmp_path, tiny_adata):
     mc = cfg["model_config"]
     assert (mc["n_genes"], mc["n_perturbations"], mc["latent_dim"], mc["hidden_dims"]) == (30, 4, 3, [16])
     assert cfg["weights_sha256"] == sha256(tmp_path / "ckpt" / "model.safetensors")
+    assert cfg["checkpoint_sha256"] == config_digest(cfg)
     assert cfg["training"]["holdout"] == ["P1_P2"]
     assert cfg["training"]["train_config"]["max_epochs"] == 1
     assert len(cfg["training"]["history"]["records"]) == 1
@@ -208,7 +213,7 @@ TAMPER = [
     ("genes_removed_consistently",
      lambda c: (c["registry"]["gene_names"].pop(), c["model_config"].__setitem__("n_genes", 29)), r"has shape"),
     ("format", lambda c: c.update(format="something.else"), r"not a pdae_core checkpoint \(format='something\.else'\)"),
-    ("format_version", lambda c: c.update(format_version=2), r"format_version 2; this library reads 1"),
+    ("format_version", lambda c: c.update(format_version=3), r"format_version 3; this library reads 1 and 2"),
     ("weights_hash", lambda c: c.update(weights_sha256="0" * 64), r"does not match the SHA-256"),
     ("model_type", lambda c: c.update(model_type="scgen"), r"unknown model type 'scgen'"),
     ("missing_field", lambda c: c.pop("registry"), r"missing the field 'registry'"),

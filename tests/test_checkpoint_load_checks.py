@@ -20,6 +20,7 @@ import pytest
 from pdae_core import CheckpointError
 from pdae_core.cli import main as cli_main
 from pdae_core.models.checkpoint import load_checkpoint
+from pdae_core.models.integrity import seal
 
 DEMO = Path(__file__).resolve().parents[1] / "checkpoints" / "norman19_devel"
 
@@ -32,16 +33,17 @@ def ckpt(tmp_path) -> Path:
 
 
 def edit_config(d: Path, fn) -> None:
+    """Edit config.json and record its new digest (as a forger could), to reach the later checks."""
     cfg = json.loads((d / "config.json").read_text())
     fn(cfg)
-    (d / "config.json").write_text(json.dumps(cfg, indent=1))
+    (d / "config.json").write_text(json.dumps(seal(cfg), indent=1))
 
 
 # item 7 -------------------------------------------------------------------------------
 
 
 def test_huge_hidden_dims_refused_from_header_without_allocating(ckpt):
-    # config.json is not covered by the weights' SHA-256, so this edit reaches the size check
+    # a resealed config (digest recomputed) reaches the size check
     edit_config(ckpt, lambda c: c["model_config"].__setitem__("hidden_dims", [200000, 200000]))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the process's peak so far
     tracemalloc.start()

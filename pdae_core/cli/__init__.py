@@ -96,6 +96,17 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     args.argv = argv
+    import warnings
+
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, UserWarning):  # ours (and libraries' user-facing ones): one plain line
+            print(f"warning: {printable(message)}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
         return int(args.func(args))
     except BrokenPipeError:  # e.g. `pdae info ckpt --json | head`
@@ -106,3 +117,5 @@ def _main(argv: Sequence[str] | None) -> int:
         # one line, control characters escaped: messages quote names read from files
         print(f"error: {printable(e)}" if str(e) else f"error: {type(e).__name__}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        warnings.showwarning = default_show

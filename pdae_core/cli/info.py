@@ -29,16 +29,19 @@ def add_parser(sub: Any) -> None:
     )
     i.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory")
     i.add_argument("--json", action="store_true", help="print one JSON object (full gene and condition lists)")
+    i.add_argument("--trust-modified", action="store_true",
+                   help="describe a checkpoint even if it was modified after saving (with a warning)")
     i.set_defaults(func=run)
 
 
-def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
+def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False) -> dict[str, Any]:
     """Everything `pdae info` shows, as a JSON-ready dict (validates the checkpoint)."""
     from .._version import __version__
     from ..models.checkpoint import load_checkpoint, read_config
 
     cfg = read_config(path)
-    model = load_checkpoint(path, accelerator="cpu")  # verifies the weights and their checksum
+    # verifies the digests of the config and the weights
+    model = load_checkpoint(path, accelerator="cpu", trust_modified=trust_modified)
     reg = model.registry
     hist = model.history
     records = hist.records if hist else []
@@ -72,6 +75,7 @@ def checkpoint_summary(path: str | os.PathLike) -> dict[str, Any]:
         "stopped_early": hist.stopped_early if hist else False,
         "preprocessing": dict(reg.preprocessing),
         "weights_sha256": cfg.get("weights_sha256"),
+        "checkpoint_sha256": cfg.get("checkpoint_sha256"),
     }
 
 
@@ -83,7 +87,7 @@ def _kv(d: dict[str, Any] | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``pdae info``."""
-    s = checkpoint_summary(args.checkpoint)
+    s = checkpoint_summary(args.checkpoint, trust_modified=args.trust_modified)
     if args.json:  # ASCII only: control characters in names are written as \u escapes
         print(json.dumps(s, indent=1, ensure_ascii=True))
         return EXIT_OK
@@ -111,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         f"Preprocessing:    {_kv(s['preprocessing'])}",
         f"Model config:     {_kv({k: v for k, v in s['model_config'].items() if k not in ('n_genes', 'n_perturbations')})}",
         f"Training config:  {_kv(s['train_config'])}",
+        f"Digest (SHA-256): {s['checkpoint_sha256'] or 'none recorded (saved before digests existed)'}",
     ]
     # names come from the checkpoint: escape control characters (terminal escape codes)
     print("\n".join(printable(line) for line in lines))

@@ -65,6 +65,8 @@ def add_parser(sub: Any) -> None:
                    "cells subsamples them, more draws the decoder noise several times")
     p.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the subsample and the decoder noise")
     p.add_argument("--accelerator", default="cpu", metavar="{auto,cpu,cuda,mps}", help="device")
+    p.add_argument("--trust-modified", action="store_true",
+                   help="load the checkpoint even if it was modified after saving (with a warning)")
     p.add_argument("--out", required=True, metavar="PRED.h5ad", help="output file (replaced if it exists)")
     p.set_defaults(func=run)
 
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models.prediction import PREDICTION_KEY, check_prediction_size, combine_predictions
 
     check_output_not_input(args.out, {"--data": args.data, "CHECKPOINT": args.checkpoint})
-    model = load_checkpoint(args.checkpoint, accelerator=args.accelerator)
+    model = load_checkpoint(args.checkpoint, accelerator=args.accelerator, trust_modified=args.trust_modified)
     reg = model.registry
     targets: dict[str, tuple[str, Target]] = {}  # output name -> (as written, model target)
     for text in args.target:

@@ -248,9 +248,17 @@ class PerturbationRegistry:
         for key in ("perturbation_key", "control_label", "perturbations", "gene_names"):
             if key not in d:
                 raise DataError(f"Registry is missing the field {key!r}.")
+        for key in ("perturbation_key", "control_label"):
+            if not isinstance(d[key], str) or not d[key].strip():
+                raise DataError(f"Registry field {key!r} must be a non-empty string, got {d[key]!r:.80}.")
+        for key in ("dose_key", "covariate_key", "layer"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise DataError(f"Registry field {key!r} must be a string or null, got {d[key]!r:.80}.")
+        for key in ("perturbations", "gene_names"):
+            v = d[key]
+            if not isinstance(v, list) or not all(isinstance(p, str) and p.strip() for p in v):
+                raise DataError(f"Registry field {key!r} must be a list of non-empty strings.")
         reg = cls(**dict(d))
-        if not all(isinstance(p, str) for p in reg.perturbations) or not all(isinstance(g, str) for g in reg.gene_names):
-            raise DataError("Registry perturbations and gene_names must be lists of strings.")
         if len(set(reg.perturbations)) != len(reg.perturbations):
             raise DataError("Registry perturbation vocabulary has duplicates.")
         return reg

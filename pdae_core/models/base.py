@@ -426,12 +426,16 @@ class PerturbationModel:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, adata: ad.AnnData | None = None, accelerator: str = "cpu"
+        cls, path: str | os.PathLike, adata: ad.AnnData | None = None, accelerator: str = "cpu",
+        trust_modified: bool = False,
     ) -> PerturbationModel:
-        """Load a checkpoint (never unpickles); with ``adata``, check that its genes match."""
+        """Load a checkpoint (never unpickles); with ``adata``, check that its genes match.
+
+        A checkpoint modified after saving is refused unless ``trust_modified`` (then loaded with
+        a :class:`~pdae_core.models.integrity.ModifiedCheckpointWarning`)."""
         from .checkpoint import load_checkpoint
 
-        model = load_checkpoint(path, accelerator=accelerator)
+        model = load_checkpoint(path, accelerator=accelerator, trust_modified=trust_modified)
         if cls is not PerturbationModel and not isinstance(model, cls):
             from ..errors import CheckpointError
 

@@ -4,7 +4,9 @@ source cannot run code; any other file in the directory is refused.
 
 ``config.json`` holds the model type, its hyperparameters, the registry (gene
 names, perturbation vocabulary, separator, control label, preprocessing), what the
-model was trained on, the library version, and the SHA-256 of the weights file.
+model was trained on, the library version, the SHA-256 of the weights file, and one
+digest over all of it (:mod:`.integrity`): a checkpoint modified after saving is refused
+on load unless the caller passes ``trust_modified=True``.
 
 Saving (:func:`save_checkpoint`) never deletes a file it did not write, and never
 loses the previous checkpoint:
@@ -56,10 +58,12 @@ from .checkpoint_checks import (
     read_weights_header,
     warn_if_newer,
 )
+from .integrity import seal, verify
 from .output_lock import output_lock, pid_alive, remove_stale_lock
 
 FORMAT = "pdae_core.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: config.json carries checkpoint_sha256 (integrity.py); 1 did not
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 ALLOWED_FILES = {WEIGHTS, CONFIG, "README.md"}
@@ -222,7 +226,7 @@ def _write_and_swap(model: Any, path: Path, keep: list[str]) -> None:
             "weights_sha256": _sha256(tmp / WEIGHTS),
         }
         with open(tmp / CONFIG, "w") as f:
-            json.dump(_json_safe(config), f, indent=1)
+            json.dump(seal(_json_safe(config)), f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         for name in keep:  # the user's README.md moves over to the new checkpoint
@@ -343,9 +347,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path / CONFIG} must hold a JSON object.")
     if cfg.get("format") != FORMAT:
         raise CheckpointError(f"{path / CONFIG} is not a pdae_core checkpoint (format={cfg.get('format')!r}).")
-    if cfg.get("format_version") != FORMAT_VERSION:
+    if cfg.get("format_version") not in READABLE_VERSIONS or isinstance(cfg.get("format_version"), bool):
         raise CheckpointError(
-            f"{path / CONFIG} has format_version {cfg.get('format_version')!r}; this library reads {FORMAT_VERSION}."
+            f"{path / CONFIG} has format_version {cfg.get('format_version')!r:.40}; this library reads "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}."
         )
     for key in ("model_type", "model_config", "registry", "training", "weights_sha256"):
         if key not in cfg:
@@ -360,8 +365,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu") -> Any:
-    """Load and validate a checkpoint; raises :class:`CheckpointError` on anything amiss."""
+def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_modified: bool = False) -> Any:
+    """Load and validate a checkpoint; raises :class:`CheckpointError` on anything amiss.
+
+    A checkpoint modified after saving (or saved without a digest, format 1) is refused unless
+    ``trust_modified``, which loads it with a warning (:mod:`.integrity`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -370,15 +378,11 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu") -> Any:
 
     path = Path(path)
     cfg = read_config(path)
+    verify(cfg, _sha256(path / WEIGHTS), path, trust_modified=trust_modified)
     mtype = cfg["model_type"]
     if mtype not in MODEL_TYPES:
-        raise CheckpointError(f"{path}: unknown model type {mtype!r} (known: {sorted(MODEL_TYPES)}).")
+        raise CheckpointError(f"{path}: unknown model type {mtype!r:.80} (known: {sorted(MODEL_TYPES)}).")
     cls = MODEL_TYPES[mtype]
-    if _sha256(path / WEIGHTS) != cfg["weights_sha256"]:
-        raise CheckpointError(
-            f"{path / WEIGHTS} does not match the SHA-256 recorded in {CONFIG}: the weights or the config were "
-            "changed after saving."
-        )
     try:
         registry = PerturbationRegistry.from_dict(cfg["registry"])
     except (DataError, TypeError) as e:

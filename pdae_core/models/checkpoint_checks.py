@@ -52,7 +52,7 @@ def read_weights_header(weights: Path) -> dict[str, tuple[int, ...]]:
         shape = info.get("shape") if isinstance(info, dict) else None
         dtype = info.get("dtype") if isinstance(info, dict) else None
         if (not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape)
-                or dtype not in _DTYPE_BYTES):
+                or not isinstance(dtype, str) or dtype not in _DTYPE_BYTES):
             raise CheckpointError(f"{weights} is not a valid safetensors file: the header entry of tensor {name!r} is malformed.")
         shapes[name] = tuple(shape)
         total += math.prod(shape) * _DTYPE_BYTES[dtype]
