@@ -61,9 +61,10 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--level", choices=["auto", "cells", "pseudobulk"], default="auto",
                    help="cells: single-cell distributions; pseudobulk: one profile per condition "
                    "(auto: pseudobulk for datasets of per-condition profiles)")
-    b.add_argument("--models", metavar="M1,M2", help="comma-separated models (cells: pdae, additive, linear, "
-                   "control, pool and any registered model type; default pdae,additive,linear,control; "
-                   "pseudobulk: additive, linear, pdae; default all three)")
+    b.add_argument("--models", metavar="M1,M2", help="comma-separated models (cells: pdae, additive, "
+                   "scaled_additive, linear, control, pool and any registered model type; default "
+                   "pdae,additive,scaled_additive,linear,control; pseudobulk: additive, scaled_additive, linear, "
+                   "pdae; default all four)")
     b.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="run seeds 0..N-1")
     b.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                    help="cells: the same held-out conditions for every seed (default: a random "
@@ -181,7 +182,7 @@ def _benchmark_cells(args: argparse.Namespace, adata: ad.AnnData, name: str, out
     if args.time_limit is not None:
         train["time_limit_s"] = args.time_limit
     spec = BenchmarkSpec(
-        models=args.models or "pdae,additive,linear,control",
+        models=args.models or "pdae,additive,scaled_additive,linear,control",
         seeds=list(range(args.seeds)),
         test_fraction=args.test_fraction,
         holdout=holdout_list(args.holdout) or None,
@@ -216,7 +217,7 @@ def _benchmark_pseudobulk(args: argparse.Namespace, adata: ad.AnnData, name: str
         control_label=args.control or meta.get("control_label") or "control",
         separator=meta.get("separator") or "+",
     )
-    models = [m.strip() for m in (args.models or "additive,linear,pdae").split(",") if m.strip()]
+    models = [m.strip() for m in (args.models or "additive,scaled_additive,linear,pdae").split(",") if m.strip()]
     df = pb.run_pseudobulk_benchmark(
         profiles, models=models, k=args.folds, seeds=tuple(range(args.seeds)),
         progress=None if args.quiet else (lambda msg: progress({"stage": "pseudobulk", "message": msg})),

@@ -10,6 +10,8 @@ perturbation key, ``target``, ``source_cell``, ``source_condition``, ``draw``,
 * :class:`NoChange`: the source cells, unchanged.
 * :class:`AdditiveBaseline`: gene-space additivity, each part's effect measured on its
   single-perturbation cells.
+* :class:`ScaledAdditiveBaseline`: the additive change of a combination times one scalar
+  fitted on the training combinations.
 * :class:`LinearBaseline`: ridge regression of mean effects on label vectors.
 * :class:`PoolBaseline`: random training cells, whatever the target.
 
@@ -30,7 +32,7 @@ from ..data.registry import PerturbationRegistry, Target, condition_column, requ
 from ..errors import DataError, PDAEError
 from .prediction import check_prediction_size, check_source_cells, prediction_anndata
 
-__all__ = ["Baseline", "NoChange", "AdditiveBaseline", "LinearBaseline", "PoolBaseline"]
+__all__ = ["Baseline", "NoChange", "AdditiveBaseline", "ScaledAdditiveBaseline", "LinearBaseline", "PoolBaseline"]
 
 _B = TypeVar("_B", bound="Baseline")
 
@@ -172,21 +174,89 @@ class AdditiveBaseline(Baseline):
                 self.effects_[p] = X[rows].mean(0) - self.control_mean_
                 self.n_single_cells_[p] = int(rows.sum())
 
+    def _coefficients(self, source: ad.AnnData, label: np.ndarray) -> np.ndarray:
+        """Per source cell, the weight of each part's effect in its shift (n_cells, K):
+        here ``target label - source label``."""
+        return self._label_shift(source, label)
+
     def _predict(
         self, X: np.ndarray, source: ad.AnnData, label: np.ndarray, rng: np.random.Generator, n_draws: int
     ) -> np.ndarray:
         assert self.registry is not None
-        shift = self._label_shift(source, label)
+        shift = self._coefficients(source, label)
         needed = np.flatnonzero(np.any(shift != 0, axis=0))
         missing = [self.registry.perturbations[p] for p in needed if self.n_single_cells_[p] == 0]
         if missing:
             raise DataError(
-                f"AdditiveBaseline cannot predict {self.registry.condition_name(label)!r}: no training cells of "
-                f"the single perturbation(s) {', '.join(missing)} (alone, at dose 1); they are held out or "
-                "never measured alone, so their effect is unknown."
+                f"{type(self).__name__} cannot predict {self.registry.condition_name(label)!r}: no training "
+                f"cells of the single perturbation(s) {', '.join(missing)} (alone, at dose 1); they are held out "
+                "or never measured alone, so their effect is unknown."
             )
         eff = np.nan_to_num(self.effects_[needed], nan=0.0)
         return np.tile(X + shift[:, needed] @ eff, (n_draws, 1))
+
+
+def _combination_scale(labels: np.ndarray, alpha: float) -> np.ndarray:
+    """Per label vector (rows): ``alpha`` for a combination (two or more non-zero parts), else 1."""
+    return np.where(np.count_nonzero(labels, axis=1) >= 2, alpha, 1.0)
+
+
+class ScaledAdditiveBaseline(AdditiveBaseline):
+    """Additivity with one fitted scale: a combination's additive change times ``alpha``.
+
+    The effects are those of :class:`AdditiveBaseline` (means of the single-perturbation
+    cells minus the control mean). ``alpha`` is the least-squares scale, pooled over all
+    genes and over the training combinations (two or more parts, each measured alone in
+    training), of the observed mean change from control on the additive one:
+    ``alpha = sum_c <d_obs_c, d_add_c> / sum_c <d_add_c, d_add_c>`` with
+    ``d_obs_c = mean_c - mean_control`` and ``d_add_c = l_c @ effects_`` (each
+    combination weighs the same, whatever its cell count). Held-out conditions are not
+    in training, so they never enter ``alpha``. Without such combinations (or if
+    their additive changes are all zero) ``alpha = 1`` and the model equals the
+    additive baseline. ``alpha`` is not clipped: below 1 the combinations are weaker
+    than the sum of their parts (e.g. saturation), above 1 stronger.
+
+    ``alpha`` applies to combinations only: the predicted mean of a label ``l`` is
+    ``mean_control + a(l) * l @ effects_`` with ``a(l) = alpha`` when ``l`` has two or
+    more non-zero parts and 1 otherwise, so a single (at any dose) gets its measured
+    effect, as with the additive baseline. A source cell with label ``s`` is moved by
+    ``(a(t) t - a(s) s) @ effects_`` (for control cells ``a(t) t @ effects_``).
+    After ``fit``, besides the additive attributes: ``alpha_`` (float) and
+    ``alpha_conditions_`` (the training combinations it was fitted on).
+    """
+
+    model_type = "scaled_additive"
+
+    def _fit(self, X: np.ndarray, L: np.ndarray, conditions: np.ndarray, registry: PerturbationRegistry) -> None:
+        super()._fit(X, L, conditions, registry)
+        known = self.n_single_cells_ > 0
+        combo = (np.count_nonzero(L, axis=1) >= 2) & np.all((L == 0) | known[None, :], axis=1)
+        num = den = 0.0
+        used: set[str] = set()
+        if combo.any():
+            uniq, inv = np.unique(L[combo], axis=0, return_inverse=True)
+            inv = inv.reshape(-1)
+            Xc, names = X[combo], np.asarray(conditions)[combo]
+            for k, lab in enumerate(uniq):
+                rows = inv == k
+                d_obs = Xc[rows].mean(0) - self.control_mean_
+                d_add = lab.astype(np.float64) @ np.nan_to_num(self.effects_, nan=0.0)
+                num += float(d_obs @ d_add)
+                den += float(d_add @ d_add)
+                used.update(str(c) for c in names[rows])
+        self.alpha_ = num / den if den > 0 else 1.0
+        self.alpha_conditions_ = sorted(used) if den > 0 else []
+
+    def _coefficients(self, source: ad.AnnData, label: np.ndarray) -> np.ndarray:
+        assert self.registry is not None
+        S = self.registry.label_matrix(source).astype(np.float64)
+        t = label.astype(np.float64)
+        a_t = float(_combination_scale(t[None, :], self.alpha_)[0])
+        return a_t * t[None, :] - _combination_scale(S, self.alpha_)[:, None] * S
+
+    def __repr__(self) -> str:
+        extra = f", alpha={self.alpha_:.4g})" if self.is_fitted else ")"
+        return super().__repr__()[:-1] + extra
 
 
 class LinearBaseline(Baseline):

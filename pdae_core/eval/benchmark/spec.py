@@ -18,7 +18,13 @@ import scipy.sparse as sp
 from ...data.registry import PerturbationRegistry, condition_column
 from ...data.synthetic import SyntheticOracle
 from ...errors import PDAEError
-from ...models.baselines import AdditiveBaseline, LinearBaseline, NoChange, PoolBaseline
+from ...models.baselines import (
+    AdditiveBaseline,
+    LinearBaseline,
+    NoChange,
+    PoolBaseline,
+    ScaledAdditiveBaseline,
+)
 from ...models.catalog import MODEL_TYPES
 from ...train.loop import Callback, TrainConfig
 from ..heldout import NOISE, Predictor
@@ -75,6 +81,7 @@ def model_type_builder(cls: type) -> ModelBuilder:
 #: is built by :func:`model_type_builder`; a name here takes precedence.
 MODEL_BUILDERS: dict[str, ModelBuilder] = {
     "additive": _baseline_builder(AdditiveBaseline),
+    "scaled_additive": _baseline_builder(ScaledAdditiveBaseline),
     "linear": _baseline_builder(LinearBaseline),
     "control": _baseline_builder(NoChange),
     "pool": _baseline_builder(PoolBaseline),
@@ -118,7 +125,7 @@ class BenchmarkSpec:
     """
 
     dataset: str | None = None
-    models: list[str] = field(default_factory=lambda: ["pdae", "additive", "linear", "control"])
+    models: list[str] = field(default_factory=lambda: ["pdae", "additive", "scaled_additive", "linear", "control"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     test_fraction: float = 0.3
     holdout: list[str] | None = None

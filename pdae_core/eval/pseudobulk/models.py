@@ -1,6 +1,6 @@
-"""Models of mean changes from control for the mean-level track: the additive and
-linear baselines and the PDAE in its deterministic mean form; :data:`PROFILE_MODELS`
-builds them by name."""
+"""Models of mean changes from control for the mean-level track: the additive,
+scaled additive and linear baselines and the PDAE in its deterministic mean form;
+:data:`PROFILE_MODELS` builds them by name."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from ...train.loop import TrainConfig, train_module
 from ..metrics import pearson_delta, top_de_genes
 from .profiles import ProfileSet, train_conditions
 
-__all__ = ["ProfileModel", "AdditiveProfile", "LinearProfile", "PDAEProfile", "PROFILE_MODELS"]
+__all__ = ["ProfileModel", "AdditiveProfile", "ScaledAdditiveProfile", "LinearProfile", "PDAEProfile",
+           "PROFILE_MODELS"]
 
 
 class ProfileModel:
@@ -61,6 +62,39 @@ class AdditiveProfile(ProfileModel):
         if missing:
             raise DataError(f"AdditiveProfile needs the single(s) {missing} in training to predict these targets.")
         return L @ self.effects_
+
+
+class ScaledAdditiveProfile(AdditiveProfile):
+    """The additive delta of a combination times one fitted scale ``alpha``.
+
+    ``alpha = sum_c <delta_c, l_c E> / sum_c <l_c E, l_c E>``: least squares over all
+    genes and the training combinations (two or more parts, all measured alone in
+    training) of their deltas on their additive predictions ``l_c E`` (``E``: the
+    singles' deltas, as :class:`AdditiveProfile`); ``alpha = 1`` without such
+    combinations (the model is then :class:`AdditiveProfile`). Prediction:
+    ``alpha * l E`` for a label with two or more non-zero parts, ``l E`` for a single
+    (its measured delta). After ``fit``: ``alpha_`` and ``alpha_conditions_``.
+    """
+
+    name = "scaled_additive"
+
+    def fit(self, profiles: ProfileSet) -> ScaledAdditiveProfile:
+        super().fit(profiles)
+        known = set(np.asarray(self.perturbations_)[self.known_].tolist())
+        rows = [i for i, p in enumerate(profiles.parts) if len(p) >= 2 and set(p) <= known]
+        num = den = 0.0
+        for i in rows:
+            d_add = profiles.labels[i] @ self.effects_
+            num += float(profiles.deltas[i] @ d_add)
+            den += float(d_add @ d_add)
+        self.alpha_ = num / den if den > 0 else 1.0
+        self.alpha_conditions_ = [profiles.conditions[i] for i in rows] if den > 0 else []
+        return self
+
+    def predict(self, labels: np.ndarray) -> np.ndarray:
+        L = self._labels(labels, len(self.perturbations_))
+        scale = np.where(np.count_nonzero(L, axis=1) >= 2, self.alpha_, 1.0)
+        return scale[:, None] * super().predict(L)
 
 
 class LinearProfile(ProfileModel):
@@ -284,6 +318,7 @@ class PDAEProfile(ProfileModel):
 #: Model factories by name: ``factory(seed) -> ProfileModel``.
 PROFILE_MODELS: dict[str, Callable[[int], ProfileModel]] = {
     "additive": lambda seed: AdditiveProfile(),
+    "scaled_additive": lambda seed: ScaledAdditiveProfile(),
     "linear": lambda seed: LinearProfile(),
     "pdae": lambda seed: PDAEProfile(seed=seed),
 }
