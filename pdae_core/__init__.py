@@ -21,6 +21,8 @@ _EXPORTS = {
                     ".data.registry"),
     "preprocess_on_disk": ".data.streaming",
     **dict.fromkeys(["CheckpointError", "DataError", "DatasetUnavailableError", "PDAEError"], ".errors"),
+    **dict.fromkeys(["describe_interaction", "interaction_metrics", "interaction_table", "interactions_from_cells"],
+                    ".eval.interactions"),
     **dict.fromkeys(["ExtrapolationCheck", "PerturbationModel", "span_check"], ".models.base"),
     **dict.fromkeys(["FCR", "FCRConfig", "FCRModule"], ".models.fcr"),
     **dict.fromkeys(["PDAE", "PDAEConfig", "PDAEModule"], ".models.pdae"),
@@ -67,5 +69,6 @@ __all__ = [
     "PerturbationRegistry", "setup_anndata", "preprocess", "preprocess_on_disk", "read_h5ad", "detect_x_kind",
     "TrainConfig", "History", "Callback", "resolve_device",
     "PDAEError", "DataError", "CheckpointError", "DatasetUnavailableError",
+    "interaction_metrics", "interaction_table", "interactions_from_cells", "describe_interaction",
     "load_model", "predict", "latent", "__version__",
 ]

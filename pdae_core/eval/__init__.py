@@ -1,2 +1,3 @@
 """Evaluation: metrics and bootstrap intervals, held-out comparison, the benchmark runner
-(spec / run / report) and the mean-level pseudobulk track."""
+(spec / run / report), the mean-level pseudobulk track and the genetic-interaction
+metrics of doubles (:mod:`.interactions`)."""
