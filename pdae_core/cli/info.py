@@ -48,6 +48,7 @@ def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False) ->
     return {
         "path": str(Path(path)),
         "model_type": model.model_type,
+        "n_members": model.n_members,
         "library_version": cfg.get("library_version"),
         "current_library_version": __version__,
         "n_genes": reg.n_genes,
@@ -94,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     opt = lambda v: "-" if v is None else repr(v)  # noqa: E731
     lines = [
         f"Checkpoint:       {s['path']}",
-        f"Model type:       {s['model_type']} (saved by pdae_core {s['library_version']}; this is {s['current_library_version']})",
+        f"Model type:       {s['model_type']}" + (f", an ensemble of {s['n_members']} networks" if s["n_members"] > 1 else "")
+        + f" (saved by pdae_core {s['library_version']}; this is {s['current_library_version']})",
         f"Genes:            {s['n_genes']} ({preview(s['genes'], 5)})",
         f"Perturbations:    {s['n_perturbations']} ({preview(s['perturbations'], 20)})",
         f"Column:           {s['perturbation_key']!r}; control {s['control_label']!r}; separator {s['separator']!r}",

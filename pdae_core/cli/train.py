@@ -126,6 +126,9 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
     tr.add_argument("--val-fraction", type=finite_float, metavar="F", default=_d.val_fraction,
                     help="fraction of each condition's cells used for validation")
     tr.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the initial weights, batches and split")
+    tr.add_argument("--ensemble", type=positive_int, metavar="N", default=1,
+                    help="train N networks with seeds SEED..SEED+N-1 and save them as one checkpoint: predictions "
+                    "pool their cells and report the spread of the change across them (default 1: one network)")
     tr.add_argument("--accelerator", default="auto", metavar="{auto,cpu,cuda,mps}",
                     help="device: auto picks CUDA, then Apple MPS, then the CPU (also cuda:N)")
     tr.add_argument("--time-limit", type=finite_float, metavar="SECONDS",
@@ -249,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) -> int:
     from ..data.registry import condition_column, require_conditions
-    from ..models.catalog import MODEL_TYPES
+    from ..models.catalog import MAX_MEMBERS, MODEL_TYPES, build_model
     from ..train.loop import TrainConfig, resolve_device
 
     device = distributed.local_device(resolve_device(args.accelerator))
@@ -266,13 +269,18 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
         cls.config_class(n_genes=1, n_perturbations=1, **hp)
     except TypeError as e:
         raise ValueError(f"{args.model}: unsupported hyperparameter ({e})") from None
+    if args.ensemble > MAX_MEMBERS:
+        raise ValueError(f"--ensemble {args.ensemble}: an ensemble has at most {MAX_MEMBERS} networks.")
 
     adata, registry, source, key = _prepare_data(args)
     holdout = holdout_list(args.holdout)
     _check_holdout(holdout, registry)
     if holdout:
         require_conditions(adata, registry, holdout)
-    model = cls(registry, seed=args.seed, **hp)
+    if args.ensemble > 1:
+        model = build_model(args.model, registry, seed=args.seed, n_members=args.ensemble, **hp)
+    else:
+        model = cls(registry, seed=args.seed, **hp)
     n_cond = len(set(condition_column(adata, key)))
     say(
         f"Data: {source}: {adata.n_obs} cells x {adata.n_vars} genes, {n_cond} conditions, "
@@ -280,7 +288,8 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
         f"separator {registry.separator!r}" + (f"; held out: {', '.join(holdout)}" if holdout else "")
         + ("; X streamed from disk" if args.backed else "")
     )
-    say(f"Training {args.model} on {device}" + (f" x {world} processes" if world > 1 else "")
+    say(f"Training {args.model}" + (f" (an ensemble of {args.ensemble} networks, one after the other)"
+                                     if args.ensemble > 1 else "") + f" on {device}" + (f" x {world} processes" if world > 1 else "")
         + f" for at most {args.epochs} epochs" + (f" / {args.time_limit:g} s" if args.time_limit else "") + ".")
 
     progress = TqdmProgress(disable=args.quiet or not main_process)
@@ -309,7 +318,9 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
     else:
         why = ""
     print(f"Done: {epochs} epochs, {history.steps} steps in {history.seconds:.1f} s on {history.device}{why}.")
-    if history.best_val is not None:
+    if history.best_val is not None and args.ensemble > 1:
+        print(f"Best validation energy distance, mean over the {args.ensemble} networks: {history.best_val:.4g}.")
+    elif history.best_val is not None:
         print(f"Best validation energy distance: {history.best_val:.4g} at epoch {history.best_epoch}.")
     else:
         print("Best validation energy distance: n/a (no validation cells; the final weights were saved).")

@@ -136,9 +136,7 @@ class PerturbationModel:
         except TypeError as e:
             raise ValueError(f"{type(self).__name__}: bad hyperparameter ({e})") from None
         self._check_size()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.module = self.module_class(self.config)
+        self.module = self._build_module(seed)
         self.module.eval()
         self.init_seed = seed
         self.train_conditions: list[str] = []
@@ -147,11 +145,18 @@ class PerturbationModel:
         self.train_config: TrainConfig | None = None
         self.history: History | None = None
 
+    def _build_module(self, seed: int) -> PerturbationModule:
+        """The network, initialised from torch's RNG seeded with ``seed`` (the global RNG is left
+        as it was). An ensemble builds one network per member here."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.module_class(self.config)
+
     def _check_size(self) -> None:
         """Refuse hyperparameters whose network would exceed :data:`MAX_PARAMETERS`: the
         module is first built on torch's ``meta`` device, which allocates nothing."""
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            probe = self.module_class(self.config)
+        with torch.device("meta"):
+            probe = self._build_module(0)
         n = sum(t.numel() for t in probe.state_dict().values())
         if n > MAX_PARAMETERS:
             raise ValueError(
@@ -172,11 +177,18 @@ class PerturbationModel:
         covariate_key: str | None = None,
         layer: str | None = None,
         seed: int = 0,
+        n_members: int | None = None,
         **config: Any,
     ) -> PerturbationModel:
-        """Set up ``adata`` (see :func:`~pdae_core.data.registry.setup_anndata`) and build a model for it."""
+        """Set up ``adata`` (see :func:`~pdae_core.data.registry.setup_anndata`) and build a model for it;
+        with ``n_members``, an ensemble of that many networks (:mod:`pdae_core.models.ensemble`)."""
         reg = setup_anndata(adata, perturbation_key, control_label, separator, dose_key, covariate_key, layer)
-        return cls(reg, seed=seed, **cls._config_from_data(adata, reg, dict(config)))
+        config = cls._config_from_data(adata, reg, dict(config))
+        if n_members is not None:
+            from .catalog import ensemble_class
+
+            return ensemble_class(cls)(reg, seed=seed, n_members=n_members, **config)
+        return cls(reg, seed=seed, **config)
 
     @classmethod
     def _config_from_data(
@@ -243,7 +255,7 @@ class PerturbationModel:
             raise DataError(f"Training needs at least 8 cells; {X.shape[0]} remain after holding out {holdout}.")
         undo = self._before_training(adata, keep, L)
         try:
-            self.history = train_module(self.module, X, self._module_labels(sub, L), groups, train_config, callbacks)
+            self.history = self._train(X, self._module_labels(sub, L), groups, train_config, callbacks)
         except BaseException:
             if undo is not None:
                 undo()
@@ -254,6 +266,46 @@ class PerturbationModel:
         uniq = np.unique(L, axis=0)
         self.train_labels = uniq.astype(np.float32)
         return self.history
+
+    def _train(self, X: np.ndarray | RowSource, labels: np.ndarray, groups: np.ndarray, train_config: TrainConfig,
+               callbacks: Sequence[Callback]) -> History:
+        """Hook of :meth:`fit`: train the network on the training cells (an ensemble trains each member)."""
+        return train_module(self.module, X, labels, groups, train_config, callbacks)
+
+    def _member_modules(self) -> list[PerturbationModule]:
+        """The networks whose predictions are pooled: one for a single model, one per member for an ensemble."""
+        return [self.module]
+
+    @property
+    def n_members(self) -> int:
+        """How many networks predict together: 1, or the members of an ensemble."""
+        return len(self._member_modules())
+
+    def _ensemble_record(self) -> dict[str, Any] | None:
+        """What a checkpoint records about the members (None: not an ensemble)."""
+        return None
+
+    @torch.no_grad()
+    def member_changes(self, source: ad.AnnData, target: Target, seed: int = 0, batch_size: int = 8192) -> np.ndarray:
+        """Each member's predicted mean change of the ``source`` cells under ``target``: (members, genes),
+        one row for a single model. The change is the mean of the cells moved to ``target`` minus the
+        mean of the source cells (on the model's expression scale); rows differ only by the member."""
+        self.module.eval()
+        if source.n_obs == 0:
+            raise DataError("No source cells to predict from.")
+        label = self.registry.label_vector(target)
+        X, L = self._tensors(source)
+        tgt = torch.as_tensor(label, device=self.device)
+        base = X.double().mean(0)
+        out = []
+        for k, module in enumerate(self._member_modules()):
+            gen = torch.Generator(device=self.device).manual_seed(int(seed) + k)
+            total = torch.zeros(X.shape[1], dtype=torch.float64, device=self.device)
+            for i in range(0, len(X), batch_size):
+                xb, lb = X[i : i + batch_size], L[i : i + batch_size]
+                total += module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen).double().sum(0)
+            out.append((total / len(X) - base).cpu().numpy())
+        return np.stack(out)
 
     def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> Callable[[], None] | None:
         """Hook of :meth:`fit`, called after the input checks and just before training with
@@ -367,6 +419,7 @@ class PerturbationModel:
                 pred[d * n + i : d * n + i + len(xb)] = out.cpu().numpy()
         info = {
             "model_type": self.model_type,
+            "n_members": self.n_members,
             "target": name,
             "label": label.tolist(),
             "seed": int(seed),

@@ -225,6 +225,9 @@ def _write_and_swap(model: Any, path: Path, keep: list[str]) -> None:
             },
             "weights_sha256": _sha256(tmp / WEIGHTS),
         }
+        record = model._ensemble_record()
+        if record is not None:
+            config["ensemble"] = record
         with open(tmp / CONFIG, "w") as f:
             json.dump(seal(_json_safe(config)), f, indent=1)
             f.flush()
@@ -374,7 +377,7 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_mod
     from safetensors.torch import load_file
 
     from ..train.loop import resolve_device
-    from .catalog import MODEL_TYPES
+    from .catalog import MAX_MEMBERS, MODEL_TYPES, ensemble_class
 
     path = Path(path)
     cfg = read_config(path)
@@ -394,14 +397,26 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_mod
             f"but the registry lists {registry.n_genes} / {registry.n_perturbations}."
         )
     kwargs = {k: v for k, v in mc.items() if k not in ("n_genes", "n_perturbations")}
+    n_members = None
+    if "ensemble" in cfg:
+        ens = cfg["ensemble"]
+        n_members = ens.get("n_members") if isinstance(ens, dict) else None
+        if type(n_members) is not int or not 1 <= n_members <= MAX_MEMBERS:
+            raise CheckpointError(
+                f"{path / CONFIG}: the field 'ensemble' must be an object with n_members, an integer from 1 to "
+                f"{MAX_MEMBERS}; got {ens!r:.80}."
+            )
     tr = cfg["training"]
     check_training(tr, path / CONFIG)
     if "library_version" in cfg:
         warn_if_newer(cfg["library_version"], _library_version(), path / CONFIG)
     # sizes first, from the header and a module on the meta device: nothing big is allocated
     # before the config is known to agree with the weights
-    check_shapes(path / WEIGHTS, mtype, expected_shapes(cls, registry, kwargs, path / CONFIG),
-                  read_weights_header(path / WEIGHTS))
+    expected = expected_shapes(cls, registry, kwargs, path / CONFIG)
+    if n_members is not None:  # one network per member, under members.K.
+        expected = {f"members.{k}.{name}": shape for k in range(n_members) for name, shape in expected.items()}
+        cls, kwargs = ensemble_class(cls), {**kwargs, "n_members": n_members}
+    check_shapes(path / WEIGHTS, mtype, expected, read_weights_header(path / WEIGHTS))
     try:
         init_seed = int(cfg.get("init_seed", 0))
         model = cls(registry, seed=init_seed, **kwargs)

@@ -110,7 +110,6 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data.registry import PerturbationRegistry, Target
 from ..errors import DataError
@@ -252,9 +251,7 @@ class FCR(PerturbationModel):
         """New config and module with these context categories, same init seed and device."""
         device = self.device
         self.config = FCRConfig(**{**self.config.to_dict(), "covariate_categories": categories})
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.init_seed)
-            self.module = FCRModule(self.config)
+        self.module = self._build_module(self.init_seed)  # one network per member for an ensemble
         self.module.to(device).eval()
 
     def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> None:

@@ -386,10 +386,16 @@ class SAMSVAE(PerturbationModel):
         """Stores ``N_t``, the number of training cells (outside the held-out conditions)
         whose label includes each perturbation ``t``, which scales the global KL terms of
         the ELBO; restored if training fails."""
-        buf = self.module.n_cells
-        old = buf.detach().clone()
-        buf.copy_(torch.as_tensor((labels != 0).sum(0), dtype=buf.dtype, device=buf.device))
-        return lambda: buf.copy_(old.to(buf.device))
+        bufs = [m.n_cells for m in self._member_modules()]  # every member's, for an ensemble
+        olds = [b.detach().clone() for b in bufs]
+        for buf in bufs:
+            buf.copy_(torch.as_tensor((labels != 0).sum(0), dtype=buf.dtype, device=buf.device))
+
+        def undo() -> None:
+            for buf, old in zip(bufs, olds):
+                buf.copy_(old.to(buf.device))
+
+        return undo
 
     def _check_x_kind(self, adata: ad.AnnData) -> None:
         kind = detect_x_kind(adata, self.registry.layer)

@@ -427,13 +427,13 @@ class SCCVAE(PerturbationModel):
 
     def causal_graph(self) -> pd.DataFrame:
         """The learned latent SCM ``B`` as a DataFrame (row i, column j: weight of edge i -> j)."""
-        B = self.module.B.detach().cpu().numpy()
+        B = self._member_modules()[0].B.detach().cpu().numpy()  # member 0 of an ensemble
         names = [f"z{i}" for i in range(B.shape[0])]
         return pd.DataFrame(B, index=names, columns=names)
 
     def propagated_embedding(self) -> pd.DataFrame:
         """One row per perturbation: its shift after propagation, ``S (I - B)^-1``."""
-        E = self.module.propagated_effect_matrix().detach().cpu().numpy()
+        E = self._member_modules()[0].propagated_effect_matrix().detach().cpu().numpy()
         return pd.DataFrame(
             E.T, index=pd.Index(self.registry.perturbations, name="perturbation"),
             columns=[f"z{i}" for i in range(E.shape[0])],
