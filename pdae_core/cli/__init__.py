@@ -1,4 +1,4 @@
-"""Command-line interface: ``pdae train | preprocess | predict | info | benchmark | datasets``.
+"""Command-line interface: ``pdae train | preprocess | predict | interactions | info | benchmark | datasets``.
 
 Every user-caused error (bad file, column, target, checkpoint, hyperparameter)
 is printed as ``error: <message>`` on stderr with exit code 2, never as a
@@ -44,7 +44,7 @@ def build_parser(model: str | None = None) -> argparse.ArgumentParser:
     """The ``pdae`` argument parser (exposed for documentation and tests); ``train`` gets
     the hyperparameter flags of ``model`` (default: the default model)."""
     from .._version import __version__
-    from . import benchmark, datasets, info, predict, preprocess, train
+    from . import benchmark, datasets, info, interactions, predict, preprocess, train
     from .common import PROG, HelpFormatter
 
     parser = argparse.ArgumentParser(
@@ -57,7 +57,7 @@ def build_parser(model: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pdae_core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     train.add_parser(sub, model or train.DEFAULT_MODEL)
-    for command in (preprocess, predict, info, benchmark, datasets):
+    for command in (preprocess, predict, interactions, info, benchmark, datasets):
         command.add_parser(sub)
     return parser
 

@@ -285,27 +285,43 @@ class PerturbationModel:
         """What a checkpoint records about the members (None: not an ensemble)."""
         return None
 
-    @torch.no_grad()
     def member_changes(self, source: ad.AnnData, target: Target, seed: int = 0, batch_size: int = 8192) -> np.ndarray:
         """Each member's predicted mean change of the ``source`` cells under ``target``: (members, genes),
         one row for a single model. The change is the mean of the cells moved to ``target`` minus the
-        mean of the source cells (on the model's expression scale); rows differ only by the member."""
+        mean of the source cells (on the model's expression scale)."""
+        label = self.registry.label_vector(target)
+        return self.member_changes_many(source, label[None], seed=seed, batch_size=batch_size)[:, 0]
+
+    @torch.no_grad()
+    def member_changes_many(self, source: ad.AnnData, labels: np.ndarray, seed: int = 0,
+                            batch_size: int = 8192) -> np.ndarray:
+        """:meth:`member_changes` for many targets, given as label vectors ``labels`` (targets x
+        perturbations): (members, targets, genes). Each (member, target) draws its noise from its own
+        generator, seeded from ``seed``, the member and the label, so a target's change does not
+        depend on which other targets are asked for with it; cells go in chunks of ``batch_size``."""
+        import zlib
+
         self.module.eval()
         if source.n_obs == 0:
             raise DataError("No source cells to predict from.")
-        label = self.registry.label_vector(target)
+        labels = np.atleast_2d(np.asarray(labels, dtype=np.float32))
+        if labels.shape[1] != self.registry.n_perturbations or not np.all(np.isfinite(labels)):
+            raise DataError(f"Target label vectors must be finite, with {self.registry.n_perturbations} entries each.")
         X, L = self._tensors(source)
-        tgt = torch.as_tensor(label, device=self.device)
+        n = len(X)
         base = X.double().mean(0)
-        out = []
-        for k, module in enumerate(self._member_modules()):
-            gen = torch.Generator(device=self.device).manual_seed(int(seed) + k)
-            total = torch.zeros(X.shape[1], dtype=torch.float64, device=self.device)
-            for i in range(0, len(X), batch_size):
-                xb, lb = X[i : i + batch_size], L[i : i + batch_size]
-                total += module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen).double().sum(0)
-            out.append((total / len(X) - base).cpu().numpy())
-        return np.stack(out)
+        out = np.empty((self.n_members, len(labels), X.shape[1]), dtype=np.float64)
+        for j, label in enumerate(labels):
+            tgt = torch.as_tensor(label, device=self.device)
+            key = zlib.crc32(np.ascontiguousarray(label).tobytes())
+            for k, module in enumerate(self._member_modules()):
+                gen = torch.Generator(device=self.device).manual_seed((int(seed) * 1_000_003 + k * 7_919 + key) % 2**63)
+                total = torch.zeros(X.shape[1], dtype=torch.float64, device=self.device)
+                for i in range(0, n, batch_size):
+                    xb, lb = X[i : i + batch_size], L[i : i + batch_size]
+                    total += module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen).double().sum(0)
+                out[k, j] = (total / n - base).cpu().numpy()
+        return out
 
     def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> Callable[[], None] | None:
         """Hook of :meth:`fit`, called after the input checks and just before training with

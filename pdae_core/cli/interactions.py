@@ -1,0 +1,121 @@
+"""``pdae interactions``: predict every pair of the measured singles, score how each pair
+interacts (synergy, buffering, non-additivity, with the spread across an ensemble's members)
+and rank the pairs to test next; writes one CSV row per pair."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+from .common import (
+    EXIT_OK,
+    HelpFormatter,
+    add_data_args,
+    check_output_not_input,
+    finite_float,
+    load_data,
+    positive_int,
+    printable,
+)
+
+EXAMPLES = """\
+examples:
+  # every pair of the demo model's singles, the pairs to test next first
+  pdae interactions checkpoints/norman19_devel --dataset norman19_devel --out pairs.csv
+
+  # an ensemble (pdae train --ensemble 5): the strongest predicted synergies, with their spread
+  pdae interactions ens/ --data cells.h5ad --score synergy --out pairs.csv
+
+Columns: pair, a, b, c1, c2, magnitude (sqrt(c1^2 + c2^2): > 1 synergy, < 1 buffering;
+an exactly additive pair has 1.41), dominance, normalised_residual (||dAB - dA - dB|| /
+||dA + dB||: 0 = additive), effect (||dAB||), *_spread (standard deviation across the
+members of an ensemble), test_next (normalised residual + kappa x its spread), measured,
+held_out, in_training, observed_* (from the cells of a measured pair)."""
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``interactions``."""
+    from ..eval.pair_screen import SCORES
+
+    p = sub.add_parser(
+        "interactions",
+        help="predict every pair of the measured singles and rank how they interact",
+        description="Predict every pair A+B of the perturbations the model saw alone, score each pair's "
+        "genetic interaction (Norman et al. 2019: magnitude, dominance, normalised non-additive residual) "
+        "with its spread across an ensemble's members, mark the pairs measured and held out, and rank them.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint directory written by `pdae train`")
+    add_data_args(p)
+    p.add_argument("--score", choices=list(SCORES), default="test_next",
+                   help="ranking: test_next (predicted non-additivity + kappa x uncertainty), synergy, buffering, "
+                   "least_additive, uncertain")
+    p.add_argument("--kappa", type=finite_float, default=1.0, metavar="K",
+                   help="weight of the uncertainty in the test_next score")
+    p.add_argument("--genes", default="expressed", metavar="{expressed,all}",
+                   help="genes the metrics use: expressed in control (as the paper) or all")
+    p.add_argument("--n-cells", type=positive_int, default=256, metavar="N", help="control cells moved per pair")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the cell subsample and the decoder noise")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="pairs printed (0: none)")
+    p.add_argument("--trust-modified", action="store_true",
+                   help="load the checkpoint even if it was modified after saving (with a warning)")
+    p.add_argument("--out", required=True, metavar="PAIRS.csv", help="output CSV (replaced if it exists)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``pdae interactions``."""
+    from ..eval.pair_screen import rank_pairs, screen_pairs
+    from ..models.checkpoint import load_checkpoint
+    from .predict import prepare_source
+
+    out = Path(args.out)
+    check_output_not_input(out, {"--data": args.data, "CHECKPOINT": args.checkpoint})
+    if out.is_dir():
+        raise DataError(f"--out {out} is a directory; give a file name such as pairs.csv.")
+    if args.genes not in ("expressed", "all"):
+        raise DataError(f"--genes must be 'expressed' or 'all', got {args.genes!r}.")
+    t0 = time.perf_counter()
+    model = load_checkpoint(args.checkpoint, trust_modified=args.trust_modified)
+    adata, source = load_data(args)
+    adata = prepare_source(adata, model, source)
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r  {done}/{total} pairs", end="", flush=True)
+
+    table = screen_pairs(model, adata, n_cells=args.n_cells, genes=args.genes, kappa=args.kappa, seed=args.seed,
+                         progress=progress)
+    print()
+    table = rank_pairs(table, args.score)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    a = table.attrs
+    members = f"an ensemble of {a['n_members']} networks" if a["n_members"] > 1 else "one network (no spread)"
+    print(printable(
+        f"{len(table)} pairs of {len(set(table['a']) | set(table['b']))} singles from {source}: "
+        f"{int(table['measured'].sum())} measured ({int(table['held_out'].sum())} held out from training); "
+        f"{members}; {a['n_genes']} genes ({a['genes']}); {a['n_source_cells']} control cells moved; "
+        f"{time.perf_counter() - t0:.1f} s in all."
+    ))
+    if args.top > 0:
+        cols = ["rank", "pair", "magnitude", "magnitude_spread", "normalised_residual",
+                "normalised_residual_spread", "test_next", "measured", "held_out"]
+        if a["n_members"] == 1:
+            cols = [c for c in cols if not c.endswith("_spread")]
+        print(f"Top {min(args.top, len(table))} by {args.score}:")
+        text = table[cols].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        for line in text.splitlines():  # names come from files: control characters escaped
+            print(printable(line))
+    print(f"Wrote {out}.")
+    return EXIT_OK

@@ -1,0 +1,221 @@
+"""The pair screen: predict every pair of the measured single perturbations, score how each
+pair interacts, and rank the pairs worth testing next.
+
+For every pair ``A+B`` of the perturbations a model saw alone in training (K singles give
+K(K-1)/2 pairs), each member network of the model predicts the mean change from control of
+``A``, ``B`` and ``A+B`` (from the same control cells), and the pair's interaction is
+scored from them as in Norman et al. 2019 (:mod:`pdae_core.eval.interactions`), by least
+squares so that thousands of pairs take seconds:
+
+* ``c1``, ``c2``: ``dAB ~ c1 dA + c2 dB``; ``magnitude = sqrt(c1^2 + c2^2)`` (above 1 a
+  synergy, below 1 buffering, by the paper's convention; an exactly additive pair has 1.41);
+* ``dominance = |log10(|c1| / |c2|)|`` (large: one part dominates);
+* ``normalised_residual = ||dAB - dA - dB|| / ||dA + dB||`` (0: exactly additive);
+* ``effect`` = ``||dAB||``, the size of the predicted change.
+
+The singles are the model's own predictions, so the additive part of the model cancels and
+what is left is the interaction the model predicts. Each metric is the mean over members,
+with its spread (standard deviation across members; NaN for a single network) as the
+uncertainty. A pair measured in the data also gets its observed metrics (``observed_*``,
+from mean changes of its cells), and is marked ``measured`` / ``held_out`` /
+``in_training``.
+
+The ranking scores (:data:`SCORES`): ``synergy`` (largest magnitude first), ``buffering``
+(smallest first), ``least_additive`` (largest normalised residual), ``uncertain`` (largest
+spread of the normalised residual) and ``test_next``, an upper-confidence score, normalised
+residual + ``kappa`` x its spread, which favours pairs predicted to interact *or* about which
+the model is unsure: the ones an experiment teaches most.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ..data.registry import condition_column
+from ..errors import DataError
+from .interactions import expressed_genes
+
+__all__ = ["SCORES", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles"]
+
+#: ranking score -> (column, descending), see the module docstring
+SCORES: dict[str, tuple[str, bool]] = {
+    "test_next": ("test_next", True),
+    "synergy": ("magnitude", True),
+    "buffering": ("magnitude", False),
+    "least_additive": ("normalised_residual", True),
+    "uncertain": ("normalised_residual_spread", True),
+}
+_EPS = 1e-12
+#: below this many genes expressed in the control cells, the screen scores all genes
+MIN_EXPRESSED = 50
+
+
+def pair_metrics(dA: np.ndarray, dB: np.ndarray, dAB: np.ndarray) -> dict[str, np.ndarray]:
+    """Least-squares interaction metrics of many doubles at once: ``dA``, ``dB``, ``dAB`` are
+    (..., genes); returns arrays of shape (...). Collinear singles get the minimum-norm fit (as
+    :func:`~pdae_core.eval.interactions.fit_coefficients`)."""
+    dA, dB, dAB = (np.asarray(v, dtype=np.float64) for v in (dA, dB, dAB))
+    X = np.stack([dA, dB], axis=-1)  # (..., G, 2)
+    gram = np.swapaxes(X, -1, -2) @ X  # (..., 2, 2)
+    rhs = np.swapaxes(X, -1, -2) @ dAB[..., None]  # (..., 2, 1)
+    scale = np.maximum(np.trace(gram, axis1=-2, axis2=-1), _EPS)[..., None, None]
+    coef = (np.linalg.pinv(gram / scale, rcond=1e-10) @ (rhs / scale))[..., 0]
+    c1, c2 = coef[..., 0], coef[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dominance = np.abs(np.log10(np.abs(c1) / np.abs(c2)))
+        s = np.linalg.norm(dA + dB, axis=-1)
+        r = np.linalg.norm(dAB - dA - dB, axis=-1)
+        resid = np.where(s > _EPS, r / np.maximum(s, _EPS), np.where(r > _EPS, np.inf, 0.0))
+    return {"c1": c1, "c2": c2, "magnitude": np.hypot(c1, c2), "dominance": dominance,
+            "normalised_residual": resid, "nonadditive_norm": r, "effect": np.linalg.norm(dAB, axis=-1)}
+
+
+def screen_singles(model: Any) -> list[str]:
+    """The perturbations the model was trained on alone (conditions of one part at dose 1)."""
+    reg = model.registry
+    out = []
+    for cond in model.train_conditions:
+        parts = reg.parse(cond)
+        if len(parts) == 1 and parts[0] in reg.perturbations:
+            out.append(parts[0])
+    return sorted(set(out), key=reg.perturbations.index)
+
+
+def _observed(adata: ad.AnnData, reg: Any, genes: np.ndarray, pairs: list[tuple[str, str]],
+              min_cells: int) -> dict[str, np.ndarray]:
+    """Observed metrics of the pairs measured in ``adata`` (both singles and the double with at
+    least ``min_cells`` cells); NaN for the others."""
+    from .interactions import mean_changes
+
+    conds = condition_column(adata, reg.perturbation_key)
+    counts = pd.Series(conds).value_counts()
+    seen = {c for c in counts.index if counts[c] >= min_cells}
+    out = {k: np.full(len(pairs), np.nan) for k in ("magnitude", "normalised_residual", "dominance")}
+    wanted = []
+    for i, (a, b) in enumerate(pairs):
+        double = next((c for c in (f"{a}{reg.separator}{b}", f"{b}{reg.separator}{a}") if c in seen), None)
+        if double is not None and a in seen and b in seen:
+            wanted.append((i, a, b, double))
+    if not wanted:
+        return out
+    need = sorted({c for _, a, b, d in wanted for c in (a, b, d)})
+    delta = mean_changes(adata, reg, need).to_numpy()[:, genes]
+    row = {c: j for j, c in enumerate(need)}
+    idx = np.array([i for i, *_ in wanted])
+    m = pair_metrics(delta[[row[a] for _, a, _, _ in wanted]], delta[[row[b] for _, _, b, _ in wanted]],
+                     delta[[row[d] for *_, d in wanted]])
+    for k in out:
+        out[k][idx] = m[k]
+    return out
+
+
+def screen_pairs(
+    model: Any,
+    adata: ad.AnnData,
+    singles: Sequence[str] | None = None,
+    n_cells: int = 256,
+    genes: str | Sequence[str] = "expressed",
+    kappa: float = 1.0,
+    seed: int = 0,
+    min_cells: int = 10,
+    chunk_pairs: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Predict and score every pair of ``singles`` (default: :func:`screen_singles`), one row per
+    pair, sorted by the ``test_next`` score (see the module docstring for the columns).
+
+    ``adata`` supplies the control cells that are moved (``n_cells`` of them, seeded) and, for
+    pairs it measured, the observed metrics. ``genes``: ``"expressed"`` (mean expression in the
+    control cells above :func:`~pdae_core.eval.interactions.expressed_genes`' threshold, as the
+    paper; all genes when fewer than :data:`MIN_EXPRESSED` pass), ``"all"``, or a list of gene names. Pairs are predicted ``chunk_pairs`` at a time, so
+    memory stays bounded for any number of pairs. ``progress(done, total)`` is called per chunk."""
+    reg = model.registry
+    if not model.is_trained:
+        raise DataError("The model is not trained: a pair screen needs a trained model.")
+    singles = list(screen_singles(model) if singles is None else singles)
+    unknown = [s for s in singles if s not in reg.perturbations]
+    if unknown:
+        raise DataError(f"Unknown perturbation(s) {unknown[:5]}: the model knows {len(reg.perturbations)}.")
+    if len(singles) < 2:
+        raise DataError(f"A pair screen needs at least two single perturbations; the model has {singles}.")
+    conds = condition_column(adata, reg.perturbation_key)
+    ctrl_idx = np.flatnonzero(conds == reg.control_label)
+    if len(ctrl_idx) == 0:
+        raise DataError(f"No control cells ({reg.control_label!r} in {reg.perturbation_key!r}) to move in the data.")
+    rng = np.random.default_rng(seed)
+    if len(ctrl_idx) > n_cells:
+        ctrl_idx = np.sort(rng.choice(ctrl_idx, n_cells, replace=False))
+    source = adata[ctrl_idx]
+    reg.check_genes(adata)
+    gene_set = genes if isinstance(genes, str) else "given"
+    if isinstance(genes, str) and genes == "expressed":
+        gidx = expressed_genes(source, x_kind=reg.x_kind)
+        if len(gidx) < MIN_EXPRESSED:  # too few for stable fits (sparse or few-gene data): all genes
+            gidx, gene_set = np.arange(reg.n_genes), f"all; only {len(gidx)} are expressed in control"
+    elif isinstance(genes, str) and genes == "all":
+        gidx = np.arange(reg.n_genes)
+    else:
+        pos = {g: i for i, g in enumerate(reg.gene_names)}
+        missing = [g for g in genes if g not in pos]
+        if missing:
+            raise DataError(f"Gene(s) {missing[:5]} are not among the model's {reg.n_genes} genes.")
+        gidx = np.array([pos[g] for g in genes])
+    t0 = time.perf_counter()
+    K = reg.n_perturbations
+    eye = np.eye(K, dtype=np.float32)
+    single_idx = [reg.perturbations.index(s) for s in singles]
+    d_single = model.member_changes_many(source, eye[single_idx], seed=seed)[:, :, gidx]  # (M, S, G')
+    pairs = list(itertools.combinations(range(len(singles)), 2))
+    cols: dict[str, list[np.ndarray]] = {}
+    for j in range(0, len(pairs), chunk_pairs):
+        chunk = np.array(pairs[j : j + chunk_pairs])
+        labels = eye[np.array(single_idx)[chunk[:, 0]]] + eye[np.array(single_idx)[chunk[:, 1]]]
+        d_pair = model.member_changes_many(source, labels, seed=seed)[:, :, gidx]  # (M, P, G')
+        m = pair_metrics(d_single[:, chunk[:, 0]], d_single[:, chunk[:, 1]], d_pair)
+        for key, v in m.items():  # v: (M, P)
+            cols.setdefault(key, []).append(v)
+        if progress is not None:
+            progress(min(j + chunk_pairs, len(pairs)), len(pairs))
+    M = model.n_members
+    table = pd.DataFrame({
+        "pair": [f"{singles[a]}{reg.separator}{singles[b]}" for a, b in pairs],
+        "a": [singles[a] for a, _ in pairs], "b": [singles[b] for _, b in pairs],
+    })
+    for key, parts in cols.items():
+        v = np.concatenate(parts, axis=1)
+        table[key] = v.mean(0)
+        if key in ("magnitude", "normalised_residual", "c1", "c2"):
+            table[f"{key}_spread"] = v.std(0, ddof=1) if M > 1 else np.nan
+    spread = table["normalised_residual_spread"].fillna(0.0)
+    table["test_next"] = table["normalised_residual"] + float(kappa) * spread
+    present = set(conds)
+    alt = {f"{a}{reg.separator}{b}": f"{b}{reg.separator}{a}" for a, b in zip(table["a"], table["b"])}
+    table["measured"] = [p in present or alt[p] in present for p in table["pair"]]
+    held = set(model.holdout)
+    trained = set(model.train_conditions)
+    table["held_out"] = [p in held or alt[p] in held for p in table["pair"]]
+    table["in_training"] = [p in trained or alt[p] in trained for p in table["pair"]]
+    obs = _observed(adata, reg, gidx, list(zip(table["a"], table["b"])), min_cells)
+    for key, v in obs.items():
+        table[f"observed_{key}"] = v
+    table.attrs.update({"n_members": M, "n_genes": int(len(gidx)), "genes": gene_set, "n_source_cells": int(len(ctrl_idx)),
+                        "seconds": time.perf_counter() - t0, "kappa": float(kappa)})
+    return rank_pairs(table, "test_next")
+
+
+def rank_pairs(table: pd.DataFrame, score: str = "test_next") -> pd.DataFrame:
+    """``table`` sorted by a :data:`SCORES` score, with its ``rank`` (1 = first to look at)."""
+    if score not in SCORES:
+        raise DataError(f"Unknown score {score!r}; choose one of {', '.join(SCORES)}.")
+    col, desc = SCORES[score]
+    out = table.drop(columns="rank", errors="ignore").sort_values(col, ascending=not desc, kind="mergesort", na_position="last").reset_index(drop=True)
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    out.attrs.update(table.attrs, score=score)
+    return out

@@ -1,0 +1,151 @@
+"""The pair screen (issue 15 item 3): every pair of the measured singles predicted, scored and ranked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pdae_core as pc
+from pdae_core.cli import main as cli_main
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.eval.interactions import interaction_metrics, mean_changes
+from pdae_core.eval.pair_screen import SCORES, pair_metrics, rank_pairs, screen_pairs, screen_singles
+
+SMALL = dict(latent_dim=3, hidden_dims=(16,), noise_dim=2, n_sources=4)
+
+
+@pytest.fixture(scope="module")
+def data():
+    a, _ = make_synthetic(n_perturbations=5, latent_dim=3, n_genes=60, hidden=16, n_doubles=4,
+                          cells_per_condition=30, seed=4)
+    return a
+
+
+@pytest.fixture(scope="module")
+def doubles(data):
+    return sorted(c for c in data.obs["condition"].unique() if "+" in c)
+
+
+@pytest.fixture(scope="module")
+def single(data, doubles):
+    m = pc.PDAE.from_anndata(data, seed=0, **SMALL)
+    m.fit(data, holdout=doubles[:2], max_epochs=3, batch_size=64, accelerator="cpu")
+    return m
+
+
+@pytest.fixture(scope="module")
+def ensemble(data, doubles):
+    m = pc.PDAE.from_anndata(data, seed=0, n_members=3, **SMALL)
+    m.fit(data, holdout=doubles[:2], max_epochs=3, batch_size=64, accelerator="cpu")
+    return m
+
+
+def test_pair_metrics_agree_with_the_interaction_metrics():
+    rng = np.random.default_rng(0)
+    dA, dB = rng.normal(size=(2, 7, 40))
+    dAB = 0.6 * dA + 1.3 * dB + 0.1 * rng.normal(size=(7, 40))
+    dA[3] = 2 * dB[3]  # collinear singles: minimum-norm fit
+    dB[5] = 0  # one part without effect
+    m = pair_metrics(dA, dB, dAB)
+    for i in range(7):
+        ref = interaction_metrics(dA[i], dB[i], dAB[i], method="lstsq")
+        for key in ("c1", "c2", "magnitude", "dominance", "normalised_residual"):
+            np.testing.assert_allclose(m[key][i], ref[key], rtol=1e-6, atol=1e-9, err_msg=(i, key))
+    np.testing.assert_allclose(m["effect"], np.linalg.norm(dAB, axis=1))
+    assert m["c1"].shape == (7,)
+
+
+def test_screen_covers_every_pair_and_marks_measured_and_held_out(single, data, doubles):
+    singles = screen_singles(single)
+    assert singles == [f"P{i}" for i in range(1, 6)]
+    tab = screen_pairs(single, data, genes="all")
+    assert len(tab) == 10 and tab["pair"].is_unique
+    assert set(tab["pair"]) == {f"P{i}+P{j}" for i in range(1, 6) for j in range(i + 1, 6)}
+    measured = set(tab.loc[tab["measured"], "pair"])
+    assert measured == set(doubles)
+    assert set(tab.loc[tab["held_out"], "pair"]) == set(doubles[:2])
+    assert set(tab.loc[tab["in_training"], "pair"]) == set(doubles[2:])
+    assert tab["magnitude_spread"].isna().all() and tab.attrs["n_members"] == 1
+    assert list(tab["rank"]) == list(range(1, 11))
+    assert tab["test_next"].is_monotonic_decreasing
+    # the observed metrics of a measured pair come from its cells; an unmeasured pair has none
+    reg = single.registry
+    d = mean_changes(data, reg, ["P1", "P2", doubles[0]])
+    a, b = doubles[0].split("+")
+    d = mean_changes(data, reg, [a, b, doubles[0]]).to_numpy()
+    ref = pair_metrics(d[0], d[1], d[2])
+    row = tab.set_index("pair").loc[doubles[0]]
+    np.testing.assert_allclose(row["observed_magnitude"], ref["magnitude"], rtol=1e-6)
+    assert tab.loc[~tab["measured"], "observed_magnitude"].isna().all()
+
+
+def test_screen_rows_are_the_members_predictions(ensemble, data):
+    tab = screen_pairs(ensemble, data, genes="all", seed=3).set_index("pair")
+    eye = np.eye(ensemble.registry.n_perturbations, dtype=np.float32)
+    src_idx = np.flatnonzero(data.obs["condition"] == "control")
+    src = data[src_idx]  # fewer than n_cells: all of them, as the screen does
+    ch = ensemble.member_changes_many(src, np.stack([eye[1], eye[3], eye[1] + eye[3]]), seed=3)
+    ref = pair_metrics(ch[:, 0], ch[:, 1], ch[:, 2])  # per member
+    row = tab.loc["P2+P4"]
+    np.testing.assert_allclose(row["magnitude"], ref["magnitude"].mean(), rtol=1e-5)
+    np.testing.assert_allclose(row["magnitude_spread"], ref["magnitude"].std(ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(row["test_next"], row["normalised_residual"] + row["normalised_residual_spread"])
+    assert (tab["normalised_residual_spread"] > 0).all()
+
+
+def test_chunking_and_batching_do_not_change_the_screen(ensemble, data):
+    a = screen_pairs(ensemble, data, genes="all", chunk_pairs=256)
+    b = screen_pairs(ensemble, data, genes="all", chunk_pairs=1)
+    pd.testing.assert_frame_equal(a, b)
+    src = data[data.obs["condition"] == "control"]
+    labels = np.eye(ensemble.registry.n_perturbations, dtype=np.float32)[[0, 2]]
+    big = ensemble.member_changes_many(src, labels, batch_size=8192)
+    small = ensemble.member_changes_many(src, labels, batch_size=7)  # cells in chunks, one target at a time
+    assert big.shape == (3, 2, data.n_vars)
+    # cells in chunks: other noise draws, the same changes up to Monte Carlo noise
+    assert np.corrcoef(small.ravel(), big.ravel())[0, 1] > 0.99
+    one = ensemble.member_changes_many(src, labels[1:], batch_size=8192)
+    np.testing.assert_array_equal(one[:, 0], big[:, 1])  # whatever else is asked for with it
+
+
+@pytest.mark.parametrize("score", list(SCORES))
+def test_every_ranking_score_sorts_its_column(ensemble, data, score):
+    tab = rank_pairs(screen_pairs(ensemble, data, genes="all"), score)
+    col, desc = SCORES[score]
+    vals = tab[col].to_numpy()
+    assert np.all(np.diff(vals) <= 1e-12) if desc else np.all(np.diff(vals) >= -1e-12)
+    assert tab.attrs["score"] == score and list(tab["rank"]) == list(range(1, len(tab) + 1))
+
+
+def test_screen_errors(single, data):
+    with pytest.raises(pc.DataError, match="Unknown score"):
+        rank_pairs(screen_pairs(single, data), "best")
+    with pytest.raises(pc.DataError, match="at least two single perturbations"):
+        screen_pairs(single, data, singles=["P1"])
+    with pytest.raises(pc.DataError, match="not among the model's 60 genes"):
+        screen_pairs(single, data, genes=["GATA1"])
+    with pytest.raises(pc.DataError, match="No control cells"):
+        screen_pairs(single, data[data.obs["condition"] != "control"])
+    untrained = pc.PDAE.from_anndata(data, **SMALL)
+    with pytest.raises(pc.DataError, match="not trained"):
+        screen_pairs(untrained, data)
+
+
+def test_cli_writes_the_ranked_pairs(ensemble, data, tmp_path, capsys):
+    ensemble.save(tmp_path / "ens")
+    cells = tmp_path / "cells.h5ad"
+    data.write_h5ad(cells)
+    out = tmp_path / "pairs.csv"
+    assert cli_main(["interactions", str(tmp_path / "ens"), "--data", str(cells), "--out", str(out),
+                     "--score", "synergy", "--genes", "all", "--top", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "10 pairs of 5 singles" in text and "an ensemble of 3 networks" in text and "Top 3 by synergy" in text
+    tab = pd.read_csv(out)
+    assert len(tab) == 10 and tab["magnitude"].is_monotonic_decreasing
+    assert {"pair", "magnitude_spread", "test_next", "measured", "held_out", "observed_magnitude"} <= set(tab.columns)
+    assert cli_main(["interactions", str(tmp_path / "ens"), "--data", str(cells), "--out", str(cells)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert cli_main(["interactions", str(tmp_path / "ens"), "--data", str(cells), "--out", str(out),
+                     "--genes", "some"]) == 2
+    assert "--genes must be" in capsys.readouterr().err
