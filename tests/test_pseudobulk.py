@@ -319,3 +319,18 @@ def test_paired_differences_against_a_direct_computation():
     assert md.startswith("# title") and "Paired difference to additive" in md and "fit" not in md.lower()
     # seeded bootstrap: the same table every time
     assert md == pseudobulk_markdown(summarise_pseudobulk(df), paired_differences(df), ["# title"])
+
+
+def test_a_models_paired_interval_does_not_depend_on_the_other_models():
+    from pdae_core.eval.pseudobulk import paired_differences
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for model in ("additive", "scaled_additive", "pdae"):
+        for i in range(25):
+            rows.append({"model": model, "seed": 0, "condition": f"D{i}", "pearson_delta": rng.random(),
+                         "pearson_delta_de": rng.random()})
+    df = pd.DataFrame(rows)
+    alone = paired_differences(df[df.model != "scaled_additive"]).set_index("model").loc["pdae"]
+    listed = paired_differences(df).set_index("model").loc["pdae"]  # scaled_additive resampled first
+    pd.testing.assert_series_equal(alone, listed)

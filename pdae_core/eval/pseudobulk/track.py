@@ -111,7 +111,8 @@ def paired_differences(df: pd.DataFrame, reference: str = "additive", n_boot: in
                        seed: int = 0) -> pd.DataFrame:
     """Per model other than ``reference``: the mean over doubles (and seeds) of its
     Pearson delta minus the reference's, on all genes and on the top DE genes, with a
-    95% bootstrap interval over doubles (seeded: the same table every run) and the
+    95% bootstrap interval over doubles (seeded: the same table every run, each model resampling
+    the same doubles, so a model's interval does not depend on the other models listed) and the
     number of doubles on which the model is higher (by more than ``1e-12``: a model whose
     prediction is the reference's times a positive scale, such as ``scaled_additive``,
     has the same Pearson delta up to rounding, which is a tie, not a win)."""
@@ -120,9 +121,9 @@ def paired_differences(df: pd.DataFrame, reference: str = "additive", n_boot: in
         return pd.DataFrame(rows)
     keys = ["seed", "condition"]
     ref = df[df.model == reference].set_index(keys)
-    rng = np.random.default_rng(seed)
     for name, g in df[df.model != reference].groupby("model", sort=False):
         g = g.set_index(keys)
+        rng = np.random.default_rng(seed)
         row: dict[str, object] = {"model": name, "reference": reference}
         for m in ("pearson_delta", "pearson_delta_de"):
             d = (g[m] - ref[m].reindex(g.index)).groupby(level="condition").mean().dropna().to_numpy()
