@@ -23,7 +23,8 @@ from pdae_core.train.loop import Callback
 SMALL = {"pdae": dict(latent_dim=3, hidden_dims=(16,), noise_dim=2, n_sources=4),
          "samsvae": dict(latent_dim=3, hidden_dims=(16,)),
          "sccvae": dict(latent_dim=3, hidden_dims=(16,), n_sources=4),
-         "fcr": dict(zx_dim=4, zt_dim=4, ztx_dim=4, hidden_dims=(16,))}
+         "fcr": dict(zx_dim=4, zt_dim=4, ztx_dim=4, hidden_dims=(16,)),
+         "pdae_profile": dict(latent_dim=3, hidden_dims=(16,))}
 FIT = dict(holdout=["P1+P4"], max_epochs=2, batch_size=64, accelerator="cpu")
 
 

@@ -246,9 +246,10 @@ def check_not_empty(n_obs: int, n_vars: int, source: str) -> None:
         raise DataError(f"{source} is empty: it holds {what} ({n_obs} cells x {n_vars} genes).")
 
 
-def load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
+def load_data(args: argparse.Namespace, profiles_ok: bool = False) -> tuple[ad.AnnData, str]:
     """The AnnData named by --data or --dataset (never empty), and a short description of
-    where it came from."""
+    where it came from. A built-in table of changes from control is refused unless
+    ``profiles_ok`` (the profile model type takes it)."""
     if args.data is not None:
         check_file_flags(args)
         from ..data.registry import read_h5ad
@@ -266,11 +267,12 @@ def load_data(args: argparse.Namespace) -> tuple[ad.AnnData, str]:
     except DatasetUnavailableError as e:
         hint = " (command line: drop --no-download" if not args.download else " (command line"
         raise DatasetUnavailableError(f"{e}{hint}, or pass --data-dir DIR.)") from None
-    if holds_profiles(adata):
+    if holds_profiles(adata) and not profiles_ok:
         raise DataError(
             f"Dataset {args.dataset!r} holds per-perturbation log-fold-changes vs control (no single cells, no "
-            "control cells), which a model cannot be trained on or predict from; use it for effect-level "
-            "comparisons (pdae_core.data.datasets.load_dataset) or pick a single-cell dataset (see `pdae datasets`)."
+            "control cells), which a single-cell model cannot be trained on or predict from: train the profile "
+            "model on it (pdae train --level pseudobulk), compare effects (pdae benchmark --level pseudobulk), "
+            "or pick a single-cell dataset (see `pdae datasets`)."
         )
     check_not_empty(adata.n_obs, adata.n_vars, f"dataset {args.dataset}")
     return adata, f"dataset {args.dataset}"

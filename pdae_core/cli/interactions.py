@@ -82,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--genes must be 'expressed' or 'all', got {args.genes!r}.")
     t0 = time.perf_counter()
     model = load_checkpoint(args.checkpoint, trust_modified=args.trust_modified)
-    adata, source = load_data(args)
+    adata, source = load_data(args, profiles_ok=model.accepts_changes)
+    if model.accepts_changes:  # a table of changes from control: the control is a zero row
+        from ..models.pdae_profile import with_control_row
+
+        adata = with_control_row(adata, model.registry.perturbation_key, model.registry.control_label)
     adata = prepare_source(adata, model, source)
 
     def progress(done: int, total: int) -> None:

@@ -28,6 +28,7 @@ from .common import (
 from .model_flags import add_model_flags, hyperparameters
 
 DEFAULT_MODEL = "pdae"
+PROFILE_MODEL = "pdae_profile"  # the model type of --level pseudobulk
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -66,11 +67,14 @@ def selected_model(argv: Sequence[str]) -> str:
     if not argv or argv[0] != "train":
         return DEFAULT_MODEL
     pre = _QuietParser(add_help=False)
-    pre.add_argument("--model", default=DEFAULT_MODEL)
+    pre.add_argument("--model", default=None)
+    pre.add_argument("--level", default="cells")
     try:
         known, _ = pre.parse_known_args(argv[1:])
     except ValueError:
         return DEFAULT_MODEL
+    if known.model is None:
+        return PROFILE_MODEL if known.level == "pseudobulk" else DEFAULT_MODEL
     return known.model if known.model in MODEL_TYPES else DEFAULT_MODEL
 
 
@@ -114,8 +118,11 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
     tr = t.add_argument_group("training")
     tr.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                     help="conditions to leave out of training (comma-separated; repeatable)")
-    tr.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODEL_TYPES), help="model type")
-    _d = TrainConfig()
+    tr.add_argument("--model", default=model, choices=sorted(MODEL_TYPES), help="model type")
+    tr.add_argument("--level", choices=["cells", "pseudobulk"], default="cells",
+                    help="cells: single cells; pseudobulk: one profile (or table of changes from control) per "
+                    f"condition, trained with the {PROFILE_MODEL} model type and its full-batch defaults")
+    _d = TrainConfig(**MODEL_TYPES[model].train_defaults)
     tr.add_argument("--epochs", type=positive_int, metavar="N", default=_d.max_epochs,
                     help="maximum number of epochs")
     tr.add_argument("--lr", type=finite_float, metavar="LR", default=_d.lr, help="Adam learning rate")
@@ -168,7 +175,7 @@ def _prepare_data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
     from ..data.columns import detect_control
     from ..data.registry import condition_column, detect_x_kind, preprocess, setup_anndata
 
-    adata, source = load_data(args)
+    adata, source = load_data(args, profiles_ok=args.level == "pseudobulk")
     defaults = dataset_defaults(adata)
     if args.perturbation_key and args.perturbation_key != defaults.get("perturbation_key"):
         # the dataset's control label and separator describe its own column, not this one
@@ -186,6 +193,21 @@ def _prepare_data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
             f"Perturbation column {key!r} is not in obs of {source}; pass --perturbation-key "
             f"(obs columns: {preview(list(adata.obs.columns), 20)})."
         )
+    from ..data.registry import is_change_table
+
+    if is_change_table(adata) and args.level != "pseudobulk":
+        raise DataError(
+            f"{source} holds changes from control (one profile per condition), not single cells: train the "
+            "profile model on it with --level pseudobulk."
+        )
+    if args.level == "pseudobulk":  # a table of changes from control gets its zero control row
+        from ..models.pdae_profile import with_control_row
+
+        n = adata.n_obs
+        adata = with_control_row(adata, key, control or "control")
+        if adata.n_obs > n:
+            control = control or "control"
+            print(f"{source} holds changes from control: added a control row of zeros ({control!r}).")
     if control is None:
         try:
             control = detect_control(condition_column(adata, key))
@@ -256,14 +278,20 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
     from ..train.loop import TrainConfig, resolve_device
 
     device = distributed.local_device(resolve_device(args.accelerator))
-    train_config = TrainConfig(
-        max_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        accelerator=args.accelerator, time_limit_s=args.time_limit, patience=args.patience,
-        val_fraction=args.val_fraction, cells_per_condition=min(TrainConfig().cells_per_condition, args.batch_size),
-        precision=args.precision, compile=args.compile, max_steps=args.max_steps,
-    )
+    defaults = MODEL_TYPES[args.model].train_defaults  # e.g. full batches for profiles
+    train_config = TrainConfig(**{
+        **defaults,
+        "max_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+        "accelerator": args.accelerator, "time_limit_s": args.time_limit, "patience": args.patience,
+        "val_fraction": args.val_fraction,
+        "cells_per_condition": min(defaults.get("cells_per_condition", TrainConfig().cells_per_condition),
+                                   args.batch_size),
+        "precision": args.precision, "compile": args.compile, "max_steps": args.max_steps,
+    })
     say = print if main_process else (lambda *a, **k: None)
     cls = MODEL_TYPES[args.model]
+    if args.level == "pseudobulk" and not cls.accepts_changes:
+        raise ValueError(f"--level pseudobulk trains the {PROFILE_MODEL} model type, not {args.model!r}.")
     hp = hyperparameters(args)
     try:
         cls.config_class(n_genes=1, n_perturbations=1, **hp)

@@ -41,7 +41,7 @@ class PerturbationRegistry:
     dose_key: str | None = None
     covariate_key: str | None = None
     layer: str | None = None
-    x_kind: str = "log1p"  # "log1p" | "counts"
+    x_kind: str = "log1p"  # "log1p" | "counts" | "change" (changes from control, profile models only)
     preprocessing: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,8 +49,8 @@ class PerturbationRegistry:
             raise DataError(
                 f"The combination separator must be a non-empty string (e.g. '+'), got {self.separator!r}."
             )
-        if self.x_kind not in ("log1p", "counts"):
-            raise DataError(f"Registry field 'x_kind' must be 'log1p' or 'counts', got {self.x_kind!r}.")
+        if self.x_kind not in ("log1p", "counts", "change"):
+            raise DataError(f"Registry field 'x_kind' must be 'log1p', 'counts' or 'change', got {self.x_kind!r}.")
         if not isinstance(self.preprocessing, dict):
             raise DataError(f"Registry field 'preprocessing' must be a dict, got {self.preprocessing!r:.80}.")
 
@@ -321,16 +321,30 @@ def expression_matrix(adata: ad.AnnData, layer: str | None = None) -> np.ndarray
     return X.astype(np.float32, copy=False)
 
 
-def detect_x_kind(adata: ad.AnnData, layer: str | None = None, max_cells: int = 2000) -> str:
-    """``"counts"`` if the values are non-negative integers, else ``"log1p"``.
+#: ``uns['pdae_dataset']['values']`` of an X that holds changes from control (e.g. log-fold-changes of
+#: per-condition profiles), not expression
+CHANGE_TAGS = ("lfc_vs_control", "change_from_control")
 
-    Raises a DataError for non-numeric, NaN/inf or negative values (this library
-    models raw counts or log-normalised expression, both non-negative).
+
+def is_change_table(adata: ad.AnnData, layer: str | None = None) -> bool:
+    """Whether X is tagged as changes from control (:data:`CHANGE_TAGS`), as the built-in
+    ``norman19_pseudobulk`` is; only the profile model type (``pdae_profile``) takes such data."""
+    info = adata.uns.get("pdae_dataset") if hasattr(adata, "uns") else None
+    return layer is None and isinstance(info, Mapping) and info.get("values") in CHANGE_TAGS
+
+
+def detect_x_kind(adata: ad.AnnData, layer: str | None = None, max_cells: int = 2000) -> str:
+    """``"counts"`` if the values are non-negative integers, ``"change"`` if X is tagged as
+    changes from control (:func:`is_change_table`; negative values allowed), else ``"log1p"``.
+
+    Raises a DataError for non-numeric, NaN/inf or (in expression) negative values (this
+    library models raw counts or log-normalised expression, both non-negative).
     """
     where = f"layer {layer!r}" if layer else "X"
     X = adata.layers[layer] if layer is not None else adata.X
     if X is None:
         raise DataError("The AnnData has no expression matrix X.")
+    change = is_change_table(adata, layer)
     if adata.isbacked and layer is None:
         X = X[: min(max_cells, adata.n_obs)]  # on disk: look at the first cells only
     data = X.data if sp.issparse(X) else np.asarray(X)
@@ -342,6 +356,8 @@ def detect_x_kind(adata: ad.AnnData, layer: str | None = None, max_cells: int = 
     bad = ~np.isfinite(data)
     if bad.any():
         raise DataError(f"{where} contains {int(bad.sum())} NaN or infinite values; clean or drop those cells first.")
+    if change:
+        return "change"
     if data.min() < 0:
         raise DataError(
             f"{where} contains negative values (min {float(data.min()):.3g}): expected raw counts or "

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anndata as ad
@@ -40,9 +41,10 @@ import pandas as pd
 
 from ..data.registry import condition_column
 from ..errors import DataError
-from .interactions import expressed_genes
+from .interactions import describe_interaction, expressed_genes
 
-__all__ = ["SCORES", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles"]
+__all__ = ["SCORES", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles", "pair_call", "PairInteraction",
+           "pair_interaction"]
 
 #: ranking score -> (column, descending), see the module docstring
 SCORES: dict[str, tuple[str, bool]] = {
@@ -155,7 +157,9 @@ def screen_pairs(
     source = adata[ctrl_idx]
     reg.check_genes(adata)
     gene_set = genes if isinstance(genes, str) else "given"
-    if isinstance(genes, str) and genes == "expressed":
+    if isinstance(genes, str) and genes == "expressed" and reg.x_kind == "change":
+        gidx, gene_set = np.arange(reg.n_genes), "all; the data are changes from control"
+    elif isinstance(genes, str) and genes == "expressed":
         gidx = expressed_genes(source, x_kind=reg.x_kind)
         if len(gidx) < MIN_EXPRESSED:  # too few for stable fits (sparse or few-gene data): all genes
             gidx, gene_set = np.arange(reg.n_genes), f"all; only {len(gidx)} are expressed in control"
@@ -219,3 +223,155 @@ def rank_pairs(table: pd.DataFrame, score: str = "test_next") -> pd.DataFrame:
     out.insert(0, "rank", np.arange(1, len(out) + 1))
     out.attrs.update(table.attrs, score=score)
     return out
+
+
+# ---------------------------------------------------------------------------------
+# in words, and one pair in full
+
+#: The rules of thumb of :func:`~pdae_core.eval.interactions.describe_interaction`, shared by :func:`pair_call`.
+_RULES = describe_interaction.__kwdefaults__
+
+
+def pair_call(c1: float, c2: float, magnitude: float, dominance: float, names: tuple[str, str] = ("A", "B")) -> str:
+    """A few words for one screened pair: ``"buffering"``, ``"synergy"`` or ``"additive"``, then
+    ``"mostly like A"`` and ``"opposite directions"`` when they apply. The rules (and thresholds)
+    of :func:`~pdae_core.eval.interactions.describe_interaction`, without its *new phenotype* test:
+    the screen does not compute the model fit (:func:`pair_interaction` does)."""
+    c1, c2, magnitude, dominance = (float(v) for v in (c1, c2, magnitude, dominance))
+    if not (np.isfinite(c1) and np.isfinite(c2)) or (c1 == 0 and c2 == 0):
+        return "not measurable"
+    tol = _RULES["additive_tol"]
+    additive = abs(c1 - 1) <= tol and abs(c2 - 1) <= tol
+    words = ["additive" if additive else "synergy" if magnitude > 1 else "buffering"]
+    if not additive and dominance >= _RULES["dominance_min"]:
+        words.append(f"mostly like {names[0] if abs(c1) > abs(c2) else names[1]}")
+    if c1 * c2 < 0:
+        words.append("opposite directions")
+    return "; ".join(words)
+
+
+@dataclass
+class PairInteraction:
+    """One pair's predicted interaction (and the observed one when the pair was measured).
+
+    ``predicted``: the :func:`~pdae_core.eval.interactions.interaction_metrics` (least squares)
+    of each member network's predicted mean changes, averaged over members; ``spread``: their
+    standard deviation across members (NaN for a single network); ``members``: one row per
+    member. ``observed``: the same metrics from the cells of the pair and its singles (None when
+    the pair or a single has fewer than ``min_cells`` cells). ``member_calls``: each member's
+    :func:`pair_call`."""
+
+    pair: str
+    a: str
+    b: str
+    predicted: dict[str, float]
+    spread: dict[str, float]
+    members: pd.DataFrame
+    description: str
+    member_calls: list[str]
+    observed: dict[str, float] | None
+    observed_description: str | None
+    measured: bool
+    held_out: bool
+    in_training: bool
+    n_genes: int
+    genes: str
+    n_source_cells: int
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    @property
+    def agreement(self) -> str | None:
+        """How many member networks make the ensemble's call, e.g. "4 of 5 networks call it buffering"
+        (None for a single network)."""
+        if self.n_members < 2:
+            return None
+        call = pair_call(self.predicted["c1"], self.predicted["c2"], self.predicted["magnitude"],
+                         self.predicted["dominance"]).split(";")[0]
+        n = sum(c.split(";")[0] == call for c in self.member_calls)
+        return f"{n} of {self.n_members} networks call it {call}"
+
+
+def _screen_inputs(model: Any, adata: ad.AnnData, n_cells: int, genes: str | Sequence[str],
+                   seed: int) -> tuple[ad.AnnData, np.ndarray, str]:
+    """The control cells :func:`screen_pairs` moves and its gene set (indices, description), chosen
+    as it does (the same seed gives the same cells)."""
+    reg = model.registry
+    conds = condition_column(adata, reg.perturbation_key)
+    ctrl_idx = np.flatnonzero(conds == reg.control_label)
+    if len(ctrl_idx) == 0:
+        raise DataError(f"No control cells ({reg.control_label!r} in {reg.perturbation_key!r}) to move in the data.")
+    rng = np.random.default_rng(seed)
+    if len(ctrl_idx) > n_cells:
+        ctrl_idx = np.sort(rng.choice(ctrl_idx, n_cells, replace=False))
+    source = adata[ctrl_idx]
+    reg.check_genes(adata)
+    if isinstance(genes, str) and genes == "expressed" and reg.x_kind == "change":
+        return source, np.arange(reg.n_genes), "all; the data are changes from control"
+    if isinstance(genes, str) and genes == "expressed":
+        gidx = expressed_genes(source, x_kind=reg.x_kind)
+        if len(gidx) < MIN_EXPRESSED:
+            return source, np.arange(reg.n_genes), f"all; only {len(gidx)} are expressed in control"
+        return source, gidx, "expressed"
+    if isinstance(genes, str) and genes == "all":
+        return source, np.arange(reg.n_genes), "all"
+    if isinstance(genes, str):
+        raise DataError(f"genes must be 'expressed', 'all' or a list of gene names, got {genes!r}.")
+    pos = {g: i for i, g in enumerate(reg.gene_names)}
+    missing = [g for g in genes if g not in pos]
+    if missing:
+        raise DataError(f"Gene(s) {missing[:5]} are not among the model's {reg.n_genes} genes.")
+    return source, np.array([pos[g] for g in genes]), "given"
+
+
+def pair_interaction(
+    model: Any,
+    adata: ad.AnnData,
+    a: str,
+    b: str,
+    n_cells: int = 256,
+    genes: str | Sequence[str] = "expressed",
+    seed: int = 0,
+    min_cells: int = 10,
+) -> PairInteraction:
+    """The predicted interaction of ``a + b`` in full (:class:`PairInteraction`): the same control
+    cells, gene set and seeds as :func:`screen_pairs` with the same arguments, so magnitude, weights
+    and normalised residual equal the pair's row of the screen; in addition the model fit (and the
+    other distance-correlation metrics) and a plain sentence
+    (:func:`~pdae_core.eval.interactions.describe_interaction`). ``a`` and ``b`` must be single
+    perturbations the model knows."""
+    from .interactions import interaction_metrics, mean_changes
+
+    reg = model.registry
+    if not model.is_trained:
+        raise DataError("The model is not trained: it cannot predict an interaction.")
+    unknown = [p for p in (a, b) if p not in reg.perturbations]
+    if unknown or a == b:
+        raise DataError(f"A pair needs two different perturbations the model knows; got {a!r} and {b!r}.")
+    source, gidx, gene_set = _screen_inputs(model, adata, n_cells, genes, seed)
+    eye = np.eye(reg.n_perturbations, dtype=np.float32)
+    ia, ib = reg.perturbations.index(a), reg.perturbations.index(b)
+    d = model.member_changes_many(source, np.stack([eye[ia], eye[ib], eye[ia] + eye[ib]]), seed=seed)[:, :, gidx]
+    members = pd.DataFrame([interaction_metrics(m[0], m[1], m[2], method="lstsq") for m in d])
+    predicted = members.mean().to_dict()
+    spread = (members.std(ddof=1) if len(members) > 1 else members.iloc[0] * np.nan).to_dict()
+    calls = [pair_call(r.c1, r.c2, r.magnitude, r.dominance, (a, b)) for r in members.itertuples()]
+    conds = condition_column(adata, reg.perturbation_key)
+    counts = pd.Series(conds).value_counts()
+    names = (f"{a}{reg.separator}{b}", f"{b}{reg.separator}{a}")
+    double = next((c for c in names if c in counts.index), None)
+    observed = obs_text = None
+    if double is not None and all(counts.get(c, 0) >= min_cells for c in (a, b, double)):
+        delta = mean_changes(adata, reg, [a, b, double]).to_numpy()[:, gidx]
+        observed = interaction_metrics(delta[0], delta[1], delta[2], method="lstsq")
+        obs_text = describe_interaction(observed, (a, b))
+    return PairInteraction(
+        pair=names[0], a=a, b=b, predicted=predicted, spread=spread, members=members,
+        description=describe_interaction(predicted, (a, b), predicted=True), member_calls=calls,
+        observed=observed, observed_description=obs_text, measured=double is not None,
+        held_out=any(n in set(model.holdout) for n in names),
+        in_training=any(n in set(model.train_conditions) for n in names),
+        n_genes=int(len(gidx)), genes=gene_set, n_source_cells=int(source.n_obs),
+    )

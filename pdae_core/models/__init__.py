@@ -6,4 +6,4 @@ Importing this package imports every model module, so that each registers its
 the benchmark find models there). A new model adds its module to this import.
 """
 
-from . import ensemble, fcr, pdae, samsvae, sccvae  # noqa: F401  (each registers its model type; ensemble its factory)
+from . import ensemble, fcr, pdae, pdae_profile, samsvae, sccvae  # noqa: F401  (each registers its model type; ensemble its factory)

@@ -126,6 +126,11 @@ class PerturbationModel:
     additive_latent: ClassVar[bool] = True
     config_class: ClassVar[type] = object
     module_class: ClassVar[type[PerturbationModule]] = PerturbationModule
+    #: :class:`~pdae_core.train.loop.TrainConfig` fields this model type trains with unless told
+    #: otherwise (e.g. full batches for per-condition profiles); empty: TrainConfig's defaults.
+    train_defaults: ClassVar[dict[str, Any]] = {}
+    #: True for model types that take changes from control (``x_kind == "change"``) as data
+    accepts_changes: ClassVar[bool] = False
 
     def __init__(self, registry: PerturbationRegistry, seed: int = 0, **config: Any):
         self.registry = registry
@@ -235,7 +240,7 @@ class PerturbationModel:
         (``max_epochs``, ``lr``, ``batch_size``, ``seed``, ``accelerator``, ...).
         """
         if train_config is None:
-            train_config = TrainConfig(**train_kwargs)
+            train_config = TrainConfig(**{**self.train_defaults, **train_kwargs})
         elif train_kwargs:
             train_config = TrainConfig.from_dict({**train_config.to_dict(), **train_kwargs})
         self._check_x_kind(adata)
@@ -348,10 +353,17 @@ class PerturbationModel:
     def _check_x_kind(self, adata: ad.AnnData) -> None:
         from ..data.registry import detect_x_kind
 
-        if detect_x_kind(adata, self.registry.layer) == "counts":
+        kind = detect_x_kind(adata, self.registry.layer)
+        if kind == "counts":
             raise DataError(
                 "X holds raw counts; this model expects log-normalised expression. "
                 "Run pdae_core.preprocess(adata) (normalize_total + log1p, optional HVG selection) first."
+            )
+        if kind == "change" and not self.accepts_changes:
+            raise DataError(
+                f"X holds changes from control (per-condition profiles), not cells: {type(self).__name__} models "
+                "single-cell expression. Train the profile model instead (pdae train --level pseudobulk, or "
+                "pdae_core.models.pdae_profile.PDAEProfileModel)."
             )
 
     # ---- inference ------------------------------------------------------------------

@@ -399,6 +399,8 @@ class SAMSVAE(PerturbationModel):
 
     def _check_x_kind(self, adata: ad.AnnData) -> None:
         kind = detect_x_kind(adata, self.registry.layer)
+        if kind == "change":
+            super()._check_x_kind(adata)  # refuses changes from control with the shared message
         where = f"layer {self.registry.layer!r}" if self.registry.layer else "X"
         if self.config.likelihood == "nb" and kind != "counts":
             raise DataError(
