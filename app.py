@@ -3,8 +3,8 @@
     streamlit run app.py
 
 Opens on the bundled demo (the real Norman 2019 slice and the PDAE checkpoint in
-checkpoints/norman19_devel). Pages: Data, Model, Compose (what-if), Embeddings,
-Benchmark. The science lives in pdae_core; pages only call it.
+checkpoints/norman19_devel). Pages: Data, Model, Compose (what-if), Interactions,
+Embeddings, Benchmark. The science lives in pdae_core; pages only call it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ PAGES = [
     st.Page("pages/data.py", title="Data", icon=":material/dataset:", default=True),
     st.Page("pages/model.py", title="Model", icon=":material/model_training:"),
     st.Page("pages/compose.py", title="Compose (what-if)", icon=":material/science:"),
+    st.Page("pages/interactions.py", title="Interactions", icon=":material/grid_on:"),
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
 ]

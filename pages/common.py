@@ -119,6 +119,36 @@ def additive_baseline(data_key: str, model_key: str, _model: pc.PerturbationMode
     return explore.fit_additive(_adata, _model)
 
 
+#: Settings of the pair screen (widget key -> default), shared by the Interactions and Compose pages.
+PAIR_DEFAULTS: dict[str, Any] = {"ia_cells": 512, "ia_genes": "expressed", "ia_kappa": 1.0}
+
+
+def pair_settings() -> tuple[int, str, float]:
+    """The session's pair-screen settings (control cells, gene set, kappa), also when the
+    Interactions page, whose widgets hold them, is not shown."""
+    kept = st.session_state.get("_kept", {})
+    n, genes, kappa = (st.session_state.get(k, kept.get(k, d)) for k, d in PAIR_DEFAULTS.items())
+    return int(n), str(genes), float(kappa)
+
+
+@st.cache_resource(show_spinner="Predicting and scoring every pair of single perturbations…", max_entries=8)
+def pair_screen(data_key: str, model_key: str, n_cells: int, genes: str, kappa: float,
+                _model: pc.PerturbationModel, _adata: ad.AnnData) -> Any:
+    """:func:`pdae_core.eval.pair_screen.screen_pairs` once per (dataset, model, settings); read-only."""
+    from pdae_core.eval.pair_screen import screen_pairs
+
+    return screen_pairs(_model, _adata, n_cells=n_cells, genes=genes, kappa=kappa)
+
+
+@st.cache_resource(max_entries=64)
+def pair_interaction(data_key: str, model_key: str, a: str, b: str, n_cells: int, genes: str,
+                     _model: pc.PerturbationModel, _adata: ad.AnnData) -> Any:
+    """:func:`pdae_core.eval.pair_screen.pair_interaction` with the screen's settings; read-only."""
+    from pdae_core.eval.pair_screen import pair_interaction as one_pair
+
+    return one_pair(_model, _adata, a, b, n_cells=n_cells, genes=genes)
+
+
 # ---- per-session state -----------------------------------------------------------------
 @dataclass
 class Dataset:

@@ -83,6 +83,42 @@ except PDAEError as e:
     right.error(str(e))
     st.stop()
 
+
+def interaction_box(a: str, b: str) -> None:
+    """The predicted interaction of the pair a + b (and the observed one when measured)."""
+    n_cells, genes, _ = common.pair_settings()
+    try:
+        res = common.pair_interaction(ds.key, model_key, a, b, n_cells, genes, _model=model, _adata=ds.adata)
+    except PDAEError as e:
+        st.caption(f"No interaction score for {a} + {b}: {e}")
+        return
+    pred, spread, obs = res.predicted, res.spread, res.observed
+
+    def pm(key: str) -> str:
+        return f"{pred[key]:.2f}" + (f" ± {spread[key]:.2f}" if res.n_members > 1 else "")
+
+    with st.container(border=True, key="compose_interaction"):
+        st.markdown(f"**Interaction of {a} + {b}** · {res.description[0].upper()}{res.description[1:]}")
+        where = "held out from training: a true test" if res.held_out else (
+            "used in training" if res.in_training else "not used by the model")
+        observed = (f"| **observed** ({where}) | {obs['magnitude']:.2f} | {obs['normalised_residual']:.2f} |"
+                    if obs is not None else f"| **observed** | not measured in {ds.label} | |")
+        st.markdown(
+            "| | magnitude | non-additivity |\n|---|---|---|\n"
+            f"| **predicted** | {pm('magnitude')} | {pm('normalised_residual')} |\n{observed}",
+            help="Magnitude: √(c1² + c2²) of the fit c1·A + c2·B; above 1 synergy, below 1 buffering (Norman et al. "
+            "2019); a pair exactly the sum of its parts has √2 ≈ 1.41. Non-additivity: ‖AB − A − B‖ / ‖A + B‖, "
+            "0 = exactly the sum of its parts.",
+        )
+        if obs is not None:
+            st.markdown(f"Observed in {ds.label}: {res.observed_description}")
+        sure = (f"{res.agreement}; ± is the spread across the networks." if res.agreement else
+                "One network: no uncertainty (train an ensemble, `pdae train --ensemble 5`, for a spread).")
+        st.caption(f"{sure} {res.n_source_cells} cells moved from control, {res.n_genes} genes ({res.genes}), least squares "
+                   f"on mean changes; model fit {pred['model_fit']:.2f}.")
+        st.page_link("pages/interactions.py", label="Every pair on the Interactions page", icon=":material/grid_on:")
+
+
 with right:
     check = result.check
     where = (" It was held out during training, so the observed cells below are a true test."
@@ -95,6 +131,9 @@ with right:
         st.warning(f"**{result.target}** · {check.message}{where}")
     else:
         st.success(f"**{result.target}** · {check.message}{where}")
+    pair = explore.composed_pair(model, weights)
+    if pair is not None:
+        interaction_box(*pair)
     obs_n = 0 if result.observed is None else result.observed.n_obs
     st.caption(
         f"{result.predicted.n_obs} predicted cells from {src} · "

@@ -14,6 +14,8 @@
   observed cells share one embedding.
 - :func:`latent_embedding`, :func:`perturbation_projection`,
   :func:`shift_similarity`: the learned latent space and perturbation embedding.
+- :func:`pair_ranking`, :func:`composed_pair`: the pair screen ranked with each pair's
+  call in words and whether it was measured; which pair a what-if target is.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .data.registry import (
     expression_matrix,
 )
 from .errors import DataError
+from .eval.pair_screen import pair_call, rank_pairs, screen_singles
 from .models.base import ExtrapolationCheck, PerturbationModel
 from .models.baselines import AdditiveBaseline
 from .plot.style import ADDITIVE, CONTROL, OBSERVED, OTHER_CELLS, PREDICTED
@@ -52,6 +55,9 @@ __all__ = [
     "umap_2d",
     "perturbation_projection",
     "shift_similarity",
+    "pair_ranking",
+    "pair_status",
+    "composed_pair",
 ]
 
 
@@ -424,3 +430,30 @@ def gene_values(result: WhatIf, genes: Sequence[str], registry: PerturbationRegi
     if result.additive is not None:
         out[ADDITIVE] = _dense(result.additive.X)[:, pos]
     return out
+
+
+# ---- pair screen ----------------------------------------------------------------------
+def pair_status(measured: bool, held_out: bool, in_training: bool) -> str:
+    """Whether a pair was measured, in words: "held out" (measured, never seen in training: a true
+    test), "in training", "measured" (in the data, not used by the model) or "no"."""
+    return "held out" if held_out else "in training" if in_training else "measured" if measured else "no"
+
+
+def pair_ranking(table: pd.DataFrame, score: str = "test_next") -> pd.DataFrame:
+    """A :func:`~pdae_core.eval.pair_screen.screen_pairs` table ranked by ``score``, with each
+    pair's interaction in a few words (``call``, :func:`~pdae_core.eval.pair_screen.pair_call`)
+    and whether it was measured (``status``, :func:`pair_status`)."""
+    out = rank_pairs(table, score)
+    out["call"] = [pair_call(r.c1, r.c2, r.magnitude, r.dominance, (r.a, r.b)) for r in out.itertuples()]
+    out["status"] = [pair_status(*v) for v in zip(out["measured"], out["held_out"], out["in_training"])]
+    return out
+
+
+def composed_pair(model: PerturbationModel, weights: Mapping[str, float]) -> tuple[str, str] | None:
+    """``(a, b)`` when a what-if target is a pair of two singles the model saw alone in training,
+    each at dose 1 (the pairs the pair screen scores); None otherwise."""
+    parts = [p for p, w in weights.items() if w != 0]
+    if len(parts) != 2 or any(abs(weights[p] - 1.0) > 1e-9 for p in parts):
+        return None
+    singles = set(screen_singles(model))
+    return (parts[0], parts[1]) if all(p in singles for p in parts) else None

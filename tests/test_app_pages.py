@@ -10,6 +10,7 @@ first visit to Compose or Embeddings pays for a UMAP fit (~20-30 s with numba co
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -474,3 +475,119 @@ def test_every_page_works_with_a_peer_model(model_type, data_dir, tmp_path):
     ok(at.switch_page("pages/benchmark.py").run())
     table = at.dataframe[0].value
     assert sorted(table.index) == sorted(HELDOUT) and model_type in table.columns
+
+
+# ---- Interactions ---------------------------------------------------------------------------
+def _spec(chart) -> dict:
+    import json
+
+    return json.loads(chart.proto.spec)
+
+
+def _pairs_table(at: AppTest):
+    tables = [d.value for d in at.dataframe if "Pair" in d.value.columns]
+    assert len(tables) == 1, [list(d.value.columns) for d in at.dataframe]
+    table = tables[0]
+    return table.data if hasattr(table, "data") else table  # a Styler: its DataFrame
+
+
+def test_interactions_page_ranks_every_pair_of_the_demo():
+    at = start("interactions")
+    assert not at.error
+    m = metrics(at)
+    assert m["Pairs"] == "153" and m["Singles"] == "18" and m["Measured pairs"] == "5" and m["Networks"] == "1"
+    assert "One network: no uncertainty" in joined(at.caption) and "pdae train --ensemble 5" in joined(at.caption)
+    score = at.selectbox(key="ia_score")
+    assert score.value == "test_next" and "uncertain" not in score.options  # no spread with one network
+    charts = at.get("plotly_chart")
+    heat = _spec(charts[0])
+    assert [t["type"] for t in heat["data"]].count("heatmap") == 1  # no spread panel
+    assert len(heat["data"][0]["x"]) == 18
+    assert any(t.get("name") == "measured, held out (a true test)" for t in heat["data"])
+    assert any("predicted vs observed magnitude" in _spec(c)["layout"]["title"]["text"] for c in charts[1:])
+    table = _pairs_table(at)
+    assert len(table) == 153 and table["Pair"].is_unique
+    assert set(table.loc[table["Measured?"] == "held out", "Pair"]) == set(HELDOUT)
+    assert table["Non-additivity"].is_monotonic_decreasing  # test next = non-additivity for one network
+    assert "± magnitude" not in table.columns
+    top, order = table["Pair"].iloc[0], list(table["Pair"])
+    assert at.selectbox(key="ia_pair").value == top
+    # another score reorders the table and starts from its own first pair
+    ok(score.set_value("buffering").run())
+    table = _pairs_table(at)
+    assert table["Magnitude"].is_monotonic_increasing and list(table["Pair"]) != order
+    assert at.selectbox(key="ia_pair").value == table["Pair"].iloc[0]
+    assert "Ranked pairs: strongest buffering" in joined(at.subheader)
+    ok(at.selectbox(key="ia_score").set_value("synergy").run())
+    assert _pairs_table(at)["Magnitude"].is_monotonic_decreasing
+
+
+def test_interactions_page_opens_a_pair_in_compose():
+    import pdae_core as pc
+    from pdae_core.data.datasets import load_dataset
+    from pdae_core.eval.pair_screen import screen_pairs
+
+    at = start("interactions")
+    ok(at.selectbox(key="ia_pair").set_value("MAPK1+TGFBR2").run())
+    assert at.button(key="ia_open").label == "Open MAPK1+TGFBR2 in Compose"
+    ok(at.button(key="ia_open").click().run())
+    assert at.session_state["compose_perts"] == ["MAPK1", "TGFBR2"]
+    assert at.session_state["w:MAPK1"] == at.session_state["w:TGFBR2"] == 1.0
+    assert at.multiselect(key="compose_perts").value == ["MAPK1", "TGFBR2"]  # Compose now shows the pair
+    assert "**MAPK1+TGFBR2**" in joined(at.success)
+    # its interaction box: the same numbers as the pair's row of the screen
+    model = pc.load_model(ROOT / "checkpoints" / "norman19_devel")
+    row = screen_pairs(model, load_dataset("norman19_devel")).set_index("pair").loc["MAPK1+TGFBR2"]
+    box = joined(at.markdown)
+    assert "**Interaction of MAPK1 + TGFBR2** · Predicted " in box
+    assert f"| **predicted** | {row['magnitude']:.2f} | {row['normalised_residual']:.2f} |" in box
+    assert (f"| **observed** (held out from training: a true test) | {row['observed_magnitude']:.2f} | "
+            f"{row['observed_normalised_residual']:.2f} |") in box
+    assert "Observed in norman19_devel: " in box
+
+
+def test_compose_interaction_box_only_for_a_pair_of_singles_at_dose_one():
+    at = start("compose")  # the first held-out double, KLF1+MAP2K6
+    box = joined(at.markdown)
+    assert "**Interaction of KLF1 + MAP2K6** · Predicted " in box
+    assert "| **predicted** | " in box and "| **observed** (held out from training: a true test) | " in box
+    assert "One network: no uncertainty" in joined(at.caption) and " ± " not in box
+    ok(at.multiselect(key="compose_perts").set_value(["KLF1", "MAPK1"]).run())  # never measured together
+    box = joined(at.markdown)
+    assert "**Interaction of KLF1 + MAPK1** · Predicted " in box
+    assert "| **observed** | not measured in norman19_devel | |" in box and "Observed in" not in box
+    ok(at.slider(key="w:KLF1").set_value(0.5).run())  # a dose other than 1: the screen does not score it
+    assert not any("Interaction of" in t or "| **predicted** |" in t for t in texts(at.markdown))
+
+
+def test_interactions_page_with_an_ensemble(data_dir, tmp_path):
+    """An ensemble brings the spread: the second heatmap, ± columns, the Most uncertain ranking,
+    and on Compose the spread and how many networks agree."""
+    import pdae_core as pc
+    from pdae_core.data.datasets import load_dataset
+
+    adata = load_dataset("norman19_devel", data_dir=data_dir)
+    model = pc.PDAE.from_anndata(adata, "condition", "control", seed=0, n_members=2)
+    model.fit(adata, holdout=HELDOUT, accelerator="cpu", max_steps=5, seed=0)
+    model.save(tmp_path / "ens")
+    at = start("model")
+    at.text_input(key="model_path").input(str(tmp_path / "ens"))
+    ok(at.button(key="model_load_path").click().run())
+    ok(at.switch_page("pages/interactions.py").run())
+    assert metrics(at)["Networks"] == "2"
+    assert "One network" not in joined(at.caption)
+    assert at.toggle(key="ia_spread").value is True
+    heat = _spec(at.get("plotly_chart")[0])
+    assert [t["type"] for t in heat["data"]].count("heatmap") == 2
+    table = _pairs_table(at)
+    assert {"± magnitude", "± non-additivity", "Test-next score"} <= set(table.columns)
+    assert (table["± magnitude"] > 0).all()
+    ok(at.selectbox(key="ia_score").set_value("uncertain").run())
+    table = _pairs_table(at)
+    assert table["± non-additivity"].is_monotonic_decreasing
+    ok(at.toggle(key="ia_spread").set_value(False).run())
+    assert [t["type"] for t in _spec(at.get("plotly_chart")[0])["data"]].count("heatmap") == 1
+    ok(at.selectbox(key="ia_pair").set_value("KLF1+MAP2K6").run())
+    ok(at.button(key="ia_open").click().run())
+    assert re.search(r"\| \*\*predicted\*\* \| \d+\.\d\d ± \d+\.\d\d \| ", joined(at.markdown))
+    assert " of 2 networks call it " in joined(at.caption)

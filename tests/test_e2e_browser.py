@@ -206,6 +206,8 @@ def test_two_sessions_do_not_interfere(page, browser, server):
     finally:
         other.context.close()
     _goto(page, "Compose (what-if)")
+    # on a loaded machine the page's run can start after _idle's grace period: wait for its verdict
+    page.get_by_text("MAPK1+TGFBR2 lies in the span").first.wait_for(timeout=TIMEOUT_MS)
     body = page.inner_text("body")
     assert "Data · norman19_devel" in body
     assert "MAPK1+TGFBR2 lies in the span" in body
@@ -223,3 +225,41 @@ def test_malformed_upload_shows_error(page, server, tmp_path):
     body = page.inner_text("body")
     assert "Could not use broken.h5ad" in body
     assert "Traceback" not in body
+
+
+def test_interactions_page_heatmap_table_and_compose(page, server):
+    """The Interactions page: the heatmap of every pair, the predicted vs observed scatter and the
+    ranked table; one click opens the chosen pair in Compose with its interaction box."""
+    if not page.url.startswith(server):  # when run on its own
+        page.goto(server)
+        page.get_by_role("heading", name="Data").wait_for()
+        _idle(page)
+    _goto(page, "Interactions")
+    page.get_by_role("heading", name="Interactions", exact=True).wait_for()
+    page.wait_for_function(
+        "document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= 2", timeout=TIMEOUT_MS
+    )
+    assert page.locator('[data-testid="stPlotlyChart"] .heatmaplayer .hm').count() >= 1  # the pair heatmap
+    page.get_by_test_id("stDataFrame").first.wait_for()
+    assert not page.get_by_test_id("stException").count(), page.inner_text("body")[:2000]
+    body = page.inner_text("body")
+    assert "Ranked pairs: pairs to test next" in body
+    assert "153" in body and "One network: no uncertainty" in body
+    assert "predicted vs observed magnitude" in body and "5 measured pairs" in body
+    page.set_viewport_size({"width": 1440, "height": 1900})  # this screenshot shows the table too
+    _idle(page)
+    _shot(page, "interactions")
+    page.set_viewport_size({"width": 1440, "height": 1300})
+    box = page.get_by_test_id("stSelectbox").filter(has_text="Pair (or select a row of the table)")
+    box.click()
+    page.keyboard.type("MAPK1+TGFBR2")
+    page.get_by_role("option", name=re.compile(r"MAPK1\+TGFBR2")).first.click()
+    _idle(page)
+    page.get_by_role("button", name="Open MAPK1+TGFBR2 in Compose").click()
+    page.get_by_role("heading", name="Compose a what-if combination").wait_for()
+    _idle(page)
+    page.get_by_text("Interaction of MAPK1 + TGFBR2").wait_for()
+    body = page.inner_text("body")
+    assert "MAPK1+TGFBR2 lies in the span" in body
+    assert "magnitude" in body and "non-additivity" in body
+    assert "observed (held out from training: a true test)" in body

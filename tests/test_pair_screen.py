@@ -81,7 +81,8 @@ def test_screen_covers_every_pair_and_marks_measured_and_held_out(single, data, 
 
 
 def test_screen_rows_are_the_members_predictions(ensemble, data):
-    tab = screen_pairs(ensemble, data, genes="all", seed=3).set_index("pair")
+    n_ctrl = int((data.obs["condition"] == "control").sum())
+    tab = screen_pairs(ensemble, data, genes="all", seed=3, n_cells=n_ctrl).set_index("pair")
     eye = np.eye(ensemble.registry.n_perturbations, dtype=np.float32)
     src_idx = np.flatnonzero(data.obs["condition"] == "control")
     src = data[src_idx]  # fewer than n_cells: all of them, as the screen does

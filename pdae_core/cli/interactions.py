@@ -59,7 +59,9 @@ def add_parser(sub: Any) -> None:
                    help="weight of the uncertainty in the test_next score")
     p.add_argument("--genes", default="expressed", metavar="{expressed,all}",
                    help="genes the metrics use: expressed in control (as the paper) or all")
-    p.add_argument("--n-cells", type=positive_int, default=256, metavar="N", help="control cells moved per pair")
+    p.add_argument("--n-cells", type=positive_int, default=512, metavar="N",
+                   help="cells moved per pair: that many control cells, or each control cell several times "
+                   "(fresh decoder noise) when there are fewer")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the cell subsample and the decoder noise")
     p.add_argument("--top", type=int, default=10, metavar="N", help="pairs printed (0: none)")
     p.add_argument("--trust-modified", action="store_true",
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     print(printable(
         f"{len(table)} pairs of {len(set(table['a']) | set(table['b']))} singles from {source}: "
         f"{int(table['measured'].sum())} measured ({int(table['held_out'].sum())} held out from training); "
-        f"{members}; {a['n_genes']} genes ({a['genes']}); {a['n_source_cells']} control cells moved; "
+        f"{members}; {a['n_genes']} genes ({a['genes']}); {a['n_source_cells']} moved cells per pair; "
         f"{time.perf_counter() - t0:.1f} s in all."
     ))
     if args.top > 0:

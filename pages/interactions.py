@@ -1,0 +1,189 @@
+"""Interactions: every pair of the perturbations the model saw alone, predicted and scored as a
+genetic interaction (Norman et al. 2019), ranked by the pairs worth testing next; one click
+opens a pair in Compose."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from pages import common
+from pdae_core import explore
+from pdae_core.errors import PDAEError
+from pdae_core.eval.pair_screen import SCORES, screen_singles
+from pdae_core.plot import interactions as fi
+
+common.init_state()
+ss = st.session_state
+st.title("Interactions")
+ds = common.require_dataset()
+model_key, model = common.require_model(ds)
+reg = model.registry
+
+KEYS = ("ia_score", "ia_pair", "ia_spread", "ia_scatter", *common.PAIR_DEFAULTS)
+common.restore_widgets(*KEYS)
+for k, v in common.PAIR_DEFAULTS.items():
+    ss.setdefault(k, v)
+
+singles = screen_singles(model)
+if len(singles) < 2:
+    st.info(f"The model saw {len(singles)} perturbation(s) alone in training; a pair screen needs at least two.")
+    st.stop()
+K = len(singles)
+st.caption(
+    f"Every pair of the {K} perturbations the model saw alone in training ({K * (K - 1) // 2:,} pairs) is predicted "
+    "from control cells and scored as a genetic interaction (Norman et al. 2019): does the pair change genes more, "
+    "less, or otherwise than its two parts?"
+)
+ensemble = model.n_members > 1
+scores = [s for s in SCORES if ensemble or s != "uncertain"]
+if ss.get("ia_score") not in scores:
+    ss.ia_score = "test_next"
+
+
+def _new_score() -> None:  # a new ranking starts from its first pair
+    ss.pop("ia_pair", None)
+    ss.get("_kept", {}).pop("ia_pair", None)
+
+
+controls = st.columns([2, 2, 4] if ensemble else [2, 6], gap="large", vertical_alignment="bottom")
+c_score, c_read = controls[0], controls[-1]
+score = c_score.selectbox("Rank pairs by", scores, key="ia_score", format_func=fi.SCORE_LABELS.get,
+                          on_change=_new_score,
+                          help="Pairs to test next: non-additivity plus its spread across networks (an upper "
+                          "confidence score). Synergy / buffering: magnitude. Least additive: non-additivity. "
+                          "Most uncertain: spread of the non-additivity across networks (ensembles only).")
+if ensemble:
+    ss.setdefault("ia_spread", True)
+    show_spread = controls[1].toggle("Show the spread next to it", key="ia_spread",
+                                  help="A second heatmap: how much the networks of the ensemble disagree on each pair.")
+else:
+    show_spread = False
+with c_read.expander("How to read this page", icon=":material/help:"):
+    st.markdown(
+        "- **Magnitude**: the pair's change is fitted as `c1·A + c2·B` (A, B: the changes of the two parts alone) "
+        "and magnitude = √(c1² + c2²). By the convention of Norman et al. (2019), above 1 is called **synergy**, "
+        "below 1 **buffering**. Careful: a pair that is exactly the sum of its parts (c1 = c2 = 1) has magnitude "
+        "√2 ≈ 1.41, so a magnitude between 1 and 1.41 is called synergy yet is below the plain sum; read it with "
+        "the non-additivity.\n"
+        "- **Non-additivity** = ‖AB − A − B‖ / ‖A + B‖: how far the pair is from the plain sum of its parts, "
+        "relative to that sum (0 = exactly additive, 0.5 = the part the sum misses is half its size).\n"
+        "- **Pairs to test next**: non-additivity + κ × its spread across networks, i.e. pairs predicted to "
+        "interact or about which the model is unsure: the experiments that teach most. With one network it is "
+        "the non-additivity.\n"
+        "- **Marks**: ○ measured and held out from training (a true test: compare predicted and observed on the "
+        "right); □ measured and used in training.\n"
+        "- The singles are the model's predictions too, so its additive part cancels: what is left is the "
+        "interaction the model predicts, not a measurement."
+    )
+
+if not ensemble:
+    st.caption(
+        ":material/info: **One network: no uncertainty.** To see how sure the model is, train an ensemble "
+        "(`pdae train --ensemble 5 ...`) and load it on the Model page: each network predicts every pair, and their "
+        "spread is the uncertainty (shown next to the heatmap, as ± in the table, and as the ranking *Most uncertain*)."
+    )
+n_cells, genes, kappa = common.pair_settings()
+try:
+    screen = common.pair_screen(ds.key, model_key, n_cells, genes, kappa, _model=model, _adata=ds.adata)
+except PDAEError as e:
+    st.error(str(e))
+    st.stop()
+ranked = explore.pair_ranking(screen, score)
+measured = ranked[ranked["measured"]]
+m = st.columns(4)
+m[0].metric("Pairs", f"{len(ranked):,}")
+m[1].metric("Singles", K)
+m[2].metric("Measured pairs", len(measured), help="Pairs with cells in the loaded dataset.")
+m[3].metric("Networks", model.n_members, help="Members of the ensemble (1: a single network, no uncertainty).")
+
+compare = measured[measured["observed_magnitude"].notna()]
+left, right = st.columns([2, 1], gap="large") if len(compare) else (st.container(), None)
+with left:
+    st.plotly_chart(fi.pair_heatmap(ranked, score, show_spread=show_spread), width="stretch",
+                    config=common.PLOT_CONFIG, theme=None, key="ia_heatmap")
+if right is not None:
+    with right:
+        ss.setdefault("ia_scatter", "magnitude")
+        metric = st.radio("Compare", ["magnitude", "normalised_residual"], key="ia_scatter", horizontal=True,
+                          format_func=fi.METRIC_NAMES.get)
+        st.plotly_chart(fi.observed_scatter(compare, metric), width="stretch", config=common.PLOT_CONFIG,
+                        theme=None, key="ia_scatter_plot")
+        held = int(compare["held_out"].sum())
+        st.caption(f"The {len(compare)} measured pair(s) with cells of both parts; {held} held out from training "
+                   "(true tests). Error bars: spread across networks.")
+
+st.subheader(f"Ranked pairs: {fi.SCORE_LABELS[score].lower()}")
+cols = ["rank", "pair", "call", "magnitude", "magnitude_spread", "normalised_residual", "normalised_residual_spread",
+        "test_next", "status", "observed_magnitude", "observed_normalised_residual"]  # dominance: in the call
+if not ensemble:  # no spread; the test-next score is the non-additivity
+    cols = [c for c in cols if not c.endswith("_spread") and c != "test_next"]
+if not len(measured):
+    cols = [c for c in cols if not c.startswith("observed_")]
+view = ranked[cols].copy()
+for c in ("observed_magnitude", "observed_normalised_residual"):  # text: blank (not "None") where not measured
+    if c in view:
+        view[c] = [f"{v:.2f}" if np.isfinite(v) else "" for v in view[c]]
+view = view.rename(columns=fi.PAIR_TABLE_LABELS)
+ss["ia_order"] = ranked["pair"].tolist()
+
+
+def _pick_row() -> None:
+    rows = ss[f"ia_table_{score}"].selection.rows
+    if rows:
+        ss.ia_pair = ss["ia_order"][rows[0]]
+
+
+number = {fi.PAIR_TABLE_LABELS[c]: st.column_config.NumberColumn(format="%.2f") for c in cols
+          if c not in ("rank", "pair", "call", "status", "observed_magnitude", "observed_normalised_residual")}
+st.dataframe(view, hide_index=True, width="stretch", height=360, key=f"ia_table_{score}", on_select=_pick_row,
+             selection_mode="single-row", column_config={**number,
+                 "Measured?": st.column_config.TextColumn(help="held out: measured, never seen in training (a true "
+                                                          "test); in training: measured and used to train"),
+                 "Predicted interaction": st.column_config.TextColumn(width="medium")})
+
+pairs = ss["ia_order"]
+if ss.get("ia_pair") not in pairs:
+    ss.ia_pair = pairs[0]
+calls = dict(zip(ranked["pair"], ranked["call"]))
+ranks = dict(zip(ranked["pair"], ranked["rank"]))
+p1, p2, p3 = st.columns([4, 3, 2], vertical_alignment="bottom")
+pair = p1.selectbox("Pair (or select a row of the table)", pairs, key="ia_pair",
+                    format_func=lambda p: f"#{ranks[p]} {p} · {calls[p]}")
+if p2.button(f"Open {pair} in Compose", type="primary", key="ia_open", icon=":material/science:"):
+    row = ranked.loc[ranked["pair"] == pair].iloc[0]
+    ss.compose_perts = [row["a"], row["b"]]
+    for p in (row["a"], row["b"]):
+        ss[f"w:{p}"] = 1.0
+    common.remember_widgets(*KEYS)
+    common.remember_widgets("compose_perts", f"w:{row['a']}", f"w:{row['b']}")
+    st.switch_page("pages/compose.py")
+p3.download_button("Download all pairs (.csv)", ranked.to_csv(index=False).encode(), file_name="pairs.csv",
+                   mime="text/csv", key="ia_csv")
+
+with st.expander("Settings and technical details"):
+    a = screen.attrs
+    n_ctrl = int((ds.adata.obs[reg.perturbation_key].astype(str) == reg.control_label).sum())
+    gene_words = {"expressed": "genes expressed in the control cells (mean above the threshold, as in the paper)",
+                  "all": "all genes"}.get(a["genes"], a["genes"])
+    st.markdown(
+        f"- **Gene set**: {a['n_genes']} genes: {gene_words}. When fewer than 50 genes pass the expression "
+        "threshold (log-normalised data: mean above 0.1; counts: 0.5), all genes are used.\n"
+        f"- **Moved cells**: {a['n_source_cells']:,} per single and per pair, from the {n_ctrl:,} control cells of "
+        f"{ds.label} (a seeded sample; with fewer control cells, each is moved several times with fresh noise).\n"
+        f"- **Networks**: {model.n_members}" + (" (an ensemble: metrics are the mean over networks, ± their "
+                                                 "standard deviation)" if ensemble else " (no spread)") + ".\n"
+        "- **Method**: each network predicts the mean change from control of A, B and A+B; the weights c1, c2 are "
+        "fitted by least squares without intercept on those mean changes (the paper used Theil-Sen; least "
+        "squares keeps thousands of pairs to seconds). Compose adds the model fit (distance correlation) of the "
+        "pair it shows.\n"
+        f"- **Time**: {a['seconds']:.1f} s for {len(ranked):,} pairs (cached for this dataset, model and settings). "
+        f"The same screen from the command line: `pdae interactions CHECKPOINT --dataset {ds.label} --out pairs.csv`."
+    )
+    s1, s2, s3 = st.columns(3)
+    s1.number_input("Control cells", 20, 5000, step=20, key="ia_cells",
+                    help="Control cells moved to every single and pair; more cells, less noise, more time.")
+    s2.selectbox("Gene set", ["expressed", "all"], key="ia_genes")
+    s3.number_input("κ of the test-next score", 0.0, 10.0, step=0.5, key="ia_kappa",
+                    help="Weight of the spread in non-additivity + κ × spread (ensembles only).")
+common.remember_widgets(*KEYS)
