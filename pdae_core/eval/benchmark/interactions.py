@@ -1,0 +1,101 @@
+"""The interaction benchmark at the cell level: how well each model of a finished cell-level
+benchmark (:func:`~pdae_core.eval.benchmark.run_benchmark`) predicts the genetic interaction
+of every held-out double, scored as the pseudobulk track scores it
+(:mod:`pdae_core.eval.pseudobulk.interaction_scores`).
+
+Each (model, seed) run of the benchmark keeps the predicted mean change of every held-out
+condition (``runs/<model>__seed<k>.deltas.csv``: mean of the predicted cells minus the mean of
+the source control cells). For every held-out double ``A+B`` whose singles were measured, the
+observed changes ``dA``, ``dB``, ``dAB`` are the means of their cells minus the mean of all
+control cells; the prediction's interaction figures (magnitude, normalised residual) are
+computed with the *observed* singles, and its non-additive part ``dAB - dA - dB`` is correlated
+with the observed one. Held-out doubles differ between seeds (a random hold-out per seed),
+so each (seed, double) is one scored double: the rank metrics and their bootstrap intervals
+pool them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from ...data.registry import PerturbationRegistry, condition_column
+from ...errors import PDAEError
+from ..interactions import mean_changes
+from ..pseudobulk.interaction_scores import double_figures
+from .files import run_path
+
+__all__ = ["cell_interaction_rows", "benchmark_interactions"]
+
+
+def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, registry: PerturbationRegistry,
+                          models: Sequence[str], seeds: Sequence[int], method: str = "lstsq") -> pd.DataFrame:
+    """One row per (model, seed, held-out double with both singles measured): the predicted and
+    observed magnitude and normalised residual and the non-additive Pearson, in the columns of
+    :func:`~pdae_core.eval.pseudobulk.interaction_scores.summarise_interactions` (``double`` is
+    ``"A+B (seed k)"``, ``fold`` the seed, ``seed`` 0: the (seed, double) pairs are pooled)."""
+    out_dir = Path(out_dir)
+    conds = set(condition_column(adata, registry.perturbation_key))
+    rows = []
+    observed: dict[str, np.ndarray] = {}
+    for model in models:
+        for seed in seeds:
+            path = run_path(out_dir, model, seed).with_suffix(".deltas.csv")
+            if not path.is_file():
+                raise PDAEError(f"{path} is missing: run the benchmark with --models {model} and seed {seed} first.")
+            pred = pd.read_csv(path, index_col="condition")
+            if list(pred.columns) != list(registry.gene_names):
+                raise PDAEError(f"{path}: its genes are not the dataset's.")
+            fit = pd.read_csv(run_path(out_dir, model, seed))
+            fit_seconds = float(fit["fit_seconds"].iloc[0]) if "fit_seconds" in fit and len(fit) else float("nan")
+            for double in pred.index:
+                parts = registry.parse(double)
+                if len(parts) != 2 or not all(p in conds for p in parts) or double not in conds:
+                    continue
+                need = [c for c in (*parts, double) if c not in observed]
+                if need:
+                    observed.update(zip(need, mean_changes(adata, registry, need).to_numpy()))
+                dA, dB, dAB = observed[parts[0]], observed[parts[1]], observed[double]
+                p = double_figures(dA, dB, pred.loc[double].to_numpy(np.float64), method, obs=dAB)
+                o = double_figures(dA, dB, dAB, method)
+                rows.append({"model": model, "seed": 0, "fold": int(seed), "double": f"{double} (seed {seed})",
+                             "magnitude_pred": p["magnitude"], "magnitude_obs": o["magnitude"],
+                             "residual_pred": p["normalised_residual"], "residual_obs": o["normalised_residual"],
+                             "nonadditive_pearson": p["nonadditive_pearson"], "error_l2": p["error_l2"],
+                             "fit_seconds": fit_seconds})
+    if not rows:
+        raise PDAEError(f"No held-out double of {out_dir} has both its singles measured: nothing to score.")
+    return pd.DataFrame(rows)
+
+
+def benchmark_interactions(out_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
+                           method: str = "lstsq") -> pd.DataFrame:
+    """:func:`cell_interaction_rows` of every model and seed of a finished benchmark folder
+    (``spec.json`` and ``runs/``), its dataset loaded and prepared as the benchmark did it."""
+    import json
+
+    from ...data.datasets import list_datasets, load_dataset
+    from ...data.defaults import dataset_defaults
+    from ...data.registry import read_h5ad, setup_anndata
+    from .run import _prepare
+    from .spec import BenchmarkSpec
+
+    out_dir = Path(out_dir)
+    try:
+        saved = json.loads((out_dir / "spec.json").read_text())
+        spec = BenchmarkSpec.from_dict(saved["spec"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PDAEError(f"{out_dir} is not a finished benchmark folder (spec.json: {e}).") from None
+    name = str(spec.dataset)
+    adata = load_dataset(name, data_dir=data_dir, **spec.dataset_options) if name in list_datasets() else read_h5ad(name)
+    meta = dataset_defaults(adata)
+    registry = setup_anndata(adata, spec.perturbation_key or meta.get("perturbation_key") or "condition",
+                             spec.control_label or meta.get("control_label"), covariate_key=meta.get("covariate_key"))
+    adata, registry, _ = _prepare(adata, registry, spec)
+    models = [m for m in spec.models if run_path(out_dir, m, spec.seeds[0]).with_suffix(".deltas.csv").is_file()]
+    return cell_interaction_rows(out_dir, adata, registry, models, spec.seeds, method)

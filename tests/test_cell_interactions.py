@@ -1,0 +1,62 @@
+"""The interaction benchmark at the cell level (issue 15 item 4): a finished cell-level benchmark
+folder rescored by how well each model predicts the interaction of the held-out doubles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pdae_core.data.registry import setup_anndata
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.errors import PDAEError
+from pdae_core.eval.benchmark import BenchmarkSpec, run_benchmark
+from pdae_core.eval.benchmark.interactions import benchmark_interactions, cell_interaction_rows
+from pdae_core.eval.interactions import mean_changes
+from pdae_core.eval.pseudobulk.interaction_scores import summarise_interactions
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    adata, _ = make_synthetic(n_perturbations=5, latent_dim=3, n_genes=30, hidden=16, n_doubles=8,
+                              cells_per_condition=40, seed=2)
+    path = tmp_path_factory.mktemp("cells") / "synth.h5ad"
+    adata.write_h5ad(path)
+    reg = setup_anndata(adata, "condition", "control")
+    spec = BenchmarkSpec(dataset=str(path), models=["additive", "linear", "control"], seeds=[0, 1],
+                         test_fraction=0.5, n_boot=5, accelerator="cpu")
+    out = path.parent / "bench"
+    run_benchmark(adata, reg, spec, out)
+    return adata, reg, out
+
+
+def test_rows_score_every_held_out_double_of_every_run(finished):
+    adata, reg, out = finished
+    rows = cell_interaction_rows(out, adata, reg, ["additive", "linear", "control"], [0, 1])
+    per_model = rows.groupby("model")["double"].nunique()
+    assert per_model.nunique() == 1 and per_model.iloc[0] >= 4  # 8 doubles, half held out per seed
+    assert set(rows["fold"]) == {0, 1} and (rows["seed"] == 0).all()
+    # the observed figures are the same for every model; they come from the cells
+    obs = rows.pivot_table(index="double", columns="model", values="magnitude_obs")
+    np.testing.assert_allclose(obs.to_numpy() - obs.to_numpy()[:, :1], 0, atol=1e-12)
+    double = rows["double"].iloc[0].split(" (seed")[0]
+    a, b = reg.parse(double)
+    d = mean_changes(adata, reg, [a, b, double]).to_numpy()
+    coef, *_ = np.linalg.lstsq(np.stack([d[0], d[1]], 1), d[2], rcond=None)
+    np.testing.assert_allclose(rows["magnitude_obs"].iloc[0], np.hypot(*coef), rtol=1e-6)
+    # "no change" predicts a zero change: its non-additive part is -(dA + dB), the residual 1
+    ctrl = rows[rows.model == "control"]
+    np.testing.assert_allclose(ctrl["residual_pred"], 1.0, atol=0.05)
+    summary = summarise_interactions(rows, n_boot=50, top=3, random_draws=20).set_index("model")
+    assert {"additive", "linear", "control", "random"} <= set(summary.index)
+
+
+def test_benchmark_folder_is_rescored_with_its_own_data(finished, tmp_path):
+    adata, reg, out = finished
+    rows = benchmark_interactions(out)
+    direct = cell_interaction_rows(out, adata, reg, ["additive", "linear", "control"], [0, 1])
+    pd.testing.assert_frame_equal(rows.reset_index(drop=True), direct.reset_index(drop=True))
+    with pytest.raises(PDAEError, match="missing"):
+        cell_interaction_rows(out, adata, reg, ["pool"], [0])
+    with pytest.raises(PDAEError, match="not a finished benchmark folder"):
+        benchmark_interactions(tmp_path)
