@@ -38,7 +38,8 @@ examples:
       --holdout KLF1+MAP2K6,MAP2K3+SLC38A2,MAP2K3+MAP2K6,MAPK1+TGFBR2,KLF1+TGFBR2 --out bench/norman
   pdae benchmark --dataset schraivogel20 --models additive,linear,control,pool --seeds 3 --out bench/tapseq
   pdae benchmark --dataset norman19_pseudobulk --level pseudobulk --out bench/pseudobulk
-  pdae benchmark --data my_pseudobulk.h5ad --level pseudobulk --control control --out bench/mine"""
+  pdae benchmark --data my_pseudobulk.h5ad --level pseudobulk --control control --out bench/mine
+  pdae benchmark --dataset norman19_pseudobulk --task interactions --seeds 3 --out bench/interactions"""
 
 
 def add_parser(sub: Any) -> None:
@@ -52,19 +53,26 @@ def add_parser(sub: Any) -> None:
         "the doubles (all singles and the control stay in training); each test double is tagged by how many "
         "of its parts were seen alone (seen 0/1/2). Finished (model, seed) pairs are reused when the same "
         "command is run again. --level pseudobulk runs the mean-level track on per-condition profiles "
-        "(k-fold over the doubles; Pearson delta over all genes and the top-20 genes).",
+        "(k-fold over the doubles; Pearson delta over all genes and the top-20 genes). --task interactions "
+        "(pseudobulk) scores how well each model predicts the genetic interaction of every held-out double "
+        "(Norman et al. 2019 magnitude, normalised non-additive residual, the non-additive part itself) against "
+        "the additive, scaled additive, linear, heuristic-regression and random baselines.",
         epilog=BENCHMARK_EXAMPLES,
         formatter_class=HelpFormatter,
     )
     add_data_args(b)
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
+    b.add_argument("--task", choices=["combinations", "interactions"], default="combinations",
+                   help="combinations: predict held-out combinations (Pearson delta, energy distance); "
+                   "interactions (pseudobulk only): rank the held-out doubles' genetic interactions")
     b.add_argument("--level", choices=["auto", "cells", "pseudobulk"], default="auto",
                    help="cells: single-cell distributions; pseudobulk: one profile per condition "
                    "(auto: pseudobulk for datasets of per-condition profiles)")
     b.add_argument("--models", metavar="M1,M2", help="comma-separated models (cells: pdae, additive, "
                    "scaled_additive, linear, control, pool and any registered model type; default "
                    "pdae,additive,scaled_additive,linear,control; pseudobulk: additive, scaled_additive, linear, "
-                   "pdae; default all four)")
+                   "pdae; default all four; --task interactions: additive, scaled_additive, linear, heuristic, "
+                   "random, pdae, pdae_ensemble; default all seven)")
     b.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="run seeds 0..N-1")
     b.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                    help="cells: the same held-out conditions for every seed (default: a random "
@@ -72,8 +80,13 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--test-fraction", type=finite_float, default=0.3, metavar="F",
                    help="cells: fraction of the doubles held out per seed")
     b.add_argument("--folds", type=positive_int, default=5, metavar="K", help="pseudobulk: folds over the doubles")
-    b.add_argument("--n-boot", type=non_negative_int, default=200, metavar="N",
-                   help="cells: bootstrap resamples for the energy distance intervals")
+    b.add_argument("--n-boot", type=non_negative_int, metavar="N",
+                   help="bootstrap resamples: cells, of the energy distance intervals (default 200); "
+                   "--task interactions, of the intervals over doubles (default 2000)")
+    b.add_argument("--members", type=positive_int, default=5, metavar="N",
+                   help="--task interactions: members of pdae_ensemble (cross-fitted; at least 2)")
+    b.add_argument("--fit-method", choices=["lstsq", "theil_sen"], default="lstsq",
+                   help="--task interactions: fit of dAB ~ c1 dA + c2 dB behind the magnitude")
     b.add_argument("--max-source-cells", type=positive_int, default=500, metavar="N",
                    help="cells: control cells moved to each target (a seeded subsample)")
     b.add_argument("--exclude", action="append", default=[], metavar="LABEL",
@@ -161,8 +174,17 @@ def run(args: argparse.Namespace) -> int:
     level = args.level if args.level != "auto" else ("pseudobulk" if holds_profiles(adata) else "cells")
     progress = BenchmarkProgress(args.quiet)
     t0 = time.perf_counter()
+    if args.task == "interactions" and level != "pseudobulk":
+        raise DataError("--task interactions runs on per-condition profiles (--level pseudobulk); "
+                        "the single-cell interaction benchmark is not available yet.")
+    if args.task != "interactions":
+        for flag, given in (("--members", args.members != 5), ("--fit-method", args.fit_method != "lstsq")):
+            if given:
+                raise DataError(f"{flag} applies to --task interactions.")
     try:
-        if level == "pseudobulk":
+        if args.task == "interactions":
+            _benchmark_interactions(args, adata, name, out, progress)
+        elif level == "pseudobulk":
             _benchmark_pseudobulk(args, adata, name, out, progress)
         else:
             _benchmark_cells(args, adata, name, out, progress)
@@ -186,7 +208,7 @@ def _benchmark_cells(args: argparse.Namespace, adata: ad.AnnData, name: str, out
         seeds=list(range(args.seeds)),
         test_fraction=args.test_fraction,
         holdout=holdout_list(args.holdout) or None,
-        n_boot=args.n_boot,
+        n_boot=200 if args.n_boot is None else args.n_boot,
         train=train,
         accelerator=args.accelerator,
         max_source_cells=args.max_source_cells,
@@ -202,7 +224,8 @@ def _benchmark_cells(args: argparse.Namespace, adata: ad.AnnData, name: str, out
     _stamp(out / "summary.md", _command_line(args))
 
 
-def _benchmark_pseudobulk(args: argparse.Namespace, adata: ad.AnnData, name: str, out: Path, progress: Any) -> None:
+def _profiles(args: argparse.Namespace, adata: ad.AnnData) -> Any:
+    """The ProfileSet of a pseudobulk run; refuses the single-cell-only flags."""
     from ..eval import pseudobulk as pb
 
     for flag, given in (("--holdout", bool(args.holdout)), ("--exclude", bool(args.exclude)),
@@ -211,12 +234,18 @@ def _benchmark_pseudobulk(args: argparse.Namespace, adata: ad.AnnData, name: str
         if given:
             raise DataError(f"{flag} applies to the single-cell benchmark (--level cells), not to --level pseudobulk.")
     meta = dataset_defaults(adata)
-    profiles = pb.profiles_from_anndata(
+    return pb.profiles_from_anndata(
         adata,
         perturbation_key=args.perturbation_key or meta.get("perturbation_key") or "condition",
         control_label=args.control or meta.get("control_label") or "control",
         separator=meta.get("separator") or "+",
     )
+
+
+def _benchmark_pseudobulk(args: argparse.Namespace, adata: ad.AnnData, name: str, out: Path, progress: Any) -> None:
+    from ..eval import pseudobulk as pb
+
+    profiles = _profiles(args, adata)
     models = [m.strip() for m in (args.models or "additive,scaled_additive,linear,pdae").split(",") if m.strip()]
     df = pb.run_pseudobulk_benchmark(
         profiles, models=models, k=args.folds, seeds=tuple(range(args.seeds)),
@@ -238,4 +267,25 @@ def _benchmark_pseudobulk(args: argparse.Namespace, adata: ad.AnnData, name: str
               "profile cannot be estimated here (the single-cell tables have one)"]
     diffs = pb.paired_differences(df) if "additive" in models else None
     (out / "summary.md").write_text(pb.pseudobulk_markdown(summary, diffs, header) + "\n")
+    _stamp(out / "summary.md", _command_line(args))
+
+
+def _benchmark_interactions(args: argparse.Namespace, adata: ad.AnnData, name: str, out: Path, progress: Any) -> None:
+    from ..eval.pseudobulk import interaction_report as report
+    from ..eval.pseudobulk.interactions_track import DEFAULT_INTERACTION_MODELS, run_interaction_benchmark
+
+    profiles = _profiles(args, adata)
+    models = [m.strip() for m in (args.models or ",".join(DEFAULT_INTERACTION_MODELS)).split(",") if m.strip()]
+    if "pdae_ensemble" in models and args.members < 2:
+        raise DataError("--members must be >= 2 (the ensemble is cross-fitted).")
+    seeds = tuple(range(args.seeds))
+    df = run_interaction_benchmark(
+        profiles, models=models, k=args.folds, seeds=seeds, n_members=args.members, method=args.fit_method,
+        progress=None if args.quiet else (lambda msg: progress({"stage": "interactions", "message": msg})),
+        cache_dir=out / "fold_rows",
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_interaction_tables(df, out, name=name, profiles=profiles, models=models, seeds=seeds,
+                                    folds=args.folds, members=args.members, method=args.fit_method,
+                                    n_boot=2000 if args.n_boot is None else max(1, args.n_boot))
     _stamp(out / "summary.md", _command_line(args))
