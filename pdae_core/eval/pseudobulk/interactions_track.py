@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from ...errors import DataError
-from ..interactions import METHODS
+from ..interactions import METHODS, _gene_positions
 from .interaction_models import HeuristicInteractionRegression, PDAEEnsembleProfile, single_deltas
 from .interaction_scores import double_figures
 from .models import PROFILE_MODELS
@@ -48,25 +48,9 @@ LEVELS = (0.8, 0.95)  # coverage levels of the ensemble's conformal intervals
 
 
 def gene_positions(profiles: ProfileSet, genes: Any = None) -> np.ndarray:
-    """Positions of ``genes`` (names, positions or a boolean mask; None: all genes)."""
-    n = profiles.n_genes
-    if genes is None:
-        return np.arange(n)
-    g = np.asarray(genes)
-    if g.dtype == bool:
-        if g.shape != (n,):
-            raise DataError(f"A boolean gene mask must have length {n}, got {g.shape}.")
-        idx = np.flatnonzero(g)
-    elif g.dtype.kind in "USO":
-        pos = {s: i for i, s in enumerate(profiles.genes)}
-        missing = [s for s in g.tolist() if s not in pos]
-        if missing:
-            raise DataError(f"{len(missing)} genes are not in the profiles (first: {missing[:5]}).")
-        idx = np.array([pos[s] for s in g.tolist()], dtype=np.int64)
-    else:
-        idx = g.astype(np.int64).reshape(-1)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise DataError(f"Gene positions out of range for {n} genes.")
+    """Positions of ``genes`` (names, positions or a boolean mask; None: all genes), as the
+    interaction metrics read them; the benchmark needs at least 3."""
+    idx = _gene_positions(genes, list(profiles.genes), profiles.n_genes) % profiles.n_genes
     if idx.size < 3:
         raise DataError(f"The gene set has {idx.size} gene(s); the interaction benchmark needs at least 3.")
     return idx
