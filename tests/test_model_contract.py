@@ -117,6 +117,9 @@ def test_module_hooks_follow_the_contract(key, tiny_adata):
         a = module.transfer(x, labels, target, generator=torch.Generator().manual_seed(1))
         b = module.transfer(x, labels, target, generator=torch.Generator().manual_seed(1))
     assert a.shape == x.shape and torch.equal(a, b)
+    with torch.no_grad():  # encoding once for many targets gives the same cells and draws as transfer
+        c = module.transfer_from(module.source_state(x, labels), target, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, c)
     assert module.perturbation_matrix.shape[1] == model.registry.n_perturbations
 
 

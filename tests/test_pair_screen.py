@@ -150,3 +150,24 @@ def test_cli_writes_the_ranked_pairs(ensemble, data, tmp_path, capsys):
     assert cli_main(["interactions", str(tmp_path / "ens"), "--data", str(cells), "--out", str(out),
                      "--genes", "some"]) == 2
     assert "--genes must be" in capsys.readouterr().err
+
+
+def test_encoding_once_gives_the_cells_of_transfer(ensemble, data):
+    """member_changes_many encodes the source cells once (source_state / transfer_from): the same
+    numbers, bit for bit, as moving them with transfer for every target."""
+    import zlib
+
+    import torch
+
+    src = data[data.obs["condition"] == "control"]
+    labels = np.eye(ensemble.registry.n_perturbations, dtype=np.float32)[[0, 3]]
+    got = ensemble.member_changes_many(src, labels, seed=5)
+    x, lab = ensemble._tensors(src)
+    for k, module in enumerate(ensemble._member_modules()):
+        for j, label in enumerate(labels):
+            key = zlib.crc32(np.ascontiguousarray(label).tobytes())
+            gen = torch.Generator().manual_seed((5 * 1_000_003 + k * 7_919 + key) % 2**63)
+            with torch.no_grad():
+                moved = module.transfer(x, lab, torch.as_tensor(label).expand(len(x), -1), generator=gen)
+            want = moved.double().mean(0) - x.double().mean(0)
+            np.testing.assert_allclose(got[k, j], want.numpy(), rtol=1e-12, atol=1e-12)

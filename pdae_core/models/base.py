@@ -316,15 +316,16 @@ class PerturbationModel:
         n = len(X)
         base = X.double().mean(0)
         out = np.empty((self.n_members, len(labels), X.shape[1]), dtype=np.float64)
-        for j, label in enumerate(labels):
-            tgt = torch.as_tensor(label, device=self.device)
-            key = zlib.crc32(np.ascontiguousarray(label).tobytes())
-            for k, module in enumerate(self._member_modules()):
+        chunks = [(X[i : i + batch_size], L[i : i + batch_size]) for i in range(0, n, batch_size)]
+        for k, module in enumerate(self._member_modules()):
+            states = [module.source_state(xb, lb) for xb, lb in chunks]  # encoded once for all targets
+            for j, label in enumerate(labels):
+                tgt = torch.as_tensor(label, device=self.device)
+                key = zlib.crc32(np.ascontiguousarray(label).tobytes())
                 gen = torch.Generator(device=self.device).manual_seed((int(seed) * 1_000_003 + k * 7_919 + key) % 2**63)
                 total = torch.zeros(X.shape[1], dtype=torch.float64, device=self.device)
-                for i in range(0, n, batch_size):
-                    xb, lb = X[i : i + batch_size], L[i : i + batch_size]
-                    total += module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen).double().sum(0)
+                for (xb, _), state in zip(chunks, states):
+                    total += module.transfer_from(state, tgt.expand(len(xb), -1), generator=gen).double().sum(0)
                 out[k, j] = (total / n - base).cpu().numpy()
         return out
 

@@ -71,6 +71,19 @@ class PerturbationModule(torch.nn.Module, abc.ABC):
         with every random draw taken from ``generator`` (the global RNG when None),
         so that a seeded generator gives reproducible predictions."""
 
+    def source_state(self, x: torch.Tensor, labels: torch.Tensor) -> Any:
+        """What :meth:`transfer_from` needs of source cells, computed once when the same cells are
+        moved to many targets (the pair screen). Default: the cells themselves. Must not draw
+        random numbers."""
+        return (x, labels)
+
+    def transfer_from(self, state: Any, target: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """:meth:`transfer` of the cells whose :meth:`source_state` is ``state``: the same result,
+        the same random draws. Default: ``transfer`` itself. A module whose encoding does not
+        depend on the target (the PDAE) overrides both to encode the cells once."""
+        x, labels = state
+        return self.transfer(x, labels, target, generator=generator)
+
     @property
     @abc.abstractmethod
     def perturbation_matrix(self) -> torch.Tensor:

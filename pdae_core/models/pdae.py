@@ -213,6 +213,14 @@ class PDAEModule(PerturbationModule):
         zb = self.z_base(x, labels)
         return self.decode(zb + self.shift(target), generator)
 
+    def source_state(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``z_base`` of the source cells: moving them to many targets encodes them once."""
+        return self.z_base(x, labels)
+
+    def transfer_from(self, state: torch.Tensor, target: torch.Tensor,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.decode(state + self.shift(target), generator)
+
     def loss(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
         """The PDAE objective on one batch; ``"loss"`` is the weighted total.
 
