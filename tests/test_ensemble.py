@@ -170,3 +170,29 @@ def test_cli_trains_and_describes_an_ensemble(adata, tmp_path, capsys):
     assert cli_main(["info", str(out)]) == 0
     assert "pdae, an ensemble of 2 networks" in capsys.readouterr().out
     assert pc.load_model(out).n_members == 2
+
+
+def test_ensemble_prediction_reports_the_change_and_its_spread(adata, tmp_path, capsys):
+    ens = pc.PDAE.from_anndata(adata, seed=0, n_members=3, **SMALL["pdae"])
+    ens.fit(adata, **FIT)
+    src = ctrl(adata)
+    pred = ens.predict(src, "P1+P4", seed=2)
+    table = pred.varm["change_across_networks"]
+    changes = ens.member_changes(src, "P1+P4", seed=2)
+    np.testing.assert_allclose(table["mean"], changes.mean(0))
+    np.testing.assert_allclose(table["spread"], changes.std(0, ddof=1))
+    assert (table["spread"] > 0).all() and list(table.index) == list(adata.var_names)
+    single = pc.PDAE.from_anndata(adata, seed=0, **SMALL["pdae"])
+    single.fit(adata, **FIT)
+    assert "change_across_networks" not in single.predict(src, "P1+P4").varm
+    ens.save(tmp_path / "ens")
+    cells = tmp_path / "cells.h5ad"
+    adata.write_h5ad(cells)
+    out = tmp_path / "pred.h5ad"
+    assert cli_main(["predict", str(tmp_path / "ens"), "--data", str(cells), "--target", "P1+P4", "--target", "P2",
+                     "--out", str(out)]) == 0
+    assert "An ensemble of 3 networks" in capsys.readouterr().out
+    import anndata as ad
+
+    written = ad.read_h5ad(out).varm["change_across_networks"]
+    assert list(written.columns) == ["P1+P4:mean", "P1+P4:spread", "P2:mean", "P2:spread"]

@@ -196,6 +196,14 @@ def run(args: argparse.Namespace) -> int:
     }
     extrapolation = pd.DataFrame(rows).set_index("target", drop=False).rename_axis(None)
     out = combine_predictions(preds, info, extrapolation)
+    if model.n_members > 1:  # per gene and target: the change over the networks and its spread
+        from ..models.base import CHANGE_KEY
+
+        out.varm[CHANGE_KEY] = pd.concat(
+            [p.varm[CHANGE_KEY].add_prefix(f"{r['target']}:") for p, r in zip(preds, rows)], axis=1)
+        spread = float(np.median([p.varm[CHANGE_KEY]["spread"].median() for p in preds]))
+        print(f"An ensemble of {model.n_members} networks: per-gene change and spread across them in "
+              f"varm['{CHANGE_KEY}'] (median spread {spread:.3g}).")
     dest = Path(args.out)
     write_h5ad_atomic(out, dest)
     print(printable(f"Wrote {out.n_obs} predicted cells ({len(rows)} target(s) x {out.n_vars} genes) to {dest}."))

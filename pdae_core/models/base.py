@@ -28,6 +28,10 @@ from ..train.loop import Callback, History, TrainConfig, resolve_device, train_m
 from .module import PerturbationModule
 from .prediction import check_prediction_size, check_source_cells, prediction_anndata
 
+#: ``varm`` key of an ensemble's prediction: per gene, the mean over networks of their predicted mean
+#: change from the source cells (``mean``) and its standard deviation across networks (``spread``)
+CHANGE_KEY = "change_across_networks"
+
 #: The most values (parameters and buffers) a model's network may hold: 2^30, 4 GiB of float32.
 MAX_PARAMETERS = 2**30
 
@@ -424,7 +428,9 @@ class PerturbationModel:
         of log-normalised expression, the model's genes: in another order they are
         reordered); more than :func:`~pdae_core.models.prediction.max_predicted_cells`
         predicted cells is refused before any work. A dose outside the doses seen in
-        training for its perturbation gives a ``UserWarning``."""
+        training for its perturbation gives a ``UserWarning``. An ensemble's prediction also holds,
+        in ``varm['change_across_networks']``, each gene's mean change over the networks and its
+        spread (standard deviation across them)."""
         self.module.eval()
         if source.n_obs == 0:
             raise DataError("No source cells to predict from.")
@@ -454,7 +460,12 @@ class PerturbationModel:
             "seed": int(seed),
             "extrapolation": check.to_dict(),
         }
-        return prediction_anndata(pred, source, self.registry, name, n_draws, info)
+        out = prediction_anndata(pred, source, self.registry, name, n_draws, info)
+        if self.n_members > 1:  # an ensemble: each network's mean change, summarised per gene
+            changes = self.member_changes(source, label, seed=seed, batch_size=batch_size)
+            out.varm[CHANGE_KEY] = pd.DataFrame({"mean": changes.mean(0), "spread": changes.std(0, ddof=1)},
+                                                index=out.var_names)
+        return out
 
     def extrapolation_check(self, target: Target) -> ExtrapolationCheck:
         """Does the target lie in the span of the training labels (the paper's guarantee)?"""
