@@ -4,7 +4,7 @@
 
 Opens on the bundled demo (the real Norman 2019 slice and the PDAE checkpoint in
 checkpoints/norman19_devel). Pages: Data, Model, Compose (what-if), Interactions,
-Embeddings, Benchmark. The science lives in pdae_core; pages only call it.
+Embeddings, Benchmark, Glossary. The science lives in pdae_core; pages only call it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ PAGES = [
     st.Page("pages/interactions.py", title="Interactions", icon=":material/grid_on:"),
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/leaderboard:"),
+    st.Page("pages/glossary.py", title="Glossary", icon=":material/menu_book:"),
 ]
 nav = st.navigation(PAGES)
 status = st.sidebar.container()  # below the page links

@@ -18,7 +18,7 @@ from pdae_core.eval.benchmark import (
     read_results,
     results_folders,
 )
-from pdae_core.eval.heldout import NOISE, heldout_comparison
+from pdae_core.eval.heldout import NOISE, heldout_comparison, plain_summary
 from pdae_core.models.baselines import NoChange
 from pdae_core.plot import benchmark as figures
 from pdae_core.train.jobs import JobState, benchmark_job
@@ -26,6 +26,15 @@ from pdae_core.train.jobs import JobState, benchmark_job
 common.init_state()
 ss = st.session_state
 st.title("Benchmark")
+with st.expander("How to read this page"):
+    st.markdown(
+        "A model is tested on combinations it **never saw** during training (held out). Its predicted cells are "
+        "compared with the measured cells by the *energy distance* (0 = indistinguishable, lower is better). The "
+        "same is done for simple baselines: adding the two single effects (*additive*), the same scaled down or "
+        "up (*scaled additive*), and no change at all. The grey *noise floor* is two halves of the measured cells "
+        "compared with each other: no prediction can be expected to do better. A model is worth using where it "
+        "beats the baselines by more than its error bars. Words are explained on the Glossary page."
+    )
 ds = common.require_dataset()
 
 
@@ -38,7 +47,19 @@ def _heldout_table(data_key: str, model_key: str, conditions: tuple[str, ...], _
         "no change": NoChange().fit(_adata, reg, list(conditions)),
     }
     table = heldout_comparison(_adata, reg, predictors, list(conditions), n_boot=100)
-    return table.rename(columns={"method": "model", "ed": "energy_distance"})
+    return table.rename(columns={"method": "model", "ed": "energy_distance", "ed_lo": "energy_distance_lo",
+                                 "ed_hi": "energy_distance_hi"})
+
+
+def _say(per_condition: pd.DataFrame, metric: str, model: str | None = None) -> None:
+    """The result in one plain sentence, above its chart."""
+    model = model or ("pdae" if "pdae" in set(per_condition["model"]) else None)
+    if model is None:
+        return
+    higher = metric.startswith(("pearson", "r2", "direction"))
+    sentence = plain_summary(per_condition, model, metric=metric, lower_is_better=not higher)
+    if sentence:
+        st.markdown(f"**{sentence}**")
 
 
 def _show_results(folder: Path, key: str) -> None:
@@ -46,11 +67,16 @@ def _show_results(folder: Path, key: str) -> None:
     if res.per_condition is not None:
         metrics = res.metrics(figures.METRIC_LABELS)
         metric = st.selectbox("Metric", metrics, format_func=figures.metric_label, key=f"{key}_metric")
+        _say(res.per_condition, metric)
         if res.track == "cells":
             st.plotly_chart(figures.condition_bars(res.per_condition, metric=metric), width="stretch",
                             config=common.PLOT_CONFIG, theme=None, key=f"{key}_bars")
+            st.caption("Bars: mean over the seeds in which a condition was held out; error bars: ± one standard "
+                       "deviation over those seeds (the 95% bootstrap interval over cells when there is one seed). "
+                       "The grey bar is the noise floor: two random halves of the observed cells compared, the best "
+                       "any prediction can reach.")
         elif res.track == "pseudobulk":  # one value per double
-            st.dataframe(res.mean_per_model(metric), width="stretch")
+            st.dataframe(res.mean_per_model(metric).style.format(precision=3, na_rep="–"), width="stretch")
     if res.summary_text is not None:
         with st.expander("Summary tables", expanded=res.per_condition is None):
             st.markdown(res.summary_text)
@@ -85,11 +111,12 @@ with tab_model:
                 st.error(str(e))
                 table = None
         if table is not None:
+            _say(table, "energy_distance", model.model_type)
             st.plotly_chart(figures.condition_bars(table), width="stretch", config=common.PLOT_CONFIG,
                             theme=None, key="bench_model_bars")
             wide = table.pivot(index="condition", columns="model", values="energy_distance")
             cols = [c for c in wide.columns if c != NOISE] + [NOISE]
-            st.dataframe(wide[cols].style.format(precision=4), width="stretch")
+            st.dataframe(wide[cols].style.format(precision=4, na_rep="–"), width="stretch")
 
 with tab_saved:
     folders = results_folders(common.RESULTS_DIR)

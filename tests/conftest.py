@@ -40,3 +40,16 @@ def tiny_adata():
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _no_background_umap_left():
+    """A dashboard test may leave the reference-UMAP warm-up thread (pages/common.py) running;
+    wait for it, so that it cannot share the CPU, BLAS or numba with the next test (a
+    byte-identical benchmark summary differed in its last digit while one was running)."""
+    yield
+    import threading
+
+    for t in threading.enumerate():
+        if t.name == "umap-warmup":
+            t.join(timeout=600)

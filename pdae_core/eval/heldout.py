@@ -89,3 +89,71 @@ def markdown_table(table: pd.DataFrame, reference: str | None = "additive") -> s
             cells.append(f"{r.diff_vs_ref:+.3f} [{r.diff_lo:+.3f}, {r.diff_hi:+.3f}]")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: The trivial baselines a model is measured against in :func:`plain_summary`.
+BASELINES = ("additive", "scaled_additive", "linear", "control", "no change", "pool")
+_PHRASES = {
+    "additive": "the additive baseline", "scaled_additive": "the scaled additive baseline",
+    "linear": "the linear baseline", "control": "predicting no change", "no change": "predicting no change",
+    "pool": "the pooled-cells baseline", "oracle": "the oracle",
+}
+
+
+def model_phrase(model: str) -> str:
+    """How a sentence names a model: ``"additive"`` -> ``"the additive baseline"``, ``"pdae"`` -> ``"PDAE"``."""
+    return _PHRASES.get(model, model.upper() if model.isalnum() else model)
+
+
+def plain_summary(per_condition: pd.DataFrame, model: str, metric: str = "energy_distance",
+                  lower_is_better: bool = True, baselines: Sequence[str] = BASELINES) -> str | None:
+    """One plain sentence with the result of ``model`` against the strongest baseline present.
+
+    ``per_condition`` is long: columns ``model``, ``condition`` and ``metric`` (a ``seed`` column
+    is averaged over). The strongest baseline is the one of ``baselines`` with the best mean
+    over the conditions both have; the sentence counts the conditions on which each is closer
+    and ends with the means and, when the table has it, the noise floor. None when the table
+    has neither the model nor a baseline."""
+    df = per_condition[per_condition[metric].notna()]
+    means = df.groupby(["model", "condition"], sort=False)[metric].mean().unstack("condition")
+    if model not in means.index:
+        return None
+    mine = means.loc[model].dropna()
+    others = [b for b in baselines if b in means.index and b != model]
+    best, best_mean = None, None
+    for b in others:
+        common = mine.index.intersection(means.loc[b].dropna().index)
+        if len(common) == 0:
+            continue
+        m = float(means.loc[b, common].mean())
+        if best_mean is None or (m < best_mean if lower_is_better else m > best_mean):
+            best, best_mean = b, m
+    if best is None:
+        return None
+    conds = mine.index.intersection(means.loc[best].dropna().index)
+    a, b = mine[conds].to_numpy(float), means.loc[best, conds].to_numpy(float)
+    model_better = int(((a < b) if lower_is_better else (a > b)).sum())
+    base_better = int(((b < a) if lower_is_better else (b > a)).sum())
+    ties = len(conds) - model_better - base_better
+    name, base = model_phrase(model), model_phrase(best)
+    what = "held-out condition" if len(conds) == 1 else f"{len(conds)} held-out conditions"
+    direction = "lower" if lower_is_better else "higher"
+    from ..plot.style import metric_label  # plain names only, no plotly
+
+    if model_better > base_better:
+        head = f"On these {what}, {name} is closer to what was measured than {base} on {model_better}"
+        tail = f"; {base} is closer on {base_better}" if base_better else ""
+    elif base_better > model_better:
+        head = f"On these {what}, {base} is closer to what was measured than {name} on {base_better}"
+        tail = f"; {name} is closer on {model_better}" if model_better else ""
+    else:
+        head = f"On these {what}, {name} and {base} are each closer to what was measured on {model_better}"
+        tail = ""
+    tail += f"; {ties} tied" if ties else ""
+    sentence = (f"{head}{tail} ({metric_label(metric)}, {direction} is better). "
+                f"Averaged: {name} {float(a.mean()):.3g}, {base} {float(b.mean()):.3g}")
+    if NOISE in means.index:
+        floor = means.loc[NOISE, conds].dropna()
+        if len(floor):
+            sentence += f", the noise floor (the best any prediction can reach) {float(floor.mean()):.3g}"
+    return sentence + "."

@@ -38,7 +38,9 @@ def condition_bars(
 ) -> go.Figure:
     """Grouped bars: one group per held-out condition, one bar per model (the noise
     floor included, in grey), height the mean over seeds where the condition was
-    held out, error bars the standard deviation over those seeds (when > 1).
+    held out. Error bars: the standard deviation over those seeds when there are
+    several; with one seed, the 95% bootstrap interval when the table has it
+    (columns ``{metric}_lo`` and ``{metric}_hi``). The hover says which.
 
     ``per_condition`` needs the columns ``model``, ``condition`` and ``metric``
     (``seen`` and ``seed`` are used when present). Conditions are ordered by seen tag
@@ -49,6 +51,12 @@ def condition_bars(
     models = _models_in(per_condition, models)
     df = per_condition[per_condition["model"].isin(models)]
     stats = df.groupby(["model", "condition"], sort=False)[metric].agg(["mean", "std", "count"])
+    lo_col, hi_col = f"{metric}_lo", f"{metric}_hi"
+    if lo_col in df.columns and hi_col in df.columns:
+        bounds = df.groupby(["model", "condition"], sort=False)[[lo_col, hi_col]].mean()
+        stats = stats.join(bounds.rename(columns={lo_col: "lo", hi_col: "hi"}))
+    else:
+        stats = stats.assign(lo=np.nan, hi=np.nan)
     if "seen" in df.columns:
         seen = df.groupby("condition", sort=False)["seen"].first()
         order = sorted(seen.index, key=lambda c: (-int(seen[c]) if pd.notna(seen[c]) else 1, str(c)))
@@ -58,14 +66,22 @@ def condition_bars(
     fig = go.Figure()
     for m in models:
         s = stats.loc[m].reindex(order) if m in stats.index.get_level_values(0) else pd.DataFrame(
-            index=order, columns=["mean", "std", "count"], dtype=float)
-        sd = s["std"].fillna(0.0).to_numpy()
+            index=order, columns=["mean", "std", "count", "lo", "hi"], dtype=float)
+        mean = s["mean"].to_numpy(dtype=float)
+        several = s["count"].fillna(0).to_numpy() > 1
+        boot = ~several & s["lo"].notna().to_numpy() & s["hi"].notna().to_numpy()
+        up = np.where(several, s["std"].fillna(0.0).to_numpy(dtype=float),
+                      np.where(boot, s["hi"].to_numpy(dtype=float) - mean, 0.0))
+        down = np.where(several, s["std"].fillna(0.0).to_numpy(dtype=float),
+                        np.where(boot, mean - s["lo"].to_numpy(dtype=float), 0.0))
+        what = np.where(several, "± sd over seeds", np.where(boot, "95% bootstrap interval", "no interval"))
         fig.add_trace(go.Bar(
-            name=m, x=order, y=s["mean"].to_numpy(), marker_color=colors[m],
-            error_y={"type": "data", "array": sd, "visible": bool((s["count"].fillna(0) > 1).any())},
-            customdata=np.stack([s["count"].fillna(0).to_numpy()], axis=-1),
+            name=m, x=order, y=mean, marker_color=colors[m],
+            error_y={"type": "data", "symmetric": False, "array": np.clip(up, 0, None),
+                     "arrayminus": np.clip(down, 0, None), "visible": bool((several | boot).any())},
+            customdata=np.stack([s["count"].fillna(0).to_numpy(), what], axis=-1),
             hovertemplate=f"{m}<br>%{{x}}<br>{metric_label(metric)}: %{{y:.3f}}<br>seeds: %{{customdata[0]}}"
-            "<extra></extra>",
+            "<br>error bar: %{customdata[1]}<extra></extra>",
         ))
     fig.update_layout(
         barmode="group", title=title or f"{metric_label(metric)} per held-out condition",
