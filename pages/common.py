@@ -231,16 +231,22 @@ def current_dataset() -> Dataset | None:
         if setup.get("preprocess"):
             adata = _preprocessed(key, setup.get("n_top_genes"), adata)
             key = f"{key}|pp{setup.get('n_top_genes')}"
-        pk = setup.get("perturbation_key")
-        reg = _registry(key, pk, setup.get("control_label"), setup.get("covariate_key"), adata) if pk else None
-        err = None if reg else "No column of obs looks like a perturbation column; choose one below."
+        pk, ctrl = setup.get("perturbation_key"), setup.get("control_label")
+        reg, err = None, None
+        if not pk:
+            err = (guess_columns(adata).reason or "No perturbation column is set.") + (
+                " Choose the perturbation column on the Data page.")
+        else:  # no control label set: setup_anndata detects a control-like one, or says there is none
+            reg = _registry(key, pk, ctrl, setup.get("covariate_key"), adata)
     except PDAEError as e:
         reg, err = None, str(e)
     return Dataset(key, label, adata, reg, err, source_key)
 
 
 def default_setup(adata: ad.AnnData) -> dict[str, Any]:
-    """The set-up the dataset records (:func:`dataset_defaults`), else the guessed columns."""
+    """The set-up the dataset records (:func:`dataset_defaults`), else the guessed columns:
+    ``perturbation_key`` None when no column looks like perturbation labels (the Data page
+    then asks the user to choose, with :attr:`~pdae_core.data.columns.ColumnGuess.reason`)."""
     d = dataset_defaults(adata)
     if "perturbation_key" in d:
         return {
@@ -350,6 +356,8 @@ def require_dataset() -> Dataset:
         st.info("Load and set up a dataset on the **Data** page first.")
         if st.session_state.get("data_note"):
             st.caption(st.session_state.data_note[1])
+        elif ds is not None and ds.setup_error:
+            st.caption(ds.setup_error)
         st.page_link("pages/data.py", label="Go to Data", icon=":material/dataset:")
         st.stop()
     return ds

@@ -8,7 +8,7 @@ import streamlit as st
 
 from pages import common
 from pdae_core import explore
-from pdae_core.data.columns import control_candidates, guess_columns
+from pdae_core.data.columns import control_candidates, guess_columns, is_control_label
 from pdae_core.errors import PDAEError
 from pdae_core.plot import cells as cf
 
@@ -70,21 +70,36 @@ adata = ds.adata
 setup = dict(ss.data_setup.get(ds.source_key, {}))
 guess = guess_columns(adata)
 st.subheader("Set-up")
-c1, c2, c3 = st.columns(3)
-cols = guess.perturbation_candidates or list(map(str, adata.obs.columns))
+cols = list(guess.perturbation_candidates)  # text columns only: numbers are never perturbation labels
 pk = setup.get("perturbation_key")
-if pk not in cols:
-    cols = [pk, *cols] if pk else cols
-pk = c1.selectbox("Perturbation column", cols, index=cols.index(pk) if pk in cols else 0, key=f"pk:{ds.source_key}",
+if pk and pk not in cols:
+    cols = [pk, *cols]
+if not cols:
+    st.error(f"{guess.reason} This file cannot be used as it is: add a column naming each cell's perturbation "
+             "(with a label such as 'control' for the unperturbed cells) and load it again.")
+    st.stop()
+if pk is None:
+    st.warning(f"{guess.reason or 'No perturbation column is set.'} **Choose the column that names each "
+               "cell's perturbation** below.")
+c1, c2, c3 = st.columns(3)
+pk = c1.selectbox("Perturbation column", cols, index=cols.index(pk) if pk in cols else None,
+                  key=f"pk:{ds.source_key}", placeholder="Choose the perturbation column",
                   help="The obs column naming each cell's perturbation; combinations written A+B.")
+if pk is None:
+    st.stop()
 try:
     controls = control_candidates(adata, pk)
 except PDAEError as e:
     st.error(str(e))
     st.stop()
 ctrl = setup.get("control_label") if setup.get("perturbation_key") == pk else None
-ctrl = ctrl if ctrl in controls else controls[0]
-ctrl = c2.selectbox("Control label", controls, index=controls.index(ctrl), key=f"ctrl:{ds.source_key}:{pk}",
+if ctrl not in controls:  # nothing chosen yet: a control-like label if there is one, else the user chooses
+    ctrl = controls[0] if is_control_label(controls[0]) else None
+if ctrl is None:
+    st.warning(f"None of the labels of column '{pk}' looks like a control (control, ctrl, non-targeting, ...). "
+               "**Choose the label of the unperturbed cells** below.")
+ctrl = c2.selectbox("Control label", controls, index=controls.index(ctrl) if ctrl in controls else None,
+                    key=f"ctrl:{ds.source_key}:{pk}", placeholder="Choose the control label",
                     help="Cells with this label are unperturbed (label vector 0).")
 covs = ["(none)", *[c for c in guess.covariate_candidates if c != pk]]
 cov = setup.get("covariate_key") or "(none)"
@@ -94,6 +109,8 @@ new = {**setup, "perturbation_key": pk, "control_label": ctrl, "covariate_key": 
 if new != setup:
     ss.data_setup[ds.source_key] = new
     st.rerun()
+if ctrl is None:
+    st.stop()
 
 if ds.registry is None:
     st.error(ds.setup_error or "The dataset could not be set up.")

@@ -10,14 +10,28 @@ import pdae_core as pc
 from pages import common
 from pdae_core import explore
 from pdae_core.models.catalog import MODEL_TYPES, build_model
-from pdae_core.plot import cells as cf
 from pdae_core.plot import style
+from pdae_core.plot.training import training_curves, training_notes
 from pdae_core.train.jobs import JobState, training_job
 
 common.init_state()
 ss = st.session_state
 st.title("Model")
 ds = common.current_dataset()
+MAX_NETWORKS = 5
+
+
+def training_running() -> bool:
+    job = ss.get("train_job")
+    return job is not None and not job.snapshot().finished
+
+
+def show_curves(records: list, key: str) -> None:
+    """The one chart of a training run's curves, and the notes that help reading it."""
+    st.plotly_chart(training_curves(records), width="stretch", config=common.PLOT_CONFIG, theme=None, key=key)
+    for note in training_notes(records):
+        st.caption(note)
+
 
 # ---- the loaded model ------------------------------------------------------------------
 if ss.get("model_error"):
@@ -34,17 +48,20 @@ else:
     m[1].metric("Genes", reg.n_genes)
     m[2].metric("Perturbations", reg.n_perturbations)
     m[3].metric("Training conditions", len(model.train_conditions))
+    networks = f" · an ensemble of {model.n_members} networks" if model.n_members > 1 else ""
     st.markdown(
         f"Held out during training: **{', '.join(model.holdout) if model.holdout else 'nothing'}** · "
-        f"perturbation column `{reg.perturbation_key}`, control `{reg.control_label}`"
+        f"perturbation column `{reg.perturbation_key}`, control `{reg.control_label}`{networks}"
     )
     if ds is not None:
         why = common.compatibility(model, ds)
         if why:
             st.warning(f"This model does not fit the loaded dataset ({ds.label}): {why}")
-    if model.history is not None and model.history.records:
-        st.plotly_chart(cf.loss_curve(model.history.records, title="training and validation loss"),
-                        width="stretch", config=common.PLOT_CONFIG, theme=None, key="model_history")
+    if training_running():  # one chart at a time: the live curves of the new run, below
+        st.caption("A new model is training: its curves are shown under **Train a new model**.")
+    elif model.history is not None and model.history.records:
+        st.markdown("**How this model's training went**")
+        show_curves(model.history.records, key=f"model_history:{key}")
         h = model.history
         if h.best_val is not None:
             st.caption(f"{h.steps} steps in {h.seconds:.0f} s on {h.device}; best validation energy distance "
@@ -91,10 +108,18 @@ with train_tab:
             mtype = c1.selectbox("Model", sorted(MODEL_TYPES), index=sorted(MODEL_TYPES).index("pdae"))
             epochs = c2.number_input("Max epochs", 1, 2000, 150)
             seed = c3.number_input("Seed", 0, 10_000, 0)
-            c1, c2, c3 = st.columns(3)
+            c1, c2, c3, c4 = st.columns(4)
             latent = c1.number_input("Latent dimensions", 2, 256, 16)
             lr = c2.select_slider("Learning rate", [1e-4, 3e-4, 1e-3, 3e-3], value=1e-3)
-            minutes = c3.number_input("Time limit (minutes, 0 = none)", 0, 600, 0)
+            networks = c3.number_input(
+                "Ensemble size (networks)", 1, MAX_NETWORKS, 1, key="train_networks",
+                help="1 = a single network. With several networks (trained with different seeds), every "
+                "prediction comes with an uncertainty: how much the networks disagree about each gene's "
+                f"change. Training takes about N times as long (up to {MAX_NETWORKS} networks).",
+            )
+            minutes = c4.number_input("Time limit (minutes, 0 = none)", 0, 600, 0,
+                                      help="For the whole run: with several networks, each network gets an "
+                                      "equal share of it.")
             holdout = st.multiselect(
                 "Hold out (combinations with both parts measured are pre-selected)",
                 conds.loc[conds.kind != "control", "condition"].tolist(), default=testable,
@@ -102,12 +127,14 @@ with train_tab:
             go = st.form_submit_button("Start training", type="primary")
         if go:
             try:
-                new = build_model(mtype, ds.registry, seed=int(seed), latent_dim=int(latent))
+                n_net = int(networks)
+                new = build_model(mtype, ds.registry, seed=int(seed), latent_dim=int(latent),
+                                  n_members=n_net if n_net > 1 else None)
                 ss.train_job = training_job(
                     new, ds.adata, holdout=holdout, max_epochs=int(epochs), lr=float(lr), seed=int(seed),
                     time_limit_s=float(minutes) * 60 or None,
                 ).start()
-                ss.train_meta = {"dataset": ds.label, "model_type": mtype, "collected": False}
+                ss.train_meta = {"dataset": ds.label, "model_type": mtype, "networks": n_net, "collected": False}
                 st.rerun()
             except (pc.PDAEError, ValueError) as e:
                 st.error(str(e))
@@ -117,29 +144,57 @@ with train_tab:
         job = ss.get("train_job")
         if job is None:
             return
-        snap = job.snapshot()
+        snap = job.snapshot()  # one snapshot: the status line and the chart agree
         meta = ss.get("train_meta", {})
-        st.markdown(f"**Training {style.model_name(meta.get('model_type', ''))} on {meta.get('dataset', '')}** · "
-                    f"{snap.state.value} · {snap.elapsed_s:.0f} s")
+        n_net = int(meta.get("networks", 1))
+        what = style.model_name(meta.get("model_type", "")) + (f" (ensemble of {n_net} networks)" if n_net > 1 else "")
+        st.markdown(f"**Training {what} on {meta.get('dataset', '')}** · {snap.state.value} · {snap.elapsed_s:.0f} s")
         st.progress(min(1.0, snap.fraction), text=snap.message or "starting…")
-        st.plotly_chart(cf.loss_curve(snap.records), width="stretch", config=common.PLOT_CONFIG, theme=None,
-                        key="train_curve")
         if not snap.finished:
+            # keyed by the number of evaluations: every new evaluation draws a new chart, never a stale one
+            show_curves(snap.records, key=f"train_curve:{len(snap.records)}")
             if st.button("Cancel training", key="train_cancel"):
                 job.cancel()
             return
+        if not meta.get("ended"):  # redraw the whole page once: the loaded model's own curves come back
+            meta["ended"] = True
+            if snap.state is JobState.DONE:
+                key = common.new_trained_key()
+                ss.trained[key] = job.result()
+                ss.model_key = f"trained:{key}"
+                meta["collected"] = True
+            ss.train_meta = meta
+            st.rerun()
         if snap.state is JobState.FAILED:
             st.error(f"Training failed: {snap.error}")
-        elif not meta.get("collected"):
+        elif snap.state is JobState.DONE:
+            st.success("Done. It is the loaded model now; save it from the Save / download tab.")
+        elif meta.get("collected"):
+            st.success("The partly trained model is the loaded model now; save it from the Save / download tab.")
+        else:
+            cancelled_run(job, snap, meta)
+
+    def cancelled_run(job, snap, meta: dict) -> None:
+        """A cancelled run: the loaded model stays; the partial one only if the user asks for it."""
+        before = ss.get("model_key")
+        kept = f"**{common.model_label(before)}** is still the loaded model" if before else "No model is loaded"
+        st.info(f"Training was cancelled. {kept}: the partly trained model was not loaded.")
+        try:
+            partial = job.result()
+        except RuntimeError:  # cancelled before training began: nothing to offer
+            return
+        if not getattr(partial, "is_trained", True):
+            return
+        with st.expander("Curves of the cancelled run"):
+            show_curves(snap.records, key=f"train_partial:{len(snap.records)}")
+        if st.button("Use the partly trained model anyway", key="train_use_partial",
+                     help="It stopped before the planned epochs: its predictions may be poor."):
             key = common.new_trained_key()
-            ss.trained[key] = job.result()
+            ss.trained[key] = partial
             ss.model_key = f"trained:{key}"
             meta["collected"] = True
             ss.train_meta = meta
-            st.rerun()  # refresh the whole page: the new model is now the loaded one
-        else:
-            done = "Cancelled; the model keeps its best weights so far" if snap.state is JobState.CANCELLED else "Done"
-            st.success(f"{done}. It is the loaded model now; save it from the Save / download tab.")
+            st.rerun()
 
     training_progress()
 

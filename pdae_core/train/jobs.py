@@ -111,24 +111,28 @@ class Reporter:
 
     def update(self, fraction: float | None = None, message: str | None = None) -> None:
         """Set the progress fraction (clamped to [0, 1]; NaN ignored) and/or the status line."""
-        frac = None
-        if fraction is not None:
-            frac = float(fraction)
-            frac = None if math.isnan(frac) else min(1.0, max(0.0, frac))
         with self._lock:
-            if self._closed:
-                return
-            if frac is not None:
-                self._fraction = frac
-            if message is not None:
-                self._message = str(message)
+            self._set(fraction, message)
 
-    def add_record(self, record: Mapping[str, Any]) -> None:
-        """Append a (deep-copied) record, e.g. one evaluation of a training run."""
+    def add_record(self, record: Mapping[str, Any], fraction: float | None = None, message: str | None = None) -> None:
+        """Append a (deep-copied) record, e.g. one evaluation of a training run; with
+        ``fraction`` / ``message``, set them in the same step (as :meth:`update` would), so that
+        no snapshot shows a status line about an evaluation that its records lack."""
         rec = copy.deepcopy(dict(record))
         with self._lock:
             if not self._closed:
                 self._records.append(rec)
+            self._set(fraction, message)
+
+    def _set(self, fraction: float | None, message: str | None) -> None:  # with the lock held
+        if self._closed:
+            return
+        if fraction is not None:
+            frac = float(fraction)
+            if not math.isnan(frac):
+                self._fraction = min(1.0, max(0.0, frac))
+        if message is not None:
+            self._message = str(message)
 
     @property
     def cancelled(self) -> bool:
@@ -278,10 +282,16 @@ class TrainingCallback(Callback):
     Fraction = steps done / planned steps (``max_epochs * steps_per_epoch``, or
     ``max_steps`` when smaller); with ``time_limit_s``, the elapsed share of it when
     that is larger. Early stopping ends below 1.0 (a DONE job then reports 1.0).
-    Step messages (``'epoch 12/150 · loss 0.4321 · val ED 0.1234'``) are throttled to
-    one per ``min_interval_s``; every evaluation is added as a record. ``should_stop``
-    returns ``reporter.cancelled``, so a cancel stops training after the current step
-    (the model keeps its best weights so far)."""
+    Step messages (``'epoch 12/150 · loss 0.4321 · val ED 0.1234 at epoch 10'``) are
+    throttled to one per ``min_interval_s``; every evaluation is added as a record,
+    together with its status line (``'epoch 12/150 · loss 0.4321 · val ED 0.1234'``).
+    ``should_stop`` returns ``reporter.cancelled``, so a cancel stops training after the
+    current step (the model keeps its best weights so far).
+
+    An ensemble of ``n_members`` networks trains them one after the other, and
+    ``on_train_start`` is called once per network: ``max_steps`` and ``time_limit_s`` are
+    then per network, the fraction runs over the whole ensemble, messages start with
+    ``'network 2 of 5, '`` and records carry ``member`` (0-based)."""
 
     def __init__(
         self,
@@ -289,39 +299,51 @@ class TrainingCallback(Callback):
         min_interval_s: float = 0.2,
         max_steps: int | None = None,
         time_limit_s: float | None = None,
+        n_members: int = 1,
     ):
         self.reporter = reporter
         self.min_interval_s = float(min_interval_s)
         self.max_steps = max_steps
         self.time_limit_s = time_limit_s
+        self.n_members = max(1, int(n_members))
+        self.member = -1  # index of the network in training (0-based); -1 before the first
         self.max_epochs = 0
         self.steps_per_epoch = 0
         self.total_steps = 0
         self.epoch = 0
         self.step = 0
         self.val_ed: float | None = None
+        self.val_epoch: int | None = None
         self._t0 = time.monotonic()
         self._last_update = -math.inf
 
     def on_train_start(self, max_epochs: int, steps_per_epoch: int) -> None:
+        self.member = min(self.member + 1, self.n_members - 1)
         self.max_epochs, self.steps_per_epoch = int(max_epochs), int(steps_per_epoch)
         self.total_steps = max(1, self.max_epochs * self.steps_per_epoch)
         if self.max_steps is not None:
             self.total_steps = max(1, min(self.total_steps, int(self.max_steps)))
+        self.epoch = self.step = 0
+        self.val_ed = self.val_epoch = None
         self._t0 = time.monotonic()
         self._last_update = -math.inf
         self.reporter.update(
-            fraction=0.0, message=f"training: {self.max_epochs} epochs × {self.steps_per_epoch} steps"
+            fraction=self._fraction(),
+            message=f"{self._network()}training: {self.max_epochs} epochs × {self.steps_per_epoch} steps",
         )
+
+    def _network(self) -> str:
+        return f"network {self.member + 1} of {self.n_members}, " if self.n_members > 1 else ""
 
     def _fraction(self) -> float:
         frac = self.step / self.total_steps if self.total_steps else 0.0
         if self.time_limit_s:
             frac = max(frac, (time.monotonic() - self._t0) / float(self.time_limit_s))
-        return min(1.0, frac)
+        frac = min(1.0, frac)
+        return min(1.0, (max(self.member, 0) + frac) / self.n_members)
 
     def _where(self) -> str:
-        return f"epoch {self.epoch}/{self.max_epochs}"
+        return f"{self._network()}epoch {self.epoch}/{self.max_epochs}"
 
     def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
         self.epoch, self.step = int(epoch), int(step)
@@ -334,23 +356,27 @@ class TrainingCallback(Callback):
             msg += f" · loss {losses['loss']:.4f}"
         if self.val_ed is not None:
             msg += f" · val ED {self.val_ed:.4f}"
+            if self.val_epoch is not None and self.val_epoch != self.epoch:
+                msg += f" at epoch {self.val_epoch}"  # the last evaluation, the chart's last point
         self.reporter.update(fraction=self._fraction(), message=msg)
 
     def on_evaluation(self, record: dict[str, float]) -> None:
-        self.reporter.add_record(record)
         self.epoch = int(record.get("epoch", self.epoch))
         self.step = int(record.get("step", self.step))
         val = record.get("val_ed")
         self.val_ed = None if val is None else float(val)
+        self.val_epoch = self.epoch
         msg = self._where()
         if "train_loss" in record:
             msg += f" · loss {record['train_loss']:.4f}"
         msg += f" · val ED {self.val_ed:.4f}" if self.val_ed is not None else " · no validation cells"
-        self.reporter.update(fraction=self._fraction(), message=msg)
+        rec = {**record, "member": self.member} if self.n_members > 1 else record
+        self.reporter.add_record(rec, fraction=self._fraction(), message=msg)
 
     def on_train_end(self, history: History) -> None:
         head = "stopped" if history.cancelled else "finished"
-        msg = f"{head} at {self._where()} ({history.steps} steps, {history.seconds:.1f} s)"
+        msg = f"{self._network()}{head} at epoch {self.epoch}/{self.max_epochs} ({history.steps} steps, " \
+              f"{history.seconds:.1f} s)"
         if history.stopped_early:
             msg += ", early stop"
         if history.best_val is not None:
@@ -370,10 +396,16 @@ def training_job(
     ``train_kwargs`` are :class:`~pdae_core.train.loop.TrainConfig` fields (or
     ``train_config=``), as for ``fit``. Cancelling stops training after the current
     step and the job ends CANCELLED; ``result()`` still returns the model, which holds
-    its best weights so far. A cancel before training began ends CANCELLED with no
-    result. Bad settings or data end FAILED with the error message. ``callbacks=``
-    adds callbacks after the job's own."""
+    its best weights so far (an ensemble keeps the networks trained so far, the one in
+    training included): the caller decides whether to use it. A cancel before training
+    began ends CANCELLED with no result. Bad settings or data end FAILED with the error
+    message. ``callbacks=`` adds callbacks after the job's own.
+
+    For an ensemble (``model.n_members`` > 1) the networks train one after the other;
+    progress says which (``'network 2 of 5, epoch 10/40 · ...'``) and ``time_limit_s``
+    bounds the whole ensemble: each network gets an equal share of it."""
     extra_callbacks = list(train_kwargs.pop("callbacks", ()))
+    n_members = max(1, int(getattr(model, "n_members", 1) or 1))
 
     def run(reporter: Reporter) -> PerturbationModel:
         if reporter.cancelled:
@@ -381,12 +413,18 @@ def training_job(
         base = train_kwargs.get("train_config")
         rest = {k: v for k, v in train_kwargs.items() if k != "train_config"}
         cfg = TrainConfig.from_dict({**base.to_dict(), **rest}) if base is not None else TrainConfig(**rest)
-        cb = TrainingCallback(reporter, max_steps=cfg.max_steps, time_limit_s=cfg.time_limit_s)
+        kwargs = dict(train_kwargs)
+        limit = cfg.time_limit_s
+        if limit and n_members > 1:  # the time limit covers the whole ensemble
+            limit = float(limit) / n_members
+            kwargs["time_limit_s"] = limit
+        cb = TrainingCallback(reporter, max_steps=cfg.max_steps, time_limit_s=limit, n_members=n_members)
         reporter.update(fraction=0.0, message="preparing training data")
-        model.fit(adata, holdout=holdout, callbacks=[cb, *extra_callbacks], **train_kwargs)
+        model.fit(adata, holdout=holdout, callbacks=[cb, *extra_callbacks], **kwargs)
         return model
 
-    return Job(run, name=f"train {getattr(model, 'model_type', '') or type(model).__name__}")
+    kind = getattr(model, "model_type", "") or type(model).__name__
+    return Job(run, name=f"train {kind}" + (f" ×{n_members}" if n_members > 1 else ""))
 
 
 # ---------------------------------------------------------------------------------
