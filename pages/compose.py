@@ -28,12 +28,13 @@ summary = explore.summarize_dataset(ds.adata, reg)
 conds = summary.conditions
 combos = conds.loc[conds.kind == "combination", "condition"].tolist()
 heldout = [c for c in model.holdout if c in set(conds.condition)]
-presets = ["(custom)"] + [f"{c} (held out)" for c in heldout] + [c for c in combos if c not in heldout]
+CUSTOM = "Choose your own combination"
+presets = [CUSTOM] + [f"{c} (held out)" for c in heldout] + [c for c in combos if c not in heldout]
 
 
 def _apply_preset() -> None:
     name = ss.compose_preset.removesuffix(" (held out)")
-    if name == "(custom)":
+    if name == CUSTOM:
         return
     parts = [p for p in reg.parse(name) if p in seen]
     ss.compose_perts = parts
@@ -42,10 +43,31 @@ def _apply_preset() -> None:
 
 
 KEYS = ("compose_perts", "compose_source", "compose_n", "compose_show_add", "compose_genes", "compose_genes_target")
+back = "compose_n" not in ss  # first run of this page since another page (or a new session): widgets restored
 common.restore_widgets(*KEYS, prefix="w:")
 if "compose_perts" not in ss or any(p not in seen for p in ss.compose_perts):
     first = heldout[0] if heldout else (combos[0] if combos else "")
     ss.compose_perts = [p for p in reg.parse(first) if p in seen][:2] if first else seen[:2]
+
+# A dose slider that was not on the page in the previous run gets its value assigned here, so the browser
+# is told it: otherwise it shows the slider's minimum (-1) while the server keeps another value, and the
+# next action sends the -1 back. A perturbation (re-)added on this page starts as measured, at dose 1;
+# back from another page, each keeps its remembered dose.
+shown_before = None if back else ss.get("_compose_shown")
+for p in ss.compose_perts:
+    k = f"w:{p}"
+    if shown_before is not None and p in shown_before and k in ss:
+        continue
+    ss[k] = float(ss.get(k, 1.0)) if shown_before is None else 1.0
+
+# The preset box names the measured combination now composed, or "Choose your own combination":
+# never a preset the perturbations or doses no longer match.
+now = {p: float(ss[f"w:{p}"]) for p in ss.compose_perts}
+match = explore.matching_condition(reg, now, heldout + [c for c in combos if c not in heldout])
+shows = CUSTOM if match is None else f"{match} (held out)" if match in heldout else match
+if "compose_preset" not in ss or ss.get("_compose_now") != now or ss.compose_preset not in (CUSTOM, shows):
+    ss.compose_preset = shows  # the composition changed (or the box is stale): say what it is
+ss._compose_now = now
 
 left, right = st.columns([1, 2], gap="large")
 with left:
@@ -55,7 +77,7 @@ with left:
                            help="Elementary perturbations the model saw in training.")
     weights = {}
     for p in perts:
-        ss.setdefault(f"w:{p}", 1.0)
+        ss.setdefault(f"w:{p}", 1.0)  # set above; a safety net
         weights[p] = st.slider(f"{p} dose", -1.0, 3.0, step=0.1, key=f"w:{p}",
                                help="1 = as measured; 0 removes it; doses other than 1 extrapolate along its shift.")
     sources = [c for c in conds.condition if c == reg.control_label] + [c for c in conds.condition if c != reg.control_label]
@@ -69,6 +91,7 @@ with left:
                       help="Source cells are subsampled to this number; when there are fewer, each is decoded "
                       "several times with fresh decoder noise.")
     show_add = st.toggle("Show additive baseline cells in the UMAP", key="compose_show_add")
+ss._compose_shown = list(perts)
 common.remember_widgets(*KEYS, prefix="w:")
 
 if not any(w != 0 for w in weights.values()):
@@ -120,17 +143,13 @@ def interaction_box(a: str, b: str) -> None:
 
 
 with right:
-    check = result.check
-    where = (" It was held out during training, so the observed cells below are a true test."
-             if result.target in model.holdout else "")
-    if check.measured_in_training and not check.doses_outside_training:
-        st.info(f"**{result.target}** · {check.message}{where}")
-    elif not check.in_span:
-        st.error(f"**{result.target}** · {check.message}")
-    elif check.doses_outside_training:  # covered by the span, but beyond the doses measured
-        st.warning(f"**{result.target}** · {check.message}{where}")
-    else:
-        st.success(f"**{result.target}** · {check.message}{where}")
+    verdict = explore.verdict_in_words(result.check, weights, explore.measured_alone(model),
+                                       held_out=result.target in model.holdout)
+    show_verdict = {"info": st.info, "success": st.success, "warning": st.warning, "error": st.error}[verdict.level]
+    show_verdict(verdict.markdown(result.target))
+    with st.expander("Technical detail: why the model can (or cannot) predict this"):
+        for line in verdict.details:
+            st.caption(line)
     pair = explore.composed_pair(model, weights)
     if pair is not None:
         interaction_box(*pair)
@@ -141,11 +160,17 @@ with right:
         + (f" · additive baseline unavailable: {result.additive_note}" if result.additive_note else "")
     )
     ref = common.reference_embedding(ds.key, reg.perturbation_key, ds.adata)
-    coords, groups, hover = explore.what_if_embedding(ref, result, include_additive=show_add)
-    st.plotly_chart(
-        cf.what_if_scatter(coords, groups, hover, title=f"{result.target}: cells in one shared UMAP (gene space)"),
-        width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_umap",
-    )
+    umap_title = f"{result.target}: cells in one shared UMAP (gene space)"
+    try:
+        coords, groups, hover = explore.what_if_embedding(ref, result, include_additive=show_add)
+        umap = cf.what_if_scatter(coords, groups, hover, title=umap_title)
+    except (PDAEError, ValueError) as e:  # the toggle is remembered: never let the overlay break the page
+        if not show_add:
+            raise
+        st.caption(f"The additive baseline cells could not be drawn ({e}); the UMAP shows the others.")
+        coords, groups, hover = explore.what_if_embedding(ref, result)
+        umap = cf.what_if_scatter(coords, groups, hover, title=umap_title)
+    st.plotly_chart(umap, width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_umap")
 
 table = result.top_genes
 g1, g2 = st.columns([3, 2], gap="large")

@@ -9,6 +9,7 @@
   it from chosen source cells, attach the extrapolation verdict, the observed
   cells when the combination was measured, the gene-space additive baseline and a
   ranked table of changed genes.
+- :func:`verdict_in_words`: the extrapolation check as a biologist reads it (technical detail apart).
 - :class:`ReferenceEmbedding`: one UMAP of the dataset's cells (PCA of log1p
   expression) into which predicted cells are projected, so control, predicted and
   observed cells share one embedding.
@@ -49,6 +50,10 @@ __all__ = [
     "top_changed_genes",
     "ReferenceEmbedding",
     "what_if_embedding",
+    "Verdict",
+    "measured_alone",
+    "verdict_in_words",
+    "matching_condition",
     "gene_values",
     "OTHER_CELLS",
     "latent_embedding",
@@ -245,6 +250,123 @@ def top_changed_genes(
     return df if n is None else df.head(n)
 
 
+# ---- the extrapolation verdict in words -------------------------------------------------
+@dataclass
+class Verdict:
+    """What a biologist reads first about a what-if target: ``level`` (``info``: measured and
+    used in training; ``success``: composed from what was measured; ``warning``: a dose beyond
+    the measured ones; ``error``: not supported), a plain ``headline`` and the technical
+    ``details`` (span, rank, residual, dose ranges) for those who want them."""
+
+    level: str
+    headline: str
+    details: list[str]
+    parts: list[str]  # the perturbations composed (non-zero doses)
+
+    def markdown(self, target: str) -> str:
+        """The line to show: a single perturbation's headline names it (in bold); a combination's
+        headline names its parts, so the target comes first, in bold, once."""
+        if len(self.parts) == 1 and self.headline.startswith(self.parts[0] + " "):
+            return f"**{self.parts[0]}**{self.headline[len(self.parts[0]):]}"
+        return f"**{target}**: {self.headline}"
+
+
+def measured_alone(model: PerturbationModel) -> list[str]:
+    """Perturbations the model was trained on alone (a training label with one non-zero entry, any dose)."""
+    L = np.asarray(model.train_labels)
+    single = L[(np.abs(L) > 0).sum(1) == 1] if L.size else L
+    hit = (np.abs(single) > 0).any(0) if single.size else np.zeros(len(model.registry.perturbations), bool)
+    return [p for p, h in zip(model.registry.perturbations, hit) if h]
+
+
+def _names(names: Sequence[str]) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _was(names: Sequence[str]) -> str:
+    return "was" if len(names) == 1 else "were"
+
+
+def verdict_in_words(
+    check: ExtrapolationCheck, weights: Mapping[str, float], alone: Sequence[str], held_out: bool = False
+) -> Verdict:
+    """:class:`Verdict` of a what-if: ``check`` is the model's extrapolation check of the
+    target ``{perturbation: dose}`` (``weights``), ``alone`` the perturbations measured alone
+    in training (:func:`measured_alone`), ``held_out`` whether the target was measured but
+    held out of training (then its observed cells are a true test)."""
+    doses = {str(p): float(w) for p, w in weights.items() if float(w) != 0.0}
+    parts, alone_set = list(doses), set(alone)
+    not_alone = [p for p in parts if p not in alone_set and p not in check.unseen_perturbations]
+    beyond = [
+        f"{p} at dose {doses[p]:g} is beyond anything measured (measured doses {lo:g} to {hi:g}, control "
+        "counting as 0): treat with caution."
+        for p, (lo, hi) in check.training_dose_ranges.items() if p in doses
+    ]
+    if not check.in_span:
+        level = "error"
+        if check.unseen_perturbations:
+            u = check.unseen_perturbations
+            first = (f"{_names(u)} {_was(u)} never measured, alone or in a combination, so the model knows "
+                     f"nothing about {'its effect' if len(u) == 1 else 'their effects'}: this prediction is not "
+                     "supported.")
+        elif not_alone:
+            first = (f"{_names(not_alone)} {_was(not_alone)} never measured alone, and the measured "
+                     "combinations cannot separate "
+                     f"{'its effect' if len(not_alone) == 1 else 'their effects'}: this prediction is not supported.")
+        else:
+            first = "This combination cannot be built from the measured conditions: the prediction is not supported."
+        lines = [first, *beyond]
+    elif check.measured_in_training and not beyond:
+        level = "info"
+        at = "" if len(parts) != 1 or doses[parts[0]] == 1.0 else f" at dose {doses[parts[0]]:g}"
+        what = (f"{parts[0]}{at} was measured alone" if len(parts) == 1
+                else f"{_names(parts)} were measured together")
+        lines = [f"{what} and used in training: the model reproduces cells it has seen, a check of its fit "
+                 "rather than a prediction."]
+    else:
+        level = "warning" if beyond else "success"
+        if not not_alone and beyond:  # the dose sentence already named the part(s) beyond
+            ok = "" if len(parts) == 1 else ("Each part was measured alone, so the combination itself is one the "
+                                             "model is built for.")
+        elif not not_alone:
+            who = (f"{parts[0]} was measured alone" if len(parts) == 1 else
+                   f"Both {_names(parts)} were measured alone" if len(parts) == 2 else
+                   f"{_names(parts)} were each measured alone")
+            how = f"scale its effect to dose {doses[parts[0]]:g}" if len(parts) == 1 else "combine them"
+            ok = f"{who}, so the model can {how}: this is the kind of prediction it is built for."
+        else:
+            ok = (f"{_names(not_alone)} {_was(not_alone)} never measured alone, but the combinations measured "
+                  "pin down " + ("its effect" if len(not_alone) == 1 else "their effects")
+                  + ", so the model can compose this target from them.")
+        lines = [*beyond, ok] if ok else beyond
+    if held_out and not check.measured_in_training:
+        lines.append("It was held out during training, so the observed cells below are a true test.")
+    details = [
+        check.message,
+        f"Relative residual of the target against the training labels: {check.residual:.2g} (0 = in their span); "
+        f"rank of the training labels {check.rank_train}, {check.rank_with_target} with the target.",
+    ]
+    return Verdict(level, " ".join(lines), details, parts)
+
+
+def matching_condition(registry: PerturbationRegistry, weights: Mapping[str, float],
+                       conditions: Sequence[str]) -> str | None:
+    """The first of ``conditions`` whose label vector is the composed ``{perturbation: dose}``
+    (None when none is, or nothing is composed)."""
+    w = {str(k): float(v) for k, v in weights.items() if float(v) != 0.0}
+    if not w:
+        return None
+    label = registry.label_vector(w)
+    for c in conditions:
+        try:
+            if np.allclose(registry.label_vector(c), label, atol=1e-6):
+                return c
+        except (DataError, ValueError, KeyError):
+            continue
+    return None
+
+
 # ---- embeddings -----------------------------------------------------------------------
 def _umap(n_obs: int, seed: int, n_neighbors: int = 15) -> Any:
     try:
@@ -406,11 +528,18 @@ def what_if_embedding(
     add(CONTROL, result.control, [f"control cell {n}" for n in result.control.obs_names], True)
     if result.observed is not None:
         add(OBSERVED, result.observed, [f"observed {result.target}: cell {n}" for n in result.observed.obs_names], True)
-    src = result.predicted.obs["source_cell"].astype(str)
-    add(PREDICTED, result.predicted, [f"predicted {result.target} from cell {s}" for s in src], False)
-    if include_additive and result.additive is not None:
-        add(ADDITIVE, result.additive, [f"additive {result.target} from cell {s}" for s in src], False)
+    add(PREDICTED, result.predicted, [f"predicted {result.target} from cell {s}" for s in _sources(result.predicted)],
+        False)
+    if include_additive and result.additive is not None:  # its own cells: not as many as predicted when redrawn
+        add(ADDITIVE, result.additive, [f"additive {result.target} from cell {s}" for s in _sources(result.additive)],
+            False)
     return np.concatenate(coords).astype(np.float32), groups, hover
+
+
+def _sources(pred: ad.AnnData) -> list[str]:
+    """Per predicted cell, the source cell it was decoded from (its own name when not recorded)."""
+    col = pred.obs["source_cell"] if "source_cell" in pred.obs.columns else pred.obs_names
+    return [str(s) for s in col]
 
 
 def _dense(X: Any) -> np.ndarray:

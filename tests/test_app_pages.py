@@ -294,7 +294,7 @@ def test_compose_page_default_and_changes():
     at = start("compose")
     assert at.multiselect(key="compose_perts").value == ["KLF1", "MAP2K6"]  # the first held-out double
     verdict = joined(at.success)
-    assert "**KLF1+MAP2K6**" in verdict and "lies in the span" in verdict
+    assert "**KLF1+MAP2K6**: Both KLF1 and MAP2K6 were measured alone" in verdict and "span" not in verdict
     assert "held out during training" in verdict
     assert len(at.get("plotly_chart")) >= 3
     assert [b.key for b in at.get("download_button")] == ["dl_h5ad", "dl_csv"]
@@ -302,7 +302,7 @@ def test_compose_page_default_and_changes():
 
     ok(at.multiselect(key="compose_perts").set_value(["KLF1", "TGFBR2"]).run())
     verdict = joined(at.success)
-    assert "**KLF1+TGFBR2**" in verdict and "lies in the span" in verdict
+    assert "**KLF1+TGFBR2**: Both KLF1 and TGFBR2 were measured alone" in verdict
     assert "KLF1+MAP2K6" not in verdict
 
     ok(at.slider(key="w:KLF1").set_value(0.5).run())
@@ -323,7 +323,7 @@ def test_compose_page_default_and_changes():
 def test_compose_page_preset_and_page_switch():
     at = start("compose")
     preset = at.selectbox(key="compose_preset")
-    assert preset.value == "(custom)"
+    assert preset.value == "KLF1+MAP2K6 (held out)" and preset.options[0] == "Choose your own combination"
     assert [o for o in preset.options if o.endswith("(held out)")] == [f"{c} (held out)" for c in HELDOUT]
     ok(preset.set_value("MAP2K3+MAP2K6 (held out)").run())
     assert at.multiselect(key="compose_perts").value == ["MAP2K3", "MAP2K6"]
@@ -335,7 +335,9 @@ def test_compose_page_preset_and_page_switch():
     assert at.multiselect(key="compose_perts").value == ["MAP2K3", "MAP2K6"]
     assert at.slider(key="w:MAP2K3").value == 1.5
     # MAP2K3 was measured at dose 1 only: in the span, but flagged as beyond the measured doses
-    assert "**MAP2K3:1.5+MAP2K6**" in joined(at.warning) and "outside the range" in joined(at.warning)
+    assert "**MAP2K3:1.5+MAP2K6**" in joined(at.warning)
+    assert "MAP2K3 at dose 1.5 is beyond anything measured" in joined(at.warning)
+    assert at.selectbox(key="compose_preset").value == "Choose your own combination"
     assert "MAP2K3:1.5" not in joined(at.success)
 
 
@@ -468,7 +470,7 @@ def test_every_page_works_with_a_peer_model(model_type, data_dir, tmp_path):
     ok(at.button(key="model_load_path").click().run())
     assert at.session_state["model_key"] == f"path:{tmp_path / model_type}"
     ok(at.switch_page("pages/compose.py").run())
-    assert any("lies in the span" in s.value for s in at.success)
+    assert any("were measured alone" in s.value for s in at.success)
     assert len(at.get("plotly_chart")) >= 3
     ok(at.switch_page("pages/embeddings.py").run())
     assert len(at.get("plotly_chart")) >= 4
