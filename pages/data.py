@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 from pages import common
@@ -16,6 +17,63 @@ common.init_state()
 ss = st.session_state
 st.title("Data")
 st.caption("Pick a dataset, tell the app which column holds the perturbations, and see what was measured.")
+with st.expander("How to read this page"):
+    st.markdown(
+        "- **Source**: the demo (a slice of the Norman et al. 2019 CRISPRa screen), your own `.h5ad` file, "
+        "or a file on the server.\n"
+        "- **Set-up**: which column of the file names each cell's perturbation (combinations written `A+B`), and "
+        "which of its labels marks the unperturbed *control* cells.\n"
+        "- **The numbers**: cells and genes measured; *distinct targets* are the genes (or compounds) perturbed "
+        "in at least one condition; *singles* are conditions with one target, *combinations* two or more "
+        "together.\n"
+        "- **Combinations with every part measured alone** are the ones a model can be checked on: hold them "
+        "out when training (Model page), then compare its prediction with the measured cells.\n"
+        "- **Cells per condition**: control on top, then the largest conditions. A condition with few cells "
+        "gives a noisier picture of its effect."
+    )
+
+#: How the expression values are shown (summary.x_kind -> words).
+EXPRESSION_WORDS = {
+    "log1p": "log-normalised (counts scaled to the same total per cell, then log(1 + x))",
+    "counts": "raw counts (not yet normalised)",
+    "change": "changes from control (not expression levels)",
+}
+#: Human headers of the per-condition table; any other column gets its name in words.
+HEADERS = {
+    "condition": "Condition",
+    "n_cells": "Cells",
+    "kind": "Kind",
+    "n_parts": "Number of targets",
+    "parts_measured": "Every target also measured alone",
+}
+MISSING = "–"
+
+
+def control_first(conditions: pd.DataFrame) -> pd.DataFrame:
+    """The conditions with control first, then the most cells first (ties by name)."""
+    order = conditions.assign(_ctrl=conditions["kind"] != "control")
+    return order.sort_values(["_ctrl", "n_cells", "condition"], ascending=[True, False, True],
+                             kind="stable").drop(columns="_ctrl")
+
+
+def readable_table(conditions: pd.DataFrame) -> pd.DataFrame:
+    """The per-condition table as shown: control first, human headers, yes/no, and "–" where a value
+    does not apply (a control has no targets to measure alone) or is missing."""
+    df = control_first(conditions).reset_index(drop=True)
+    if "parts_measured" in df:
+        df["parts_measured"] = [MISSING if k == "control" else "yes" if bool(v) else "no"
+                                for k, v in zip(df["kind"], df["parts_measured"])]
+    for c in df.columns:  # only columns with a gap become text: numbers stay numbers
+        gap = df[c].isna() | df[c].astype(str).str.strip().isin(["None", "nan", "NaN", "<NA>", ""])
+        if gap.any():
+            df[c] = df[c].astype(object).where(~gap, MISSING)
+    return df.rename(columns=lambda c: HEADERS.get(c, str(c).replace("_", " ").capitalize()))
+
+
+def condition_chart(conditions: pd.DataFrame):
+    """Cells per condition, with the control bar on top."""
+    return cf.condition_count_bars(conditions)
+
 
 SOURCES = ("Built-in dataset", "Upload an .h5ad", "File on the server")
 src = ss.data_source
@@ -131,13 +189,14 @@ if summary.x_kind == "counts" or setup.get("preprocess"):
 
 # ---- summary ---------------------------------------------------------------------------
 st.subheader(f"{ds.label}")
-m = st.columns(6)
+m = st.columns(5)
 m[0].metric("Cells", f"{summary.n_cells:,}")
-m[1].metric("Genes", f"{summary.n_genes:,}")
-m[2].metric("Expression", "log-normalised" if summary.x_kind == "log1p" else "raw counts")
-m[3].metric("Perturbations", summary.n_perturbations)
-m[4].metric("Singles", summary.n_singles)
-m[5].metric("Combinations", summary.n_combinations)
+m[1].metric("Genes", f"{summary.n_genes:,}", help="Genes whose expression was measured in every cell.")
+m[2].metric("Distinct targets", summary.n_perturbations,
+            help="Genes (or compounds) perturbed in at least one condition, alone or in a combination.")
+m[3].metric("Singles", summary.n_singles, help="Conditions with one target.")
+m[4].metric("Combinations", summary.n_combinations, help="Conditions with two or more targets together.")
+st.markdown(f"**Expression values:** {EXPRESSION_WORDS.get(summary.x_kind, summary.x_kind)}")
 both = summary.combinations_with_parts
 if both:
     st.markdown(
@@ -148,6 +207,6 @@ elif summary.n_combinations:
     st.markdown("No combination has all of its parts measured alone.")
 t1, t2 = st.tabs(["Cells per condition", "Table"])
 with t1:
-    st.plotly_chart(cf.condition_count_bars(summary.conditions), width="stretch", config=common.PLOT_CONFIG, theme=None)
+    st.plotly_chart(condition_chart(summary.conditions), width="stretch", config=common.PLOT_CONFIG, theme=None)
 with t2:
-    st.dataframe(summary.conditions, hide_index=True, width="stretch")
+    st.dataframe(readable_table(summary.conditions), hide_index=True, width="stretch")

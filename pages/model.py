@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import streamlit as st
@@ -9,6 +10,7 @@ import streamlit as st
 import pdae_core as pc
 from pages import common
 from pdae_core import explore
+from pdae_core.models.archive import load_model_archive
 from pdae_core.models.catalog import MODEL_TYPES, build_model
 from pdae_core.plot import style
 from pdae_core.plot.training import training_curves, training_notes
@@ -17,8 +19,61 @@ from pdae_core.train.jobs import JobState, training_job
 common.init_state()
 ss = st.session_state
 st.title("Model")
+with st.expander("How to read this page"):
+    st.markdown(
+        "- **Training** shows the model the measured cells of every condition it may see (all but the held-out "
+        "ones) and adjusts it until the cells it predicts for each perturbation look like the measured ones. "
+        "It learns one effect per target, which is what lets it combine targets it has only seen alone.\n"
+        "- **The loss chart** follows training epoch by epoch; lower is better. The *validation* line compares "
+        "predicted and measured cells of conditions kept aside: it says how good the model is, and when it "
+        "flattens, more training does not help. The other lines are the parts of what training minimises.\n"
+        "- **An ensemble** is several networks trained the same way from different random starts. Where they "
+        "disagree about a gene's change, the prediction is uncertain; training takes that many times longer.\n"
+        "- **Load a checkpoint** to use a saved model: a bundled one, a folder on the server, or a `.zip` "
+        "downloaded from this page. A file changed after it was saved is refused."
+    )
 ds = common.current_dataset()
 MAX_NETWORKS = 5
+UPLOADED = "uploaded-"  # key prefix of the uploaded models in session_state.trained
+
+
+def label(key: str) -> str:
+    """What the loaded model is called on this page (an uploaded one by its file name)."""
+    name = ss.get("model_upload_names", {}).get(key)
+    return f"uploaded checkpoint {name}" if name else common.model_label(key)
+
+
+def upload_checkpoint(name: str, data: bytes) -> None:
+    """An uploaded checkpoint archive, handled once per file: loaded with every check of a checkpoint
+    folder (digests included), it becomes the loaded model; refused, the reason is shown (while the
+    file stays in the uploader) and the loaded model stays."""
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    done = ss.get("model_upload_done")
+    if done is None or done[0] != digest:
+        try:
+            with st.spinner(f"Checking and loading {name}…"):
+                model = load_model_archive(data, name)
+        except pc.PDAEError as e:
+            ss.model_upload_done = done = (digest, str(e))
+        else:
+            keep_uploaded(name, digest, model)
+            st.rerun()
+    if done[1]:
+        before = ss.get("model_key")
+        kept = f"**{label(before)}** is still the loaded model." if before else "No model is loaded."
+        st.error(f"{done[1]}\n\n{kept}")
+
+
+def keep_uploaded(name: str, digest: str, model: pc.PerturbationModel) -> None:
+    """Make an uploaded model the loaded one (it replaces the session's previous upload)."""
+    key = f"{UPLOADED}{Path(name).stem[:40]}-{digest[:6]}"
+    for old in [k for k in ss.trained if k.startswith(UPLOADED)]:  # one uploaded model per session
+        del ss.trained[old]
+    ss.trained[key] = model
+    ss.model_key = f"trained:{key}"
+    ss.model_upload_names = {f"trained:{key}": name}
+    ss.model_upload_done = (digest, None)
+    ss.model_upload_note = f"Loaded {name}: its digests match what was saved. It is the loaded model now."
 
 
 def training_running() -> bool:
@@ -36,12 +91,14 @@ def show_curves(records: list, key: str) -> None:
 # ---- the loaded model ------------------------------------------------------------------
 if ss.get("model_error"):
     st.error(ss.pop("model_error"))
+if ss.get("model_upload_note"):
+    st.success(ss.pop("model_upload_note"))
 loaded = common.current_model()
 if loaded is None:
     st.info("No model loaded: load a checkpoint or train one below.")
 else:
     key, model = loaded
-    st.subheader(common.model_label(key))
+    st.subheader(label(key))
     reg = model.registry
     m = st.columns(4)
     m[0].metric("Model", style.model_name(model.model_type))
@@ -92,6 +149,15 @@ with load_tab:
             st.rerun()
         except pc.PDAEError as e:
             st.error(str(e))
+    up = st.file_uploader(
+        "Or upload a checkpoint (.zip, as **Save / download** makes it)", type=None, key="model_upload",
+        help="The .zip holds model.safetensors (weights) and config.json; it is checked like a checkpoint "
+        "folder: a file changed after saving is refused. Nothing in it is ever run.",
+    )
+    if up is None:
+        ss.pop("model_upload_done", None)  # the same file uploaded again is loaded again
+    else:
+        upload_checkpoint(up.name, up.getvalue())
 
 # ---- train -------------------------------------------------------------------------------
 with train_tab:
@@ -177,7 +243,7 @@ with train_tab:
     def cancelled_run(job, snap, meta: dict) -> None:
         """A cancelled run: the loaded model stays; the partial one only if the user asks for it."""
         before = ss.get("model_key")
-        kept = f"**{common.model_label(before)}** is still the loaded model" if before else "No model is loaded"
+        kept = f"**{label(before)}** is still the loaded model" if before else "No model is loaded"
         st.info(f"Training was cancelled. {kept}: the partly trained model was not loaded.")
         try:
             partial = job.result()

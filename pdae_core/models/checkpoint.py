@@ -6,7 +6,8 @@ source cannot run code; any other file in the directory is refused.
 names, perturbation vocabulary, separator, control label, preprocessing), what the
 model was trained on, the library version, the SHA-256 of the weights file, and one
 digest over all of it (:mod:`.integrity`): a checkpoint modified after saving is refused
-on load unless the caller passes ``trust_modified=True``.
+on load unless the caller passes ``trust_modified=True``. A checkpoint packed in a ``.zip`` (the
+dashboard's download) is loaded with the same checks by :func:`.archive.load_model_archive`.
 
 Saving (:func:`save_checkpoint`) never deletes a file it did not write, and never
 loses the previous checkpoint:
