@@ -28,6 +28,7 @@ from pdae_core.data.columns import guess_columns
 from pdae_core.data.datasets import default_data_dir, load_dataset
 from pdae_core.data.defaults import dataset_defaults
 from pdae_core.errors import DatasetUnavailableError, PDAEError
+from pdae_core.reference import cached_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_CHECKPOINTS = ROOT / "checkpoints"
@@ -87,9 +88,14 @@ def _checkpoint(path: str, mtime: float) -> pc.PerturbationModel:
     return pc.load_model(path)
 
 
-@st.cache_resource(show_spinner="Embedding the dataset's cells (UMAP, once per dataset)…", max_entries=8)
+#: Cell maps shipped with the repository (the bundled demo's), searched before the user's cache.
+SHIPPED_MAPS = BUNDLED_CHECKPOINTS / "embeddings"
+
+
+@st.cache_resource(show_spinner="Drawing the map of the dataset's cells (UMAP, once per dataset; kept on disk)…",
+                   max_entries=8)
 def reference_embedding(data_key: str, perturbation_key: str, _adata: ad.AnnData) -> explore.ReferenceEmbedding:
-    return explore.ReferenceEmbedding(_adata, perturbation_key)
+    return cached_reference(_adata, perturbation_key, search=[SHIPPED_MAPS])
 
 
 _warming: set[str] = set()
@@ -298,6 +304,9 @@ def current_model() -> tuple[str, pc.PerturbationModel] | None:
 
 def model_label(key: str) -> str:
     kind, _, rest = key.partition(":")
+    uploaded = st.session_state.get("model_upload_names", {})  # pages/model.py: trained:uploaded-<name>-<hash>
+    if key in uploaded:
+        return f"uploaded checkpoint {uploaded[key]}"
     return {"bundled": f"bundled checkpoint {rest}", "trained": f"trained in this session ({rest})"}.get(
         kind, f"checkpoint {rest}"
     )

@@ -40,6 +40,7 @@ from .eval.pair_screen import pair_call, rank_pairs, screen_singles
 from .models.base import ExtrapolationCheck, PerturbationModel
 from .models.baselines import AdditiveBaseline
 from .plot.style import ADDITIVE, CONTROL, OBSERVED, OTHER_CELLS, PREDICTED
+from .reference import ReferenceEmbedding, pca, umap_2d
 
 __all__ = [
     "DatasetSummary",
@@ -368,92 +369,6 @@ def matching_condition(registry: PerturbationRegistry, weights: Mapping[str, flo
 
 
 # ---- embeddings -----------------------------------------------------------------------
-def _umap(n_obs: int, seed: int, n_neighbors: int = 15) -> Any:
-    try:
-        import umap  # noqa: PLC0415  (slow import: only when an embedding is asked for)
-    except ImportError as e:  # pragma: no cover - umap-learn is a dependency
-        raise ImportError("UMAP embeddings need the umap-learn package: pip install umap-learn") from e
-    return umap.UMAP(
-        n_components=2, n_neighbors=max(2, min(n_neighbors, n_obs - 1)), min_dist=0.3,
-        n_epochs=200, random_state=seed, n_jobs=1,
-    )
-
-
-def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A 2-D UMAP of the rows of ``X`` (fixed seed; PCA for fewer than 4 rows)."""
-    X = np.asarray(X, dtype=np.float32)
-    if len(X) < 4:
-        return _pca(X, 2)[0]
-    return np.asarray(_umap(len(X), seed).fit_transform(X), dtype=np.float32)
-
-
-def _pca(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Scores (n, k), components (k, d), mean (d,), explained variance ratio (k,)."""
-    X = np.asarray(X, dtype=np.float64)
-    mean = X.mean(0)
-    Xc = X - mean
-    _, s, vt = np.linalg.svd(Xc, full_matrices=False)
-    k_eff = min(k, vt.shape[0])
-    comps = np.zeros((k, X.shape[1]))
-    comps[:k_eff] = vt[:k_eff]
-    total = float((s**2).sum()) or 1.0
-    ratio = np.zeros(k)
-    ratio[:k_eff] = s[:k_eff] ** 2 / total
-    return (Xc @ comps.T).astype(np.float32), comps, mean, ratio
-
-
-class ReferenceEmbedding:
-    """UMAP of (up to ``max_cells``) dataset cells on the top ``n_pcs`` principal
-    components of their expression. :meth:`transform` places new cells (e.g.
-    predictions) in the same 2-D embedding at the distance-weighted mean position of
-    their ``k`` nearest reference cells in PCA space (the idea of scanpy's
-    ``ingest``): milliseconds per call, where UMAP's own transform takes ~0.5 s.
-    Fitting takes seconds (plus numba compilation the first time in a process): cache it.
-
-    Attributes after construction: ``coords`` (n, 2), ``obs_names``, ``conditions``.
-    """
-
-    def __init__(
-        self,
-        adata: ad.AnnData,
-        perturbation_key: str,
-        layer: str | None = None,
-        n_pcs: int = 30,
-        max_cells: int = 6000,
-        seed: int = 0,
-        k: int = 10,
-    ) -> None:
-        idx = _subsample(adata.n_obs, max_cells, seed)
-        sub = adata[idx]
-        X = expression_matrix(sub, layer)
-        self.layer = layer
-        self.k = int(k)
-        n_comp = max(2, min(n_pcs, X.shape[0] - 1, X.shape[1]))
-        self._scores, self._components, self._mean, _ = _pca(X, n_comp)
-        self.coords = umap_2d(self._scores, seed)
-        self.obs_names = np.asarray(sub.obs_names, dtype=str)
-        self.conditions = condition_column(sub, perturbation_key)
-        self._sq = (self._scores.astype(np.float64) ** 2).sum(1)
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Place expression rows (same genes, same order) in the embedding."""
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != len(self._mean):
-            raise DataError(f"Expected cells x {len(self._mean)} genes, got shape {X.shape}.")
-        S = (X - self._mean) @ self._components.T
-        d2 = np.maximum((S**2).sum(1)[:, None] - 2.0 * S @ self._scores.T.astype(np.float64) + self._sq[None], 0.0)
-        k = min(self.k, d2.shape[1])
-        nn = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        w = 1.0 / (np.sqrt(np.take_along_axis(d2, nn, 1)) + 1e-6)
-        w /= w.sum(1, keepdims=True)
-        return np.einsum("nk,nkd->nd", w, self.coords[nn]).astype(np.float32)
-
-    def coords_of(self, names: Sequence[str]) -> np.ndarray:
-        """Reference coordinates of cells by obs name (those that were embedded)."""
-        pos = pd.Index(self.obs_names).get_indexer(list(map(str, names)))
-        return self.coords[pos[pos >= 0]]
-
-
 def latent_embedding(model: PerturbationModel, adata: ad.AnnData, which: str = "z_base") -> np.ndarray:
     """Per-cell latent codes: ``z_base`` (perturbation removed) or ``z`` (= z_base + W l,
     the encoded cell with its own perturbation's shift)."""
@@ -471,7 +386,7 @@ def latent_embedding(model: PerturbationModel, adata: ad.AnnData, which: str = "
 def perturbation_projection(W: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """2-D PCA of the perturbation shifts (rows of ``W``): coordinates (K, 2) and the
     share of variance each axis explains."""
-    scores, _, _, ratio = _pca(W.to_numpy(dtype=np.float64), 2)
+    scores, _, _, ratio = pca(W.to_numpy(dtype=np.float64), 2)
     return scores, ratio
 
 

@@ -41,9 +41,10 @@ _CHUNK = 4096  # cells placed at a time (bounds the distance matrix)
 
 
 def stratified_sample(conditions: Sequence[str], max_cells: int | None, seed: int = 0) -> np.ndarray:
-    """Sorted positions of at most ``max_cells`` cells: every condition keeps ``min(n_c, cap)``
-    of its ``n_c`` cells, with the largest ``cap`` that fits (small conditions whole, large ones
-    capped alike), drawn at random with ``seed``."""
+    """Sorted positions of ``max_cells`` cells (all when there are fewer): every condition keeps
+    ``min(n_c, cap)`` of its ``n_c`` cells, with the largest ``cap`` that fits (small conditions
+    whole, large ones capped alike; the few places left go to large ones at random), drawn at
+    random with ``seed``."""
     conds = np.asarray([str(c) for c in conditions], dtype=object)
     n = len(conds)
     if max_cells is None or n <= max_cells:
@@ -56,14 +57,14 @@ def stratified_sample(conditions: Sequence[str], max_cells: int | None, seed: in
             lo = mid
         else:
             hi = mid - 1
-    cap = max(lo, 1)
+    cap = lo
     rng = np.random.default_rng(seed)
-    keep = []
-    for g in range(len(names)):
-        idx = np.flatnonzero(inverse == g)
-        keep.append(idx if len(idx) <= cap else rng.choice(idx, size=cap, replace=False))
-    out = np.sort(np.concatenate(keep))
-    return out[:max_cells] if len(out) > max_cells else out
+    quota = np.minimum(counts, cap)
+    left = max_cells - int(quota.sum())  # fewer than the conditions above the cap: one more each, at random
+    above = np.flatnonzero(counts > cap)
+    quota[rng.choice(above, size=min(left, len(above)), replace=False)] += 1
+    keep = [rng.choice(np.flatnonzero(inverse == g), size=int(q), replace=False) for g, q in enumerate(quota)]
+    return np.sort(np.concatenate(keep))
 
 
 def pca(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

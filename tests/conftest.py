@@ -12,6 +12,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("PDAE_DATA_DIR", REPO.parent / "shared" / "data"))
 os.environ["PDAE_DATA_DIR"] = str(DATA_DIR)  # the dashboard (AppTest, streamlit server) reads it too
+if "PDAE_CACHE_DIR" not in os.environ:  # cell maps fitted by tests go to a throw-away folder, not ~/.cache
+    import tempfile
+
+    os.environ["PDAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="pdae_test_cache_")
 
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

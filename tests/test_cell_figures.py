@@ -351,3 +351,15 @@ def test_latent_scatter_by_kind_and_covariate(latent_cells):
         latent_scatter(xy, conds, reg, colour_by="covariate")
     with pytest.raises(ValueError, match="colour_by"):
         latent_scatter(xy, conds, reg, colour_by="batch")
+
+
+def test_condition_count_bars_put_control_on_top():
+    import pandas as pd
+
+    from pdae_core.plot.cells import condition_count_bars
+
+    counts = pd.DataFrame({"condition": ["A", "control", "A+B", "B"], "n_cells": [500, 100, 50, 900],
+                           "kind": ["single", "control", "combination", "single"]})
+    fig = condition_count_bars(counts)
+    assert list(fig.layout.yaxis.categoryarray) == ["control", "B", "A", "A+B"]
+    assert "control" in list(condition_count_bars(counts, max_conditions=2).layout.yaxis.categoryarray)

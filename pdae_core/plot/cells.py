@@ -328,15 +328,17 @@ def similarity_heatmap(sim: pd.DataFrame, title: str | None = None) -> go.Figure
 
 
 def condition_count_bars(counts: pd.DataFrame, title: str | None = None, max_conditions: int = 60) -> go.Figure:
-    """Cells per condition, horizontal bars sorted largest first (on top), one trace per
-    condition kind (control, single, combination, then any other). With more than
-    ``max_conditions`` rows only the largest are shown and the title says so."""
+    """Cells per condition, horizontal bars: control on top, then the others largest first,
+    one trace per condition kind (control, single, combination, then any other). With more
+    than ``max_conditions`` rows only the largest are shown (control always) and the title
+    says so."""
     missing = [c for c in ("condition", "n_cells", "kind") if c not in counts.columns]
     if missing:
         raise ValueError(f"counts has no column(s) {missing} (columns: {list(counts.columns)}).")
     if max_conditions < 1:
         raise ValueError(f"max_conditions must be >= 1, got {max_conditions}.")
-    df = counts.sort_values("n_cells", ascending=False, kind="stable")
+    df = counts.assign(_ctrl=counts["kind"] != CONTROL).sort_values(["_ctrl", "n_cells"], ascending=[True, False],
+                                                                     kind="stable").drop(columns="_ctrl")
     title = title or "cells per condition"
     if len(df) > max_conditions:
         title = f"{title} (showing the {max_conditions} largest of {len(df)} conditions)"
