@@ -56,6 +56,8 @@ __all__ = [
     "verdict_in_words",
     "matching_condition",
     "gene_values",
+    "find_gene",
+    "embedding_gene_values",
     "OTHER_CELLS",
     "latent_embedding",
     "umap_2d",
@@ -474,6 +476,58 @@ def gene_values(result: WhatIf, genes: Sequence[str], registry: PerturbationRegi
     if result.additive is not None:
         out[ADDITIVE] = _dense(result.additive.X)[:, pos]
     return out
+
+
+def find_gene(registry: PerturbationRegistry, query: str) -> tuple[str | None, str]:
+    """The modelled gene a user typed (exact, else case-insensitive), and a message: empty when
+    found, else why not, with close names (``"GATA1 is not among the 500 genes of this
+    dataset; close: GATA2"``)."""
+    import difflib
+
+    q = str(query).strip()
+    names = list(registry.gene_names)
+    if q in set(names):
+        return q, ""
+    by_lower = {g.lower(): g for g in names}
+    if q.lower() in by_lower:
+        return by_lower[q.lower()], ""
+    close = difflib.get_close_matches(q.upper(), [g.upper() for g in names], n=3, cutoff=0.75)
+    hint = f"; close: {', '.join(by_lower[c.lower()] for c in close)}" if close else ""
+    return None, f"{q} is not among the {len(names):,} genes of this dataset{hint}."
+
+
+def embedding_gene_values(reference: ReferenceEmbedding, adata: ad.AnnData, result: WhatIf | None,
+                          groups: Sequence[str], gene: str, registry: PerturbationRegistry) -> np.ndarray:
+    """One value of ``gene`` per point of :func:`what_if_embedding` (same order): the dataset's
+    cells from their expression (other cells as the map drew them), predicted and additive cells
+    from the prediction."""
+    j = registry.gene_names.index(gene)
+    g = np.asarray(groups)
+    out = np.full(len(g), np.nan)
+    pos = pd.Index(list(map(str, adata.obs_names)))
+    other = g == OTHER_CELLS
+    if other.any():
+        shown: set[str] = set()
+        if result is not None:
+            shown = set(map(str, result.control.obs_names))
+            if result.observed is not None:
+                shown |= set(map(str, result.observed.obs_names))
+        names = [n for n in reference.obs_names if n not in shown]
+        out[other] = _column(adata, pos.get_indexer(names), j, registry)
+    if result is not None:
+        for kind, data in ((CONTROL, result.control), (OBSERVED, result.observed)):
+            if data is not None and (g == kind).any():
+                out[g == kind] = _column(adata, pos.get_indexer(list(map(str, data.obs_names))), j, registry)
+        out[g == PREDICTED] = _dense(result.predicted.X)[:, j]
+        if result.additive is not None and (g == ADDITIVE).any():
+            out[g == ADDITIVE] = _dense(result.additive.X)[:, j]
+    return out
+
+
+def _column(adata: ad.AnnData, rows: np.ndarray, j: int, registry: PerturbationRegistry) -> np.ndarray:
+    if len(rows) == 0:
+        return np.empty(0)
+    return registry.expression(adata[rows, [j]])[:, 0].astype(np.float64)
 
 
 # ---- pair screen ----------------------------------------------------------------------

@@ -140,6 +140,45 @@ def what_if_scatter(
                              order=_WHAT_IF_ORDER)
 
 
+def expression_scatter(
+    coords: np.ndarray,
+    values: Sequence[float],
+    hover: Sequence[str] | None = None,
+    gene: str = "gene",
+    title: str | None = None,
+    axis_prefix: str = "UMAP",
+    marker_size: int = 4,
+) -> go.Figure:
+    """Cells in a 2-D embedding coloured by one gene's expression (a continuous scale, highest
+    drawn on top); cells without a value (NaN) in faint grey underneath. Hover: ``hover[i]``
+    and the value."""
+    v = np.asarray(values, dtype=float).reshape(-1)
+    xy = _coords2(coords, len(v), "values")
+    if hover is not None and len(hover) != len(v):
+        raise ValueError(f"hover has {len(hover)} entries but values has {len(v)}.")
+    text = np.asarray(["" if hover is None else str(h) for h in (hover if hover is not None else v)], dtype=object)
+    fig = go.Figure()
+    nan = ~np.isfinite(v)
+    if nan.any():
+        fig.add_trace(go.Scattergl(
+            x=xy[nan, 0], y=xy[nan, 1], mode="markers", name="no value", text=text[nan],
+            marker={"color": OTHER_CELLS_COLOR, "size": marker_size}, hovertemplate="%{text}<extra></extra>",
+        ))
+    order = np.flatnonzero(~nan)[np.argsort(v[~nan], kind="stable")]
+    finite = v[order]
+    top = float(finite.max()) if finite.size else 1.0
+    fig.add_trace(go.Scattergl(
+        x=xy[order, 0], y=xy[order, 1], mode="markers", name=gene, text=text[order], customdata=finite,
+        marker={"color": finite, "colorscale": "Viridis", "cmin": min(0.0, float(finite.min()) if finite.size else 0.0),
+                "cmax": top if top > 0 else 1.0, "size": marker_size, "opacity": 0.9,
+                "colorbar": {"title": {"text": gene}}},
+        hovertemplate="%{text}<br>" + gene + ": %{customdata:.2f}<extra></extra>", showlegend=False,
+    ))
+    fig.update_layout(title=title or f"{gene} expression", template=TEMPLATE,
+                      xaxis_title=f"{axis_prefix} 1", yaxis_title=f"{axis_prefix} 2")
+    return fig
+
+
 def latent_scatter(
     coords: np.ndarray,
     conditions: Sequence[str],
