@@ -16,6 +16,17 @@ from pdae_core.plot import interactions as fi
 common.init_state()
 ss = st.session_state
 st.title("Interactions")
+with st.expander("How to read this page"):
+    st.markdown(
+        "Each square of the heatmap is a **pair of perturbations**, predicted by the model from control cells. "
+        "Its colour says how the pair is predicted to interact: **synergy** (the pair changes genes more than its "
+        "two parts added together), **buffering** (less), or **non-additivity** (how much of the pair's change the "
+        "sum of its parts does not explain). Squares marked as measured were also measured in the data; *held out* "
+        "ones are a fair test, because the model never saw them. With an ensemble (several networks), the spread "
+        "says how sure the model is; **Pairs to test next** favours pairs predicted to interact strongly *and* "
+        "where the model is unsure. These are predictions: a pair is worth testing, not proven. Click a pair in the "
+        "table to open it in Compose. Words are explained on the Glossary page."
+    )
 ds = common.require_dataset()
 model_key, model = common.require_model(ds)
 reg = model.registry

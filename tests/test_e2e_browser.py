@@ -263,3 +263,78 @@ def test_interactions_page_heatmap_table_and_compose(page, server):
     assert "Both MAPK1 and TGFBR2 were measured alone" in body
     assert "magnitude" in body and "non-additivity" in body
     assert "observed (held out from training: a true test)" in body
+
+
+# ---- issue 16: a biologist alone with the dashboard ----------------------------------------
+def test_glossary_page(page, server):
+    _goto(page, "Glossary")
+    page.get_by_role("heading", name="Glossary", exact=True).wait_for()
+    body = page.inner_text("body")
+    for term in ("Energy distance", "Noise floor", "Additive baseline", "Extrapolation", "Latent space", "Dose"):
+        assert term in body, term
+    _shot(page, "glossary")
+
+
+def test_plain_verdict_for_a_held_out_pair_and_a_dose_beyond_training(page, server):
+    page.goto(server)
+    page.get_by_role("heading", name="Data").wait_for()
+    _idle(page)
+    _goto(page, "Compose (what-if)")
+    # the default selection is the demo's first held-out pair
+    page.get_by_text("Both KLF1 and MAP2K6 were measured alone").first.wait_for(timeout=TIMEOUT_MS)
+    body = page.inner_text("body")
+    assert "held out during training" in body
+    assert "lies in the span" not in body  # the technical detail sits in a closed expander
+    slider = page.get_by_role("slider").first  # KLF1's dose
+    slider.focus()
+    page.keyboard.press("End")  # the slider's maximum, 3
+    page.get_by_text("beyond anything measured", exact=False).first.wait_for(timeout=TIMEOUT_MS)
+    _idle(page)
+    assert "treat with caution" in page.inner_text("body")
+    slider.focus()
+    page.keyboard.press("Home")
+    for _ in range(20):  # back to 1.0 from the minimum (-1) in steps of 0.1
+        page.keyboard.press("ArrowRight")
+    _idle(page)
+
+
+def _checkpoint_zips(tmp_path):
+    """The bundled checkpoint as the Model page downloads it, and a copy with one edited hyperparameter."""
+    import io
+    import json
+    import zipfile
+
+    sys.path.insert(0, str(ROOT))
+    import pdae_core as pc
+    from pages.common import checkpoint_zip
+
+    good = checkpoint_zip(pc.load_model(ROOT / "checkpoints" / "norman19_devel"), "norman19_devel")
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("config.json"):
+                cfg = json.loads(data)
+                cfg["model_config"]["w_pert"] = 1.0  # a hyperparameter edited by hand, digests kept
+                data = json.dumps(cfg).encode()
+            zout.writestr(item, data)
+    (tmp_path / "good.zip").write_bytes(good)
+    (tmp_path / "tampered.zip").write_bytes(out.getvalue())
+    return tmp_path / "good.zip", tmp_path / "tampered.zip"
+
+
+def test_checkpoint_upload_good_and_tampered(page, server, tmp_path):
+    good, tampered = _checkpoint_zips(tmp_path)
+    _goto(page, "Model")
+    page.get_by_role("tab", name="Load a checkpoint").click()
+    uploader = page.get_by_test_id("stFileUploaderDropzoneInput").first
+    uploader.set_input_files(str(tampered))
+    page.get_by_text("was modified after saving", exact=False).first.wait_for(timeout=TIMEOUT_MS)
+    _idle(page)
+    body = page.inner_text("body")
+    assert "tampered.zip" in body and "is still the loaded model" in body
+    assert not page.get_by_test_id("stException").count()
+    uploader.set_input_files(str(good))
+    page.get_by_text("Loaded good.zip: its digests match what was saved", exact=False).wait_for(timeout=TIMEOUT_MS)
+    _idle(page)
+    assert "uploaded checkpoint good.zip" in page.inner_text("body")  # the sidebar names it
