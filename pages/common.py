@@ -37,7 +37,37 @@ BUILTIN_DATASETS = ("norman19_devel", "mcfaline23_devel", "synthetic")
 DEMO_DATASET = "norman19_devel"
 #: Uploads above this are refused (``server.maxUploadSize`` in .streamlit/config.toml matches).
 MAX_UPLOAD_MB = int(os.environ.get("PDAE_MAX_UPLOAD_MB", "1024"))
-PLOT_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "svg"}}
+#: Every chart's toolbar: the camera icon saves the chart as SVG (vector, for figures in papers and slides),
+#: at its size on screen. A plotly toolbar offers one image format, so PNG comes from the HTML report
+#: (:func:`report_download`), whose charts save as PNG (camera icon, 2x resolution) or SVG (buttons).
+PLOT_CONFIG = {
+    "displaylogo": False,
+    "toImageButtonOptions": {"format": "svg", "filename": "pdae_figure", "scale": 1},
+}
+
+
+def report_download(result: Any, figures: dict[str, Any], verdict: Any, model_key: str,
+                    model: pc.PerturbationModel, ds: Dataset, extra_tables: dict[str, Any] | None = None,
+                    source_condition: str | None = None, key: str = "dl_report") -> None:
+    """A button that downloads the what-if report of ``result`` as one HTML file (figures, verdict,
+    gene table, model card; :func:`pdae_core.report.what_if_report`). The file is built only when
+    the button is clicked, and the click does not rerun the page."""
+    from pdae_core.report import checkpoint_digest, report_filename, what_if_report
+
+    kind, _, rest = model_key.partition(":")
+    label = model_label(model_key)  # reads the session: here, not in build()
+
+    def build() -> str:  # runs on click, on another thread: no st.* or session state there
+        digest = None if kind == "trained" else checkpoint_digest(
+            BUNDLED_CHECKPOINTS / rest if kind == "bundled" else Path(rest))
+        return what_if_report(result, figures, verdict, model, ds.label, extra_tables,
+                              model_label=label, checkpoint_sha256=digest,
+                              source_condition=source_condition)
+
+    st.download_button("Download report (.html)", build, file_name=report_filename(result.target),
+                       mime="text/html", key=key, on_click="ignore", icon=":material/description:",
+                       help="One HTML file with these charts (interactive; each saves as PNG or SVG), the verdict, "
+                       "the gene table and the model card. Opens offline in any browser.")
 
 
 # ---- loading (cached, shared by all sessions) -------------------------------------------
