@@ -16,7 +16,6 @@ from pdae_core.plot.cells import (
     gene_violins,
     latent_heatmap,
     latent_scatter,
-    loss_curve,
     perturbation_map,
     similarity_heatmap,
     what_if_scatter,
@@ -42,7 +41,7 @@ def _title(ax) -> str | None:
 def test_all():
     for name in cf.__all__:
         assert hasattr(cf, name), name
-    for fn in ("embedding_scatter", "gene_violins", "delta_bars", "loss_curve", "perturbation_map",
+    for fn in ("embedding_scatter", "gene_violins", "delta_bars", "perturbation_map", "place_labels",
                "latent_heatmap", "similarity_heatmap", "condition_count_bars", "what_if_scatter", "latent_scatter"):
         assert fn in cf.__all__
     # the kind names stay importable from here (pdae_core.explore imports them from plot.cells)
@@ -173,39 +172,6 @@ def test_delta_bars_errors():
         delta_bars(pd.DataFrame({"gene": ["a"], "x": [1.0]}))
 
 
-# ---------------------------------------------------------------- loss_curve
-def test_loss_curve():
-    records = [
-        {"epoch": 1, "loss": 3.0, "pert": 1.0, "rec": 2.0, "lr": 1e-3, "seconds": 2.0},
-        {"epoch": 2, "loss": 2.0, "pert": 0.8, "rec": 1.2, "val_ed": 0.5, "l21": None, "note": "x"},
-        {"epoch": 3, "loss": 1.5, "val_ed": 0.4, "step": 30},
-    ]
-    fig = loss_curve(records, title="training")
-    names = [t.name for t in fig.data]
-    assert names == ["loss", "pert", "rec", "val_ed"]
-    assert all(t.type == "scatter" and t.mode == "lines+markers" for t in fig.data)
-    val = fig.data[3]
-    assert val.yaxis == "y2" and list(val.x) == [2, 3] and list(val.y) == [0.5, 0.4]
-    assert all(t.yaxis in (None, "y") for t in fig.data[:3])
-    assert list(fig.data[0].x) == [1, 2, 3]
-    assert fig.layout.yaxis2.overlaying == "y" and fig.layout.yaxis2.side == "right"
-    assert _title(fig.layout.yaxis2) == "validation energy distance"
-    assert _title(fig.layout.yaxis) == "training loss" and _title(fig.layout.xaxis) == "epoch"
-    assert not fig.layout.annotations
-
-
-def test_loss_curve_without_validation():
-    fig = loss_curve([{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}])
-    assert [t.name for t in fig.data] == ["loss"]
-    assert "yaxis2" not in fig.layout.to_plotly_json()
-
-
-def test_loss_curve_empty():
-    fig = loss_curve([])
-    assert len(fig.data) == 0
-    assert [a.text for a in fig.layout.annotations] == ["no evaluations yet"]
-
-
 # ---------------------------------------------------------------- perturbation_map
 def test_perturbation_map():
     xy = np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, -1.0]])
@@ -213,8 +179,9 @@ def test_perturbation_map():
     assert len(fig.data) == 1
     t = fig.data[0]
     assert t.type == "scatter" and t.mode == "markers+text"
-    assert list(t.text) == ["A", "B", "A+B"] and t.textposition == "top center"
-    assert "%{text}" in t.hovertemplate
+    assert list(t.text) == ["A", "B", "A+B"] and list(t.hovertext) == ["A", "B", "A+B"]
+    assert all(p in cf.LABEL_POSITIONS for p in t.textposition)
+    assert "%{hovertext}" in t.hovertemplate
     assert _title(fig.layout.xaxis) == "PC 1" and _title(fig.layout.yaxis) == "PC 2"
 
 
@@ -261,7 +228,7 @@ def test_similarity_heatmap():
     assert t.type == "heatmap" and t.zmin == -1 and t.zmax == 1 and t.zmid == 0
     assert _red_at_top(t.colorscale)
     assert t.text[0][1] == "A vs B: 0.83" and t.text[2][0] == "C vs A: -0.20"
-    assert t.text[1][2] == "B vs C: n/a"
+    assert t.text[1][2] == "B vs C: –"
     assert "%{text}" in t.hovertemplate
 
 
@@ -363,3 +330,125 @@ def test_condition_count_bars_put_control_on_top():
     fig = condition_count_bars(counts)
     assert list(fig.layout.yaxis.categoryarray) == ["control", "B", "A", "A+B"]
     assert "control" in list(condition_count_bars(counts, max_conditions=2).layout.yaxis.categoryarray)
+
+
+# ---------------------------------------------------------------- issue 16: figures a biologist reads
+def test_latent_scatter_by_target(latent_cells):
+    xy, conds, reg = latent_cells
+    conds = [*conds, "A+C"]
+    xy = np.vstack([xy, [[0.0, 0.0]]])
+    fig = latent_scatter(xy, conds, reg, colour_by="target", target="A", held_out=["A+B"])
+    assert [t.name for t in fig.data] == [OTHER_CELLS, CONTROL, "A alone", "A+B (held out)", "A+C"]
+    cols = {t.name: t.marker.color for t in fig.data}
+    assert cols[OTHER_CELLS] == OTHER_CELLS_COLOR and cols[CONTROL] == KIND_COLORS[CONTROL]
+    assert cols["A alone"] == CONDITION_KIND_COLORS["single"]
+    combo = {cols["A+B (held out)"], cols["A+C"]}
+    assert len(combo) == 2 and not combo & {OTHER_CELLS_COLOR, KIND_COLORS[CONTROL], CONDITION_KIND_COLORS["single"]}
+    assert sorted(fig.data[0].text) == ["B", "C"]  # the rest, grey, drawn first (underneath)
+    assert list(fig.data[3].text) == ["A+B (held out)"]
+    assert sorted(len(t.x) for t in fig.data) == [1, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match="target"):
+        latent_scatter(xy, conds, reg, colour_by="target")
+
+
+def test_missing_values_read_as_a_dash(latent_cells):
+    xy, conds, reg = latent_cells
+    fig = embedding_scatter(xy[:3], ["a", "b", "a"], hover=[None, float("nan"), "x"])
+    assert list(fig.data[0].text) == [cf.MISSING, "x"] and list(fig.data[1].text) == [cf.MISSING]
+    fig = latent_scatter(xy, conds, reg, colour_by="covariate", covariate=["x", None, "None", "nan", "x", "y"])
+    assert [t.name for t in fig.data] == ["x", cf.MISSING, "y"] and cf.MISSING == "–"
+    assert "None" not in str(fig.to_plotly_json()["data"])
+
+
+def test_gene_violins_start_at_zero_for_expression():
+    rng = np.random.default_rng(3)
+    expr = np.where(rng.random((50, 2)) < 0.6, 0.0, rng.random((50, 2)) * 3)  # log1p: many zeros
+    fig = gene_violins({CONTROL: expr, PREDICTED: expr[:20] + 0.1}, ["G1", "G2"])
+    assert all(t.spanmode == "hard" for t in fig.data)  # the density ends at the data: no tail below 0
+    assert fig.layout.yaxis.rangemode == "nonnegative"
+    changes = gene_violins({CONTROL: expr - 1.0}, ["G1", "G2"])  # negative values: the axis is free
+    assert changes.layout.yaxis.rangemode is None and changes.data[0].spanmode == "hard"
+
+
+def test_small_numbers_read_plainly():
+    """No SI prefixes ("10µ", "20k") on value axes and colour bars."""
+    tiny = {CONTROL: np.full((5, 1), 2e-5)}
+    table = pd.DataFrame({"gene": ["a", "b"], "predicted_delta": [1e-5, -2e-5]})
+    counts = pd.DataFrame({"condition": ["ctrl", "A"], "n_cells": [20000, 12000], "kind": ["control", "single"]})
+    axes = [gene_violins(tiny, ["G"]).layout.yaxis, delta_bars(table).layout.xaxis,
+            condition_count_bars(counts).layout.xaxis,
+            cf.expression_scatter(np.zeros((2, 2)), [1e-5, 2e-5], gene="G").data[0].marker.colorbar]
+    assert [a.exponentformat for a in axes] == ["none"] * 4
+
+
+def _names(n: int) -> list[str]:
+    return [f"GENE{i}" for i in range(n)]
+
+
+def test_heatmaps_write_every_name():
+    names = _names(40)
+    W = pd.DataFrame(np.random.default_rng(4).normal(size=(40, 8)), index=names, columns=[f"z{i}" for i in range(8)])
+    y = latent_heatmap(W).layout.yaxis
+    assert y.tickmode == "array" and list(y.tickvals) == names and list(y.ticktext) == names
+    sim = pd.DataFrame(np.eye(40), index=names, columns=names)
+    fig = similarity_heatmap(sim)
+    for ax in (fig.layout.xaxis, fig.layout.yaxis):
+        assert ax.tickmode == "array" and list(ax.tickvals) == names
+    assert fig.layout.height >= 18 * 40  # the rows grow with the count: room for every name
+    assert fig.layout.xaxis.tickangle == -90
+
+
+def _boxes(xy, labels, pos, width=560, height=380, font=11, marker=8):
+    """The label boxes in pixels as place_labels estimates them (independent re-derivation)."""
+    x0, x1 = cf._padded_range(xy[:, 0])
+    y0, y1 = cf._padded_range(xy[:, 1])
+    px, py = (xy[:, 0] - x0) / (x1 - x0) * width, (xy[:, 1] - y0) / (y1 - y0) * height
+    r, h = marker / 2 + 2, 1.25 * font
+    out = {}
+    for i, p in enumerate(pos):
+        if p is not None:
+            out[i] = cf._label_box(px[i], py[i], p, 0.62 * font * len(labels[i]) + 2, h, r)
+    return out, px, py
+
+
+def test_place_labels_never_overlap_and_are_deterministic():
+    rng = np.random.default_rng(5)
+    xy = np.vstack([rng.normal(0, 0.05, size=(25, 2)), rng.normal(3, 1.0, size=(10, 2))])  # a crowded cluster
+    labels = _names(35)
+    pos = cf.place_labels(xy, labels)
+    assert pos == cf.place_labels(xy, labels)  # deterministic
+    assert all(p is None or p in cf.LABEL_POSITIONS for p in pos)
+    boxes, px, py = _boxes(xy, labels, pos)
+    assert 0 < len(boxes) < 35  # some labelled, the crowd partly left out
+    items = list(boxes.items())
+    for a, (i, bi) in enumerate(items):
+        assert bi[0] >= 0 and bi[1] >= 0 and bi[2] <= 560 and bi[3] <= 380
+        for j, bj in items[a + 1:]:
+            assert not cf._overlap(bi, bj), (labels[i], labels[j])
+            if pos[i] == pos[j]:  # same side of their points: the points are at least a label apart
+                assert abs(px[i] - px[j]) >= 6 or abs(py[i] - py[j]) >= 1.25 * 11
+        for k in range(len(xy)):  # no name covers a dot
+            assert not cf._overlap(bi, (px[k] - 4, py[k] - 4, px[k] + 4, py[k] + 4))
+
+
+def test_place_labels_simple_cases():
+    far = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    assert cf.place_labels(far, ["A", "B", "C", "D"]) == ["top center"] * 4
+    same = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
+    pos = cf.place_labels(same, ["KLF1", "MAP2K6", "X"])
+    assert pos[2] is not None and sum(p is None for p in pos[:2]) <= 1
+    side = np.array([[0.0, 0.0], [0.02, 0.0], [5.0, 5.0]])  # two names that would collide at "top center"
+    pa, pb, _ = cf.place_labels(side, ["MAP2K3", "MAP2K6", "X"])
+    assert pa is not None and pb is not None and pa != pb
+
+
+def test_perturbation_map_hides_crowded_names_in_hover_only():
+    rng = np.random.default_rng(6)
+    xy = rng.normal(0, 0.02, size=(30, 2))
+    labels = _names(30)
+    fig = perturbation_map(xy, labels, title="map")
+    t = fig.data[0]
+    shown = [x for x in t.text if x]
+    assert 0 < len(shown) < 30 and list(t.hovertext) == labels
+    assert f"{30 - len(shown)} of 30 names left out" in fig.layout.title.text
+    assert fig.layout.height == 560

@@ -139,7 +139,7 @@ def test_combinations_with_an_unmeasured_part_are_left_out_of_alpha():
     adata, reg, _, _ = scaled_data(scale=0.5, extra=extra)
     model = ScaledAdditiveBaseline().fit(adata, reg, holdout=["A+B"])
     assert model.alpha_ == pytest.approx(0.5, abs=1e-5) and "A+E" not in model.alpha_conditions_
-    with pytest.raises(DataError, match="ScaledAdditiveBaseline cannot predict 'A\\+E'.*single perturbation.*E"):
+    with pytest.raises(DataError, match="The scaled additive baseline cannot predict 'A\\+E'.*single perturbation.*E"):
         model.predict(cells(adata, "ctrl"), "A+E")
 
 

@@ -36,6 +36,15 @@ __all__ = ["Baseline", "NoChange", "AdditiveBaseline", "ScaledAdditiveBaseline",
 
 _B = TypeVar("_B", bound="Baseline")
 
+#: How each baseline is named in messages a user reads (by ``model_type``), never its class name.
+_PLAIN_NAMES = {
+    "no_change": "the no-change baseline",
+    "additive": "the additive baseline",
+    "scaled_additive": "the scaled additive baseline",
+    "linear": "the linear baseline",
+    "pool": "the random-cells baseline",
+}
+
 
 class Baseline:
     """Shared fit / predict plumbing; subclasses implement ``_fit`` and ``_predict``."""
@@ -52,6 +61,11 @@ class Baseline:
     @property
     def is_fitted(self) -> bool:
         return self.registry is not None
+
+    def _plain_name(self, capital: bool = False) -> str:
+        """The name messages use: "the additive baseline" (``capital``: "The additive baseline")."""
+        name = _PLAIN_NAMES.get(self.model_type, f"the {self.model_type.replace('_', ' ')} baseline")
+        return name[0].upper() + name[1:] if capital else name
 
     # ---- training -------------------------------------------------------------------
     def fit(self: _B, adata: ad.AnnData, registry: PerturbationRegistry, holdout: Sequence[str] = ()) -> _B:
@@ -89,7 +103,7 @@ class Baseline:
         the same checks of the source cells and of the prediction's size."""
         reg = self.registry
         if reg is None:
-            raise PDAEError(f"{type(self).__name__} is not fitted: call fit(adata, registry) first.")
+            raise PDAEError(f"{self._plain_name(capital=True)} is not fitted yet: call fit(adata, registry) first.")
         if source.n_obs == 0:
             raise DataError("No source cells to predict from.")
         if int(n_draws) < 1:
@@ -162,7 +176,7 @@ class AdditiveBaseline(Baseline):
     model_type = "additive"
 
     def _fit(self, X: np.ndarray, L: np.ndarray, conditions: np.ndarray, registry: PerturbationRegistry) -> None:
-        self.control_mean_ = _control_mean(X, L, "AdditiveBaseline")
+        self.control_mean_ = _control_mean(X, L, self._plain_name(capital=True))
         K, G = registry.n_perturbations, X.shape[1]
         self.effects_ = np.full((K, G), np.nan)
         self.n_single_cells_ = np.zeros(K, dtype=int)
@@ -188,7 +202,7 @@ class AdditiveBaseline(Baseline):
         missing = [self.registry.perturbations[p] for p in needed if self.n_single_cells_[p] == 0]
         if missing:
             raise DataError(
-                f"{type(self).__name__} cannot predict {self.registry.condition_name(label)!r}: no training "
+                f"{self._plain_name(capital=True)} cannot predict {self.registry.condition_name(label)!r}: no training "
                 f"cells of the single perturbation(s) {', '.join(missing)} (alone, at dose 1); they are held out "
                 "or never measured alone, so their effect is unknown."
             )
@@ -279,7 +293,7 @@ class LinearBaseline(Baseline):
         self.alpha = float(alpha)
 
     def _fit(self, X: np.ndarray, L: np.ndarray, conditions: np.ndarray, registry: PerturbationRegistry) -> None:
-        self.control_mean_ = _control_mean(X, L, "LinearBaseline")
+        self.control_mean_ = _control_mean(X, L, self._plain_name(capital=True))
         uniq, inv = np.unique(L, axis=0, return_inverse=True)
         inv = inv.reshape(-1)
         counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)

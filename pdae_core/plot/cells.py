@@ -9,7 +9,6 @@ with each other.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -37,23 +36,25 @@ if TYPE_CHECKING:
     from ..data.registry import PerturbationRegistry
 
 _DELTA_COLUMNS = {"predicted_delta": PREDICTED, "observed_delta": OBSERVED, "additive_delta": ADDITIVE}
-_LOSS_SKIP = {"epoch", "step", "lr", "seconds", "train_seconds"}
 
 #: ADDITIVE, CONTROL, OBSERVED and PREDICTED are re-exported for pdae_core.explore and
 #: tests/test_explore.py (defined in :mod:`.style`).
 __all__ = [
     "ADDITIVE",
     "CONTROL",
+    "LABEL_POSITIONS",
+    "MISSING",
     "OBSERVED",
     "PREDICTED",
     "condition_count_bars",
     "delta_bars",
     "embedding_scatter",
+    "expression_scatter",
     "gene_violins",
     "latent_heatmap",
     "latent_scatter",
-    "loss_curve",
     "perturbation_map",
+    "place_labels",
     "similarity_heatmap",
     "what_if_scatter",
 ]
@@ -86,6 +87,30 @@ def _heatmap_height(k: int, base: int = 120) -> int:
     return max(300, 18 * k + base)
 
 
+def _every_label(names: Sequence[str]) -> dict[str, object]:
+    """A category axis that writes every name (plotly would skip some when crowded); with
+    :func:`_heatmap_height` each row keeps 18 pixels for its 11-pixel name."""
+    return {"type": "category", "tickmode": "array", "tickvals": list(names), "ticktext": list(names),
+            "tickfont": {"size": 11}, "automargin": True}
+
+
+#: How a missing value reads in figure text (hover, legend): a dash, never "None" or "nan".
+MISSING = "–"
+_MISSING_WORDS = {"", "none", "nan", "<na>", "nat"}
+
+
+def _text(v: object) -> str:
+    """``v`` as figure text, :data:`MISSING` for None, NaN or their string forms."""
+    if v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)):
+        return MISSING
+    t = str(v)
+    return MISSING if t.strip().lower() in _MISSING_WORDS else t
+
+
+#: Axis settings for values: plain numbers (0.00002, not plotly's "20µ"; 20000, not "20k").
+_PLAIN_NUMBERS = {"exponentformat": "none", "separatethousands": True}
+
+
 def embedding_scatter(
     coords: np.ndarray,
     groups: Sequence[str],
@@ -102,11 +127,11 @@ def embedding_scatter(
     from ``order`` follow in first-appearance order), else first-appearance order;
     later traces are drawn on top. Colour: ``colors``, then :data:`KIND_COLORS`, then
     the next unused palette colour. Hover text: ``hover[i]``, else the group."""
-    g = np.asarray([str(x) for x in groups], dtype=object)
+    g = np.asarray([_text(x) for x in groups], dtype=object)
     xy = _coords2(coords, len(g), "groups")
     if hover is not None and len(hover) != len(g):
         raise ValueError(f"hover has {len(hover)} entries but groups has {len(g)}.")
-    text = g if hover is None else np.asarray([str(h) for h in hover], dtype=object)
+    text = g if hover is None else np.asarray([_text(h) for h in hover], dtype=object)
     present = list(dict.fromkeys(g.tolist()))
     names = [str(o) for o in order if str(o) in present] if order is not None else []
     names += [p for p in present if p not in names]
@@ -156,7 +181,7 @@ def expression_scatter(
     xy = _coords2(coords, len(v), "values")
     if hover is not None and len(hover) != len(v):
         raise ValueError(f"hover has {len(hover)} entries but values has {len(v)}.")
-    text = np.asarray(["" if hover is None else str(h) for h in (hover if hover is not None else v)], dtype=object)
+    text = np.asarray(["" if hover is None else _text(h) for h in (hover if hover is not None else v)], dtype=object)
     fig = go.Figure()
     nan = ~np.isfinite(v)
     if nan.any():
@@ -171,12 +196,17 @@ def expression_scatter(
         x=xy[order, 0], y=xy[order, 1], mode="markers", name=gene, text=text[order], customdata=finite,
         marker={"color": finite, "colorscale": "Viridis", "cmin": min(0.0, float(finite.min()) if finite.size else 0.0),
                 "cmax": top if top > 0 else 1.0, "size": marker_size, "opacity": 0.9,
-                "colorbar": {"title": {"text": gene}}},
+                "colorbar": {"title": {"text": gene}, **_PLAIN_NUMBERS}},
         hovertemplate="%{text}<br>" + gene + ": %{customdata:.2f}<extra></extra>", showlegend=False,
     ))
     fig.update_layout(title=title or f"{gene} expression", template=TEMPLATE,
                       xaxis_title=f"{axis_prefix} 1", yaxis_title=f"{axis_prefix} 2")
     return fig
+
+
+#: Colours of the combinations containing the chosen target (the combination colour first; no
+#: green, the single's colour, and no grey, the control's and the other cells').
+_PARTNER_COLORS = ("#9467bd", "#2E91E5", "#E15F99", "#B68100", "#EB663B", "#00A08B", "#750D86", "#FB0D0D")
 
 
 def latent_scatter(
@@ -187,18 +217,24 @@ def latent_scatter(
     covariate: Sequence[str] | None = None,
     held_out: Sequence[str] = (),
     title: str | None = None,
+    target: str | None = None,
 ) -> go.Figure:
     """Cells in a 2-D embedding of a latent space, coloured by ``colour_by``:
 
-    - ``"condition"``: one group per condition, control first (in the control colour),
-      then the others sorted by name;
     - ``"kind"``: control / single / combination (by the number of perturbations
       ``registry`` parses from the condition), in :data:`CONDITION_KIND_COLORS`;
+    - ``"target"``: the cells of one perturbation ``target``: its single ("KLF1 alone", in
+      the single colour) and every combination containing it (its own colour each, "(held
+      out)" added for ``held_out`` ones) on top, control cells in the control colour, all
+      other cells faint grey (:data:`OTHER_CELLS`) underneath;
+    - ``"condition"`` (default): one group per condition, control first (in the control
+      colour), then the others sorted by name (one colour each: for few conditions);
     - ``"covariate"``: the values of ``covariate`` (one per cell), palette colours.
 
     Hover: the cell's condition, marked "(held out)" when it is in ``held_out``."""
     conds = [str(c) for c in conditions]
     control = registry.control_label
+    held = set(held_out)
     if colour_by == "condition":
         groups = conds
         order: list[str] | None = [control, *sorted(set(conds) - {control})]
@@ -207,27 +243,42 @@ def latent_scatter(
         n_parts = {c: len(registry.parse(c)) for c in set(conds)}
         groups = [CONTROL if n_parts[c] == 0 else "single" if n_parts[c] == 1 else "combination" for c in conds]
         order, colors = list(CONDITION_KIND_COLORS), CONDITION_KIND_COLORS
+    elif colour_by == "target":
+        if target is None or not str(target).strip():
+            raise ValueError("colour_by='target' needs target: the name of one perturbation.")
+        t = str(target).strip()
+        parts = {c: registry.parse(c) for c in set(conds)}
+        hits = sorted((c for c, p in parts.items() if t in p), key=lambda c: (len(parts[c]), c))
+        name = {c: f"{c} alone" if len(parts[c]) == 1 else f"{c} (held out)" if c in held else c for c in hits}
+        groups = [name[c] if c in name else CONTROL if not parts[c] else OTHER_CELLS for c in conds]
+        order = [OTHER_CELLS, CONTROL, *name.values()]
+        combos = [name[c] for c in hits if len(parts[c]) > 1]
+        colors = {OTHER_CELLS: OTHER_CELLS_COLOR, CONTROL: KIND_COLORS[CONTROL],
+                  **{name[c]: CONDITION_KIND_COLORS["single"] for c in hits if len(parts[c]) == 1},
+                  **{g: _PARTNER_COLORS[k % len(_PARTNER_COLORS)] for k, g in enumerate(combos)}}
     elif colour_by == "covariate":
         if covariate is None or len(covariate) != len(conds):
             raise ValueError("colour_by='covariate' needs covariate: one value per cell.")
-        groups = [str(v) for v in covariate]
+        groups = [_text(v) for v in covariate]
         order, colors = None, None
     else:
-        raise ValueError(f"colour_by must be 'condition', 'kind' or 'covariate', got {colour_by!r}.")
-    held = set(held_out)
+        raise ValueError(f"colour_by must be 'kind', 'target', 'condition' or 'covariate', got {colour_by!r}.")
     hover = [f"{c} (held out)" if c in held else c for c in conds]
     return embedding_scatter(coords, groups, hover, title=title, colors=colors, order=order)
 
 
 def gene_violins(values: Mapping[str, np.ndarray], genes: Sequence[str], title: str | None = None) -> go.Figure:
     """Expression of a few genes, one violin trace per kind (``{kind: (n_cells, n_genes)}``),
-    grouped by gene, with box and mean line and no points."""
+    grouped by gene, with box and mean line and no points. Each density stops at its data's
+    smallest and largest value (``spanmode="hard"``), so non-negative data (log1p expression)
+    get no tail below 0 and an axis from 0; ticks are plain numbers (no "10µ")."""
     genes = [str(x) for x in genes]
     if not genes:
         raise ValueError("genes is empty: give at least one gene.")
     if not values:
         raise ValueError("values is empty: give {kind: (n_cells, n_genes) array}.")
     fig = go.Figure()
+    lowest = 0.0
     for kind, arr in values.items():
         a = np.asarray(arr, dtype=float)
         if a.ndim != 2 or a.shape[1] != len(genes):
@@ -235,10 +286,14 @@ def gene_violins(values: Mapping[str, np.ndarray], genes: Sequence[str], title: 
         fig.add_trace(go.Violin(
             x=np.tile(genes, a.shape[0]), y=a.ravel(), name=str(kind), legendgroup=str(kind),
             line_color=kind_color(str(kind)), box_visible=True, meanline_visible=True, points=False,
+            spanmode="hard",  # the density stops at the smallest and largest value: no tail below 0
             hovertemplate=f"{kind}<br>gene: %{{x}}<br>value: %{{y:.3f}}<extra></extra>",
         ))
-    fig.update_layout(violinmode="group", title=title, template=TEMPLATE, xaxis_title="gene",
-                      yaxis_title=EXPR_LABEL)
+        lowest = min(lowest, float(np.nanmin(a))) if a.size and np.isfinite(a).any() else lowest
+    yaxis: dict[str, object] = {"title": {"text": EXPR_LABEL}, **_PLAIN_NUMBERS}
+    if lowest >= 0:  # expression (log1p): the axis starts at 0
+        yaxis["rangemode"] = "nonnegative"
+    fig.update_layout(violinmode="group", title=title, template=TEMPLATE, xaxis_title="gene", yaxis=yaxis)
     return fig
 
 
@@ -269,60 +324,109 @@ def delta_bars(table: pd.DataFrame, n: int = 20, title: str | None = None) -> go
     fig.add_vline(x=0, line_width=1, line_color="black")
     fig.update_layout(
         barmode="group", title=title, template=TEMPLATE, height=max(300, 24 * len(genes) + 140),
-        xaxis_title="change in mean expression vs control (log1p)",
+        xaxis={"title": {"text": "change in mean expression vs control (log1p)"}, **_PLAIN_NUMBERS},
         yaxis={"title": {"text": "gene"}, "type": "category", "categoryorder": "array", "categoryarray": genes, "autorange": "reversed"},
     )
     return fig
 
 
-def _number(v: object) -> float | None:
-    if v is None or isinstance(v, bool) or not isinstance(v, (int, float, np.number)):
-        return None
-    f = float(v)
-    return f if math.isfinite(f) else None
+#: Where :func:`place_labels` may put a name around its point, in order of preference.
+LABEL_POSITIONS = ("top center", "bottom center", "middle right", "middle left",
+                   "top right", "top left", "bottom right", "bottom left")
 
 
-def loss_curve(records: Sequence[Mapping[str, float]], title: str | None = None) -> go.Figure:
-    """Training losses (left axis) and validation energy distance (``val_ed``, right axis)
-    per epoch, one line per numeric key other than epoch/step/lr/seconds; None,
-    non-numeric and non-finite values are skipped. No points -> an empty figure with
-    the note "no evaluations yet"."""
-    keys = list(dict.fromkeys(k for r in records for k in r if k not in _LOSS_SKIP))
-    fig = go.Figure()
-    for j, key in enumerate(keys):
-        pts = [(_number(r.get("epoch", i)), _number(r.get(key))) for i, r in enumerate(records)]
-        pts = [(x, y) for x, y in pts if x is not None and y is not None]
-        if not pts:
-            continue
-        right = key == "val_ed"
-        fig.add_trace(go.Scatter(
-            x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=key,
-            yaxis="y2" if right else "y", line={"color": "black" if right else PALETTE[j % len(PALETTE)],
-                                               "dash": "dash" if right else "solid"},
-            hovertemplate=f"{key}<br>epoch %{{x}}<br>%{{y:.4g}}<extra></extra>",
-        ))
-    fig.update_layout(title=title, template=TEMPLATE, xaxis_title="epoch", yaxis_title="training loss",
-                      legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
-    if any(t.yaxis == "y2" for t in fig.data):
-        fig.update_layout(yaxis2={"title": {"text": "validation energy distance"}, "overlaying": "y",
-                                  "side": "right", "showgrid": False})
-    if not fig.data:
-        fig.add_annotation(text="no evaluations yet", xref="paper", yref="paper", x=0.5, y=0.5,
-                           showarrow=False, font={"size": 16})
-    return fig
+def _label_box(px: float, py: float, pos: str, w: float, h: float, r: float) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) in pixels (y up) of a ``w`` x ``h`` label at ``pos`` around a point."""
+    vert, horiz = pos.split()
+    if horiz == "center":
+        x0 = px - w / 2
+    elif horiz == "right":
+        x0 = px + (r if vert == "middle" else r / 2)
+    else:
+        x0 = px - (r if vert == "middle" else r / 2) - w
+    if vert == "middle":
+        y0 = py - h / 2
+    elif vert == "top":
+        y0 = py + (r if horiz == "center" else r / 2)
+    else:
+        y0 = py - (r if horiz == "center" else r / 2) - h
+    return x0, y0, x0 + w, y0 + h
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _padded_range(v: np.ndarray, pad: float = 0.08) -> tuple[float, float]:
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 1.0)
+    span = hi - lo if hi > lo else max(abs(hi), 1.0)
+    return lo - pad * span, hi + pad * span
+
+
+def place_labels(
+    coords: np.ndarray, labels: Sequence[str], width: float = 560, height: float = 380,
+    font_size: float = 11, marker_size: float = 8,
+) -> list[str | None]:
+    """Where to write each label around its point so that no two labels overlap and no label
+    covers a point: a position from :data:`LABEL_POSITIONS` per label, None for a label left
+    out (no free position). Deterministic and greedy: points far from the centre (the most
+    distinct) first, then by index; each takes the first position, in order of preference,
+    whose box stays inside the plot and is clear of the boxes already placed and of every
+    point. Boxes are estimated in pixels for a plot area of ``width`` x ``height`` pixels over
+    the points' range padded by 8% (as :func:`perturbation_map` draws it), a character being
+    0.62 ``font_size`` wide and a line 1.25 ``font_size`` high."""
+    labels = [str(x) for x in labels]
+    xy = _coords2(coords, len(labels), "labels")
+    if not len(labels):
+        return []
+    (x0, x1), (y0, y1) = _padded_range(xy[:, 0]), _padded_range(xy[:, 1])
+    px = (xy[:, 0] - x0) / (x1 - x0) * width
+    py = (xy[:, 1] - y0) / (y1 - y0) * height
+    half = marker_size / 2
+    dots = [(a - half, b - half, a + half, b + half) for a, b in zip(px, py)]
+    r, h = half + 2.0, 1.25 * font_size
+    far = np.hypot(px - px.mean(), py - py.mean())
+    placed: list[tuple[float, float, float, float]] = []
+    out: list[str | None] = [None] * len(labels)
+    for i in sorted(range(len(labels)), key=lambda k: (-round(float(far[k]), 6), k)):
+        w = 0.62 * font_size * len(labels[i]) + 2.0
+        for pos in LABEL_POSITIONS:
+            box = _label_box(float(px[i]), float(py[i]), pos, w, h, r)
+            inside = box[0] >= 0 and box[1] >= 0 and box[2] <= width and box[3] <= height
+            if inside and not any(_overlap(box, b) for b in placed) and not any(_overlap(box, d) for d in dots):
+                placed.append(box)
+                out[i] = pos
+                break
+    return out
 
 
 def perturbation_map(
-    coords: np.ndarray, labels: Sequence[str], title: str | None = None, axis_prefix: str = "PC"
+    coords: np.ndarray, labels: Sequence[str], title: str | None = None, axis_prefix: str = "PC",
+    width: float = 560, height: int = 560,
 ) -> go.Figure:
-    """Perturbations as labelled points in 2-D (e.g. PCA of their latent shifts)."""
+    """Perturbations as labelled points in 2-D (e.g. PCA of their latent shifts). Names go
+    where :func:`place_labels` puts them (no two overlap, for a plot at least ``width``
+    pixels wide and ``height`` high in all); names with no free place are left out of the
+    picture, said in a note, and shown on hover like every name."""
     labels = [str(x) for x in labels]
     xy = _coords2(coords, len(labels), "labels")
+    margin = {"l": 60, "r": 20, "t": 60, "b": 50}
+    pos = place_labels(xy, labels, width=width - margin["l"] - margin["r"],
+                       height=height - margin["t"] - margin["b"], font_size=11)
     fig = go.Figure(go.Scatter(
-        x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=labels, textposition="top center",
-        marker={"color": "#444444", "size": 8}, hovertemplate="%{text}<extra></extra>", showlegend=False,
+        x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=[lab if p else "" for lab, p in zip(labels, pos)],
+        textposition=[p or "top center" for p in pos], textfont={"size": 11}, hovertext=labels,
+        marker={"color": "#444444", "size": 8}, hovertemplate="%{hovertext}<extra></extra>", showlegend=False,
     ))
-    fig.update_layout(title=title, template=TEMPLATE, xaxis_title=f"{axis_prefix} 1", yaxis_title=f"{axis_prefix} 2")
+    hidden = sum(p is None for p in pos)
+    if hidden:
+        note = f"{hidden} of {len(labels)} names left out where they would overlap: hover a dot to see it"
+        title = f"{title}<br><sup>{note}</sup>" if title else f"<sup>{note}</sup>"
+    fig.update_layout(
+        title=title, template=TEMPLATE, height=height, margin=margin, showlegend=False,
+        xaxis={"title": {"text": f"{axis_prefix} 1"}, "range": list(_padded_range(xy[:, 0])), "zeroline": False},
+        yaxis={"title": {"text": f"{axis_prefix} 2"}, "range": list(_padded_range(xy[:, 1])), "zeroline": False},
+    )
     return fig
 
 
@@ -333,13 +437,13 @@ def latent_heatmap(W: pd.DataFrame, title: str | None = None) -> go.Figure:
         raise ValueError(f"W is empty (shape {W.shape}).")
     fig = go.Figure(go.Heatmap(
         z=W.to_numpy(dtype=float), x=[str(c) for c in W.columns], y=[str(i) for i in W.index],
-        colorscale=DIVERGING, zmid=0,
+        colorscale=DIVERGING, zmid=0, colorbar=_PLAIN_NUMBERS,
         hovertemplate="perturbation: %{y}<br>dimension: %{x}<br>value: %{z:.3f}<extra></extra>",
     ))
     fig.update_layout(
         title=title, template=TEMPLATE, height=_heatmap_height(W.shape[0]),
         xaxis={"title": {"text": "latent dimension"}, "type": "category"},
-        yaxis={"title": {"text": "perturbation"}, "type": "category", "autorange": "reversed"},
+        yaxis={"title": {"text": "perturbation"}, **_every_label([str(i) for i in W.index]), "autorange": "reversed"},
     )
     return fig
 
@@ -353,15 +457,16 @@ def similarity_heatmap(sim: pd.DataFrame, title: str | None = None) -> go.Figure
         raise ValueError("sim is empty.")
     names = [str(i) for i in sim.index]
     z = sim.to_numpy(dtype=float)
-    text = [[f"{a} vs {b}: {v:.2f}" if np.isfinite(v) else f"{a} vs {b}: n/a" for b, v in zip(names, row)]
+    text = [[f"{a} vs {b}: {v:.2f}" if np.isfinite(v) else f"{a} vs {b}: {MISSING}" for b, v in zip(names, row)]
             for a, row in zip(names, z)]
     fig = go.Figure(go.Heatmap(
-        z=z, x=names, y=names, text=text, colorscale=DIVERGING, zmin=-1, zmax=1, zmid=0,
+        z=z, x=names, y=names, text=text, colorscale=DIVERGING, zmin=-1, zmax=1, zmid=0, colorbar=_PLAIN_NUMBERS,
         hovertemplate="%{text}<extra></extra>",
     ))
     fig.update_layout(
         title=title, template=TEMPLATE, height=_heatmap_height(len(names), 150),
-        xaxis={"type": "category", "tickangle": -45}, yaxis={"type": "category", "autorange": "reversed"},
+        xaxis={**_every_label(names), "tickangle": -45 if len(names) <= 12 else -90},
+        yaxis={**_every_label(names), "autorange": "reversed"},
     )
     return fig
 
@@ -394,7 +499,7 @@ def condition_count_bars(counts: pd.DataFrame, title: str | None = None, max_con
         ))
     fig.update_layout(
         barmode="stack", title=title, template=TEMPLATE, height=max(300, 16 * len(order) + 120),
-        xaxis_title="cells",
+        xaxis={"title": {"text": "cells"}, **_PLAIN_NUMBERS},
         yaxis={"title": {"text": "condition"}, "type": "category", "categoryorder": "array", "categoryarray": order, "autorange": "reversed"},
     )
     return fig
