@@ -366,8 +366,8 @@ class PerturbationModel:
             )
         if kind == "change" and not self.accepts_changes:
             raise DataError(
-                f"X holds changes from control (per-condition profiles), not cells: {type(self).__name__} models "
-                "single-cell expression. Train the profile model instead (pdae train --level pseudobulk, or "
+                f"X holds changes from control (per-condition profiles), not cells: the {self.model_type} model "
+                "describes single-cell expression. Train the profile model instead (pdae train --level pseudobulk, or "
                 "pdae_core.models.pdae_profile.PDAEProfileModel)."
             )
 
