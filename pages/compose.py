@@ -1,20 +1,44 @@
 """Compose (what-if): combine seen perturbations in latent space and compare the
 predicted cells with control, the observed cells (when measured) and the additive
-gene-space baseline."""
+gene-space baseline: one shared map of the cells (coloured by kind or by a gene), gene
+views, predicted against observed change per gene, and several models side by side
+(the logic in :mod:`pdae_core.explore` and :mod:`pdae_core.compare`)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import streamlit as st
 
 from pages import common
-from pdae_core import explore
+from pdae_core import compare, explore
 from pdae_core.errors import PDAEError
 from pdae_core.plot import cells as cf
+from pdae_core.plot import compare as pcmp
 from pdae_core.plot import style
 
 common.init_state()
 ss = st.session_state
 st.title("Compose a what-if combination")
+with st.expander("How to read this page"):
+    st.markdown(
+        "- **On the left**, choose the perturbations to combine and their doses (1 = as measured, 0 = left out), "
+        "or start from a measured combination. The model moves the **source cells** (control by default) to "
+        "the combination and gives you predicted cells.\n"
+        "- **The coloured box** says in plain words whether the model can be trusted for this combination; a "
+        "combination *held out* from training has measured cells the model never saw: a fair test.\n"
+        "- **The map** (UMAP) places every cell by its expression: grey dots are control cells, red ones the "
+        "predicted cells, blue ones the measured (observed) cells when the combination was measured. Predicted "
+        "cells that sit on the observed ones are a good prediction. Colour the map by a gene to see where it "
+        "is expressed.\n"
+        "- **Gene views**: the expression of chosen genes per group, and the genes the prediction changes most. "
+        "For a measured combination, **predicted versus observed change** shows one point per gene: on the "
+        "dashed line the prediction is exact; *r* (1 at best) says how well the pattern of changes is "
+        "reproduced, beside the *additive baseline* (the two single effects simply added).\n"
+        "- **Compare models** puts several models and baselines on the same combination: for a measured one, a "
+        "lower *energy distance* means predicted cells closer to the measured cells.\n"
+        "Words are explained on the Glossary page."
+    )
 ds = common.require_dataset()
 model_key, model = common.require_model(ds)
 reg = model.registry
@@ -142,6 +166,43 @@ def interaction_box(a: str, b: str) -> None:
         st.page_link("pages/interactions.py", label="Every pair on the Interactions page", icon=":material/grid_on:")
 
 
+COLOUR_KIND, COLOUR_GENE = "kind of cells", "a gene's expression"
+COLOUR_KEYS = ("compose_colour", "compose_colour_gene")
+common.restore_widgets(*COLOUR_KEYS)
+
+
+def colour_control(res: explore.WhatIf) -> str | None:
+    """'Colour cells by' above the map: the gene to colour by (None: by kind of cells). A gene that
+    is not modelled gets a hint with close names, and the map stays coloured by kind."""
+    c1, c2 = st.columns([1, 1])
+    ss.setdefault("compose_colour", COLOUR_KIND)
+    mode = c1.radio("Colour cells by", [COLOUR_KIND, COLOUR_GENE], key="compose_colour", horizontal=True,
+                    help="By kind: control, predicted, observed (and additive baseline) cells. By a gene: each "
+                    "cell's expression of that gene (log1p), whatever its kind.")
+    if mode != COLOUR_GENE:
+        common.remember_widgets(*COLOUR_KEYS)
+        return None
+    if not str(ss.get("compose_colour_gene") or "").strip():
+        ss.compose_colour_gene = str(res.top_genes["gene"].iloc[0])  # the gene the prediction changes most
+    typed = c2.text_input("Gene", key="compose_colour_gene", placeholder="e.g. HBG1",
+                          help=f"A gene symbol (any case) among the {reg.n_genes:,} genes the model predicts.")
+    common.remember_widgets(*COLOUR_KEYS)
+    gene, hint = explore.find_gene(reg, typed)
+    if gene is None:
+        st.info(f"{hint} The map shows the kinds of cells.")
+    return gene
+
+
+def cell_map(ref, res: explore.WhatIf, coords, groups, hover, gene: str | None, title: str, colors=None, order=None):
+    """The what-if map coloured by kind (``colors``/``order`` for other group names), or by ``gene``."""
+    if gene is not None:
+        values = explore.embedding_gene_values(ref, ds.adata, res, groups, gene, reg)
+        return cf.expression_scatter(coords, values, hover, gene=gene, title=title)
+    if colors is None:
+        return cf.what_if_scatter(coords, groups, hover, title=title)
+    return cf.embedding_scatter(coords, groups, hover, title=title, colors=colors, order=order)
+
+
 with right:
     verdict = explore.verdict_in_words(result.check, weights, explore.measured_alone(model),
                                        held_out=result.target in model.holdout)
@@ -160,16 +221,18 @@ with right:
         + (f" · additive baseline unavailable: {result.additive_note}" if result.additive_note else "")
     )
     ref = common.reference_embedding(ds.key, reg.perturbation_key, ds.adata)
-    umap_title = f"{result.target}: cells in one shared UMAP (gene space)"
+    colour_gene = colour_control(result)
+    what = "cells" if colour_gene is None else f"{colour_gene} expression"
+    umap_title = f"{result.target}: {what} in one shared UMAP (gene space)"
     try:
         coords, groups, hover = explore.what_if_embedding(ref, result, include_additive=show_add)
-        umap = cf.what_if_scatter(coords, groups, hover, title=umap_title)
+        umap = cell_map(ref, result, coords, groups, hover, colour_gene, umap_title)
     except (PDAEError, ValueError) as e:  # the toggle is remembered: never let the overlay break the page
         if not show_add:
             raise
         st.caption(f"The additive baseline cells could not be drawn ({e}); the UMAP shows the others.")
         coords, groups, hover = explore.what_if_embedding(ref, result)
-        umap = cf.what_if_scatter(coords, groups, hover, title=umap_title)
+        umap = cell_map(ref, result, coords, groups, hover, colour_gene, umap_title)
     st.plotly_chart(umap, width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_umap")
 
 table = result.top_genes
@@ -192,6 +255,21 @@ with g2:
     st.plotly_chart(cf.delta_bars(table, n=15, title="top changed genes (mean vs control)"),
                     width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_bars")
 
+if result.observed is not None:  # a measured target: the change per gene, predicted against observed
+    st.subheader("Predicted versus observed change, gene by gene")
+    agree = compare.change_agreement(table)
+    deltas = {style.PREDICTED: table["predicted_delta"].to_numpy()}
+    if result.additive is not None:
+        deltas[style.ADDITIVE] = table["additive_delta"].to_numpy()
+    corr = {style.PREDICTED: agree["predicted_delta"], style.ADDITIVE: agree["additive_delta"]}
+    st.plotly_chart(
+        pcmp.change_panels(deltas, table["observed_delta"].to_numpy(), table["gene"], corr, colors=style.KIND_COLORS,
+                           title=f"{result.target}: change from control per gene, predicted against observed"),
+        width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_change_scatter")
+    st.caption(compare.agreement_sentence(agree["predicted_delta"], agree["additive_delta"], reg.n_genes)
+               + " Each point is a gene: its observed change in mean expression from control (x) against the "
+               "predicted one (y); on the dashed line the prediction is exact.")
+
 st.subheader("Top changed genes")
 show = table.head(50).rename(columns=style.GENE_TABLE_LABELS)
 st.dataframe(show.style.format(precision=3, na_rep="–"), hide_index=True, width="stretch", height=320)
@@ -201,3 +279,154 @@ d1.download_button("Download predicted cells (.h5ad)", common.h5ad_bytes(result.
                    file_name=f"predicted_{slug}.h5ad", mime="application/octet-stream", key="dl_h5ad")
 d2.download_button("Download gene table (.csv)", table.to_csv(index=False).encode(),
                    file_name=f"top_genes_{slug}.csv", mime="text/csv", key="dl_csv")
+
+
+# ---- several models side by side ------------------------------------------------------------
+@st.cache_resource(show_spinner="Fitting the baseline…", max_entries=8)
+def fitted_baseline(kind: str, data_key: str, model_key: str, _model, _adata):
+    """A gene-space baseline fitted on the cells the loaded model was trained on (once per dataset and model)."""
+    if kind == "additive":
+        return common.additive_baseline(data_key, model_key, _model, _adata)
+    return compare.fit_baseline(kind, _adata, _model)
+
+
+def model_options() -> dict[str, str]:
+    """Models to compare, key -> label: the loaded one, the bundled checkpoints and the models trained or
+    uploaded in this session that fit the dataset, and the baselines."""
+    out = {model_key: f"{common.model_label(model_key)} (loaded)"}
+    for name in common.bundled_checkpoints():
+        key = f"bundled:{name}"
+        if key not in out and other_model(key) is not None:
+            out[key] = common.model_label(key)
+    for k in ss.get("trained", {}):
+        key = f"trained:{k}"
+        if key not in out and other_model(key) is not None:
+            out[key] = common.model_label(key)
+    for kind, (label, _) in compare.BASELINES.items():
+        out[f"baseline:{kind}"] = label
+    return out
+
+
+def other_model(key: str):
+    """The model of a key (None when it cannot be loaded or does not fit the dataset)."""
+    if key == model_key:
+        return model
+    kind, _, rest = key.partition(":")
+    try:
+        if kind == "trained":
+            m = ss.get("trained", {}).get(rest)
+        elif kind == "bundled":
+            path = common.BUNDLED_CHECKPOINTS / rest
+            m = common._checkpoint(str(path), (path / "config.json").stat().st_mtime)
+        else:
+            return None
+    except (PDAEError, OSError):
+        return None
+    return m if m is not None and common.compatibility(m, ds) is None else None
+
+
+def short_name(key: str, label: str) -> str:
+    """The name of a compared model in figures and the table."""
+    kind, _, rest = key.partition(":")
+    if kind == "baseline":
+        return label
+    m = other_model(key)
+    what = style.model_name(m.model_type) if m is not None else "model"
+    if key == model_key:
+        return f"{what} (loaded)"
+    if kind == "bundled":
+        return f"{what} (bundled {rest})"
+    uploaded = ss.get("model_upload_names", {}).get(key)
+    return f"{what} (uploaded {uploaded})" if uploaded else f"{what} (trained {rest})"
+
+
+CMP_KEYS = ("compose_models", "compose_cmp_map")
+common.restore_widgets(*CMP_KEYS)
+
+
+def comparison_section() -> None:
+    """Several models' predictions of this target, side by side: a table, the change per gene, the map."""
+    st.subheader("Compare models on this target")
+    options = model_options()
+    if "compose_models" not in ss:
+        ss.compose_models = [model_key]
+    ss.compose_models = [k for k in ss.compose_models if k in options]
+    chosen = st.multiselect(
+        "Models to compare", list(options), format_func=lambda k: options.get(k, k), key="compose_models",
+        help="The same target, predicted from the same source cells by each model. The baselines are fitted on the "
+        "cells the loaded model was trained on. Train or upload more models on the Model page.")
+    common.remember_widgets("compose_models")
+    if len(chosen) < 2:
+        st.caption("Choose two or more models (for instance the loaded one and the additive baseline) to see their "
+                   "predictions of this target side by side.")
+        return
+
+    names = {}
+    for k in chosen:
+        n = short_name(k, options[k])
+        names[k] = n if n not in names.values() else f"{n} [{k}]"
+    predictors, done = {}, {}
+    for k in chosen:
+        kind, _, rest = k.partition(":")
+        try:
+            predictors[names[k]] = (fitted_baseline(rest, ds.key, model_key, model, ds.adata) if kind == "baseline"
+                                    else other_model(k))
+        except PDAEError as e:
+            st.caption(f"{names[k]} could not be fitted: {e}")
+            continue
+        if k == model_key:
+            done[names[k]] = result.predicted  # the prediction shown above
+        elif k == "baseline:additive" and result.additive is not None:
+            done[names[k]] = result.additive
+    predictors = {n: p for n, p in predictors.items() if p is not None}
+    cmp_key = (ds.key, reg.perturbation_key, reg.control_label, model_key, tuple(chosen),
+               tuple(sorted(weights.items())), src, n_src)
+    if ss.get("_compose_cmp", (None,))[0] != cmp_key:
+        with st.spinner("Predicting with each model…"):
+            ss._compose_cmp = (cmp_key, compare.compare_what_if(predictors, result, ds.adata, weights, reg,
+                                                                n_cells=n_src, precomputed=done))
+    comparison = ss._compose_cmp[1]
+    fixed = {names[k]: style.KIND_COLORS[kind] for k, kind in ((model_key, style.PREDICTED),
+                                                                 ("baseline:additive", style.ADDITIVE)) if k in names}
+    colors = pcmp.colors_for(list(names.values()), fixed)  # the loaded model red, the additive orange, as above
+    (st.success if comparison.closest() is not None else st.info)(comparison.summary())
+    cmp_table = comparison.table().rename(columns=compare.COMPARISON_LABELS)
+    st.dataframe(cmp_table.style.format(precision=3, na_rep="–"), hide_index=True, width="stretch",
+                 key="compose_cmp_table")
+    if comparison.measured:
+        st.caption(f"Energy distance: how far the predicted cells are from the measured cells as populations (up to "
+                   f"{comparison.max_cells} cells of each; 0 = indistinguishable). Correlation: how well the change "
+                   "from control, gene by gene, follows the measured change. A model that saw this target in training "
+                   "is not being tested on it.")
+    deltas = comparison.deltas()
+    if deltas:
+        if comparison.measured:
+            st.plotly_chart(pcmp.change_panels(deltas, comparison.observed_delta, comparison.genes,
+                                               comparison.correlations(), colors=colors,
+                                               title=f"{result.target}: predicted against observed change per gene, "
+                                               "per model"),
+                            width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_cmp_scatter")
+        st.plotly_chart(pcmp.change_bars(deltas, comparison.genes, comparison.observed_delta, n=15, colors=colors),
+                        width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_cmp_bars")
+        drawn = [p for p in comparison.predictions if p.ok]
+        if ss.get("compose_cmp_map") not in [p.name for p in drawn]:
+            others = [p.name for p in drawn if p.name != names.get(model_key)]  # the loaded one is drawn above
+            ss.compose_cmp_map = others[0] if others else drawn[0].name
+        shown_name = st.selectbox("Cells shown in the map", [p.name for p in drawn], key="compose_cmp_map",
+                                  help="The predicted cells of one model, on the same map as above.")
+        common.remember_widgets("compose_cmp_map")
+        pick = next(p for p in drawn if p.name == shown_name)
+        one = replace(result, predicted=pick.cells, additive=None)
+        coords, groups, hover = explore.what_if_embedding(ref, one)
+        by = "" if colour_gene is None else f", coloured by {colour_gene}"
+        title = f"{result.target}: predicted cells of {shown_name}{by}, on the same map"
+        if colour_gene is None:
+            groups = [shown_name if g == style.PREDICTED else g for g in groups]
+        st.plotly_chart(
+            cell_map(ref, one, coords, groups, hover, colour_gene, title,
+                     colors={style.OTHER_CELLS: style.OTHER_CELLS_COLOR, shown_name: colors[shown_name]},
+                     order=(style.OTHER_CELLS, style.CONTROL, style.OBSERVED, shown_name)),
+            width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_cmp_umap")
+
+
+comparison_section()
