@@ -247,13 +247,13 @@ with g1:
     genes = st.multiselect("Genes (type to search)", reg.gene_names, key="compose_genes",
                            help="Distribution of each gene's expression per group.")
     common.remember_widgets("compose_genes", "compose_genes_target")
-    if genes:
-        st.plotly_chart(cf.gene_violins(explore.gene_values(result, genes, reg), genes,
-                                        title="expression per group"),
-                        width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_violins")
+    violins = cf.gene_violins(explore.gene_values(result, genes, reg), genes, title="expression per group") \
+        if genes else None
+    if violins is not None:
+        st.plotly_chart(violins, width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_violins")
 with g2:
-    st.plotly_chart(cf.delta_bars(table, n=15, title="top changed genes (mean vs control)"),
-                    width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_bars")
+    bars = cf.delta_bars(table, n=15, title="top changed genes (mean vs control)")
+    st.plotly_chart(bars, width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_bars")
 
 if result.observed is not None:  # a measured target: the change per gene, predicted against observed
     st.subheader("Predicted versus observed change, gene by gene")
@@ -262,10 +262,11 @@ if result.observed is not None:  # a measured target: the change per gene, predi
     if result.additive is not None:
         deltas[style.ADDITIVE] = table["additive_delta"].to_numpy()
     corr = {style.PREDICTED: agree["predicted_delta"], style.ADDITIVE: agree["additive_delta"]}
-    st.plotly_chart(
-        pcmp.change_panels(deltas, table["observed_delta"].to_numpy(), table["gene"], corr, colors=style.KIND_COLORS,
-                           title=f"{result.target}: change from control per gene, predicted against observed"),
-        width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_change_scatter")
+    change_scatter = pcmp.change_panels(
+        deltas, table["observed_delta"].to_numpy(), table["gene"], corr, colors=style.KIND_COLORS,
+        title=f"{result.target}: change from control per gene, predicted against observed")
+    st.plotly_chart(change_scatter, width="stretch", config=common.PLOT_CONFIG, theme=None,
+                    key="compose_change_scatter")
     st.caption(compare.agreement_sentence(agree["predicted_delta"], agree["additive_delta"], reg.n_genes)
                + " Each point is a gene: its observed change in mean expression from control (x) against the "
                "predicted one (y); on the dashed line the prediction is exact.")
@@ -273,12 +274,17 @@ if result.observed is not None:  # a measured target: the change per gene, predi
 st.subheader("Top changed genes")
 show = table.head(50).rename(columns=style.GENE_TABLE_LABELS)
 st.dataframe(show.style.format(precision=3, na_rep="–"), hide_index=True, width="stretch", height=320)
-d1, d2 = st.columns(2)
+d1, d2, d3 = st.columns(3)
 slug = result.target.replace("+", "_").replace(":", "-")
 d1.download_button("Download predicted cells (.h5ad)", common.h5ad_bytes(result.predicted),
                    file_name=f"predicted_{slug}.h5ad", mime="application/octet-stream", key="dl_h5ad")
 d2.download_button("Download gene table (.csv)", table.to_csv(index=False).encode(),
                    file_name=f"top_genes_{slug}.csv", mime="text/csv", key="dl_csv")
+with d3:
+    common.report_download(
+        result, {"Cells in one shared UMAP": umap, "Expression per group": violins, "Top changed genes": bars,
+                 "Predicted versus observed change": change_scatter if result.observed is not None else None},
+        verdict, model_key, model, ds, source_condition=src)
 
 
 # ---- several models side by side ------------------------------------------------------------

@@ -342,3 +342,14 @@ def test_compose_compares_a_model_trained_in_the_session(compose):
     assert list(t.index) == ["PDAE (loaded)", "PDAE (trained copy)"]
     assert t["Energy distance to observed (lower is closer)"].nunique() == 1
     assert t["Correlation of change with observed (r)"].nunique() == 1
+
+
+def test_compose_offers_the_report_of_the_current_prediction():
+    """The one-click report (issue 16, "What users expect" 5): the button is on the page and the file it
+    would download is built by pdae_core.report (tested in tests/test_report.py)."""
+    root = Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/compose.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    buttons = [b for b in at.get("download_button") if "report" in str(b.proto.label).lower()]
+    assert len(buttons) == 1, [b.proto.label for b in at.get("download_button")]
