@@ -338,3 +338,39 @@ def test_checkpoint_upload_good_and_tampered(page, server, tmp_path):
     page.get_by_text("Loaded good.zip: its digests match what was saved", exact=False).wait_for(timeout=TIMEOUT_MS)
     _idle(page)
     assert "uploaded checkpoint good.zip" in page.inner_text("body")  # the sidebar names it
+
+
+def test_compose_colour_by_gene_and_models_side_by_side(page, server):
+    page.goto(server)
+    page.get_by_role("heading", name="Data").wait_for()
+    _idle(page)
+    _goto(page, "Compose (what-if)")
+    page.get_by_text("Both KLF1 and MAP2K6 were measured alone").first.wait_for(timeout=TIMEOUT_MS)
+    page.get_by_text("a gene's expression", exact=True).click()
+    _idle(page)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .colorbar', timeout=TIMEOUT_MS)  # coloured by a gene
+    gene = page.get_by_label("Gene", exact=True)
+    gene.fill("GATA1")
+    gene.press("Enter")
+    page.get_by_text("GATA1 is not among the 500 genes of this dataset", exact=False).wait_for(timeout=TIMEOUT_MS)
+    gene.fill("hbg2")
+    gene.press("Enter")
+    _idle(page)
+    assert page.locator('[data-testid="stPlotlyChart"] .colorbar').count() >= 1
+    page.get_by_text("kind of cells", exact=True).click()
+    _idle(page)
+    # the change per gene against the observed one, then two more models side by side
+    page.get_by_text("Predicted versus observed change, gene by gene").wait_for()
+    box = page.get_by_test_id("stMultiSelect").filter(has_text="Models to compare")
+    box.click()
+    page.get_by_role("option", name="additive baseline", exact=True).click()
+    _idle(page)
+    box.click()
+    page.get_by_role("option", name="scaled additive baseline", exact=True).click()
+    page.keyboard.press("Escape")
+    _idle(page)
+    page.get_by_text("closest to the observed cells", exact=False).first.wait_for(timeout=TIMEOUT_MS)
+    body = page.inner_text("body")
+    assert "additive baseline" in body and not page.get_by_test_id("stException").count()
+    page.get_by_text("Compare models on this target").scroll_into_view_if_needed()
+    _shot(page, "compose_compare")
