@@ -362,11 +362,11 @@ def test_compose_colour_by_gene_and_models_side_by_side(page, server):
     # the change per gene against the observed one, then two more models side by side
     page.get_by_text("Predicted versus observed change, gene by gene").wait_for()
     box = page.get_by_test_id("stMultiSelect").filter(has_text="Models to compare")
-    box.click()
-    page.get_by_role("option", name="additive baseline", exact=True).click()
-    _idle(page)
-    box.click()
-    page.get_by_role("option", name="scaled additive baseline", exact=True).click()
+    box.scroll_into_view_if_needed()
+    for name in ("additive baseline", "scaled additive baseline"):
+        box.locator("input").fill(name)
+        page.get_by_role("option", name=name, exact=True).click()
+        _idle(page)
     page.keyboard.press("Escape")
     _idle(page)
     page.get_by_text("closest to the observed cells", exact=False).first.wait_for(timeout=TIMEOUT_MS)

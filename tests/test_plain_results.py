@@ -103,3 +103,8 @@ def test_glossary_page_and_benchmark_sentence(data_dir):
     # one for the loaded model (against additive and no change), one for the saved norman19_devel results
     assert len(said) == 2 and all("PDAE" in s and "noise floor" in s for s in said), said
     assert "linear baseline" not in said[0] and "linear baseline" in said[1]
+
+
+def test_plain_summary_says_about_zero_for_a_negative_noise_floor():
+    t = _table({"pdae": [0.5, 0.1], "additive": [0.2, 0.3], NOISE: [-0.01, 0.002]})
+    assert plain_summary(t, "pdae").endswith("the noise floor (the best any prediction can reach) about 0.")

@@ -155,5 +155,7 @@ def plain_summary(per_condition: pd.DataFrame, model: str, metric: str = "energy
     if NOISE in means.index:
         floor = means.loc[NOISE, conds].dropna()
         if len(floor):
-            sentence += f", the noise floor (the best any prediction can reach) {float(floor.mean()):.3g}"
+            f = float(floor.mean())  # an unbiased estimate: below 0 when the two halves are alike
+            sentence += ", the noise floor (the best any prediction can reach) " + (
+                f"{f:.3g}" if f > 0 else "about 0")
     return sentence + "."

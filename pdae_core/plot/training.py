@@ -177,6 +177,6 @@ def training_curves(records: Sequence[Mapping[str, object]], title: str | None =
                          rangemode="nonnegative" if non_negative else "normal")
     fig.update_xaxes(title_text="epoch" + (" (of each network)" if len(members) > 1 else ""), row=len(panels), col=1)
     fig.update_layout(title=title, template=TEMPLATE, height=_PANEL_HEIGHT * len(panels) + 110,
-                      legend={"orientation": "h", "yanchor": "top", "y": -0.5 / len(panels), "x": 0},
+                      legend={"orientation": "v", "yanchor": "top", "y": 1, "x": 1.02},  # beside the panels
                       margin={"t": 60 if title else 40})
     return fig
