@@ -87,10 +87,13 @@ def _load(dataset: str, train_steps: int):
 
 
 def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps: int = 30) -> None:
+    import torch
+
     import pdae_core as pc  # noqa: F401  (imports timed apart from the work)
     from pdae_core import explore
     from pdae_core.plot import cells as cf
 
+    threads = torch.get_num_threads()  # as the process started (OMP_NUM_THREADS): kept for every step below
     adata, model, t_load, t_model, how = _load(dataset, train_steps)
     t0 = time.perf_counter()
     additive = explore.fit_additive(adata, model)
@@ -111,6 +114,7 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
         ReferenceEmbedding.load(shipped)
         t_shipped = time.perf_counter() - t0
     seen = [p for p, u in zip(model.registry.perturbations, np.abs(model.train_labels).sum(0) > 0) if u]
+    torch.set_num_threads(threads)  # a library may have changed the OpenMP thread count meanwhile
     rng = np.random.default_rng(seed)
     times: dict[str, list[float]] = {k: [] for k in ("what_if", "embed", "figures", "interactive", "downloads", "total")}
     first = None

@@ -145,11 +145,13 @@ class WhatIf:
     top_genes: pd.DataFrame
 
 
-def _measured_mask(adata: ad.AnnData, registry: PerturbationRegistry, label: np.ndarray) -> np.ndarray:
-    conds = condition_column(adata, registry.perturbation_key)
+def _measured_mask(adata: ad.AnnData, registry: PerturbationRegistry, label: np.ndarray,
+                   conds: np.ndarray | None = None) -> np.ndarray:
+    if conds is None:
+        conds = condition_column(adata, registry.perturbation_key)
     if registry.dose_key is None:
         hits = [c for c in pd.unique(conds) if np.allclose(registry.label_vector(c), label, atol=1e-6)]
-        return np.isin(conds, hits)
+        return pd.Series(conds, copy=False).isin(hits).to_numpy()  # hashing: fast on 10^5 strings
     L = registry.label_matrix(adata)
     return np.all(np.abs(L - label[None]) < 1e-6, axis=1)
 
@@ -201,7 +203,7 @@ def what_if(
         predicted = predicted[: int(n_cells)].copy()
     ctrl_idx = np.flatnonzero(conds == reg.control_label)
     control = adata[ctrl_idx[_subsample(len(ctrl_idx), max_source_cells, seed)]]
-    mask = _measured_mask(adata, reg, label)
+    mask = _measured_mask(adata, reg, label, conds)
     observed = adata[mask] if mask.any() else None
     add_pred, note = None, None
     if additive is not None:

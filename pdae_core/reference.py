@@ -27,6 +27,7 @@ from typing import Any
 import anndata as ad
 import numpy as np
 import pandas as pd
+import torch
 
 from .data.registry import condition_column, expression_matrix
 from .errors import DataError
@@ -98,7 +99,11 @@ def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     if len(X) < 4:
         return pca(X, 2)[0]
-    return np.asarray(_umap(len(X), seed).fit_transform(X), dtype=np.float32)
+    threads = torch.get_num_threads()  # numba's kernels reset the OpenMP thread count torch shares
+    try:
+        return np.asarray(_umap(len(X), seed).fit_transform(X), dtype=np.float32)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def fingerprint(adata: ad.AnnData, perturbation_key: str, layer: str | None = None, rows: int = 2000) -> str:
@@ -132,7 +137,6 @@ class ReferenceEmbedding:
         self.k = int(k)
         n_comp = max(2, min(n_pcs, X.shape[0] - 1, X.shape[1]))
         self._scores, self._components, self._mean, _ = pca(X, n_comp)
-        self._sq = (self._scores.astype(np.float64) ** 2).sum(1)
         self.coords = umap_2d(self._scores, seed)
         self.obs_names = np.asarray(sub.obs_names, dtype=str)
         self.conditions = np.asarray(conds, dtype=object)[idx]
@@ -153,15 +157,22 @@ class ReferenceEmbedding:
         if X.ndim != 2 or X.shape[1] != len(self._mean):
             raise DataError(f"Expected cells x {len(self._mean)} genes, got shape {X.shape}.")
         out = np.empty((len(X), 2), dtype=np.float32)
+        k = min(self.k, len(self.coords))
+        ref, ref_sq = self._reference_tensors()
         for lo in range(0, len(X), _CHUNK):
-            S = (X[lo:lo + _CHUNK] - self._mean) @ self._components.T
-            d2 = np.maximum((S**2).sum(1)[:, None] - 2.0 * S @ self._scores.T.astype(np.float64) + self._sq[None], 0.0)
-            k = min(self.k, d2.shape[1])
-            nn = np.argpartition(d2, k - 1, axis=1)[:, :k]
-            w = 1.0 / (np.sqrt(np.take_along_axis(d2, nn, 1)) + 1e-6)
+            S = torch.from_numpy(((X[lo:lo + _CHUNK] - self._mean) @ self._components.T).astype(np.float32))
+            d2 = ((S**2).sum(1, keepdim=True) - 2.0 * S @ ref.T + ref_sq).clamp_min_(0.0)
+            dist2, nn = torch.topk(d2, k, dim=1, largest=False)  # the k nearest sampled cells (float32 is plenty)
+            w = 1.0 / (dist2.double().sqrt().numpy() + 1e-6)
             w /= w.sum(1, keepdims=True)
-            out[lo:lo + _CHUNK] = np.einsum("nk,nkd->nd", w, self.coords[nn])
+            out[lo:lo + _CHUNK] = np.einsum("nk,nkd->nd", w, self.coords[nn.numpy()])
         return out
+
+    def _reference_tensors(self) -> tuple[Any, Any]:
+        if getattr(self, "_ref", None) is None:
+            ref = torch.from_numpy(np.ascontiguousarray(self._scores, dtype=np.float32))
+            self._ref = (ref, (ref**2).sum(1))
+        return self._ref
 
     def coords_of(self, names: Sequence[str]) -> np.ndarray:
         """Coordinates of dataset cells by obs name (names not in the dataset are left out)."""
@@ -210,7 +221,6 @@ class ReferenceEmbedding:
         self.layer, self.k, self.fingerprint = meta["layer"], int(meta["k"]), str(meta["fingerprint"])
         self.coords, self.all_coords = a["coords"], a["all_coords"]
         self._scores, self._components, self._mean = a["scores"], a["components"], a["mean"]
-        self._sq = (self._scores.astype(np.float64) ** 2).sum(1)
         self.obs_names = np.asarray(meta["obs_names"], dtype=str)
         self.conditions = np.asarray(meta["conditions"], dtype=object)
         self.all_names = np.asarray(meta["all_names"], dtype=str)

@@ -304,6 +304,9 @@ def condition_column(adata: ad.AnnData, key: str) -> np.ndarray:
             f"Perturbation column {key!r} has {int(missing.sum())} cells with no value "
             f"(first: {list(adata.obs_names[missing][:3])}); label them (e.g. with the control label) or drop them."
         )
+    if isinstance(col.dtype, pd.CategoricalDtype):  # strip the few categories, not every cell's value
+        cats = np.asarray([str(c).strip() for c in col.cat.categories], dtype=object)
+        return cats[col.cat.codes.to_numpy()]
     return col.astype(str).str.strip().to_numpy()
 
 
