@@ -37,46 +37,23 @@ def add_parser(sub: Any) -> None:
 def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False) -> dict[str, Any]:
     """Everything `pdae info` shows, as a JSON-ready dict (validates the checkpoint)."""
     from .._version import __version__
+    from ..models.card import model_card
     from ..models.checkpoint import load_checkpoint, read_config
 
     cfg = read_config(path)
     # verifies the digests of the config and the weights
     model = load_checkpoint(path, accelerator="cpu", trust_modified=trust_modified)
     reg = model.registry
-    hist = model.history
-    records = hist.records if hist else []
     return {
         "path": str(Path(path)),
-        "model_type": model.model_type,
-        "n_members": model.n_members,
         "library_version": cfg.get("library_version"),
         "current_library_version": __version__,
-        "n_genes": reg.n_genes,
-        "genes": list(reg.gene_names),
-        "perturbation_key": reg.perturbation_key,
-        "control_label": reg.control_label,
+        **model_card(model, cfg.get("checkpoint_sha256")),
         "separator": reg.separator,
         "dose_key": reg.dose_key,
         "covariate_key": reg.covariate_key,
         "layer": reg.layer,
-        "x_kind": reg.x_kind,
-        "n_perturbations": reg.n_perturbations,
-        "perturbations": list(reg.perturbations),
-        "train_conditions": list(model.train_conditions),
-        "holdout": list(model.holdout),
-        "model_config": model.config.to_dict(),
-        "train_config": model.train_config.to_dict() if model.train_config else None,
-        "trained": model.is_trained,
-        "best_val_ed": hist.best_val if hist else None,
-        "best_epoch": hist.best_epoch if hist else None,
-        "epochs_run": int(records[-1]["epoch"]) if records else 0,
-        "steps": hist.steps if hist else 0,
-        "seconds": hist.seconds if hist else 0.0,
-        "device": hist.device if hist else None,
-        "stopped_early": hist.stopped_early if hist else False,
-        "preprocessing": dict(reg.preprocessing),
         "weights_sha256": cfg.get("weights_sha256"),
-        "checkpoint_sha256": cfg.get("checkpoint_sha256"),
     }
 
 
