@@ -99,11 +99,7 @@ def umap_2d(X: np.ndarray, seed: int = 0) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     if len(X) < 4:
         return pca(X, 2)[0]
-    threads = torch.get_num_threads()  # numba's kernels reset the OpenMP thread count torch shares
-    try:
-        return np.asarray(_umap(len(X), seed).fit_transform(X), dtype=np.float32)
-    finally:
-        torch.set_num_threads(threads)
+    return np.asarray(_umap(len(X), seed).fit_transform(X), dtype=np.float32)
 
 
 def fingerprint(adata: ad.AnnData, perturbation_key: str, layer: str | None = None, rows: int = 2000) -> str:
