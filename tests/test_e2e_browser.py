@@ -132,8 +132,10 @@ def test_opens_on_demo_data(page, server):
     page.get_by_text("bundled checkpoint norman19_devel").wait_for()
     # the sidebar can be drawn before the dataset summary on a loaded machine: wait for the summary too
     page.get_by_text("have every part measured alone", exact=False).first.wait_for()
+    page.get_by_text("3,375", exact=True).first.wait_for()  # cells of the demo slice (a metric, drawn apart)
+    _idle(page)
     text = page.inner_text("body")
-    assert "norman19_devel" in text and "3,375" in text  # cells of the demo slice
+    assert "norman19_devel" in text and "3,375" in text
     assert "combination(s) have every part measured alone" in text
     assert "bundled checkpoint norman19_devel" in text  # sidebar: the demo model is loaded
     _shot(page, "data")
