@@ -48,19 +48,23 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # the server's output goes to a file: a pipe that nobody reads fills up (64 KiB of warnings) and
+    # then blocks the server on its next write, which hung every later test
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    out = open(log, "w")  # noqa: SIM115  (closed at teardown)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.headless", "true", "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"streamlit exited early:\n{proc.stdout.read() if proc.stdout else ''}")
+            pytest.fail(f"streamlit exited early:\n{log.read_text()[-4000:]}")
         try:
             with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.status == 200:
@@ -76,6 +80,7 @@ def server():
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    out.close()
 
 
 @pytest.fixture(scope="module")
