@@ -313,19 +313,25 @@ def add_upload(filename: str, data: bytes) -> str | None:
     return None
 
 
+def model_of(key: str) -> pc.PerturbationModel | None:
+    """The model a key names: ``trained:NAME`` from this session (None when gone), ``bundled:NAME``
+    or a checkpoint path, loaded once per file version (cached); raises PDAEError for a bad checkpoint."""
+    kind, _, rest = key.partition(":")
+    if kind == "trained":
+        return st.session_state.get("trained", {}).get(rest)
+    path = BUNDLED_CHECKPOINTS / rest if kind == "bundled" else Path(rest)
+    cfg = path / "config.json"
+    return _checkpoint(str(path), cfg.stat().st_mtime if cfg.exists() else 0.0)
+
+
 def current_model() -> tuple[str, pc.PerturbationModel] | None:
     ss = st.session_state
     key = ss.get("model_key")
     if not key:
         return None
-    kind, _, rest = key.partition(":")
     try:
-        if kind == "trained":
-            model = ss.trained.get(rest)
-            return None if model is None else (key, model)
-        path = BUNDLED_CHECKPOINTS / rest if kind == "bundled" else Path(rest)
-        cfg = path / "config.json"
-        return key, _checkpoint(str(path), cfg.stat().st_mtime if cfg.exists() else 0.0)
+        model = model_of(key)
+        return None if model is None else (key, model)
     except PDAEError as e:
         ss.model_error = str(e)
         ss.model_key = None

@@ -317,15 +317,10 @@ def other_model(key: str):
     """The model of a key (None when it cannot be loaded or does not fit the dataset)."""
     if key == model_key:
         return model
-    kind, _, rest = key.partition(":")
+    if key.partition(":")[0] not in ("trained", "bundled"):
+        return None
     try:
-        if kind == "trained":
-            m = ss.get("trained", {}).get(rest)
-        elif kind == "bundled":
-            path = common.BUNDLED_CHECKPOINTS / rest
-            m = common._checkpoint(str(path), (path / "config.json").stat().st_mtime)
-        else:
-            return None
+        m = common.model_of(key)
     except (PDAEError, OSError):
         return None
     return m if m is not None and common.compatibility(m, ds) is None else None
