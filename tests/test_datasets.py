@@ -37,7 +37,7 @@ from pdae_core.errors import DataError, DatasetUnavailableError
 
 EXPECTED = {
     "norman19_devel", "mcfaline23_devel", "norman19_pseudobulk", "schraivogel20", "papalexi21",
-    "norman19_full", "synthetic",
+    "norman19_full", "synthetic", "kang18",
 }
 
 

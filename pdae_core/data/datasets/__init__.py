@@ -5,7 +5,7 @@ This module is the catalogue (:func:`list_datasets`, :func:`load_dataset`); each
 source has its own module: :mod:`.download` (data directory, checked downloads),
 :mod:`.perturbench` (``norman19_devel``, ``mcfaline23_devel``),
 :mod:`.norman_pseudobulk`, :mod:`.schraivogel`, :mod:`.papalexi` (with the R reader
-:mod:`.rda`), :mod:`.norman_full` and :mod:`.synthetic_dataset`.
+:mod:`.rda`), :mod:`.norman_full`, :mod:`.kang` (``kang18``) and :mod:`.synthetic_dataset`.
 
 Files live in a data directory (:func:`default_data_dir`: the ``data_dir`` argument,
 else ``$PDAE_DATA_DIR``, else the user cache); a missing file is downloaded from its
@@ -28,7 +28,9 @@ project; when the converted file is absent they are rebuilt from the public
 originals (:func:`build_schraivogel20`, :func:`build_papalexi21`). The full
 Norman 2019 data (``norman19_full``) is read from scPerturb's or GEARS' public
 files; no sha256 is pinned for those (they were never available to check here), so
-only their size and readability are checked.
+only their size and readability are checked. The same holds for Kang 2018
+(``kang18``, pertpy's or scGen's file): control vs IFN-beta in 7-8 PBMC cell types,
+the covariate ``cell_type`` naming the contexts.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import anndata as ad
 from ...errors import DataError
 from .common import check_kwargs
 from .download import ENV_VAR, RemoteFile, default_data_dir, fetch_file
+from .kang import kang18_from_adata, load_kang18
 from .norman_full import load_norman19_full, norman19_from_gears, norman19_from_scperturb
 from .norman_pseudobulk import load_norman19_pseudobulk
 from .papalexi import build_papalexi21, load_papalexi21, papalexi21_from_r_objects
@@ -64,6 +67,7 @@ __all__ = [
     "read_lowmoi_rda",
     "norman19_from_scperturb",
     "norman19_from_gears",
+    "kang18_from_adata",
 ]
 
 
@@ -92,6 +96,10 @@ _DATASETS: dict[str, _Dataset] = {
     "norman19_full": _Dataset(
         "Norman 2019 K562 CRISPRa, full single-cell data from scPerturb (raw counts) or GEARS "
         "(source='gears', log-normalised); ~100k cells", load_norman19_full),
+    "kang18": _Dataset(
+        "Kang 2018 PBMC control vs IFN-beta in 8 cell types (covariate cell_type): pertpy's file, 24,673 cells "
+        "x 15,706 genes, raw counts, as documented by the source (source='scgen': scGen's log-normalised one)",
+        load_kang18),
     "synthetic": _Dataset(
         "Synthetic data from the PDAE generative model with known truth (kwargs go to make_synthetic)",
         load_synthetic),
@@ -123,7 +131,7 @@ def load_dataset(
     values, so it is for effect-level comparisons, not for ``setup_anndata``.
 
     Options: ``schraivogel20``: ``keep_unassigned=False``; ``norman19_full``:
-    ``source='auto'|'scperturb'|'gears'``; ``synthetic``: any
+    ``source='auto'|'scperturb'|'gears'``; ``kang18``: ``source='auto'|'pertpy'|'scgen'``; ``synthetic``: any
     :func:`pdae_core.data.synthetic.make_synthetic` argument.
     """
     ds = _DATASETS.get(name)
