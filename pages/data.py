@@ -107,7 +107,12 @@ ds = common.current_dataset()
 note = ss.get("data_note")
 if ds is None:
     if note and note[0] == "unavailable":
-        st.warning(f"{ss.data_source[1]} is not on this machine and could not be downloaded. {common.data_dir_hint()}")
+        if len(note) > 2 and note[2]:  # the missing file and its folder, in one sentence
+            st.warning(f"{ss.data_source[1]} is not on this machine and could not be downloaded: its file {note[2]} "
+                       f"is not in {note[3]}. Save {note[2]} there, or set PDAE_DATA_DIR to a folder that has it "
+                       "and restart the app.")
+        else:
+            st.warning(f"{ss.data_source[1]} is not on this machine and could not be downloaded. {common.data_dir_hint()}")
         st.caption(note[1])
         c1, c2 = st.columns(2)
         if c1.button("Try to download it again", key="data_download"):
@@ -161,8 +166,12 @@ ctrl = c2.selectbox("Control label", controls, index=controls.index(ctrl) if ctr
                     help="Cells with this label are unperturbed (label vector 0).")
 covs = ["(none)", *[c for c in guess.covariate_candidates if c != pk]]
 cov = setup.get("covariate_key") or "(none)"
-cov = c3.selectbox("Covariate (cell type / line)", covs, index=covs.index(cov) if cov in covs else 0,
-                   key=f"cov:{ds.source_key}", help="Optional: used to colour embeddings.")
+cov = c3.selectbox("Context (cell type / line)", covs, index=covs.index(cov) if cov in covs else 0,
+                   key=f"cov:{ds.source_key}",
+                   help="Optional: the column saying which cell type, cell line or donor each cell comes from. "
+                   "Models that use it (PDAE, FCR) learn how each context differs, so a perturbation can be "
+                   "predicted in a context where it was never measured; the Model page can hold a perturbation "
+                   "out in one context only, and Compose can predict from one context's cells.")
 new = {**setup, "perturbation_key": pk, "control_label": ctrl, "covariate_key": None if cov == "(none)" else cov}
 if new != setup:
     ss.data_setup[ds.source_key] = new

@@ -10,6 +10,7 @@ import streamlit as st
 import pdae_core as pc
 from pages import common
 from pdae_core import explore
+from pdae_core.data.contexts import PAIR_SEPARATOR, measured_pairs
 from pdae_core.models.archive import load_model_archive
 from pdae_core.models.catalog import MODEL_TYPES, build_model
 from pdae_core.plot import style
@@ -190,6 +191,16 @@ with train_tab:
                 "Hold out (combinations with both parts measured are pre-selected)",
                 conds.loc[conds.kind != "control", "condition"].tolist(), default=testable,
             )
+            ctx_key = ds.registry.covariate_key
+            if ctx_key is not None:
+                pairs = {f"{c} in {x}": f"{c}{PAIR_SEPARATOR}{x}" for c, x in measured_pairs(ds.adata, ds.registry)
+                         if c != ds.registry.control_label}
+                chosen = st.multiselect(
+                    f"Hold out in one {ctx_key.replace('_', ' ')} only", list(pairs), key="train_holdout_pairs",
+                    help=f"A perturbation held out in one {ctx_key.replace('_', ' ')} stays in training everywhere "
+                    "else: the model is then asked to predict it where it was never measured.",
+                )
+                holdout = [*holdout, *(pairs[c] for c in chosen)]
             go = st.form_submit_button("Start training", type="primary")
         if go:
             try:

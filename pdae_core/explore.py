@@ -29,6 +29,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from .data.contexts import context_values
 from .data.registry import (
     PerturbationRegistry,
     condition_column,
@@ -171,6 +172,7 @@ def what_if(
     seed: int = 0,
     additive: AdditiveBaseline | None = None,
     n_cells: int | None = None,
+    source_context: str | None = None,
 ) -> WhatIf:
     """Predict the combination ``{perturbation: weight}`` from the cells of
     ``source_condition`` (control by default): at most ``max_source_cells`` of them;
@@ -182,6 +184,10 @@ def what_if(
     control cells, the observed cells when ``adata`` measured this exact label, the
     additive baseline (``additive``, fitted by :func:`fit_additive`, or ``None`` and
     a note when it cannot predict this target) and :func:`top_changed_genes`.
+
+    With ``source_context`` (a value of the registry's context column, e.g. one cell type),
+    the source, control and observed cells are those of that context only, and the
+    verdict says whether the target was measured there.
     """
     reg = model.registry
     w = {str(k): float(v) for k, v in weights.items() if float(v) != 0.0}
@@ -191,9 +197,17 @@ def what_if(
     name = reg.condition_name(label)
     conds = condition_column(adata, reg.perturbation_key)
     src_label = reg.control_label if source_condition is None else str(source_condition)
-    src_idx = np.flatnonzero(conds == src_label)
+    in_context = np.ones(adata.n_obs, dtype=bool)
+    if source_context is not None:
+        if reg.covariate_key is None:
+            raise DataError("A source context needs a context column (covariate_key) in the data set-up.")
+        in_context = context_values(adata, reg.covariate_key) == str(source_context)
+        if not in_context.any():
+            raise DataError(f"No cells of context {source_context!r} in column {reg.covariate_key!r}.")
+    src_idx = np.flatnonzero((conds == src_label) & in_context)
     if len(src_idx) == 0:
-        raise DataError(f"No cells of source condition {src_label!r} in column {reg.perturbation_key!r}.")
+        where = "" if source_context is None else f" in context {source_context!r}"
+        raise DataError(f"No cells of source condition {src_label!r}{where} in column {reg.perturbation_key!r}.")
     source = adata[src_idx[_subsample(len(src_idx), max_source_cells, seed)]]
     if n_cells is not None and int(n_cells) < 1:
         raise DataError(f"n_cells must be >= 1, got {n_cells}.")
@@ -201,9 +215,11 @@ def what_if(
     predicted = model.predict(source, w, seed=seed, n_draws=draws)
     if n_cells is not None and predicted.n_obs > int(n_cells):
         predicted = predicted[: int(n_cells)].copy()
-    ctrl_idx = np.flatnonzero(conds == reg.control_label)
+    ctrl_idx = np.flatnonzero((conds == reg.control_label) & in_context)
+    if len(ctrl_idx) == 0:
+        ctrl_idx = np.flatnonzero(conds == reg.control_label)
     control = adata[ctrl_idx[_subsample(len(ctrl_idx), max_source_cells, seed)]]
-    mask = _measured_mask(adata, reg, label, conds)
+    mask = _measured_mask(adata, reg, label, conds) & in_context
     observed = adata[mask] if mask.any() else None
     add_pred, note = None, None
     if additive is not None:
@@ -219,7 +235,21 @@ def what_if(
         None if add_pred is None else np.asarray(add_pred.X),
         genes,
     )
-    return WhatIf(name, label, model.extrapolation_check(w), predicted, control, observed, add_pred, note, table)
+    contexts = None
+    if reg.covariate_key is not None and reg.covariate_key in source.obs.columns:
+        contexts = sorted(set(context_values(source, reg.covariate_key).tolist()))
+    check = model.extrapolation_check(w, context=contexts)
+    return WhatIf(name, label, check, predicted, control, observed, add_pred, note, table)
+
+
+def context_warning(model: Any, registry: PerturbationRegistry) -> str | None:
+    """A plain sentence when ``registry`` has a context column that ``model`` ignores (None otherwise):
+    such a model cannot keep the source cells' cell type or line."""
+    key = registry.covariate_key
+    if key is None or getattr(model, "uses_context", False):
+        return None
+    return (f"This model does not use the {key!r} column: predicted cells are not tied to their source's "
+            f"{key.replace('_', ' ')}, so they may look like a mix of all of them.")
 
 
 def top_changed_genes(
@@ -345,6 +375,11 @@ def verdict_in_words(
                   "pin down " + ("its effect" if len(not_alone) == 1 else "their effects")
                   + ", so the model can compose this target from them.")
         lines = [*beyond, ok] if ok else beyond
+    if check.context_note and not check.measured_in_training:
+        # measured, but not in the source cells' context: that is what the reader needs to know first
+        order = ["info", "success", "warning", "error"]
+        level = max(level, check.context_level, key=order.index)
+        lines = [check.context_note, *beyond]
     if held_out and not check.measured_in_training:
         lines.append("It was held out during training, so the observed cells below are a true test.")
     details = [

@@ -39,7 +39,8 @@ examples:
   pdae benchmark --dataset schraivogel20 --models additive,linear,control,pool --seeds 3 --out bench/tapseq
   pdae benchmark --dataset norman19_pseudobulk --level pseudobulk --out bench/pseudobulk
   pdae benchmark --data my_pseudobulk.h5ad --level pseudobulk --control control --out bench/mine
-  pdae benchmark --dataset norman19_pseudobulk --task interactions --seeds 3 --out bench/interactions"""
+  pdae benchmark --dataset norman19_pseudobulk --task interactions --seeds 3 --out bench/interactions
+  pdae benchmark --dataset mcfaline23_devel --task context --models pdae,fcr --seeds 3 --out bench/context"""
 
 
 def add_parser(sub: Any) -> None:
@@ -62,9 +63,17 @@ def add_parser(sub: Any) -> None:
     )
     add_data_args(b)
     b.add_argument("--out", required=True, metavar="DIR", help="output folder (created; reused to resume)")
-    b.add_argument("--task", choices=["combinations", "interactions"], default="combinations",
+    b.add_argument("--task", choices=["combinations", "interactions", "context"], default="combinations",
                    help="combinations: predict held-out combinations (Pearson delta, energy distance); "
-                   "interactions (pseudobulk only): rank the held-out doubles' genetic interactions")
+                   "interactions (pseudobulk only): rank the held-out doubles' genetic interactions; "
+                   "context: predict each perturbation in a context (cell type, line) where it was held out, "
+                   "from that context's control cells, with identity preservation per model")
+    b.add_argument("--covariate-key", metavar="KEY", help="--task context: obs column of the context "
+                   "(default: the dataset's, e.g. cell_type)")
+    b.add_argument("--context-folds", choices=["context", "pair"], default="context",
+                   help="--task context: hold out every perturbation of one context at a time, or one "
+                   "(perturbation, context) pair at a time")
+    b.add_argument("--contexts", metavar="A,B", help="--task context: only these contexts' folds")
     b.add_argument("--level", choices=["auto", "cells", "pseudobulk"], default="auto",
                    help="cells: single-cell distributions; pseudobulk: one profile per condition "
                    "(auto: pseudobulk for datasets of per-condition profiles)")
@@ -167,8 +176,14 @@ def run(args: argparse.Namespace) -> int:
         ds = datasets_module()
         if args.dataset not in ds.list_datasets():
             raise DataError(f"Unknown dataset {args.dataset!r}; built-in datasets: {', '.join(ds.list_datasets())}.")
-        adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
-                                **dataset_options(args.dataset_options))
+        from ..errors import DatasetUnavailableError
+        from .common import unavailable_message
+
+        try:
+            adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                                    **dataset_options(args.dataset_options))
+        except DatasetUnavailableError as e:  # what to do, worded for the command line (as common.load_data)
+            raise DatasetUnavailableError(unavailable_message(e, args.download)) from None
         check_not_empty(adata.n_obs, adata.n_vars, f"dataset {args.dataset}")
         name = args.dataset
     level = args.level if args.level != "auto" else ("pseudobulk" if holds_profiles(adata) else "cells")
@@ -181,8 +196,18 @@ def run(args: argparse.Namespace) -> int:
         for flag, given in (("--members", args.members != 5), ("--fit-method", args.fit_method != "lstsq")):
             if given:
                 raise DataError(f"{flag} applies to --task interactions.")
+    if args.task != "context":
+        for flag, given in (("--covariate-key", args.covariate_key is not None), ("--contexts", args.contexts is not None),
+                            ("--context-folds", args.context_folds != "context")):
+            if given:
+                raise DataError(f"{flag} applies to --task context.")
     try:
-        if args.task == "interactions":
+        if args.task == "context":
+            from .benchmark_context import benchmark_context
+
+            benchmark_context(args, adata, name, out, progress)
+            _stamp(out / "summary.md", _command_line(args))
+        elif args.task == "interactions":
             _benchmark_interactions(args, adata, name, out, progress)
         elif level == "pseudobulk":
             _benchmark_pseudobulk(args, adata, name, out, progress)

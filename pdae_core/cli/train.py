@@ -117,7 +117,8 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
                     help="with --preprocess: keep the N most highly variable genes")
     tr = t.add_argument_group("training")
     tr.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
-                    help="conditions to leave out of training (comma-separated; repeatable)")
+                    help="conditions to leave out of training (comma-separated; repeatable); with --covariate-key, "
+                    "CONDITION@CONTEXT leaves out one condition in one context only (e.g. stimulated@CD4T)")
     tr.add_argument("--model", default=model, choices=sorted(MODEL_TYPES), help="model type")
     tr.add_argument("--level", choices=["cells", "pseudobulk"], default="cells",
                     help="cells: single cells; pseudobulk: one profile (or table of changes from control) per "
@@ -273,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) -> int:
-    from ..data.registry import condition_column, require_conditions
+    from ..data.contexts import parse_holdout
+    from ..data.registry import condition_column
     from ..models.catalog import MAX_MEMBERS, MODEL_TYPES, build_model
     from ..train.loop import TrainConfig, resolve_device
 
@@ -304,7 +306,7 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
     holdout = holdout_list(args.holdout)
     _check_holdout(holdout, registry)
     if holdout:
-        require_conditions(adata, registry, holdout)
+        holdout = [it.name for it in parse_holdout(holdout, adata, registry)]  # checks every item has cells
     if args.ensemble > 1:
         model = build_model(args.model, registry, seed=args.seed, n_members=args.ensemble, **hp)
     else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import anndata as ad
@@ -21,10 +20,12 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from ..data.registry import PerturbationRegistry, Target, condition_column, require_conditions, setup_anndata
+from ..data.contexts import context_values, group_keys, measured_pairs, training_mask
+from ..data.registry import PerturbationRegistry, Target, condition_column, setup_anndata
 from ..data.streaming import RowSource, row_source
 from ..errors import DataError
 from ..train.loop import Callback, History, TrainConfig, resolve_device, train_module
+from .extrapolation import ExtrapolationCheck, context_check, dose_warning, label_check, span_check  # noqa: F401 (re-exported)
 from .module import PerturbationModule
 from .prediction import check_prediction_size, check_source_cells, prediction_anndata
 
@@ -34,89 +35,6 @@ CHANGE_KEY = "change_across_networks"
 
 #: The most values (parameters and buffers) a model's network may hold: 2^30, 4 GiB of float32.
 MAX_PARAMETERS = 2**30
-
-
-@dataclass
-class ExtrapolationCheck:
-    """Whether a target's label vector lies in the span of the training labels.
-
-    The additive latent-shift model identifies ``W l`` exactly for labels ``l`` in
-    that span (von Kuegelgen et al., 2025); outside it the prediction rests on
-    shifts the data never constrained.
-    """
-
-    target: str
-    in_span: bool
-    residual: float
-    rank_train: int
-    rank_with_target: int
-    unseen_perturbations: list[str]
-    measured_in_training: bool
-    message: str
-    #: seen perturbations whose dose lies outside the doses seen in training for them
-    #: (control counting as dose 0), and those ranges as ``{name: [low, high]}``
-    doses_outside_training: list[str] = field(default_factory=list)
-    training_dose_ranges: dict[str, list[float]] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def span_check(train_labels: np.ndarray, label: np.ndarray, tol: float = 1e-6) -> tuple[bool, float, int, int]:
-    """Is ``label`` in the row span of ``train_labels``? Returns (in_span, relative
-    residual of the least-squares fit, rank, rank with the label).
-
-    Scale-invariant: every nonzero row and the label are scaled to unit norm first
-    (which leaves the span unchanged), so ``c * l`` is in the span for any ``c != 0``
-    exactly when ``l`` is. The label is in the span when its relative residual is at
-    most ``tol``; the rank with the label is then the rank, else the rank plus one."""
-    L = np.asarray(train_labels, dtype=np.float64).reshape(-1, np.asarray(label).size)
-    v = np.asarray(label, dtype=np.float64).reshape(-1)
-    norms = np.linalg.norm(L, axis=1)
-    L = L[norms > 0] / norms[norms > 0, None]
-    rank = int(np.linalg.matrix_rank(L, tol=tol)) if L.size else 0
-    norm = float(np.linalg.norm(v))
-    if norm == 0.0:
-        return True, 0.0, rank, rank
-    v = v / norm
-    if L.size:
-        coef, *_ = np.linalg.lstsq(L.T, v, rcond=None)
-        resid = float(np.linalg.norm(L.T @ coef - v))
-    else:
-        resid = 1.0
-    in_span = resid <= tol
-    return in_span, resid, rank, rank if in_span else rank + 1
-
-
-def _fmt_dose(x: float) -> str:
-    return f"{x:g}"
-
-
-def dose_ranges(
-    train_labels: np.ndarray, label: np.ndarray, perturbations: Sequence[str], seen: np.ndarray, rtol: float = 1e-6
-) -> tuple[dict[str, list[float]], list[str]]:
-    """For each seen perturbation the target uses: the range of its training doses
-    (control counting as dose 0), and the names whose target dose lies outside it."""
-    L = np.asarray(train_labels, dtype=np.float64)
-    ranges: dict[str, list[float]] = {}
-    outside: list[str] = []
-    for k in np.flatnonzero((np.abs(label) > 0) & seen):
-        lo, hi = min(0.0, float(L[:, k].min())), max(0.0, float(L[:, k].max()))
-        d = float(label[k])
-        ranges[perturbations[k]] = [lo, hi]
-        slack = rtol * max(1.0, abs(lo), abs(hi))
-        if d < lo - slack or d > hi + slack:
-            outside.append(perturbations[k])
-    return ranges, outside
-
-
-def _dose_warning(check: ExtrapolationCheck, label: np.ndarray, perturbations: list[str]) -> str:
-    parts = [
-        f"{p} at dose {_fmt_dose(float(label[perturbations.index(p)]))} (training range "
-        f"[{_fmt_dose(lo)}, {_fmt_dose(hi)}])"
-        for p, (lo, hi) in check.training_dose_ranges.items()
-    ]
-    return f"Predicting {check.target}: dose outside the range seen in training for {'; '.join(parts)}."
 
 
 class PerturbationModel:
@@ -135,6 +53,9 @@ class PerturbationModel:
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: True for model types that take changes from control (``x_kind == "change"``) as data
     accepts_changes: ClassVar[bool] = False
+    #: True for model types that use the context column (``registry.covariate_key``); the others
+    #: warn at ``fit`` that they ignore it, and their extrapolation check says so
+    uses_context: ClassVar[bool] = False
 
     def __init__(self, registry: PerturbationRegistry, seed: int = 0, **config: Any):
         self.registry = registry
@@ -151,6 +72,8 @@ class PerturbationModel:
         self.train_conditions: list[str] = []
         self.train_labels: np.ndarray = np.zeros((0, registry.n_perturbations), dtype=np.float32)
         self.holdout: list[str] = []
+        #: (condition, context) pairs with training cells (empty without a context column)
+        self.train_pairs: list[list[str]] = []
         self.train_config: TrainConfig | None = None
         self.history: History | None = None
 
@@ -240,6 +163,11 @@ class PerturbationModel:
     ) -> History:
         """Train on every cell of ``adata`` except those of the ``holdout`` conditions.
 
+        A hold-out item is a condition (``"A+B"``) or, with a context column, a (condition,
+        context) pair: ``"stimulated@CD4T"`` or ``("stimulated", "CD4T")`` (see
+        :mod:`pdae_core.data.contexts`). With a context column, each (condition, context)
+        pair is one distribution in training.
+
         ``train_kwargs`` override fields of :class:`~pdae_core.train.loop.TrainConfig`
         (``max_epochs``, ``lr``, ``batch_size``, ``seed``, ``accelerator``, ...).
         """
@@ -250,14 +178,19 @@ class PerturbationModel:
         self._check_x_kind(adata)
         self.registry.check_genes(adata)
         conds = condition_column(adata, self.registry.perturbation_key)
-        holdout = [holdout] if isinstance(holdout, str) else [str(h) for h in holdout]
-        if holdout:
-            require_conditions(adata, self.registry, holdout)
-        keep = ~np.isin(conds, holdout)
+        keep, holdout = training_mask(adata, self.registry, holdout)
+        key = self.registry.covariate_key
+        if key is not None and not self.uses_context:
+            warnings.warn(
+                f"The {self.model_type} model does not use the context column {key!r}: its predictions ignore the "
+                "context (a perturbation's response is pooled over every context where it was measured).",
+                UserWarning, stacklevel=2,
+            )
         sub = adata[keep]
         X = self._training_matrix(adata, keep)
         L = self.registry.label_matrix(adata)[keep]
-        names, groups = np.unique(conds[keep], return_inverse=True)
+        names = np.unique(conds[keep])
+        _, groups = np.unique(group_keys(sub, self.registry) if self.uses_context else conds[keep], return_inverse=True)
         if len(names) < 2:
             raise DataError("Training needs at least two conditions (e.g. control and one perturbation).")
         if X.shape[0] < 8:
@@ -272,6 +205,7 @@ class PerturbationModel:
         self.train_config = train_config
         self.holdout = holdout
         self.train_conditions = [str(n) for n in names]
+        self.train_pairs = measured_pairs(sub, self.registry)
         uniq = np.unique(L, axis=0)
         self.train_labels = uniq.astype(np.float32)
         return self.history
@@ -328,8 +262,8 @@ class PerturbationModel:
                 key = zlib.crc32(np.ascontiguousarray(label).tobytes())
                 gen = torch.Generator(device=self.device).manual_seed((int(seed) * 1_000_003 + k * 7_919 + key) % 2**63)
                 total = torch.zeros(X.shape[1], dtype=torch.float64, device=self.device)
-                for (xb, _), state in zip(chunks, states):
-                    total += module.transfer_from(state, tgt.expand(len(xb), -1), generator=gen).double().sum(0)
+                for (_, lb), state in zip(chunks, states):
+                    total += module.transfer_from(state, self._target_rows(tgt, lb), generator=gen).double().sum(0)
                 out[k, j] = (total / n - base).cpu().numpy()
         return out
 
@@ -379,6 +313,13 @@ class PerturbationModel:
         gets (n, K + C) labels in ``loss``/``embed``/``transfer``, while target labels
         passed to ``transfer`` by ``predict`` stay (n, K)."""
         return L
+
+    def _target_rows(self, target: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor:
+        """What the module receives as ``target`` for source cells whose module labels are
+        ``source_labels``: the target's label vector (K,) repeated per cell (default). A model
+        whose context is part of the label (PDAE with contexts) appends each source cell's
+        context block, so every predicted cell stays in its source's context."""
+        return target.expand(len(source_labels), -1)
 
     def _tensors(self, adata: ad.AnnData, what: str = "the source cells") -> tuple[torch.Tensor, torch.Tensor]:
         """Validated expression (genes in the model's order) and module labels of ``adata``."""
@@ -441,16 +382,17 @@ class PerturbationModel:
         label = self.registry.label_vector(target)
         name = target if isinstance(target, str) else self.registry.condition_name(label)
         X, L = self._tensors(source)
-        check = self.extrapolation_check(label if not isinstance(target, str) else target)
+        contexts = self._source_contexts(source)
+        check = self.extrapolation_check(label if not isinstance(target, str) else target, context=contexts)
         if check.doses_outside_training:
-            warnings.warn(_dose_warning(check, label, self.registry.perturbations), UserWarning, stacklevel=3)
+            warnings.warn(dose_warning(check, label, self.registry.perturbations), UserWarning, stacklevel=3)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         tgt = torch.as_tensor(label, device=self.device)
         pred = np.empty((n * n_draws, self.registry.n_genes), dtype=np.float32)  # filled chunk by chunk
         for d in range(n_draws):
             for i in range(0, n, batch_size):
                 xb, lb = X[i : i + batch_size], L[i : i + batch_size]
-                out = self.module.transfer(xb, lb, tgt.expand(len(xb), -1), generator=gen)
+                out = self.module.transfer(xb, lb, self._target_rows(tgt, lb), generator=gen)
                 pred[d * n + i : d * n + i + len(xb)] = out.cpu().numpy()
         info = {
             "model_type": self.model_type,
@@ -467,40 +409,30 @@ class PerturbationModel:
                                                 index=out.var_names)
         return out
 
-    def extrapolation_check(self, target: Target) -> ExtrapolationCheck:
-        """Does the target lie in the span of the training labels (the paper's guarantee)?"""
-        label = self.registry.label_vector(target)
-        name = target if isinstance(target, str) else self.registry.condition_name(label)
-        if not self.is_trained:
-            return ExtrapolationCheck(name, False, 1.0, 0, 0, [], False, "The model is not trained yet.")
-        seen = self._seen_mask()
-        unseen = [self.registry.perturbations[i] for i in np.flatnonzero((np.abs(label) > 0) & ~seen)]
-        in_span, resid, r1, r2 = span_check(self.train_labels, label)
-        measured = bool(np.any(np.all(np.abs(self.train_labels - label[None]) < 1e-6, axis=1)))
-        ranges, outside = dose_ranges(self.train_labels, label, self.registry.perturbations, seen)
-        if measured:
-            msg = f"{name} was measured in training: the prediction is an in-distribution reconstruction."
-        elif in_span:
-            msg = (
-                f"{name} lies in the span of the {len(self.train_labels)} training label vectors (rank {r1}): "
-                "covered by the additive-shift extrapolation guarantee."
-            )
-        else:
-            why = (
-                f"perturbation(s) {', '.join(unseen)} never appear in training, so their shift is not identified"
-                if unseen
-                else f"it is not a linear combination of the training labels (relative residual {resid:.2g})"
-            )
-            msg = f"{name} is outside the span of the training labels: {why}. Treat the prediction as unsupported."
-        if outside:
-            msg += " " + " ".join(
-                f"The dose {_fmt_dose(label[self.registry.perturbations.index(p)])} of {p} is outside the range of "
-                f"doses seen in training for it [{_fmt_dose(ranges[p][0])}, {_fmt_dose(ranges[p][1])}] "
-                "(control counts as dose 0): the prediction extrapolates in dose."
-                for p in outside
-            )
-        return ExtrapolationCheck(name, bool(in_span), resid, r1, r2, unseen, measured, msg, outside,
-                                  {p: ranges[p] for p in outside})
+    def _source_contexts(self, source: ad.AnnData) -> list[str] | None:
+        """The contexts of the source cells (sorted), or None without a context column."""
+        key = self.registry.covariate_key
+        if key is None or key not in source.obs.columns:
+            return None
+        return sorted(set(context_values(source, key).tolist()))
+
+    def _context_span_rows(self) -> tuple[np.ndarray, Callable[[np.ndarray, str], np.ndarray]] | None:
+        """For a model whose label includes the context: the training label vectors with their
+        context block, and how to extend a target label with a context's block. None otherwise."""
+        return None
+
+    def extrapolation_check(self, target: Target, context: str | Sequence[str] | None = None) -> ExtrapolationCheck:
+        """Does the target lie in the span of the training labels (the paper's guarantee)?
+
+        With a context column, ``context`` (one context or several: the source cells') asks
+        whether the target was measured *in that context*; a model that uses contexts checks
+        the span with the context block included."""
+        check = label_check(self, target)
+        if context is not None and self.registry.covariate_key is not None and self.is_trained:
+            contexts = [context] if isinstance(context, str) else [str(c) for c in context]
+            context_check(self, check, self.registry.label_vector(target), contexts)
+        return check
+
 
     def perturbation_embedding(self) -> pd.DataFrame:
         """One row per elementary perturbation: its latent shift (the columns of ``W``)."""

@@ -28,7 +28,8 @@ from typing import ClassVar, TypeVar
 import anndata as ad
 import numpy as np
 
-from ..data.registry import PerturbationRegistry, Target, condition_column, require_conditions
+from ..data.contexts import training_mask
+from ..data.registry import PerturbationRegistry, Target, condition_column
 from ..errors import DataError, PDAEError
 from .prediction import check_prediction_size, check_source_cells, prediction_anndata
 
@@ -75,10 +76,7 @@ class Baseline:
             holdout = [holdout]
         registry.check_genes(adata)
         conds = condition_column(adata, registry.perturbation_key)
-        holdout = [str(h).strip() for h in holdout]
-        if holdout:
-            require_conditions(adata, registry, holdout)
-        keep = ~np.isin(conds, holdout)
+        keep, holdout = training_mask(adata, registry, holdout)
         if not keep.any():
             raise DataError(f"No cells remain after holding out {holdout}.")
         sub = adata[keep]

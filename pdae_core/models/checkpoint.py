@@ -221,6 +221,7 @@ def _write_and_swap(model: Any, path: Path, keep: list[str]) -> None:
                 "train_conditions": list(model.train_conditions),
                 "train_labels": model.train_labels.tolist(),
                 "holdout": list(model.holdout),
+                "train_pairs": [list(p) for p in getattr(model, "train_pairs", [])],
                 "train_config": model.train_config.to_dict() if model.train_config else None,
                 "history": model.history.to_dict() if model.history else None,
             },
@@ -435,6 +436,7 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_mod
         labels = np.asarray(tr.get("train_labels", []), dtype=np.float32)
         model.train_labels = labels.reshape(-1, registry.n_perturbations) if labels.size else model.train_labels
         model.holdout = [str(c) for c in tr.get("holdout", [])]
+        model.train_pairs = [[str(a), str(b)] for a, b in tr.get("train_pairs", [])]
         model.train_config = TrainConfig.from_dict(tr["train_config"]) if tr.get("train_config") else None
         model.history = History.from_dict(tr["history"]) if tr.get("history") else None
     except (TypeError, ValueError, AttributeError, KeyError) as e:

@@ -113,6 +113,11 @@ def check_training(tr: dict[str, Any], where: Path) -> None:
         v = tr.get(field, [])
         if not isinstance(v, list) or not all(isinstance(c, str) for c in v):
             raise bad(field, "a list of condition names")
+    pairs = tr.get("train_pairs", [])
+    if not isinstance(pairs, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(c, str) for c in p) for p in pairs
+    ):
+        raise bad("train_pairs", "a list of [condition, context] pairs")
     labels = tr.get("train_labels", [])
     if not isinstance(labels, list) or not all(
         isinstance(row, list) and all(_is_number(x) and x is not None for x in row) for row in labels

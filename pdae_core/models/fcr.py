@@ -222,6 +222,7 @@ class FCR(PerturbationModel):
     """
 
     model_type = "fcr"
+    uses_context = True
     additive_latent = False  # z_t (perturbation_embedding) is a different block from z_x (latent)
     config_class = FCRConfig
     module_class = FCRModule

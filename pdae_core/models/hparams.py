@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 #: Config fields filled in from the data (the registry), never hyperparameters.
-DATA_FIELDS = ("n_genes", "n_perturbations", "covariate_categories")
+DATA_FIELDS = ("n_genes", "n_perturbations", "covariate_categories", "context_categories")
 
 
 def hp(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

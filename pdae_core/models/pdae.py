@@ -30,11 +30,16 @@ scores each target against at most ``n_sources`` sources drawn without replaceme
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import anndata as ad
+import numpy as np
 import torch
 from torch import nn
 
+from ..data.contexts import context_categories, context_onehot
+from ..data.registry import PerturbationRegistry
 from ..train.distributed import Shard
 from .base import PerturbationModel
 from .catalog import register_model
@@ -75,9 +80,23 @@ class PDAEConfig(ModelConfig):
     source_sampling: str = hp("condition", "with the sampled grid: a cell's sources all come from one other "
                               "condition of the batch, or from anywhere in the batch", choices=("condition", "batch"))
     rec_samples: int = hp(2, "decoder samples per cell in the reconstruction energy score")
+    #: with a context column: its categories (the first is the reference level, whose shift is 0);
+    #: each other context is one more column of ``W``, a latent shift like a perturbation's
+    context_categories: list[str] = field(default_factory=list)
+    decoder_context: bool = hp(False, "with a context column: also give the decoder each cell's context "
+                               "(otherwise the context is only a latent shift)")
+
+    @property
+    def n_context_columns(self) -> int:
+        """Columns of ``W`` for contexts: one per context except the reference level."""
+        return max(0, len(self.context_categories) - 1)
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        cats = self.context_categories
+        if isinstance(cats, str) or not isinstance(cats, (list, tuple)):
+            raise ValueError("PDAEConfig: context_categories must be a list of strings")
+        self.context_categories = [str(c) for c in cats]
         checks = [
             (self.n_genes >= 1, "n_genes must be >= 1"),
             (self.n_perturbations >= 1, "n_perturbations must be >= 1"),
@@ -90,6 +109,7 @@ class PDAEConfig(ModelConfig):
             (self.n_sources >= 2, "n_sources must be >= 2"),
             (self.rec_samples >= 1, "rec_samples must be >= 1"),
             (min(self.w_pert, self.w_rec, self.w_prior, self.w_l21) >= 0, "loss weights must be >= 0"),
+            (len(set(self.context_categories)) == len(self.context_categories), "context_categories has duplicates"),
         ]
         self._raise_failed(checks)
 
@@ -131,11 +151,13 @@ class PDAEModule(PerturbationModule):
         self.config = config
         c = config
         self.encoder = mlp([c.n_genes, *c.hidden_dims, c.latent_dim])
-        # W: latent_dim x n_perturbations, no bias: shift(l) = W l
-        self.W = nn.Linear(c.n_perturbations, c.latent_dim, bias=False)
+        # W: latent_dim x (n_perturbations + context columns), no bias: shift(l) = W l
+        self.W = nn.Linear(c.n_perturbations + c.n_context_columns, c.latent_dim, bias=False)
         nn.init.normal_(self.W.weight, std=0.1)
+        #: context columns the decoder also reads (0 unless decoder_context)
+        self.decoder_context_dim = c.n_context_columns if c.decoder_context else 0
         self.decoder = mlp(
-            [c.latent_dim + c.noise_dim, *reversed(c.hidden_dims), c.n_genes],
+            [c.latent_dim + c.noise_dim + self.decoder_context_dim, *reversed(c.hidden_dims), c.n_genes],
             nn.Softplus() if c.softplus_output else None,
         )
         # per-gene centre and scale of the encoder's input (fitted on the training cells)
@@ -182,20 +204,34 @@ class PDAEModule(PerturbationModule):
         return torch.randn(*shape, self.config.noise_dim, device=like.device, dtype=like.dtype, generator=generator)
 
     def decode(
-        self, z: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None
+        self, z: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``f(z, sigma * eps)``; ``eps`` is drawn here unless given."""
+        """``f(z, sigma * eps)``; ``eps`` is drawn here unless given. With ``decoder_context``,
+        the context block of ``labels`` (broadcast over ``z``'s leading shape) is a decoder input too."""
         c = self.config
         if c.noise_dim > 0:
             if eps is None:
                 eps = self.noise(tuple(z.shape[:-1]), z, generator)
             z = torch.cat([z, c.noise_sigma * eps], dim=-1)
+        if self.decoder_context_dim:
+            if labels is None:
+                raise ValueError("a PDAE with decoder_context decodes with the cells' labels (their context)")
+            ctx = labels[..., c.n_perturbations:]
+            while ctx.dim() < z.dim():
+                ctx = ctx.unsqueeze(-2)
+            z = torch.cat([z, ctx.expand(*z.shape[:-1], ctx.shape[-1])], dim=-1)
         return self.decoder(z)
 
     @property
     def perturbation_matrix(self) -> torch.Tensor:
-        """``W`` as (latent_dim, n_perturbations)."""
-        return self.W.weight
+        """The perturbations' columns of ``W``: (latent_dim, n_perturbations)."""
+        return self.W.weight[:, : self.config.n_perturbations]
+
+    @property
+    def context_matrix(self) -> torch.Tensor:
+        """The contexts' columns of ``W`` (latent_dim, contexts - 1); the reference context's shift is 0."""
+        return self.W.weight[:, self.config.n_perturbations:]
 
     # ---- shared interface of pdae_core modules ---------------------------------------
     def embed(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -211,7 +247,7 @@ class PDAEModule(PerturbationModule):
     ) -> torch.Tensor:
         """Cells observed under ``labels`` moved to ``target`` (row-wise or broadcast)."""
         zb = self.z_base(x, labels)
-        return self.decode(zb + self.shift(target), generator)
+        return self.decode(zb + self.shift(target), generator, labels=target)
 
     def source_state(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``z_base`` of the source cells: moving them to many targets encodes them once."""
@@ -219,7 +255,7 @@ class PDAEModule(PerturbationModule):
 
     def transfer_from(self, state: torch.Tensor, target: torch.Tensor,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.decode(state + self.shift(target), generator)
+        return self.decode(state + self.shift(target), generator, labels=target)
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor, shard: Shard | None = None) -> dict[str, torch.Tensor]:
         """The PDAE objective on one batch; ``"loss"`` is the weighted total.
@@ -258,7 +294,7 @@ class PDAEModule(PerturbationModule):
             # thread-dependent order on the CPU, index_select's does not (same seed = same result)
             moved = zb_all.index_select(0, src.reshape(-1)).view(n, m, -1) + s.unsqueeze(1)  # (n, m, d)
         eps = self.noise((B, moved.shape[1]), zb)
-        samples = self.decode(moved, eps=None if eps is None else eps[lo:hi])
+        samples = self.decode(moved, eps=None if eps is None else eps[lo:hi], labels=labels)
         def batch_mean(per_cell: torch.Tensor) -> torch.Tensor:
             # one process: the mean; a shard: (world / B) x its sum, whose average over ranks is the mean
             return per_cell.mean() if shard is None else per_cell.sum() * (world / B)
@@ -267,10 +303,10 @@ class PDAEModule(PerturbationModule):
 
         zd = z.detach().unsqueeze(1).expand(n, c.rec_samples, z.shape[1])
         eps = self.noise((B, c.rec_samples), zb)
-        l_rec = batch_mean(energy_score(x, self.decode(zd, eps=None if eps is None else eps[lo:hi])))
+        l_rec = batch_mean(energy_score(x, self.decode(zd, eps=None if eps is None else eps[lo:hi], labels=labels)))
 
         l_prior = energy_distance(zb_all, torch.randn(B, zb.shape[1], device=zb.device, dtype=zb.dtype))
-        l_l21 = l21_norm(self.perturbation_matrix)
+        l_l21 = l21_norm(self.W.weight)
         total = c.w_pert * l_pert + c.w_rec * l_rec + c.w_prior * l_prior + c.w_l21 * l_l21
         return {"loss": total, "pert": l_pert, "rec": l_rec, "prior": l_prior, "l21": l_l21}
 
@@ -287,3 +323,65 @@ class PDAE(PerturbationModel):
     model_type = "pdae"
     config_class = PDAEConfig
     module_class = PDAEModule
+    uses_context = True
+
+    # ---- contexts: one more additive latent shift -----------------------------------------
+    @classmethod
+    def _config_from_data(
+        cls, adata: ad.AnnData, registry: PerturbationRegistry, config: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The context categories are read from ``adata.obs[covariate_key]`` unless given."""
+        key = registry.covariate_key
+        if key is not None and not config.get("context_categories"):
+            config["context_categories"] = context_categories(adata, key)
+        return config
+
+    def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> None:
+        """Reads the context categories from ``adata`` when the config has none (a new module)."""
+        key = self.registry.covariate_key
+        if key is not None and not self.config.context_categories:
+            device = self.device
+            self.config = type(self.config)(**{**self.config.to_dict(), "context_categories":
+                                               context_categories(adata, key)})
+            self.module = self._build_module(self.init_seed)
+            self.module.to(device).eval()
+
+    def _module_labels(self, adata: ad.AnnData, L: np.ndarray) -> np.ndarray:
+        """(n, K + contexts - 1): the perturbation labels, then the context block (the reference
+        context's is zero). Without a context column: the labels alone."""
+        key, cats = self.registry.covariate_key, self.config.context_categories
+        if key is None or not cats:
+            return L
+        block = context_onehot(adata, key, cats, what=f"this {self.model_type} model", drop_reference=True)
+        return np.concatenate([np.asarray(L, dtype=np.float32), block], axis=1)
+
+    def _target_rows(self, target: torch.Tensor, source_labels: torch.Tensor) -> torch.Tensor:
+        """The target's label, then each source cell's own context block: predicted cells stay in
+        their source's context."""
+        rows = target.expand(len(source_labels), -1)
+        K = self.registry.n_perturbations
+        if source_labels.shape[1] == K or rows.shape[1] != K:
+            return rows
+        return torch.cat([rows, source_labels[:, K:]], dim=1)
+
+    def _context_span_rows(self):
+        """Training label vectors with their context block, and how to extend a target's label."""
+        cats = self.config.context_categories
+        if self.registry.covariate_key is None or not cats or not self.train_pairs:
+            return None
+        def extend(label: np.ndarray, context: str) -> np.ndarray:
+            block = np.zeros(len(cats) - 1, dtype=np.float32)
+            if context in cats[1:]:
+                block[cats.index(context) - 1] = 1.0
+            return np.concatenate([np.asarray(label, dtype=np.float32), block])
+        rows = np.stack([extend(self.registry.label_vector(c), x) for c, x in self.train_pairs])
+        return rows, extend
+
+    def context_embedding(self):
+        """One row per context: its latent shift (zero for the reference level, the first)."""
+        import pandas as pd
+
+        cats = self.config.context_categories
+        C = self.module.context_matrix.detach().cpu().numpy()
+        values = np.concatenate([np.zeros((C.shape[0], 1), dtype=C.dtype), C], axis=1).T if cats else C.T
+        return pd.DataFrame(values, index=pd.Index(cats, name="context"), columns=[f"z{i}" for i in range(C.shape[0])])

@@ -122,6 +122,11 @@ def prediction_anndata(
             "kind": "predicted",
         }
     )
+    key = registry.covariate_key
+    if key is not None and key in source.obs.columns and key not in obs.columns:
+        # a predicted cell stays in its source's context (cell type, line): whether the model
+        # honours that is what identity preservation measures
+        obs[key] = np.tile(source.obs[key].astype(str).to_numpy(), n_draws)
     obs.index = pd.Index(
         [f"{s}->{target}#{d}" if n_draws > 1 else f"{s}->{target}" for s, d in zip(src_names, draw)]
     ).astype(str)
