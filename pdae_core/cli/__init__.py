@@ -9,6 +9,11 @@ Each command lives in its own module (``train``, ``preprocess``, ``predict``, ``
 it (``run``); ``common`` holds what they share. The hyperparameter flags of ``train``
 are generated from the selected model's config (``model_flags``), so ``main`` reads
 ``--model`` before it builds the parser.
+
+Start-up time: ``main`` imports only the module of the chosen command (the others are listed
+in ``pdae --help`` by name and one-line help, :data:`COMMANDS`), and the modules import torch,
+anndata and scanpy inside the functions that need them, so that ``pdae --help``, ``pdae
+datasets`` and ``pdae info`` start in well under two seconds (``benchmarks/cli_startup.py``).
 """
 
 from __future__ import annotations
@@ -20,16 +25,29 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 __all__ = [
-    "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "PROG", "TqdmProgress", "build_parser", "checkpoint_summary", "main",
+    "COMMANDS", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "PROG", "TqdmProgress", "build_parser",
+    "checkpoint_summary", "main",
 ]
 
 _INTERRUPTED = 130  # common.EXIT_INTERRUPTED, known before any import
 _LAZY = {"EXIT_ERROR": "common", "EXIT_INTERRUPTED": "common", "EXIT_OK": "common", "PROG": "common",
          "TqdmProgress": "common", "checkpoint_summary": "info"}
+
+#: command -> its one-line help, in the order of ``pdae --help`` (each module registers the
+#: same text; tests/test_cli_startup.py checks that they agree)
+COMMANDS: dict[str, str] = {
+    "train": "train a model on an AnnData file or a built-in dataset and save a checkpoint",
+    "preprocess": "normalize_total + log1p (+ HVG selection) of a raw-count .h5ad, streamed from disk",
+    "predict": "predict the cells of one or more target conditions and write them to an .h5ad",
+    "interactions": "predict every pair of the measured singles and rank how they interact",
+    "info": "describe a checkpoint: model, genes, perturbations, training and preprocessing",
+    "benchmark": "compare models and baselines on held-out combinations (metrics, tables, figures)",
+    "datasets": "list the built-in datasets",
+}
 
 
 def __getattr__(name: str) -> Any:  # the re-exported names, imported on first use
@@ -40,13 +58,17 @@ def __getattr__(name: str) -> Any:  # the re-exported names, imported on first u
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build_parser(model: str | None = None) -> argparse.ArgumentParser:
+def build_parser(model: str | None = None, commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
     """The ``pdae`` argument parser (exposed for documentation and tests); ``train`` gets
-    the hyperparameter flags of ``model`` (default: the default model)."""
+    the hyperparameter flags of ``model`` (default: the default model). Only the subcommands in
+    ``commands`` (default: all) get their options, which imports their modules; the others are
+    listed by name and one-line help, which is all that ``pdae --help`` shows of them."""
+    import importlib
+
     from .._version import __version__
-    from . import benchmark, datasets, info, interactions, predict, preprocess, train
     from .common import PROG, HelpFormatter
 
+    full = set(COMMANDS if commands is None else commands)
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Predict single-cell responses to unseen perturbations and their combinations "
@@ -56,10 +78,23 @@ def build_parser(model: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pdae_core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    train.add_parser(sub, model or train.DEFAULT_MODEL)
-    for command in (preprocess, predict, interactions, info, benchmark, datasets):
-        command.add_parser(sub)
+    for name, help_text in COMMANDS.items():
+        if name not in full:
+            sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
+            continue
+        module = importlib.import_module(f".{name}", __name__)
+        if name == "train":
+            module.add_parser(sub, model or module.DEFAULT_MODEL)
+        else:
+            module.add_parser(sub)
     return parser
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand of a command line (its first word that is not an option), if it is one
+    of :data:`COMMANDS`; the only options before it (``--help``, ``--version``) take no value."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
 def _exit_code(code: object) -> int:
@@ -83,11 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     from ..errors import PDAEError
-    from . import train
     from .common import EXIT_ERROR, EXIT_OK, printable
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(train.selected_model(argv))
+    command = chosen_command(argv)
+    model = None
+    if command == "train":
+        from . import train
+
+        model = train.selected_model(argv)
+    parser = build_parser(model, commands=[command] if command else [])
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version and usage errors

@@ -1,27 +1,29 @@
 """What the ``pdae`` commands share: exit codes, the help formatter, argument types,
 the --data / --dataset options and their loading, output checks (never onto an input),
-escaping of text read from files, and the progress bar."""
+escaping of text read from files, and the progress bar.
+
+Only the standard library and :mod:`pdae_core.errors` at import time: ``pdae --help``,
+``pdae datasets`` and ``pdae info`` import this module and must start fast, so anndata,
+torch and the data loaders are imported inside the functions that need them
+(``TqdmProgress`` on first use).
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
 import os
-import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..data.defaults import holds_profiles
 from ..errors import DataError, DatasetUnavailableError, PDAEError
-from ..train.loop import Callback
 
 if TYPE_CHECKING:
     import anndata as ad
-    from tqdm import tqdm
 
-    from ..train.loop import History
+    from ..train.loop import ProgressBar as TqdmProgress  # noqa: F401
 
 PROG = "pdae"
 EXIT_OK = 0
@@ -231,6 +233,24 @@ def dataset_options(values: Sequence[str]) -> dict[str, Any]:
     return opts
 
 
+def unavailable_message(error: DatasetUnavailableError, download: bool) -> str:
+    """The message of a built-in dataset that is not available, with what to do on the command
+    line: the sentence naming the missing file and the data folder, then one sentence of options
+    (--no-download, --data-dir, $PDAE_DATA_DIR) in place of the library's Python ones."""
+    problem = getattr(error, "problem", None)  # download.DataFileUnavailableError: file, folder, url
+    if problem is None:  # a loader's own message (it names the files it needs)
+        fetch = "drop --no-download to fetch it, " if not download else ""
+        return (f"{error} On the command line, {fetch}pass --data-dir DIR for a folder that holds it, or set "
+                "$PDAE_DATA_DIR.")
+    folder, url = error.folder, error.url  # type: ignore[attr-defined]
+    options = [f"download it from {url} and save it in {folder}" if url else f"save it in {folder}"]
+    if not download and url:
+        options.append("drop --no-download to let pdae fetch it")
+    options.append("pass --data-dir DIR (or set $PDAE_DATA_DIR) for a folder that has it")
+    text = ", ".join(options[:-1]) + ", or " + options[-1] + "."
+    return f"{problem} {text[0].upper()}{text[1:]}"
+
+
 def check_file_flags(args: argparse.Namespace) -> None:
     """With --data FILE, the flags that only make sense for a built-in dataset are errors."""
     for flag, given in (("--data-dir", args.data_dir is not None), ("--dataset-option", bool(args.dataset_options)),
@@ -265,8 +285,9 @@ def load_data(args: argparse.Namespace, profiles_ok: bool = False) -> tuple[ad.A
     try:
         adata = ds.load_dataset(args.dataset, data_dir=args.data_dir, download=args.download, **options)
     except DatasetUnavailableError as e:
-        hint = " (command line: drop --no-download" if not args.download else " (command line"
-        raise DatasetUnavailableError(f"{e}{hint}, or pass --data-dir DIR.)") from None
+        raise DatasetUnavailableError(unavailable_message(e, args.download)) from None
+    from ..data.defaults import holds_profiles
+
     if holds_profiles(adata) and not profiles_ok:
         raise DataError(
             f"Dataset {args.dataset!r} holds per-perturbation log-fold-changes vs control (no single cells, no "
@@ -357,46 +378,11 @@ def write_h5ad_atomic(adata: ad.AnnData, path: Path) -> None:
 # progress
 
 
-class TqdmProgress(Callback):
-    """A :class:`pdae_core.train.loop.Callback` showing a tqdm bar over training steps,
-    with the latest loss and validation energy distance in its postfix."""
+def __getattr__(name: str) -> Any:
+    if name == "TqdmProgress":
+        # the CLI's training bar is the loop's (a tqdm bar over the steps with the loss and the
+        # validation energy distance); importing it imports torch, so only when asked for
+        from ..train.loop import ProgressBar
 
-    def __init__(self, disable: bool = False) -> None:
-        self.disable = disable
-        self.bar: tqdm | None = None
-        self.val_ed: float | None = None
-
-    def on_train_start(self, max_epochs: int, steps_per_epoch: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=max_epochs * steps_per_epoch, unit="step", desc="training", file=sys.stderr,
-                        disable=self.disable, dynamic_ncols=True)
-
-    def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
-        if self.bar is None:
-            return
-        post = {"epoch": epoch, "loss": f"{losses['loss']:.4g}"}
-        if self.val_ed is not None:
-            post["val_ed"] = f"{self.val_ed:.4g}"
-        self.bar.set_postfix(post, refresh=False)
-        self.bar.update(1)
-
-    def on_evaluation(self, record: dict[str, float]) -> None:
-        if "val_ed" in record:
-            self.val_ed = float(record["val_ed"])
-            if self.bar is not None:
-                self.bar.set_postfix(
-                    {"epoch": int(record["epoch"]), "loss": f"{record.get('train_loss', float('nan')):.4g}",
-                     "val_ed": f"{self.val_ed:.4g}"}
-                )
-
-    def on_train_end(self, history: History) -> None:
-        self.close()
-
-    def should_stop(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        return ProgressBar
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,9 +1,20 @@
-"""``pdae info``: describe a checkpoint (model, genes, perturbations, training, preprocessing)."""
+"""``pdae info``: describe a checkpoint (model, genes, perturbations, training, preprocessing).
+
+Fast by default: a checkpoint whose files and digests check out (the file list, the SHA-256 of
+the weights and the digest of ``config.json``, which detect any change made after saving) and
+whose config has the expected form is described from ``config.json`` alone, without importing
+torch (:func:`quick_summary`). Anything else (a modified or older checkpoint, an unexpected
+field, a newer library version), and ``--load``, goes through
+:func:`pdae_core.models.checkpoint.load_checkpoint`, which builds the model, checks every tensor
+against the config and words the error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -31,11 +42,19 @@ def add_parser(sub: Any) -> None:
     i.add_argument("--json", action="store_true", help="print one JSON object (full gene and condition lists)")
     i.add_argument("--trust-modified", action="store_true",
                    help="describe a checkpoint even if it was modified after saving (with a warning)")
+    i.add_argument("--load", action="store_true",
+                   help="also build the model and load its weights, checking every tensor against the config "
+                   "(imports torch: a few seconds)")
     i.set_defaults(func=run)
 
 
-def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False) -> dict[str, Any]:
-    """Everything `pdae info` shows, as a JSON-ready dict (validates the checkpoint)."""
+def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False, load: bool = False) -> dict[str, Any]:
+    """Everything `pdae info` shows, as a JSON-ready dict (validates the checkpoint): from
+    :func:`quick_summary` when it applies and ``load`` is False, else from the loaded model."""
+    if not load:
+        quick = quick_summary(path)
+        if quick is not None:
+            return quick
     from .._version import __version__
     from ..models.card import model_card
     from ..models.checkpoint import load_checkpoint, read_config
@@ -57,6 +76,136 @@ def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False) ->
     }
 
 
+# ---------------------------------------------------------------------------------
+# the summary from config.json alone (no torch): the same dict as checkpoint_summary's after a load
+
+_WEIGHTS, _CONFIG = "model.safetensors", "config.json"  # as pdae_core.models.checkpoint
+_ALLOWED = {_WEIGHTS, _CONFIG, "README.md"}
+_REGISTRY_FIELDS = {"perturbation_key", "control_label", "perturbations", "gene_names", "separator", "dose_key",
+                    "covariate_key", "layer", "x_kind", "preprocessing"}
+
+
+def _is_num(v: Any, none: bool = False) -> bool:
+    return (none and v is None) or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sealed(cfg: dict[str, Any], weights: Path) -> bool:
+    """Whether the digests recorded at saving match (as :mod:`pdae_core.models.integrity` checks)."""
+    body = {k: v for k, v in cfg.items() if k != "checkpoint_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return (hashlib.sha256(text.encode("ascii")).hexdigest() == cfg.get("checkpoint_sha256")
+            and _sha256_file(weights) == cfg.get("weights_sha256"))
+
+
+def _newer(saved: str, current: str) -> bool:
+    from packaging.version import Version
+
+    return Version(saved) > Version(current)
+
+
+def _well_formed(cfg: dict[str, Any]) -> bool:
+    """The fields the summary reads have the types a save writes (else the full load words the problem)."""
+    reg, tr, mc = cfg.get("registry"), cfg.get("training"), cfg.get("model_config")
+    if not (isinstance(reg, dict) and isinstance(tr, dict) and isinstance(mc, dict)
+            and isinstance(cfg.get("model_type"), str) and isinstance(cfg.get("library_version"), str)):
+        return False
+    ens = cfg.get("ensemble", {"n_members": 1})
+    hist = tr.get("history")
+    labels = tr.get("train_labels", [])
+    return (
+        set(reg) <= _REGISTRY_FIELDS and _is_names(reg.get("perturbations")) and _is_names(reg.get("gene_names"))
+        and all(isinstance(reg.get(k), str) for k in ("perturbation_key", "control_label"))
+        and isinstance(reg.get("separator", "+"), str) and isinstance(reg.get("preprocessing", {}), dict)
+        and reg.get("x_kind", "log1p") in ("log1p", "counts", "change")
+        and all(reg.get(k) is None or isinstance(reg[k], str) for k in ("dose_key", "covariate_key", "layer"))
+        and mc.get("n_genes") == len(reg["gene_names"]) and mc.get("n_perturbations") == len(reg["perturbations"])
+        and isinstance(ens, dict) and type(ens.get("n_members")) is int and ens["n_members"] >= 1
+        and all(_is_names(tr.get(k, [])) for k in ("train_conditions", "holdout"))
+        and isinstance(labels, list)
+        and all(isinstance(r, list) and len(r) == len(reg["perturbations"]) and all(map(_is_num, r)) for r in labels)
+        and (tr.get("train_config") is None or isinstance(tr["train_config"], dict))
+        and (hist is None or (
+            isinstance(hist, dict) and isinstance(hist.get("records", []), list)
+            and all(isinstance(r, dict) and _is_num(r.get("epoch")) and all(_is_num(v, True) for v in r.values())
+                    for r in hist.get("records", []))
+            and (hist.get("best_epoch") is None or type(hist["best_epoch"]) is int)
+            and _is_num(hist.get("best_val"), True) and _is_num(hist.get("seconds", 0.0))
+            and type(hist.get("steps", 0)) is int and isinstance(hist.get("device", "cpu"), str)
+            and all(isinstance(hist.get(k, False), bool) for k in ("stopped_early", "cancelled"))
+        ))
+    )
+
+
+def quick_summary(path: str | os.PathLike) -> dict[str, Any] | None:
+    """:func:`checkpoint_summary` read from ``config.json`` without building the model (no torch);
+    None when the checkpoint does not plainly check out: a file missing or extra, a digest that
+    does not match (modified, or saved before digests), an unexpected form or type, a newer
+    library version. The caller then loads it, which says what is wrong."""
+    from .._version import __version__
+
+    path = Path(path)
+    try:
+        names = {p.name for p in path.iterdir()} - {".DS_Store"}
+        if not ({_WEIGHTS, _CONFIG} <= names <= _ALLOWED) or not all((path / n).is_file() for n in names):
+            return None
+        with open(path / _CONFIG, encoding="utf-8") as f:
+            cfg = json.load(f)
+        if (not isinstance(cfg, dict) or cfg.get("format") != "pdae_core.checkpoint" or cfg.get("format_version") != 2
+                or not _well_formed(cfg) or _newer(cfg["library_version"], __version__)
+                or not _sealed(cfg, path / _WEIGHTS)):
+            return None
+    except (OSError, ValueError, TypeError, RecursionError, ImportError):  # InvalidVersion is a ValueError
+        return None
+    reg, tr, hist = cfg["registry"], cfg["training"], cfg["training"].get("history") or None
+    records = hist.get("records", []) if hist else []
+    labels = tr.get("train_labels", [])
+    seen = [p for k, p in enumerate(reg["perturbations"]) if any(row[k] != 0 for row in labels)]
+    card = {  # the fields and order of pdae_core.models.card.model_card
+        "model_type": cfg["model_type"],
+        "n_members": cfg.get("ensemble", {"n_members": 1})["n_members"],
+        "n_genes": len(reg["gene_names"]),
+        "genes": list(reg["gene_names"]),
+        "perturbation_key": reg["perturbation_key"],
+        "control_label": reg["control_label"],
+        "x_kind": reg.get("x_kind", "log1p"),
+        "n_perturbations": len(reg["perturbations"]),
+        "perturbations": list(reg["perturbations"]),
+        "seen_perturbations": seen,
+        "train_conditions": list(tr.get("train_conditions", [])),
+        "holdout": list(tr.get("holdout", [])),
+        "model_config": cfg["model_config"],
+        "train_config": tr.get("train_config"),
+        "trained": hist is not None,
+        "best_val_ed": hist.get("best_val") if hist else None,
+        "best_epoch": hist.get("best_epoch") if hist else None,
+        "epochs_run": int(records[-1]["epoch"]) if records else 0,
+        "steps": hist.get("steps", 0) if hist else 0,
+        "seconds": hist.get("seconds", 0.0) if hist else 0.0,
+        "device": hist.get("device", "cpu") if hist else None,
+        "stopped_early": hist.get("stopped_early", False) if hist else False,
+        "cancelled": hist.get("cancelled", False) if hist else False,
+        "preprocessing": dict(reg.get("preprocessing", {})),
+        "checkpoint_sha256": cfg["checkpoint_sha256"],
+    }
+    return {
+        "path": str(path), "library_version": cfg["library_version"], "current_library_version": __version__, **card,
+        "separator": reg.get("separator", "+"), "dose_key": reg.get("dose_key"),
+        "covariate_key": reg.get("covariate_key"), "layer": reg.get("layer"), "weights_sha256": cfg["weights_sha256"],
+    }
+
+
 def _kv(d: dict[str, Any] | None) -> str:
     if not d:
         return "none recorded"
@@ -65,7 +214,7 @@ def _kv(d: dict[str, Any] | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``pdae info``."""
-    s = checkpoint_summary(args.checkpoint, trust_modified=args.trust_modified)
+    s = checkpoint_summary(args.checkpoint, trust_modified=args.trust_modified, load=args.load)
     if args.json:  # ASCII only: control characters in names are written as \u escapes
         print(json.dumps(s, indent=1, ensure_ascii=True))
         return EXIT_OK

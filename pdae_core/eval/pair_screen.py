@@ -130,6 +130,7 @@ def screen_pairs(
     min_cells: int = 10,
     chunk_pairs: int = 256,
     progress: Callable[[int, int], None] | None = None,
+    progress_bar: bool = True,
 ) -> pd.DataFrame:
     """Predict and score every pair of ``singles`` (default: :func:`screen_singles`), one row per
     pair, sorted by the ``test_next`` score (see the module docstring for the columns).
@@ -138,7 +139,9 @@ def screen_pairs(
     pairs it measured, the observed metrics. ``genes``: ``"expressed"`` (mean expression in the
     control cells above :func:`~pdae_core.eval.interactions.expressed_genes`' threshold, as the
     paper; all genes when fewer than :data:`MIN_EXPRESSED` pass), ``"all"``, or a list of gene names. Pairs are predicted ``chunk_pairs`` at a time, so
-    memory stays bounded for any number of pairs. ``progress(done, total)`` is called per chunk."""
+    memory stays bounded for any number of pairs. ``progress(done, total)`` is called per chunk;
+    without it, ``progress_bar`` shows a tqdm bar over the pairs (in a terminal or Jupyter, when
+    there is more than one chunk)."""
     reg = model.registry
     if not model.is_trained:
         raise DataError("The model is not trained: a pair screen needs a trained model.")
@@ -157,6 +160,11 @@ def screen_pairs(
     d_single = model.member_changes_many(source, eye[single_idx], seed=seed)[:, :, gidx]  # (M, S, G')
     pairs = list(itertools.combinations(range(len(singles)), 2))
     cols: dict[str, list[np.ndarray]] = {}
+    bar = None
+    if progress is None and progress_bar and len(pairs) > chunk_pairs:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pairs), unit="pair", desc="pair screen", disable=None, dynamic_ncols=True)
     for j in range(0, len(pairs), chunk_pairs):
         chunk = np.array(pairs[j : j + chunk_pairs])
         labels = eye[np.array(single_idx)[chunk[:, 0]]] + eye[np.array(single_idx)[chunk[:, 1]]]
@@ -166,6 +174,10 @@ def screen_pairs(
             cols.setdefault(key, []).append(v)
         if progress is not None:
             progress(min(j + chunk_pairs, len(pairs)), len(pairs))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
     M = model.n_members
     table = pd.DataFrame({
         "pair": [f"{singles[a]}{reg.separator}{singles[b]}" for a, b in pairs],

@@ -399,7 +399,8 @@ def training_job(
     its best weights so far (an ensemble keeps the networks trained so far, the one in
     training included): the caller decides whether to use it. A cancel before training
     began ends CANCELLED with no result. Bad settings or data end FAILED with the error
-    message. ``callbacks=`` adds callbacks after the job's own.
+    message. ``callbacks=`` adds callbacks after the job's own. No tqdm bar is drawn (the job's
+    snapshots are its progress) unless ``progress_bar=True`` is passed.
 
     For an ensemble (``model.n_members`` > 1) the networks train one after the other;
     progress says which (``'network 2 of 5, epoch 10/40 · ...'``) and ``time_limit_s``
@@ -414,6 +415,7 @@ def training_job(
         rest = {k: v for k, v in train_kwargs.items() if k != "train_config"}
         cfg = TrainConfig.from_dict({**base.to_dict(), **rest}) if base is not None else TrainConfig(**rest)
         kwargs = dict(train_kwargs)
+        kwargs.setdefault("progress_bar", False)  # the job reports progress to its UI: no bar on the server's terminal
         limit = cfg.time_limit_s
         if limit and n_members > 1:  # the time limit covers the whole ensemble
             limit = float(limit) / n_members

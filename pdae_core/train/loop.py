@@ -4,6 +4,12 @@ A module is a :class:`~pdae_core.models.module.PerturbationModule`; the loop use
 that contract. It handles the device, seeds, stratified mini-batches, a validation
 split by cells, early stopping on a validation energy distance (of ``transfer``), and
 progress callbacks that know nothing of any UI.
+
+Feedback: a progress bar (:class:`ProgressBar`, ``tqdm.auto``: text in a terminal, a widget
+in Jupyter; not drawn when stderr is neither, e.g. redirected to a file) unless
+``TrainConfig.progress_bar`` is False or a callback shows progress itself
+(``shows_progress = True``, as the ``pdae train`` bar does); and log records on the
+``pdae_core.train.loop`` logger: start and end at INFO, one line per epoch at DEBUG.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class TrainConfig:
     init_max_cells: int = 20_000  # cells used by the module's init_from_data (input scaling)
     prefetch: int = 2  # batches read ahead on a background thread when X is not in memory
     full_batch: bool = False  # every step sees all training rows in their order (a few rows, e.g. one per condition)
+    progress_bar: bool = True  # a tqdm bar over the steps (see ProgressBar); False: silent
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +87,7 @@ class TrainConfig:
             (self.val_max_cells >= 1, "val_max_cells must be >= 1"),
             (self.init_max_cells >= 2, "init_max_cells must be >= 2"),
             (self.prefetch >= 0, "prefetch must be >= 0"),
+            (isinstance(self.progress_bar, bool), "progress_bar must be True or False"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -120,7 +128,10 @@ class Callback:
     """Progress hooks. Subclass and override what you need; all are optional.
 
     ``should_stop`` is polled after every step: return True to cancel training
-    (the best weights so far are kept)."""
+    (the best weights so far are kept). A callback that displays progress itself sets
+    ``shows_progress = True``: the loop then draws no bar of its own."""
+
+    shows_progress: bool = False
 
     def on_train_start(self, max_epochs: int, steps_per_epoch: int) -> None: ...
 
@@ -132,6 +143,61 @@ class Callback:
 
     def should_stop(self) -> bool:
         return False
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the training steps (``tqdm.auto``: a widget in Jupyter, text on stderr
+    elsewhere) with the epoch, the latest loss and, once evaluated, the validation score
+    (``val_ed``, or ``val_score`` for a caller's ``validate``) in its postfix.
+
+    ``disable``: True hides it; None hides it when stderr is not a terminal (tqdm's rule;
+    Jupyter always shows it). The loop adds one (``disable=None``) when
+    ``TrainConfig.progress_bar`` is True and no callback has ``shows_progress``."""
+
+    shows_progress = True
+
+    def __init__(self, disable: bool | None = False, desc: str = "training") -> None:
+        self.disable, self.desc = disable, desc
+        self.bar: Any = None
+        self.val: tuple[str, float] | None = None
+        self.val_ed: float | None = None
+
+    def on_train_start(self, max_epochs: int, steps_per_epoch: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.close()
+        self.val = self.val_ed = None
+        self.bar = tqdm(total=max_epochs * steps_per_epoch, unit="step", desc=self.desc, disable=self.disable,
+                        dynamic_ncols=True)
+
+    def _postfix(self, epoch: int, loss: float) -> str:
+        text = f"epoch={epoch}, loss={loss:.4g}"
+        return text + (f", {self.val[0]}={self.val[1]:.4g}" if self.val is not None else "")
+
+    def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
+        if self.bar is None or self.bar.disable:
+            return
+        self.bar.set_postfix_str(self._postfix(epoch, losses["loss"]), refresh=False)
+        self.bar.update(1)
+
+    def on_evaluation(self, record: dict[str, float]) -> None:
+        key = "val_ed" if "val_ed" in record else "val_score" if "val_score" in record else None
+        if key is None:
+            return
+        self.val = (key, float(record[key]))
+        if key == "val_ed":
+            self.val_ed = self.val[1]
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._postfix(int(record["epoch"]), record.get("train_loss", math.nan)))
+
+    def on_train_end(self, history: History) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the bar (also after an exception; closing twice is harmless)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def resolve_device(accelerator: str = "auto") -> torch.device:
@@ -265,12 +331,22 @@ def train_module(
     module, lower is better, recorded as ``val_score`` every ``eval_every`` epochs (on
     the averaged weights when ``ema_decay`` is set). Torch's random generator is seeded
     with ``config.seed`` first; ``reseed=False`` continues the caller's stream instead
-    (a caller that seeded it to build the module, as the pseudobulk PDAE does)."""
+    (a caller that seeded it to build the module, as the pseudobulk PDAE does).
+
+    ``config.progress_bar`` adds a :class:`ProgressBar` (on rank 0 only) unless a callback
+    shows progress itself (``shows_progress``)."""
     device = local_device(resolve_device(config.accelerator))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        if reseed:
-            torch.manual_seed(config.seed)
-        return _train(module, X, labels, groups, config, callbacks, device, validate)
+    bars = []
+    if config.progress_bar and dist_rank() == 0 and not any(getattr(cb, "shows_progress", False) for cb in callbacks):
+        bars.append(ProgressBar(disable=None))
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if reseed:
+                torch.manual_seed(config.seed)
+            return _train(module, X, labels, groups, config, [*bars, *callbacks], device, validate)
+    finally:
+        for bar in bars:  # also on an error or Ctrl-C
+            bar.close()
 
 
 def _train(
@@ -325,6 +401,11 @@ def _train(
 
     steps_per_epoch = 1 if config.full_batch else len(
         stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, np.random.default_rng(0))
+    )
+    log.info(
+        "training %s on %s: %d cells (%d for validation), %d conditions, at most %d epochs of %d steps",
+        type(module).__name__, device, len(train_idx), len(val_idx), len(np.unique(groups)), config.max_epochs,
+        steps_per_epoch,
     )
     for cb in callbacks:
         cb.on_train_start(config.max_epochs, steps_per_epoch)
@@ -421,6 +502,10 @@ def _train(
                 stop = True
                 break
         train_seconds += time.perf_counter() - t_epoch
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("epoch %d: %d steps, %s (%.2f s)", epoch, n_batches,
+                      ", ".join(f"{k}={v / max(n_batches, 1):.4g}" for k, v in sums.items()),
+                      time.perf_counter() - t_epoch)
         if sched is not None:
             sched.step()
         last = epoch == config.max_epochs or stop
@@ -440,6 +525,9 @@ def _train(
                 else:
                     bad_evals += 1
             hist.records.append(record)
+            if val_key in record:
+                log.debug("epoch %d: %s=%.4g (best %.4g at epoch %s)", epoch, val_key, record[val_key], best,
+                          hist.best_epoch)
             for cb in callbacks:
                 cb.on_evaluation(record)
             if ema is not None:
@@ -456,6 +544,11 @@ def _train(
     module.eval()
     hist.seconds = time.perf_counter() - t0
     hist.steps = step
+    why = ("cancelled" if hist.cancelled else "stopped early" if hist.stopped_early
+           else "stopped at the step or time limit" if stop else "finished")
+    epochs = int(hist.records[-1]["epoch"]) if hist.records else 0
+    best_text = f"; best {val_key} {hist.best_val:.4g} at epoch {hist.best_epoch}" if hist.best_val is not None else ""
+    log.info("training %s: %d epochs, %d steps in %.1f s%s", why, epochs, step, hist.seconds, best_text)
     for cb in callbacks:
         cb.on_train_end(hist)
     return hist

@@ -35,24 +35,39 @@ the covariate ``cell_type`` naming the contexts.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import anndata as ad
+from typing import TYPE_CHECKING, Any
 
 from ...errors import DataError
-from .common import check_kwargs
 from .download import ENV_VAR, RemoteFile, default_data_dir, fetch_file
-from .kang import kang18_from_adata, load_kang18
-from .norman_full import load_norman19_full, norman19_from_gears, norman19_from_scperturb
-from .norman_pseudobulk import load_norman19_pseudobulk
-from .papalexi import build_papalexi21, load_papalexi21, papalexi21_from_r_objects
-from .perturbench import load_mcfaline23_devel, load_norman19_devel
-from .rda import read_lowmoi_rda
-from .schraivogel import build_schraivogel20, load_schraivogel20
-from .synthetic_dataset import load_synthetic
+
+if TYPE_CHECKING:
+    import anndata as ad
+
+# The loaders and builders live in the source modules, imported on first use (PEP 562), so that
+# listing the datasets (`pdae datasets`) imports no anndata: name -> module.
+_LAZY = {
+    **dict.fromkeys(["kang18_from_adata", "load_kang18"], ".kang"),
+    **dict.fromkeys(["load_norman19_full", "norman19_from_gears", "norman19_from_scperturb"], ".norman_full"),
+    "load_norman19_pseudobulk": ".norman_pseudobulk",
+    **dict.fromkeys(["build_papalexi21", "load_papalexi21", "papalexi21_from_r_objects"], ".papalexi"),
+    **dict.fromkeys(["load_mcfaline23_devel", "load_norman19_devel"], ".perturbench"),
+    "read_lowmoi_rda": ".rda",
+    **dict.fromkeys(["build_schraivogel20", "load_schraivogel20"], ".schraivogel"),
+    "load_synthetic": ".synthetic_dataset",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "ENV_VAR",
@@ -74,35 +89,39 @@ __all__ = [
 @dataclass(frozen=True)
 class _Dataset:
     description: str
-    loader: Callable[..., ad.AnnData]
+    loader_name: str  # a loader of this package, imported on first use
+
+    @property
+    def loader(self) -> Callable[..., ad.AnnData]:
+        return globals()[self.loader_name] if self.loader_name in globals() else __getattr__(self.loader_name)
 
 
 _DATASETS: dict[str, _Dataset] = {
     "norman19_devel": _Dataset(
         "Norman 2019 K562 CRISPRa, perturbench devel subset: 3,375 cells x 500 HVGs, log-normalised, "
-        "18 singles + 15 doubles + control", load_norman19_devel),
+        "18 singles + 15 doubles + control", "load_norman19_devel"),
     "mcfaline23_devel": _Dataset(
         "McFaline-Figueroa 2023 CRISPRi, perturbench devel subset: 2,586 cells x 500 HVGs in 3 glioblastoma "
-        "lines (covariate cell_type), log-normalised", load_mcfaline23_devel),
+        "lines (covariate cell_type), log-normalised", "load_mcfaline23_devel"),
     "norman19_pseudobulk": _Dataset(
         "Norman 2019 pseudobulk: log-fold-change vs control of 104 singles + 130 doubles x 2,000 HVGs",
-        load_norman19_pseudobulk),
+        "load_norman19_pseudobulk"),
     "schraivogel20": _Dataset(
         "Schraivogel 2020 TAP-seq K562 CRISPRi: 21,315 assigned cells x 72 genes, raw counts, singles and "
-        "combinations (keep_unassigned=True keeps 662 more)", load_schraivogel20),
+        "combinations (keep_unassigned=True keeps 662 more)", "load_schraivogel20"),
     "papalexi21": _Dataset(
         "Papalexi 2021 ECCITE-seq THP-1 CRISPR KO: 20,729 cells x 299 genes, raw counts, 25 targets, "
-        "covariate bio_rep", load_papalexi21),
+        "covariate bio_rep", "load_papalexi21"),
     "norman19_full": _Dataset(
         "Norman 2019 K562 CRISPRa, full single-cell data from scPerturb (raw counts) or GEARS "
-        "(source='gears', log-normalised); ~100k cells", load_norman19_full),
+        "(source='gears', log-normalised); ~100k cells", "load_norman19_full"),
     "kang18": _Dataset(
         "Kang 2018 PBMC control vs IFN-beta in 8 cell types (covariate cell_type): pertpy's file, 24,673 cells "
         "x 15,706 genes, raw counts, as documented by the source (source='scgen': scGen's log-normalised one)",
-        load_kang18),
+        "load_kang18"),
     "synthetic": _Dataset(
         "Synthetic data from the PDAE generative model with known truth (kwargs go to make_synthetic)",
-        load_synthetic),
+        "load_synthetic"),
 }
 
 
@@ -137,5 +156,8 @@ def load_dataset(
     ds = _DATASETS.get(name)
     if ds is None:
         raise DataError(f"Unknown dataset {name!r}; known datasets: {', '.join(_DATASETS)}.")
-    check_kwargs(name, ds.loader, kwargs)
-    return ds.loader(default_data_dir(data_dir), bool(download), **kwargs)
+    from .common import check_kwargs
+
+    loader = ds.loader
+    check_kwargs(name, loader, kwargs)
+    return loader(default_data_dir(data_dir), bool(download), **kwargs)

@@ -6,6 +6,11 @@ A missing file is downloaded from its public source (``download=True``) into a
 temporary file in that directory, checked against its pinned sha256 and only then
 moved into place, so an interrupted download never leaves a half-written file under
 the real name. Files already present are checked against the same hash.
+
+A file that is missing and not downloaded raises :class:`DataFileUnavailableError`: its first
+sentence (``problem``) names the file and the data folder, the rest says what to do from
+Python; the command line and the dashboard word that remedy for their own controls from the
+error's ``filename``, ``folder`` and ``url``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Any
 
 from ...errors import DataError, DatasetUnavailableError
 
-__all__ = ["ENV_VAR", "RemoteFile", "default_data_dir", "fetch_file", "fetch_remote", "is_present"]
+__all__ = ["ENV_VAR", "DataFileUnavailableError", "RemoteFile", "default_data_dir", "fetch_file", "fetch_remote",
+           "is_present"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,16 @@ ENV_VAR = "PDAE_DATA_DIR"
 CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DataFileUnavailableError(DatasetUnavailableError):
+    """A file of the data folder is missing and was not downloaded (downloads off, no address,
+    or the download failed). ``problem``: one sentence naming the file and the folder, and why;
+    the message is ``problem`` followed by what to do from Python (``remedy``)."""
+
+    def __init__(self, filename: str, folder: Path, url: str | None, problem: str, remedy: str) -> None:
+        super().__init__(f"{problem} {remedy}")
+        self.filename, self.folder, self.url, self.problem = filename, Path(folder), url, problem
 
 
 @dataclass(frozen=True)
@@ -82,11 +98,16 @@ def _urlopen(url: str, timeout: float = _TIMEOUT_S) -> Any:
     return urllib.request.urlopen(req, timeout=timeout)
 
 
-def _manual_hint(filename: str, url: str | None, path: Path) -> str:
-    where = f"Download it from {url} and save it as {path}" if url else f"Place the file at {path}"
-    return (
-        f"{where} (or point data_dir= / ${ENV_VAR} at a folder that has {filename})."
-    )
+def _remedy(filename: str, url: str | None, path: Path, first: str = "") -> str:
+    """What to do from Python about a missing ``filename`` (to be saved as ``path``): one sentence,
+    starting with the option ``first`` (e.g. ``"try again, "``) when given."""
+    where = f"download it from {url} and save it as {path}" if url else f"place it at {path}"
+    text = f"{first}{where}, or point data_dir= or ${ENV_VAR} at a folder that has {filename}."
+    return text[0].upper() + text[1:]
+
+
+def _unavailable(dest: Path, url: str | None, problem: str, first: str = "") -> DataFileUnavailableError:
+    return DataFileUnavailableError(dest.name, dest.parent, url, problem, _remedy(dest.name, url, dest, first))
 
 
 def _download(url: str, dest: Path, sha256: str | None) -> None:
@@ -95,9 +116,10 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     except OSError as e:
-        raise DatasetUnavailableError(
-            f"Cannot write to the data directory {dest.parent} ({e}) to download {dest.name} from {url}. "
-            f"Choose a writable folder with data_dir= or ${ENV_VAR}."
+        raise DataFileUnavailableError(
+            dest.name, dest.parent, url,
+            f"Cannot write to the data folder {dest.parent} ({e}) to download {dest.name} from {url}.",
+            f"Choose a writable folder with data_dir= or ${ENV_VAR}, or save the file there yourself.",
         ) from e
     tmp = Path(tmp_name)
     log.info("Downloading %s from %s", dest.name, url)
@@ -119,29 +141,24 @@ def _download(url: str, dest: Path, sha256: str | None) -> None:
             out.flush()
             os.fsync(out.fileno())
         if expected_len is not None and n != expected_len:
-            raise DatasetUnavailableError(
-                f"Download of {dest.name} from {url} was cut short ({n} of {expected_len} bytes). "
-                "Try again, or " + _manual_hint(dest.name, url, dest)
-            )
+            raise _unavailable(dest, url, f"The download of {dest.name} from {url} into the data folder "
+                               f"{dest.parent} was cut short ({n} of {expected_len} bytes).", "try again, ")
         if n == 0:
-            raise DatasetUnavailableError(f"Download of {dest.name} from {url} returned no data. "
-                                          + _manual_hint(dest.name, url, dest))
+            raise _unavailable(dest, url, f"The download of {dest.name} from {url} into the data folder "
+                               f"{dest.parent} returned no data.")
         actual = h.hexdigest()
         if sha256 is not None and actual != sha256:
-            raise DatasetUnavailableError(
-                f"Downloaded {dest.name} from {url} but its sha256 is {actual}, expected {sha256}: the "
-                "server sent a different or damaged file. " + _manual_hint(dest.name, url, dest)
-            )
+            raise _unavailable(dest, url, f"{dest.name} was downloaded from {url} into the data folder {dest.parent} "
+                               f"but its sha256 is {actual}, expected {sha256} (the server sent a different or "
+                               "damaged file, which was not kept).")
         os.replace(tmp, dest)
     except DatasetUnavailableError:
         tmp.unlink(missing_ok=True)
         raise
     except Exception as e:  # URLError, HTTPError, timeouts, OSError, bad URLs (ValueError)
         tmp.unlink(missing_ok=True)
-        raise DatasetUnavailableError(
-            f"Could not download {dest.name} from {url}: {type(e).__name__}: {e}. "
-            + _manual_hint(dest.name, url, dest)
-        ) from e
+        raise _unavailable(dest, url, f"Could not download {dest.name} from {url} into the data folder {dest.parent} "
+                           f"({type(e).__name__}: {e}).") from e
     except BaseException:  # KeyboardInterrupt: leave nothing half-written behind
         tmp.unlink(missing_ok=True)
         raise
@@ -179,14 +196,11 @@ def fetch_file(
                 )
         return path
     if not download:
-        raise DatasetUnavailableError(
-            f"{filename} is not in the data directory {root} and download=False. "
-            + _manual_hint(filename, url, path)
-            + (" Or call again with download=True." if url else "")
-        )
+        raise _unavailable(path, url, f"{filename} is not in the data folder {root}, and downloads are turned off.",
+                           "call again with download=True, " if url else "")
     if not url:
-        raise DatasetUnavailableError(f"{filename} is not in {root} and has no public download address. "
-                                      + _manual_hint(filename, None, path))
+        raise _unavailable(path, None, f"{filename} is not in the data folder {root} and has no public download "
+                           "address.")
     _download(url, path, sha)
     return path
 

@@ -136,6 +136,8 @@ def format_event(event: dict[str, Any]) -> str:
 class _EpochProgress(Callback):
     """Forwards a trained model's evaluations as ``stage="epoch"`` events."""
 
+    shows_progress = True  # the runner reports progress (its events, or its bar over pairs): no bar per fit
+
     def __init__(self, progress: Progress | None, **where: Any):
         self.progress, self.where, self.max_epochs = progress, where, 0
 
@@ -289,6 +291,7 @@ def run_benchmark(
     out_dir: str | os.PathLike[str],
     progress: Progress | None = None,
     overwrite: bool = False,
+    progress_bar: bool = True,
 ) -> pd.DataFrame:
     """Run (or resume) a benchmark and write its files to ``out_dir`` (module docstring).
 
@@ -297,7 +300,8 @@ def run_benchmark(
     highlighted condition) this raises :class:`PDAEError`, unless ``overwrite``,
     which refits every pair whose stored run does not match. ``progress`` gets
     dict events (``stage``, ``message``, and ``model``, ``seed``, ``done``,
-    ``total``, ``epoch``... where they apply). Returns the per-condition table."""
+    ``total``, ``epoch``... where they apply). Without ``progress``, ``progress_bar`` shows a
+    tqdm bar over the (model, seed) pairs (in a terminal or Jupyter). Returns the per-condition table."""
     spec.check_models()
     out = Path(out_dir)
     _emit(progress, "prepare", "preparing data")
@@ -331,11 +335,22 @@ def run_benchmark(
     models = [*spec.models, NOISE]
     ctx = _Context(adata, registry, spec, spec_hash, out, progress, total=len(models) * len(splits))
     frames, sources, observed = [], {}, {}
+    bar = None
+    if progress is None and progress_bar:  # a caller's progress events replace the bar
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=ctx.total, unit="fit", desc="benchmark", disable=None, dynamic_ncols=True)
     for split in splits:
         sources[split.seed] = _source_cells(adata, registry, spec, split.seed)
         observed[split.seed] = {c: dense(registry.expression(adata[conds == c])) for c in split.test}
         for model in models:
+            if bar is not None:
+                bar.set_postfix_str(f"{model} seed {split.seed}")
             frames.append(_run_pair(ctx, model, split, sources[split.seed], observed[split.seed]))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     per_condition = tidy(pd.concat(frames, ignore_index=True))
     atomic_write(out / "per_condition.csv", per_condition.to_csv(index=False))
 
@@ -360,13 +375,15 @@ def benchmark_dataset(
     progress: Progress | None = None,
     overwrite: bool = False,
     adata: ad.AnnData | None = None,
+    progress_bar: bool = True,
 ) -> pd.DataFrame:
     """Load a named dataset (:func:`pdae_core.data.datasets.load_dataset`, with
     ``spec.dataset_options``) or an ``.h5ad`` file (perturbation column and control
     label from ``spec.perturbation_key`` / ``spec.control_label``, else the file's
     ``uns['pdae_dataset']``, else ``condition`` / auto-detected), set it up and run
     :func:`run_benchmark`. ``name_or_path`` is recorded as ``spec.dataset``; pass
-    ``adata`` when it is already loaded (``name_or_path`` then only labels it)."""
+    ``adata`` when it is already loaded (``name_or_path`` then only labels it). ``progress_bar``: as
+    :func:`run_benchmark`."""
     from ...data.datasets import list_datasets, load_dataset
 
     spec.check_models()
@@ -386,4 +403,5 @@ def benchmark_dataset(
     control = spec.control_label or meta.get("control_label")
     registry = setup_anndata(adata, key, control, covariate_key=meta.get("covariate_key"))
     spec = replace(spec, dataset=name)
-    return run_benchmark(adata, registry, spec, out_dir, progress=progress, overwrite=overwrite)
+    return run_benchmark(adata, registry, spec, out_dir, progress=progress, overwrite=overwrite,
+                         progress_bar=progress_bar)
