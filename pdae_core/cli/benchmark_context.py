@@ -16,7 +16,7 @@ DEFAULT_MODELS = "pdae,fcr,pdae_no_context"
 def benchmark_context(args: argparse.Namespace, adata: Any, name: str, out: Path, progress: Any) -> None:
     """Run the context benchmark and write ``per_pair.csv``, ``summary.csv`` and ``summary.md`` to ``out``."""
     from ..data.registry import setup_anndata
-    from ..eval.benchmark.context import run_context_benchmark, summarise_context
+    from ..eval.benchmark.context import EXTRA_MODELS, run_context_benchmark, summarise_context
     from ..eval.benchmark.spec import available_models
     from .common import holdout_list
 
@@ -30,7 +30,7 @@ def benchmark_context(args: argparse.Namespace, adata: Any, name: str, out: Path
     registry = setup_anndata(adata, args.perturbation_key or meta.get("perturbation_key") or "condition",
                              args.control or meta.get("control_label"), covariate_key=key)
     models = [m.strip() for m in (args.models or DEFAULT_MODELS).split(",") if m.strip()]
-    known = set(available_models()) | {"pdae_no_context"}
+    known = set(available_models()) | set(EXTRA_MODELS)
     unknown = [m for m in models if m not in known]
     if unknown:
         raise DataError(f"Unknown model(s) {unknown}; --task context takes {', '.join(sorted(known))}.")

@@ -17,7 +17,7 @@ interval, MMD, Pearson correlation of the mean change) next to
   labels and a one-hot context (``mean = a + B l + C c``); the controls are moved by ``B l``;
 * the trained models (any name :func:`~.spec.get_builder` accepts, e.g. ``pdae`` and
   ``fcr``, which use the context column; ``pdae_no_context``: PDAE with the context column
-  left out, for comparison).
+  left out, for comparison; ``pdae_decoder_context``: PDAE whose decoder also reads the context).
 
 **Identity preservation** (``model`` rows with ``condition == "identity"``): each fold's
 held-out context's control cells are split in two halves; "control" is predicted from
@@ -47,6 +47,10 @@ BASELINES = ("no_change", "context_shift", "pooled_shift", "linear")
 NOISE = "noise_floor"
 #: the model name that trains PDAE with the context column left out
 PDAE_NO_CONTEXT = "pdae_no_context"
+#: the model name that trains PDAE whose decoder also reads the context (``decoder_context=True``)
+PDAE_DECODER_CONTEXT = "pdae_decoder_context"
+#: model names this benchmark adds to those :func:`~.spec.get_builder` knows
+EXTRA_MODELS = (PDAE_NO_CONTEXT, PDAE_DECODER_CONTEXT)
 
 
 def context_folds(adata: ad.AnnData, registry: PerturbationRegistry, folds: str = "context",
@@ -139,6 +143,8 @@ def _fit(name: str, adata: ad.AnnData, registry: PerturbationRegistry, holdout: 
     if name == PDAE_NO_CONTEXT:  # no context column: the held-out pairs' cells are left out of the data
         reg, builder_name, holdout = replace(registry, covariate_key=None), "pdae", []
         data = adata[train_mask]
+    elif name == PDAE_DECODER_CONTEXT:
+        builder_name, options = "pdae", {**options, "decoder_context": True}
     req = FitRequest(data, reg, holdout, seed, dict(options), dict(train), accelerator, [])
     import warnings
 
