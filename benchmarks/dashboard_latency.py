@@ -8,9 +8,11 @@ first (reported apart). Peak resident memory is printed at the end.
 Part 1 (always): the work one change of a what-if selection triggers, without the
 browser: ``explore.what_if`` (prediction, verdict, observed cells, additive
 baseline, gene table), placing the cells in the cached shared UMAP, building the
-three figures and serialising them to JSON (what Streamlit sends), and the two
-downloads (h5ad, CSV). Random selections of 1-3 seen perturbations with random
-doses, fixed seed.
+three figures as the Compose page does (at most ``MAX_DRAWN`` observed cells drawn in the
+map and cells per violin) and serialising them to JSON (what Streamlit sends), and the two
+downloads (h5ad, CSV; the page writes them only when a button is clicked). Random
+selections of 1-3 seen perturbations with random doses, fixed seed; the targets measured in
+the data (observed cells drawn too, the slowest case) are also summarised apart.
 
 Part 2 (``--browser``, needs /usr/bin/chromium and playwright): a real
 ``streamlit run app.py`` server and headless Chromium. Measures the time from
@@ -90,8 +92,10 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
     import torch
 
     import pdae_core as pc  # noqa: F401  (imports timed apart from the work)
-    from pdae_core import explore
+    from pdae_core import compare, explore
     from pdae_core.plot import cells as cf
+    from pdae_core.plot import compare as pcmp
+    from pdae_core.plot import style
 
     threads = torch.get_num_threads()  # as the process started (OMP_NUM_THREADS): kept for every step below
     adata, model, t_load, t_model, how = _load(dataset, train_steps)
@@ -117,6 +121,9 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
     torch.set_num_threads(threads)  # a library may have changed the OpenMP thread count meanwhile
     rng = np.random.default_rng(seed)
     times: dict[str, list[float]] = {k: [] for k in ("what_if", "embed", "figures", "interactive", "downloads", "total")}
+    measured: list[bool] = []
+    points: list[int] = []
+    change: list[float] = []
     first = None
     for i in range(n + 1):
         k = int(rng.integers(1, 4))
@@ -129,9 +136,9 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
         coords, groups, hover = explore.what_if_embedding(ref, r, include_additive=True)
         t.append(time.perf_counter())
         genes = r.top_genes["gene"].head(3).tolist()
-        figs = [
-            cf.embedding_scatter(coords, groups, hover, colors={explore.OTHER_CELLS: "#e6e6e6"}),
-            cf.gene_violins(explore.gene_values(r, genes, model.registry), genes),
+        figs = [  # as pages/compose.py draws them
+            cf.what_if_scatter(coords, groups, hover),
+            cf.gene_violins(explore.gene_values(r, genes, model.registry), genes, max_cells=cf.MAX_DRAWN),
             cf.delta_bars(r.top_genes, n=15),
         ]
         for f in figs:
@@ -141,9 +148,22 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
             r.predicted.write_h5ad(Path(d) / "p.h5ad")
         r.top_genes.to_csv(index=False)
         t.append(time.perf_counter())
+        if r.observed is not None:  # a measured target: the page also draws the change per gene (timed apart)
+            t0 = time.perf_counter()
+            agree, tab = compare.change_agreement(r.top_genes), r.top_genes
+            deltas = {style.PREDICTED: tab["predicted_delta"].to_numpy()}
+            if r.additive is not None:
+                deltas[style.ADDITIVE] = tab["additive_delta"].to_numpy()
+            pcmp.change_panels(deltas, tab["observed_delta"].to_numpy(), tab["gene"],
+                               {style.PREDICTED: agree["predicted_delta"], style.ADDITIVE: agree["additive_delta"]},
+                               colors=style.KIND_COLORS).to_json()
+            if i:
+                change.append(time.perf_counter() - t0)
         if i == 0:
             first = t[3] - t[0]
             continue  # warm-up
+        measured.append(r.observed is not None)
+        points.append(sum(len(tr.x) for tr in figs[0].data))
         for key, a, b in (("what_if", 0, 1), ("embed", 1, 2), ("figures", 2, 3), ("interactive", 0, 3),
                           ("downloads", 3, 4), ("total", 0, 4)):
             times[key].append(t[b] - t[a])
@@ -165,6 +185,18 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
     for key, v in times.items():
         a = np.asarray(v)
         print(f"| {key} | {np.median(a):.3f} | {np.percentile(a, 95):.3f} | {a.max():.3f} |")
+    m = np.asarray(measured)
+    if m.any():
+        a = np.asarray(times["interactive"])[m]
+        print(f"| interactive, the {int(m.sum())} measured targets (observed cells shown) | {np.median(a):.3f} | "
+              f"{np.percentile(a, 95):.3f} | {a.max():.3f} |")
+    if change:
+        a = np.asarray(change)
+        print(f"| not in 'interactive': a measured target's predicted-versus-observed change per gene (built + JSON, "
+              f"{len(a)} targets) | {np.median(a):.3f} | {np.percentile(a, 95):.3f} | {a.max():.3f} |")
+    print(f"\npoints drawn in the map: median {int(np.median(points)):,}, max {max(points):,} (at most "
+          f"{cf.MAX_DRAWN:,} observed cells drawn; every cell counted in the tables); 'downloads' is paid only when "
+          "a download button is clicked")
     print(f"\npeak resident memory of the process: {_peak_rss_gib():.2f} GiB")
 
 

@@ -173,7 +173,7 @@ def pair_screen(data_key: str, model_key: str, n_cells: int, genes: str, kappa: 
     """:func:`pdae_core.eval.pair_screen.screen_pairs` once per (dataset, model, settings); read-only."""
     from pdae_core.eval.pair_screen import screen_pairs
 
-    return screen_pairs(_model, _adata, n_cells=n_cells, genes=genes, kappa=kappa)
+    return screen_pairs(_model, _adata, n_cells=n_cells, genes=genes, kappa=kappa, progress_bar=False)  # the spinner
 
 
 @st.cache_resource(max_entries=64)
@@ -251,8 +251,8 @@ def current_dataset() -> Dataset | None:
     ss = st.session_state
     try:
         key, label, adata = load_source(ss.data_source)
-    except DatasetUnavailableError as e:
-        ss.data_note = ("unavailable", str(e))
+    except DatasetUnavailableError as e:  # a missing data file also names itself and its folder (download.py)
+        ss.data_note = ("unavailable", str(e), getattr(e, "filename", None), str(getattr(e, "folder", "")))
         return None
     except PDAEError as e:
         ss.data_note = ("error", str(e))

@@ -154,20 +154,24 @@ class ReferenceEmbedding:
             raise DataError(f"Expected cells x {len(self._mean)} genes, got shape {X.shape}.")
         out = np.empty((len(X), 2), dtype=np.float32)
         k = min(self.k, len(self.coords))
-        ref, ref_sq = self._reference_tensors()
+        ref_t, ref_sq, mean_scores = self._reference_tensors()
         for lo in range(0, len(X), _CHUNK):
-            S = torch.from_numpy(((X[lo:lo + _CHUNK] - self._mean) @ self._components.T).astype(np.float32))
-            d2 = ((S**2).sum(1, keepdim=True) - 2.0 * S @ ref.T + ref_sq).clamp_min_(0.0)
-            dist2, nn = torch.topk(d2, k, dim=1, largest=False)  # the k nearest sampled cells (float32 is plenty)
+            S = torch.from_numpy((X[lo:lo + _CHUNK] @ self._components.T - mean_scores).astype(np.float32))
+            # |r|^2 - 2 s.r in one pass: the squared distance less the row's own |s|^2, which does not change
+            # which sampled cells are nearest; added back to the k kept (float32 is plenty)
+            part, nn = torch.topk(torch.addmm(ref_sq, S, ref_t, alpha=-2.0), k, dim=1, largest=False, sorted=False)
+            dist2 = (part + (S**2).sum(1, keepdim=True)).clamp_min_(0.0)
             w = 1.0 / (dist2.double().sqrt().numpy() + 1e-6)
             w /= w.sum(1, keepdims=True)
             out[lo:lo + _CHUNK] = np.einsum("nk,nkd->nd", w, self.coords[nn.numpy()])
         return out
 
-    def _reference_tensors(self) -> tuple[Any, Any]:
+    def _reference_tensors(self) -> tuple[Any, Any, np.ndarray]:
+        """The sampled cells' scores transposed (pcs, n_sample) and their squared norms, float32, and
+        the mean's scores: computed once per map, used by every :meth:`transform`."""
         if getattr(self, "_ref", None) is None:
             ref = torch.from_numpy(np.ascontiguousarray(self._scores, dtype=np.float32))
-            self._ref = (ref, (ref**2).sum(1))
+            self._ref = (ref.T.contiguous(), (ref**2).sum(1), self._mean @ self._components.T)
         return self._ref
 
     def coords_of(self, names: Sequence[str]) -> np.ndarray:
