@@ -12,6 +12,7 @@ import streamlit as st
 
 from pages import common
 from pdae_core import compare, explore
+from pdae_core.data.contexts import context_categories
 from pdae_core.errors import PDAEError
 from pdae_core.plot import cells as cf
 from pdae_core.plot import compare as pcmp
@@ -75,7 +76,7 @@ def _apply_preset() -> None:
         ss[f"w:{p}"] = 1.0
 
 
-KEYS = ("compose_perts", "compose_source", "compose_n", "compose_show_add", "compose_genes", "compose_genes_target")
+KEYS = ("compose_perts", "compose_source", "compose_context", "compose_n", "compose_show_add", "compose_genes", "compose_genes_target")
 back = "compose_n" not in ss  # first run of this page since another page (or a new session): widgets restored
 common.restore_widgets(*KEYS, prefix="w:")
 if "compose_perts" not in ss or any(p not in seen for p in ss.compose_perts):
@@ -118,6 +119,17 @@ with left:
         ss.pop("compose_source", None)
     src = st.selectbox("Source cells", sources, key="compose_source",
                        help="Cells that are encoded, moved to the target and decoded. Control by default.")
+    src_context = None
+    if reg.covariate_key is not None and reg.covariate_key in ds.adata.obs.columns:
+        ctx_word = reg.covariate_key.replace("_", " ")
+        contexts = ["(all)", *context_categories(ds.adata, reg.covariate_key)]
+        if ss.get("compose_context") not in contexts:
+            ss.pop("compose_context", None)
+        pick = st.selectbox(f"Source {ctx_word}", contexts, key="compose_context",
+                            help=f"Predict from the cells of one {ctx_word} only: the verdict then says whether the "
+                            f"target was measured in that {ctx_word}, and the observed cells are those of that "
+                            f"{ctx_word}.")
+        src_context = None if pick == "(all)" else pick
     ss.setdefault("compose_n", 300)
     ss.setdefault("compose_show_add", False)
     n_src = st.slider("Predicted cells", 20, 2000, step=20, key="compose_n",
@@ -134,7 +146,7 @@ if not any(w != 0 for w in weights.values()):
 try:
     additive = common.additive_baseline(ds.key, model_key, model, ds.adata)
     result = explore.what_if(model, ds.adata, weights, source_condition=src, max_source_cells=n_src,
-                              additive=additive, n_cells=n_src)
+                              additive=additive, n_cells=n_src, source_context=src_context)
 except PDAEError as e:
     right.error(str(e))
     st.stop()
@@ -217,9 +229,12 @@ def cell_map(ref, res: explore.WhatIf, coords, groups, hover, gene: str | None, 
 
 with right:
     verdict = explore.verdict_in_words(result.check, weights, explore.measured_alone(model),
-                                       held_out=result.target in model.holdout)
+                                       held_out=explore.held_out_here(model, result.target, src_context))
     show_verdict = {"info": st.info, "success": st.success, "warning": st.warning, "error": st.error}[verdict.level]
     show_verdict(verdict.markdown(result.target))
+    ignores = explore.context_warning(model, reg)
+    if ignores is not None:
+        st.warning(ignores)
     with st.expander("Technical detail: why the model can (or cannot) predict this"):
         for line in verdict.details:
             st.caption(line)

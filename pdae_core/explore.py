@@ -29,7 +29,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .data.contexts import context_values
+from .data.contexts import PAIR_SEPARATOR, context_values
 from .data.registry import (
     PerturbationRegistry,
     condition_column,
@@ -240,6 +240,13 @@ def what_if(
         contexts = sorted(set(context_values(source, reg.covariate_key).tolist()))
     check = model.extrapolation_check(w, context=contexts)
     return WhatIf(name, label, check, predicted, control, observed, add_pred, note, table)
+
+
+def held_out_here(model: Any, target: str, context: str | None = None) -> bool:
+    """Whether ``target`` was held out of training: everywhere, or (with ``context``) in that
+    context (a hold-out written ``target@context``)."""
+    holdout = set(getattr(model, "holdout", []))
+    return target in holdout or (context is not None and f"{target}{PAIR_SEPARATOR}{context}" in holdout)
 
 
 def context_warning(model: Any, registry: PerturbationRegistry) -> str | None:
