@@ -193,3 +193,26 @@ def test_cli_train_and_benchmark_with_a_context_pair(tmp_path):
     assert rc == 0
     text = (tmp_path / "bench" / "summary.md").read_text()
     assert "| pdae |" in text and "| context_shift |" in text and "identity" in text
+
+
+def test_a_perturbation_name_containing_the_separator(tmp_path):
+    a = context_data(n=10)
+    a.obs["condition"] = a.obs["condition"].replace({"stim": "IFNB+TNF"})
+    a.obs.loc[a.obs_names[-10:], "condition"] = "IFNB+TNF+KO"
+    plain = setup_anndata(a, "condition", "control", covariate_key="cell_type")
+    assert plain.perturbations == ["IFNB", "KO", "TNF"]  # without being told, '+' joins perturbations
+    reg = setup_anndata(a, "condition", "control", covariate_key="cell_type", atomic_labels=["IFNB+TNF"])
+    assert reg.perturbations == ["IFNB+TNF", "KO"]
+    assert reg.parse("IFNB+TNF+KO") == ["IFNB+TNF", "KO"] and reg.parse("KO+IFNB+TNF") == ["KO", "IFNB+TNF"]
+    np.testing.assert_array_equal(reg.label_vector("IFNB+TNF+KO"), [1, 1])
+    assert reg.condition_name(np.array([1.0, 0.0])) == "IFNB+TNF"
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = cli.main(["train", "--data", str(path), "--atomic-label", "IFNB+TNF", "--holdout", "IFNB+TNF+KO",
+                       "--out", str(tmp_path / "ck"), "--max-steps", "3", "-q", "--accelerator", "cpu"])
+    assert rc == 0
+    back = PDAE.load(tmp_path / "ck")
+    assert back.registry.perturbations == ["IFNB+TNF", "KO"] and back.holdout == ["IFNB+TNF+KO"]
+    assert back.extrapolation_check("IFNB+TNF+KO").in_span

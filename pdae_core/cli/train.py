@@ -107,7 +107,11 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
     k.add_argument("--separator", metavar="SEP", help="joins the perturbations of a combination "
                    "(default: the dataset's, else '+')")
     k.add_argument("--dose-key", metavar="KEY", help="obs column with the dose of each cell (optional)")
-    k.add_argument("--covariate-key", metavar="KEY", help="obs column with a covariate such as the cell line")
+    k.add_argument("--covariate-key", metavar="KEY", help="obs column with the context of each cell (cell type, "
+                   "cell line): PDAE and FCR learn one shift per context; context names may contain '+'")
+    k.add_argument("--atomic-label", action="append", default=[], metavar="NAME",
+                   help="a perturbation name that contains the separator but is one perturbation "
+                   "(e.g. IFNB+TNF given as one treatment); repeatable")
     k.add_argument("--layer", metavar="NAME", help="use adata.layers[NAME] instead of X")
     pp = t.add_argument_group("preprocessing")
     pp.add_argument("--preprocess", action="store_true",
@@ -235,7 +239,8 @@ def _prepare_data(args: argparse.Namespace) -> tuple[Any, Any, str, str]:
             "log-normalised expression. Rerun with --preprocess (normalize_total + log1p; add --n-top-genes N "
             "to keep the N most variable genes), or pass --layer with a log-normalised layer."
         )
-    registry = setup_anndata(adata, key, control, separator, dose_key, covariate_key, layer)
+    registry = setup_anndata(adata, key, control, separator, dose_key, covariate_key, layer,
+                             atomic_labels=getattr(args, "atomic_label", []))
     return adata, registry, source, key
 
 

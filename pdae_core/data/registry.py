@@ -43,6 +43,9 @@ class PerturbationRegistry:
     layer: str | None = None
     x_kind: str = "log1p"  # "log1p" | "counts" | "change" (changes from control, profile models only)
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    #: perturbation names that contain the separator but are one perturbation (e.g. "IFNB+TNF" given
+    #: as one treatment); a condition joins them with others as usual ("IFNB+TNF+KLF1")
+    atomic_labels: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.separator, str) or not self.separator:
@@ -53,6 +56,10 @@ class PerturbationRegistry:
             raise DataError(f"Registry field 'x_kind' must be 'log1p', 'counts' or 'change', got {self.x_kind!r}.")
         if not isinstance(self.preprocessing, dict):
             raise DataError(f"Registry field 'preprocessing' must be a dict, got {self.preprocessing!r:.80}.")
+        if not isinstance(self.atomic_labels, list) or not all(isinstance(a, str) and a.strip()
+                                                                for a in self.atomic_labels):
+            raise DataError("Registry field 'atomic_labels' must be a list of non-empty strings.")
+        self.atomic_labels = [a.strip() for a in self.atomic_labels]
 
     # ---- conditions and labels -------------------------------------------------
     @property
@@ -75,7 +82,17 @@ class PerturbationRegistry:
         condition = str(condition).strip()
         if condition == self.control_label:
             return []
+        atomic = set(self.atomic_labels)
+        if condition in atomic:
+            return [condition]
         parts = [p.strip() for p in condition.split(self.separator)]
+        if atomic:  # re-join the pieces of a name that contains the separator (longest first)
+            merged, i = [], 0
+            while i < len(parts):
+                j = next((j for j in range(len(parts), i + 1, -1) if self.separator.join(parts[i:j]) in atomic), i + 1)
+                merged.append(self.separator.join(parts[i:j]))
+                i = j
+            parts = merged
         if any(p == "" for p in parts):
             raise DataError(
                 f"Condition {condition!r} has an empty part: combinations are written "
@@ -379,12 +396,15 @@ def setup_anndata(
     dose_key: str | None = None,
     covariate_key: str | None = None,
     layer: str | None = None,
+    atomic_labels: Sequence[str] = (),
 ) -> PerturbationRegistry:
     """Validate an AnnData and build its :class:`PerturbationRegistry`.
 
     The vocabulary is every elementary perturbation that appears in the column
     (alone or in a combination), sorted. Unused categories of a categorical column
-    are ignored. Raises :class:`DataError` with a specific message on bad input.
+    are ignored. ``atomic_labels`` names perturbations that contain the separator but are
+    one perturbation (``["IFNB+TNF"]``). Context names (``covariate_key``) are never parsed.
+    Raises :class:`DataError` with a specific message on bad input.
     """
     if not isinstance(adata, ad.AnnData):
         raise DataError(f"Expected an AnnData, got {type(adata).__name__}.")
@@ -406,7 +426,8 @@ def setup_anndata(
         raise DataError(f"Covariate column {covariate_key!r} is not in obs (columns: {preview(list(adata.obs.columns), 20)}).")
     x_kind = detect_x_kind(adata, layer)
     vocab: set[str] = set()
-    probe = PerturbationRegistry(perturbation_key, control_label, [], [], separator)
+    atomic = [str(a).strip() for a in atomic_labels]
+    probe = PerturbationRegistry(perturbation_key, control_label, [], [], separator, atomic_labels=atomic)
     for c in pd.unique(conds):
         vocab.update(probe.parse(c))
     if not vocab:
@@ -426,6 +447,7 @@ def setup_anndata(
         layer=layer,
         x_kind=x_kind,
         preprocessing=dict(adata.uns.get("pdae_preprocessing", {})),
+        atomic_labels=atomic,
     )
     if dose_key is not None:
         reg.label_matrix(adata)  # validates the dose column
