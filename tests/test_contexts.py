@@ -216,3 +216,9 @@ def test_a_perturbation_name_containing_the_separator(tmp_path):
     back = PDAE.load(tmp_path / "ck")
     assert back.registry.perturbations == ["IFNB+TNF", "KO"] and back.holdout == ["IFNB+TNF+KO"]
     assert back.extrapolation_check("IFNB+TNF+KO").in_span
+
+
+def test_a_tuple_of_two_conditions_is_two_conditions_not_a_pair(data):
+    a, reg = data
+    assert parse_holdout(("stim", "KO"), a, reg) == [HoldoutItem("stim"), HoldoutItem("KO")]
+    assert parse_holdout(("stim", "T98G"), a, reg) == [HoldoutItem("stim", "T98G")]

@@ -85,14 +85,16 @@ def context_onehot(adata: ad.AnnData, key: str, categories: Sequence[str], what:
 def parse_holdout(holdout: Any, adata: ad.AnnData, registry: PerturbationRegistry) -> list[HoldoutItem]:
     """Hold-out items from strings (``"A+B"``, ``"stimulated@CD4T"``) or (condition, context)
     tuples. Every item must select at least one cell; errors name what is missing."""
-    if isinstance(holdout, (str, tuple)) and not (isinstance(holdout, tuple) and holdout and
-                                                  isinstance(holdout[0], (tuple, list))):
-        holdout = [holdout]
     conds = condition_column(adata, registry.perturbation_key)
     present = set(conds)
     key = registry.covariate_key
     ctx = context_values(adata, key) if key is not None else None
     contexts = set(ctx) if ctx is not None else set()
+    if isinstance(holdout, str) or (  # one item: a name, or one (condition, context) tuple
+        isinstance(holdout, tuple) and len(holdout) == 2 and all(isinstance(h, str) for h in holdout)
+        and holdout[1].strip() in contexts and holdout[0].strip() in present
+    ):
+        holdout = [holdout]
     items: list[HoldoutItem] = []
     for raw in holdout:
         if isinstance(raw, (tuple, list)):
