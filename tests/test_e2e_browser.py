@@ -3,7 +3,9 @@ against ``streamlit run app.py`` on a free localhost port.
 
 Chromium is installed with apt-get by the ``chromium`` fixture when it is missing
 (as root, or through sudo); the test fails with the reason when that is impossible.
-Screenshots of every page are written to ``docs/screenshots/`` (the README and docs/user-guide.md show them).
+Screenshots of every page go to a temporary folder; ``pytest --update-screenshots`` (or
+``PDAE_UPDATE_SCREENSHOTS=1``) writes them to ``docs/screenshots/`` instead (the README and
+docs/user-guide.md show those): see the ``screenshots`` fixture in conftest.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import anndata as ad
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 TIMEOUT_MS = 180_000  # the first UMAP of a dataset takes ~20-40 s on 2 cores
 
@@ -48,7 +49,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, data_dir):
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     # the server's output goes to a file: a pipe that nobody reads fills up (64 KiB of warnings) and
@@ -121,16 +122,24 @@ def _goto(page, title: str) -> None:
     _idle(page)
 
 
-def _shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+def _open(page, server) -> None:
+    """Open the app when this test runs on its own (the tests of this module share one page)."""
+    if not page.url.startswith(server):
+        page.goto(server)
+        page.get_by_role("heading", name="Data").wait_for()
+        _idle(page)
+
+
+def _shot(page, folder: Path, name: str) -> None:
+    """A full-page screenshot ``name.png`` in ``folder`` (the ``screenshots`` fixture)."""
+    page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
 def _plots(page) -> int:
     return page.locator('[data-testid="stPlotlyChart"] .main-svg').count()
 
 
-def test_opens_on_demo_data(page, server):
+def test_opens_on_demo_data(page, server, screenshots):
     page.goto(server)
     page.get_by_role("heading", name="Data").wait_for()
     _idle(page)
@@ -143,10 +152,11 @@ def test_opens_on_demo_data(page, server):
     assert "norman19_devel" in text and "3,375" in text
     assert "combination(s) have every part measured alone" in text
     assert "bundled checkpoint norman19_devel" in text  # sidebar: the demo model is loaded
-    _shot(page, "data")
+    _shot(page, screenshots, "data")
 
 
-def test_compose_two_perturbations_and_download(page, server, tmp_path):
+def test_compose_two_perturbations_and_download(page, server, tmp_path, screenshots):
+    _open(page, server)
     _goto(page, "Compose (what-if)")
     page.get_by_role("heading", name="Compose a what-if combination").wait_for()
     box = page.get_by_test_id("stMultiSelect").filter(has_text="Perturbations to combine")
@@ -174,7 +184,7 @@ def test_compose_two_perturbations_and_download(page, server, tmp_path):
     )
     assert page.locator('[data-testid="stPlotlyChart"] canvas').count() >= 1  # scattergl draws on a canvas
     assert page.locator('[data-testid="stPlotlyChart"] .violinlayer').count() >= 1
-    _shot(page, "compose")
+    _shot(page, screenshots, "compose")
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download predicted cells (.h5ad)").click()
     path = tmp_path / "pred.h5ad"
@@ -187,7 +197,8 @@ def test_compose_two_perturbations_and_download(page, server, tmp_path):
     assert pred.obs["source_cell"].nunique() == 100 and sorted(set(pred.obs["draw"])) == [0, 1, 2]
 
 
-def test_other_pages_render(page, server):
+def test_other_pages_render(page, server, screenshots):
+    _open(page, server)
     for title, heading in (("Embeddings", "Embeddings"), ("Model", "Model"), ("Benchmark", "Benchmark")):
         _goto(page, title)
         page.get_by_role("heading", name=heading, exact=True).wait_for()
@@ -195,7 +206,7 @@ def test_other_pages_render(page, server):
             "document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg').length >= 1", timeout=TIMEOUT_MS
         )
         assert not page.get_by_test_id("stException").count(), page.inner_text("body")[:2000]
-        _shot(page, title.lower())
+        _shot(page, screenshots, title.lower())
 
 
 def test_two_sessions_do_not_interfere(page, browser, server):
@@ -221,6 +232,7 @@ def test_two_sessions_do_not_interfere(page, browser, server):
 
 
 def test_malformed_upload_shows_error(page, server, tmp_path):
+    _open(page, server)
     _goto(page, "Data")
     page.get_by_text("Upload an .h5ad", exact=True).click()
     _idle(page)
@@ -234,13 +246,10 @@ def test_malformed_upload_shows_error(page, server, tmp_path):
     assert "Traceback" not in body
 
 
-def test_interactions_page_heatmap_table_and_compose(page, server):
+def test_interactions_page_heatmap_table_and_compose(page, server, screenshots):
     """The Interactions page: the heatmap of every pair, the predicted vs observed scatter and the
     ranked table; one click opens the chosen pair in Compose with its interaction box."""
-    if not page.url.startswith(server):  # when run on its own
-        page.goto(server)
-        page.get_by_role("heading", name="Data").wait_for()
-        _idle(page)
+    _open(page, server)
     _goto(page, "Interactions")
     page.get_by_role("heading", name="Interactions", exact=True).wait_for()
     page.wait_for_function(
@@ -255,7 +264,7 @@ def test_interactions_page_heatmap_table_and_compose(page, server):
     assert "predicted vs observed magnitude" in body and "5 measured pairs" in body
     page.set_viewport_size({"width": 1440, "height": 1900})  # this screenshot shows the table too
     _idle(page)
-    _shot(page, "interactions")
+    _shot(page, screenshots, "interactions")
     page.set_viewport_size({"width": 1440, "height": 1300})
     box = page.get_by_test_id("stSelectbox").filter(has_text="Pair (or select a row of the table)")
     box.click()
@@ -273,13 +282,14 @@ def test_interactions_page_heatmap_table_and_compose(page, server):
 
 
 # ---- issue 16: a biologist alone with the dashboard ----------------------------------------
-def test_glossary_page(page, server):
+def test_glossary_page(page, server, screenshots):
+    _open(page, server)
     _goto(page, "Glossary")
     page.get_by_role("heading", name="Glossary", exact=True).wait_for()
     body = page.inner_text("body")
     for term in ("Energy distance", "Noise floor", "Additive baseline", "Extrapolation", "Latent space", "Dose"):
         assert term in body, term
-    _shot(page, "glossary")
+    _shot(page, screenshots, "glossary")
 
 
 def test_plain_verdict_for_a_held_out_pair_and_a_dose_beyond_training(page, server):
@@ -331,6 +341,7 @@ def _checkpoint_zips(tmp_path):
 
 
 def test_checkpoint_upload_good_and_tampered(page, server, tmp_path):
+    _open(page, server)
     good, tampered = _checkpoint_zips(tmp_path)
     _goto(page, "Model")
     page.get_by_role("tab", name="Load a checkpoint").click()
@@ -347,7 +358,7 @@ def test_checkpoint_upload_good_and_tampered(page, server, tmp_path):
     assert "uploaded checkpoint good.zip" in page.inner_text("body")  # the sidebar names it
 
 
-def test_compose_colour_by_gene_and_models_side_by_side(page, server):
+def test_compose_colour_by_gene_and_models_side_by_side(page, server, screenshots):
     page.goto(server)
     page.get_by_role("heading", name="Data").wait_for()
     _idle(page)
@@ -380,4 +391,4 @@ def test_compose_colour_by_gene_and_models_side_by_side(page, server):
     body = page.inner_text("body")
     assert "additive baseline" in body and not page.get_by_test_id("stException").count()
     page.get_by_text("Compare models on this target").scroll_into_view_if_needed()
-    _shot(page, "compose_compare")
+    _shot(page, screenshots, "compose_compare")

@@ -15,7 +15,7 @@ from pdae_core.data.synthetic import make_synthetic
 from pdae_core.eval.benchmark import BenchmarkSpec, run_benchmark
 from pdae_core.eval.benchmark import run as bm_run
 
-SCRIPT = Path("/work/main/benchmarks/merge_results.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_results.py"
 
 
 def _load():
