@@ -150,6 +150,15 @@ def latent_umap(data_key: str, model_key: str, which: str, _model: pc.Perturbati
     return explore.umap_2d(explore.latent_embedding(_model, _adata, which))
 
 
+@st.cache_resource(max_entries=32)
+def identity(data_key: str, model_key: str, context: str, condition: str, _model: pc.PerturbationModel,
+             _adata: ad.AnnData) -> Any:
+    """Does the model keep ``context``'s cells in their context (pdae_core.identity.identity_check)?"""
+    from pdae_core.identity import identity_check
+
+    return identity_check(_model, _adata, context, condition)
+
+
 @st.cache_resource(max_entries=8)
 def additive_baseline(data_key: str, model_key: str, _model: pc.PerturbationModel, _adata: ad.AnnData) -> Any:
     return explore.fit_additive(_adata, _model)

@@ -11,7 +11,7 @@ from dataclasses import replace
 import streamlit as st
 
 from pages import common
-from pdae_core import compare, explore
+from pdae_core import compare, explore, identity
 from pdae_core.data.contexts import context_categories
 from pdae_core.errors import PDAEError
 from pdae_core.plot import cells as cf
@@ -229,12 +229,18 @@ def cell_map(ref, res: explore.WhatIf, coords, groups, hover, gene: str | None, 
 
 with right:
     verdict = explore.verdict_in_words(result.check, weights, explore.measured_alone(model),
-                                       held_out=explore.held_out_here(model, result.target, src_context))
+                                       held_out=identity.held_out_here(model, result.target, src_context))
     show_verdict = {"info": st.info, "success": st.success, "warning": st.warning, "error": st.error}[verdict.level]
     show_verdict(verdict.markdown(result.target))
-    ignores = explore.context_warning(model, reg)
+    ignores = identity.context_warning(model, reg)
     if ignores is not None:
         st.warning(ignores)
+    if src_context is not None:
+        try:
+            kept = common.identity(ds.key, model_key, src_context, src, _model=model, _adata=ds.adata)
+            (st.caption if kept.preserved else st.warning)(kept.in_words(reg.covariate_key))
+        except PDAEError as e:
+            st.caption(f"No identity check for {src_context}: {e}")
     with st.expander("Technical detail: why the model can (or cannot) predict this"):
         for line in verdict.details:
             st.caption(line)

@@ -29,7 +29,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .data.contexts import PAIR_SEPARATOR, context_values
+from .data.contexts import context_values
 from .data.registry import (
     PerturbationRegistry,
     condition_column,
@@ -240,23 +240,6 @@ def what_if(
         contexts = sorted(set(context_values(source, reg.covariate_key).tolist()))
     check = model.extrapolation_check(w, context=contexts)
     return WhatIf(name, label, check, predicted, control, observed, add_pred, note, table)
-
-
-def held_out_here(model: Any, target: str, context: str | None = None) -> bool:
-    """Whether ``target`` was held out of training: everywhere, or (with ``context``) in that
-    context (a hold-out written ``target@context``)."""
-    holdout = set(getattr(model, "holdout", []))
-    return target in holdout or (context is not None and f"{target}{PAIR_SEPARATOR}{context}" in holdout)
-
-
-def context_warning(model: Any, registry: PerturbationRegistry) -> str | None:
-    """A plain sentence when ``registry`` has a context column that ``model`` ignores (None otherwise):
-    such a model cannot keep the source cells' cell type or line."""
-    key = registry.covariate_key
-    if key is None or getattr(model, "uses_context", False):
-        return None
-    return (f"This model does not use the {key!r} column: predicted cells are not tied to their source's "
-            f"{key.replace('_', ' ')}, so they may look like a mix of all of them.")
 
 
 def top_changed_genes(

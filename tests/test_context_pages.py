@@ -61,6 +61,7 @@ def test_model_page_holds_out_a_perturbation_in_one_context_and_compose_names_it
     ok(at.switch_page("pages/compose.py").run())
     ok(at.multiselect(key="compose_perts").set_value(["stim"]).run())
     ok(at.selectbox(key="compose_context").set_value("CD14+Mono").run())
-    shown = "\n".join(e.value for e in [*at.success, *at.warning, *at.info, *at.error])
+    shown = "\n".join(e.value for e in [*at.success, *at.warning, *at.info, *at.error, *at.caption])
     assert "**stim** was measured in training (in A172 and T98G), but never in CD14+Mono" in shown
     assert "held out during training" in shown
+    assert "Predicted cells keep their cell type" in shown

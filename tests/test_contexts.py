@@ -21,7 +21,9 @@ from pdae_core.eval.benchmark.context import (
     summarise_context,
 )
 from pdae_core.eval.metrics import energy_distance
-from pdae_core.explore import context_warning, verdict_in_words, what_if
+from pdae_core.explore import verdict_in_words, what_if
+from pdae_core.identity import context_warning, identity_check
+from pdae_core.models.baselines import PoolBaseline
 from pdae_core.models.pdae import PDAE
 from pdae_core.models.samsvae import SAMSVAE
 
@@ -222,3 +224,13 @@ def test_a_tuple_of_two_conditions_is_two_conditions_not_a_pair(data):
     a, reg = data
     assert parse_holdout(("stim", "KO"), a, reg) == [HoldoutItem("stim"), HoldoutItem("KO")]
     assert parse_holdout(("stim", "T98G"), a, reg) == [HoldoutItem("stim", "T98G")]
+
+
+def test_identity_check_tells_a_context_model_from_one_that_ignores_it(data, trained):
+    a, reg = data
+    kept = identity_check(trained, a, "T98G")
+    assert kept.preserved and kept.distance < 0.25 * kept.distance_other
+    assert "keep their cell type" in kept.in_words("cell_type")
+    blind = PoolBaseline().fit(a, reg)  # cells of the target condition drawn from every context
+    lost = identity_check(blind, a, "T98G")
+    assert not lost.preserved and "does not keep the cell type" in lost.in_words("cell_type")
