@@ -64,4 +64,6 @@ def test_model_page_holds_out_a_perturbation_in_one_context_and_compose_names_it
     shown = "\n".join(e.value for e in [*at.success, *at.warning, *at.info, *at.error, *at.caption])
     assert "**stim** was measured in training (in A172 and T98G), but never in CD14+Mono" in shown
     assert "held out during training" in shown
-    assert "Predicted cells keep their cell type" in shown
+    # the identity check is shown (2 epochs of training may or may not keep the cell type yet)
+    assert "Predicted cells keep their cell type" in shown or "This model does not keep the cell type" in shown
+    assert "from CD14+Mono cells" in shown

@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "info": "describe a checkpoint: model, genes, perturbations, training and preprocessing",
     "benchmark": "compare models and baselines on held-out combinations (metrics, tables, figures)",
     "datasets": "list the built-in datasets",
+    "dashboard": "start the Streamlit dashboard (Streamlit options such as --server.port pass through)",
 }
 
 

@@ -82,7 +82,7 @@ def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False, lo
 _WEIGHTS, _CONFIG = "model.safetensors", "config.json"  # as pdae_core.models.checkpoint
 _ALLOWED = {_WEIGHTS, _CONFIG, "README.md"}
 _REGISTRY_FIELDS = {"perturbation_key", "control_label", "perturbations", "gene_names", "separator", "dose_key",
-                    "covariate_key", "layer", "x_kind", "preprocessing"}
+                    "covariate_key", "layer", "x_kind", "preprocessing", "atomic_labels"}
 
 
 def _is_num(v: Any, none: bool = False) -> bool:
