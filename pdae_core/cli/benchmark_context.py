@@ -49,11 +49,29 @@ def benchmark_context(args: argparse.Namespace, adata: Any, name: str, out: Path
     rows.to_csv(out / "per_pair.csv", index=False)
     summary = summarise_context(rows)
     summary.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(context_markdown(summary, name, key, models, args.seeds, args.context_folds) + "\n")
+    text = context_markdown(summary, name, key, models, args.seeds, args.context_folds, rows)
+    (out / "summary.md").write_text(text + "\n")
 
 
-def context_markdown(summary: Any, name: str, key: str, models: list[str], seeds: int, folds: str) -> str:
-    """The summary table as markdown, with what each column means."""
+def per_pair_markdown(rows: Any) -> str:
+    """Per held-out pair: each model's energy distance (mean over seeds), the best in bold."""
+    import numpy as np
+
+    df = rows[rows["condition"] != "identity"]
+    table = df.groupby(["pair", "model"])["energy_distance"].mean().unstack()
+    order = [m for m in ("noise_floor", "no_change", "context_shift", "pooled_shift", "linear") if m in table]
+    table = table[order + sorted(c for c in table.columns if c not in order)]
+    lines = ["| pair | " + " | ".join(table.columns) + " |", "|---" * (len(table.columns) + 1) + "|"]
+    for pair, r in table.iterrows():
+        best = r.drop("noise_floor", errors="ignore").idxmin() if r.drop("noise_floor", errors="ignore").notna().any() else None
+        cells = [("**%.3f**" if c == best else "%.3f") % v if np.isfinite(v) else "–" for c, v in r.items()]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def context_markdown(summary: Any, name: str, key: str, models: list[str], seeds: int, folds: str,
+                     rows: Any = None) -> str:
+    """The summary table (and, with ``rows``, the per-pair table) as markdown, with what each column means."""
     fold_words = ("every perturbation of one context held out at a time" if folds == "context"
                   else "one (perturbation, context) pair held out at a time")
     lines = [
@@ -79,4 +97,8 @@ def context_markdown(summary: Any, name: str, key: str, models: list[str], seeds
             f"{f(r['mmd_rbf'])} | {f(r['pearson_delta'])} | {f(r.get('beats_no_change'))} | "
             f"{f(r.get('beats_context_shift'))} | {f(r['identity_ed'])} | {f(r['identity_floor'])} |"
         )
+    if rows is not None:
+        lines += ["", "## Per held-out pair", "",
+                  "Energy distance to the observed cells, mean over seeds; the lowest (noise floor aside) in bold.", "",
+                  per_pair_markdown(rows)]
     return "\n".join(lines)
