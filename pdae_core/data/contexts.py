@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import DataError
 from .preview import preview
-from .registry import PerturbationRegistry, condition_column
+from .registry import PerturbationRegistry, condition_column, label_column
 
 #: written between a condition and a context in a hold-out pair ("stimulated@CD4T")
 PAIR_SEPARATOR = "@"
@@ -43,18 +43,7 @@ class HoldoutItem:
 
 def context_values(adata: ad.AnnData, key: str) -> np.ndarray:
     """The context column as an array of stripped strings, with clear errors."""
-    if key not in adata.obs.columns:
-        raise DataError(
-            f"Context column {key!r} is not in obs; available columns: {preview(list(adata.obs.columns), 20)}."
-        )
-    col = adata.obs[key]
-    missing = col.isna().to_numpy()
-    if missing.any():
-        raise DataError(
-            f"Context column {key!r} has {int(missing.sum())} cells with no value "
-            f"(first: {list(adata.obs_names[missing][:3])}); label them or drop them."
-        )
-    return col.astype(str).str.strip().to_numpy()
+    return label_column(adata, key, "Context", "label them or drop them")
 
 
 def context_categories(adata: ad.AnnData, key: str) -> list[str]:

@@ -310,16 +310,22 @@ def _split_doses(dose: Any, parts: list[str], sep: str, cond: str, dose_key: str
 
 def condition_column(adata: ad.AnnData, key: str) -> np.ndarray:
     """The perturbation column as an array of stripped strings, with clear errors."""
+    return label_column(adata, key, "Perturbation", "label them (e.g. with the control label) or drop them")
+
+
+def label_column(adata: ad.AnnData, key: str, what: str, fix: str) -> np.ndarray:
+    """An obs column of labels (``what``: "Perturbation", "Context") as stripped strings; a missing
+    column or a cell with no value is a DataError naming the column (and ``fix``)."""
     if key not in adata.obs.columns:
         raise DataError(
-            f"Perturbation column {key!r} is not in obs; available columns: {preview(list(adata.obs.columns), 20)}."
+            f"{what} column {key!r} is not in obs; available columns: {preview(list(adata.obs.columns), 20)}."
         )
     col = adata.obs[key]
     missing = col.isna().to_numpy()
     if missing.any():
         raise DataError(
-            f"Perturbation column {key!r} has {int(missing.sum())} cells with no value "
-            f"(first: {list(adata.obs_names[missing][:3])}); label them (e.g. with the control label) or drop them."
+            f"{what} column {key!r} has {int(missing.sum())} cells with no value "
+            f"(first: {list(adata.obs_names[missing][:3])}); {fix}."
         )
     if isinstance(col.dtype, pd.CategoricalDtype):  # strip the few categories, not every cell's value
         cats = np.asarray([str(c).strip() for c in col.cat.categories], dtype=object)
