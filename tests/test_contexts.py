@@ -234,3 +234,20 @@ def test_identity_check_tells_a_context_model_from_one_that_ignores_it(data, tra
     blind = PoolBaseline().fit(a, reg)  # cells of the target condition drawn from every context
     lost = identity_check(blind, a, "T98G")
     assert not lost.preserved and "does not keep the cell type" in lost.in_words("cell_type")
+
+
+def test_cli_predict_from_one_context_names_it(data, trained, tmp_path, capsys):
+    a, _ = data
+    trained.save(tmp_path / "ck")
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    rc = cli.main(["predict", str(tmp_path / "ck"), "--data", str(path), "--target", "stim",
+                   "--source-context", "CD14+Mono", "--out", str(tmp_path / "pred.h5ad")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "stim: 50 cells from 50 'control' cells" in out and "never in CD14+Mono" in out
+    pred = ad.read_h5ad(tmp_path / "pred.h5ad")
+    assert set(pred.obs["cell_type"]) == {"CD14+Mono"}
+    rc = cli.main(["predict", str(tmp_path / "ck"), "--data", str(path), "--target", "stim",
+                   "--source-context", "U87MG", "--out", str(tmp_path / "pred2.h5ad")])
+    assert rc == 2 and "No 'control' cells in context 'U87MG'" in capsys.readouterr().err

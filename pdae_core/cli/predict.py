@@ -60,6 +60,9 @@ def add_parser(sub: Any) -> None:
                    help="condition to predict (repeat for several)")
     p.add_argument("--source-condition", metavar="LABEL",
                    help="condition of the cells to move (default: the model's control label)")
+    p.add_argument("--source-context", metavar="NAME",
+                   help="only source cells of this context (cell type, line) of the model's context column; the "
+                   "verdict then says whether each target was measured there")
     p.add_argument("--n-cells", type=positive_int, metavar="N",
                    help="predicted cells per target (default: one per source cell); fewer than the source "
                    "cells subsamples them, more draws the decoder noise several times")
@@ -158,6 +161,21 @@ def run(args: argparse.Namespace) -> int:
             f"No cells of source condition {src_label!r} in column {reg.perturbation_key!r} of {source} "
             f"(conditions present: {preview(sorted(set(conds)), 12)}); pass --source-condition."
         )
+    contexts = None
+    if args.source_context is not None or (reg.covariate_key is not None and reg.covariate_key in adata.obs.columns):
+        from ..data.contexts import context_values
+
+        if reg.covariate_key is None:
+            raise DataError("--source-context: this model has no context column (it was trained without --covariate-key).")
+        ctx = context_values(adata, reg.covariate_key)
+        if args.source_context is not None:
+            mask &= ctx == args.source_context
+            if not mask.any():
+                raise DataError(
+                    f"No {src_label!r} cells in context {args.source_context!r} (column {reg.covariate_key!r}) of "
+                    f"{source} (contexts present: {preview(sorted(set(ctx)), 12)})."
+                )
+        contexts = sorted(set(ctx[mask].tolist()))
     src = prepare_source(adata[mask].copy(), model, source)
     n_src = src.n_obs
     check_prediction_size((args.n_cells or n_src) * len(targets), reg.n_genes)
@@ -174,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         pred = model.predict(src, tgt, seed=args.seed, n_draws=n_draws)
         if args.n_cells is not None and pred.n_obs > args.n_cells:
             pred = pred[np.sort(rng.choice(pred.n_obs, size=args.n_cells, replace=False))].copy()
-        check = model.extrapolation_check(tgt)
+        check = model.extrapolation_check(tgt, context=contexts)
         name = str(pred.uns[PREDICTION_KEY]["target"])
         shown = text.strip() if name == text.strip() else f"{text.strip()} (as {name})"
         print(printable(f"{shown}: {pred.n_obs} cells from {n_src} {src_label!r} cells. {check.message}"))
