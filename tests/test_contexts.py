@@ -23,7 +23,7 @@ from pdae_core.eval.benchmark.context import (
 from pdae_core.eval.metrics import energy_distance
 from pdae_core.explore import verdict_in_words, what_if
 from pdae_core.identity import context_warning, identity_check
-from pdae_core.models.baselines import PoolBaseline
+from pdae_core.models.baselines import AdditiveBaseline, PoolBaseline
 from pdae_core.models.pdae import PDAE
 from pdae_core.models.samsvae import SAMSVAE
 
@@ -251,3 +251,9 @@ def test_cli_predict_from_one_context_names_it(data, trained, tmp_path, capsys):
     rc = cli.main(["predict", str(tmp_path / "ck"), "--data", str(path), "--target", "stim",
                    "--source-context", "U87MG", "--out", str(tmp_path / "pred2.h5ad")])
     assert rc == 2 and "No 'control' cells in context 'U87MG'" in capsys.readouterr().err
+
+
+def test_baselines_say_they_ignore_the_context(data):
+    a, reg = data
+    with pytest.warns(UserWarning, match="The additive baseline does not use the context column 'cell_type'"):
+        AdditiveBaseline().fit(a, reg)

@@ -22,6 +22,7 @@ some of the target's perturbations is not shifted twice.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import ClassVar, TypeVar
 
@@ -77,6 +78,12 @@ class Baseline:
         registry.check_genes(adata)
         conds = condition_column(adata, registry.perturbation_key)
         keep, holdout = training_mask(adata, registry, holdout)
+        if registry.covariate_key is not None:
+            warnings.warn(
+                f"{self._plain_name(capital=True)} does not use the context column {registry.covariate_key!r}: its "
+                "predictions ignore the context (a perturbation's change is pooled over every context).",
+                UserWarning, stacklevel=2,
+            )
         if not keep.any():
             raise DataError(f"No cells remain after holding out {holdout}.")
         sub = adata[keep]
