@@ -233,12 +233,13 @@ spec = importlib.util.find_spec("pdae_core")
 sys.modules["pdae_core"] = importlib.util.module_from_spec(spec)
 print("ready", flush=True)
 from pdae_core.cli import main
-sys.exit(main(["info", "no_such_checkpoint"]))
+sys.exit(main(["info", sys.argv[1], "--load"]))  # --load: builds the model, so imports torch
 """
+DEMO = str(Path(__file__).resolve().parents[1] / "checkpoints" / "norman19_devel")
 
 
 def test_ctrl_c_during_the_imports_of_the_cli_exits_130_quietly():
-    proc = subprocess.Popen([sys.executable, "-c", HARNESS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", HARNESS, DEMO], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.3)  # torch and anndata take seconds to import
@@ -252,8 +253,10 @@ def test_ctrl_c_during_the_imports_of_the_cli_exits_130_quietly():
 def test_ctrl_c_early_in_the_console_script_exits_130_quietly():
     exe = Path(sys.executable).parent / "pdae"  # the console script itself, not a shell shim
     assert exe.exists(), "the `pdae` console script is not installed (pip install -e .)"
-    for delay in (0.3, 0.8):  # python has started; pdae_core.cli.main is importing torch and anndata
-        proc = subprocess.Popen([exe, "info", "no_such_checkpoint"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # python has started; pdae_core.cli.main is importing torch (with Ctrl-C held back until it is done:
+    # an interrupt inside torch's C++ import code would abort the process) and anndata
+    for delay in (0.3, 0.8, 1.5):
+        proc = subprocess.Popen([exe, "info", DEMO, "--load"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)

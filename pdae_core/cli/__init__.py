@@ -51,6 +51,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: commands that always import torch (``info`` only when it loads the model)
+_NEEDS_TORCH = frozenset({"train", "predict", "interactions", "benchmark"})
+
+
 def __getattr__(name: str) -> Any:  # the re-exported names, imported on first use
     if name in _LAZY:
         import importlib
@@ -119,10 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     from ..errors import PDAEError
-    from .common import EXIT_ERROR, EXIT_OK, printable
+    from .common import EXIT_ERROR, EXIT_OK, import_torch, printable
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = chosen_command(argv)
+    if command in _NEEDS_TORCH and not {"-h", "--help"} & set(argv):
+        import_torch()  # first, with Ctrl-C held back (a Ctrl-C inside torch's import aborts the process)
     model = None
     if command == "train":
         from . import train

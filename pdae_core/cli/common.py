@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -386,3 +387,24 @@ def __getattr__(name: str) -> Any:
 
         return ProgressBar
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def import_torch() -> None:
+    """Import torch with Ctrl-C held back until the import is done. Its import runs C++ code
+    (pybind11) that aborts the whole process ("terminate called after throwing ...") when an
+    interrupt lands inside it; held back, a Ctrl-C pressed meanwhile arrives right after the import
+    as a KeyboardInterrupt, which the command line turns into a quiet exit with code 130."""
+    import signal
+    import threading
+
+    if "torch" in sys.modules or not hasattr(signal, "pthread_sigmask") or (
+        threading.current_thread() is not threading.main_thread()
+    ):
+        import torch  # noqa: F401
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        import torch  # noqa: F401, F811
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+

@@ -51,10 +51,17 @@ def add_parser(sub: Any) -> None:
 def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False, load: bool = False) -> dict[str, Any]:
     """Everything `pdae info` shows, as a JSON-ready dict (validates the checkpoint): from
     :func:`quick_summary` when it applies and ``load`` is False, else from the loaded model."""
+    if not Path(path).exists():  # the same message as load_checkpoint's, without importing torch
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"Checkpoint not found: {Path(path)}")
     if not load:
         quick = quick_summary(path)
         if quick is not None:
             return quick
+    from .common import import_torch
+
+    import_torch()  # with Ctrl-C held back
     from .._version import __version__
     from ..models.card import model_card
     from ..models.checkpoint import load_checkpoint, read_config
