@@ -377,9 +377,9 @@ def test_sampled_grid_draws_distinct_sources_uniformly():
     calls: list[torch.Tensor] = []
     original = mod.decode
 
-    def recording(z: torch.Tensor, generator: torch.Generator | None = None, eps=None) -> torch.Tensor:
+    def recording(z: torch.Tensor, generator: torch.Generator | None = None, eps=None, labels=None) -> torch.Tensor:
         calls.append(z.detach().clone())
-        return original(z, generator, eps=eps)
+        return original(z, generator, eps=eps, labels=labels)
 
     mod.decode = recording
     n_calls = 300
