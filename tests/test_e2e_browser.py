@@ -382,7 +382,10 @@ def test_compose_colour_by_gene_and_models_side_by_side(page, server, screenshot
     box = page.get_by_test_id("stMultiSelect").filter(has_text="Models to compare")
     box.scroll_into_view_if_needed()
     for name in ("additive baseline", "scaled additive baseline"):
+        _idle(page)  # typed into a box that a script run is redrawing, the text can be lost
+        box.locator("input").click()
         box.locator("input").fill(name)
+        page.wait_for_timeout(500)  # the filtered list settles
         page.get_by_role("option", name=name, exact=True).click()
         _idle(page)
     page.keyboard.press("Escape")
