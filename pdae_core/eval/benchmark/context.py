@@ -174,6 +174,7 @@ def run_context_benchmark(
     plan = context_folds(adata, registry, folds, contexts)
     assert ctx is not None
     ctrl = registry.control_label
+    all_controls = dense(registry.expression(adata[conds == ctrl])).astype(np.float64) if models else None
     rows: list[dict[str, Any]] = []
     for fold, items in plan:
         holdout = [it.name for it in items]
@@ -188,20 +189,23 @@ def run_context_benchmark(
                 if it.context not in src_cache:
                     s = adata[(conds == ctrl) & (ctx == it.context)]
                     src_cache[it.context] = (s, dense(registry.expression(s)).astype(np.float64))
+            observed = {}
             for it in items:
                 _, src = src_cache[it.context]
                 obs = dense(registry.expression(adata[(conds == it.condition) & (ctx == it.context)])).astype(np.float64)
+                observed[it.name] = obs
                 base = {"fold": fold, "seed": seed, "condition": it.condition, "context": it.context, "pair": it.name}
                 perm = rng.permutation(len(obs))
                 h = len(obs) // 2
                 rows.append({**base, "model": NOISE, **_score(obs[perm[:h]], obs[perm[h:]], src, n_boot, seed)})
                 for b in BASELINES:
                     rows.append({**base, "model": b, **_score(src + shifts[b][it.name], obs, src, n_boot, seed)})
-            for x, (s, src) in src_cache.items():  # identity: control from one half of a context's controls
+            halves = {}  # identity: control predicted from one half of a context's controls, scored on the other
+            for x, (s, src) in src_cache.items():
                 perm = np.random.default_rng([seed, 7]).permutation(s.n_obs)
-                h = s.n_obs // 2
-                half_a, half_b = perm[:h], perm[h:]
+                half_a, half_b = perm[: s.n_obs // 2], perm[s.n_obs // 2:]
                 floor = energy_distance(src[half_a], src[half_b])
+                halves[x] = (half_a, half_b, floor)
                 rows.append({"fold": fold, "seed": seed, "condition": "identity", "context": x, "pair": f"{ctrl}@{x}",
                              "model": NOISE, "energy_distance": floor, "identity_floor": floor})
             for name in models:
@@ -219,22 +223,18 @@ def run_context_benchmark(
                     raise PDAEError(f"{name} was trained on held-out pair(s) {sorted(leaked)}; refusing to score it.")
                 for it in items:
                     s, src = src_cache[it.context]
-                    obs_cells = adata[(conds == it.condition) & (ctx == it.context)]
-                    obs = dense(registry.expression(obs_cells)).astype(np.float64)
+                    obs = observed[it.name]
                     pred = dense(model.predict(s, it.condition, seed=seed).X).astype(np.float64)
                     rows.append({"fold": fold, "seed": seed, "condition": it.condition, "context": it.context,
                                  "pair": it.name, "model": name, "fit_seconds": fit_s,
                                  **_score(pred, obs, src, n_boot, seed)})
                 for x, (s, src) in src_cache.items():
-                    perm = np.random.default_rng([seed, 7]).permutation(s.n_obs)
-                    h = s.n_obs // 2
-                    pred = dense(model.predict(s[perm[:h]], ctrl, seed=seed).X).astype(np.float64)
-                    floor = energy_distance(src[perm[:h]], src[perm[h:]])
+                    half_a, half_b, floor = halves[x]
+                    pred = dense(model.predict(s[half_a], ctrl, seed=seed).X).astype(np.float64)
                     rows.append({"fold": fold, "seed": seed, "condition": "identity", "context": x,
                                  "pair": f"{ctrl}@{x}", "model": name,
-                                 "energy_distance": energy_distance(pred, src[perm[h:]]), "identity_floor": floor,
-                                 "energy_distance_all_controls": energy_distance(
-                                     pred, dense(registry.expression(adata[conds == ctrl])).astype(np.float64))})
+                                 "energy_distance": energy_distance(pred, src[half_b]), "identity_floor": floor,
+                                 "energy_distance_all_controls": energy_distance(pred, all_controls)})
     return pd.DataFrame(rows)
 
 
