@@ -209,7 +209,7 @@ with train_tab:
                                   n_members=n_net if n_net > 1 else None)
                 ss.train_job = training_job(
                     new, ds.adata, holdout=holdout, max_epochs=int(epochs), lr=float(lr), seed=int(seed),
-                    time_limit_s=float(minutes) * 60 or None,
+                    time_limit_s=float(minutes) * 60 or None, threads="auto",
                 ).start()
                 ss.train_meta = {"dataset": ds.label, "model_type": mtype, "networks": n_net, "collected": False}
                 st.rerun()

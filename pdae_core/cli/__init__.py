@@ -143,6 +143,10 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     args.argv = argv
+    if command in _NEEDS_TORCH and getattr(args, "threads", None) is not None:
+        from ..train.threads import set_threads
+
+        args.threads_used = set_threads(args.threads)
     import warnings
 
     default_show = warnings.showwarning

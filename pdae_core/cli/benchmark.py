@@ -16,6 +16,7 @@ from .common import (
     PROG,
     HelpFormatter,
     add_data_args,
+    add_threads_arg,
     check_file_flags,
     check_not_empty,
     check_output_not_input,
@@ -105,8 +106,12 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--perturbation-key", metavar="KEY", help="obs column with the condition of each cell")
     b.add_argument("--control", metavar="LABEL", help="label of the control cells")
     b.add_argument("--epochs", type=positive_int, metavar="N", help="trained models: maximum epochs")
+    b.add_argument("--steps", type=non_negative_int, metavar="N",
+                   help="trained models: budget in optimiser steps when the epochs would take more (default 6000; "
+                   "0: the epochs whatever the size)")
     b.add_argument("--time-limit", type=finite_float, metavar="SECONDS",
                    help="trained models: stop each fit after this many seconds (results then depend on speed)")
+    add_threads_arg(b)
     b.add_argument("--accelerator", default="auto", metavar="{auto,cpu,cuda,mps}", help="device of trained models")
     b.add_argument("--overwrite", action="store_true",
                    help="--out holds a run with other settings: redo the pairs that changed")
@@ -226,6 +231,8 @@ def _benchmark_cells(args: argparse.Namespace, adata: ad.AnnData, name: str, out
     train: dict[str, Any] = {}
     if args.epochs is not None:
         train["max_epochs"] = args.epochs
+    if args.steps is not None:
+        train["budget_steps"] = args.steps or None
     if args.time_limit is not None:
         train["time_limit_s"] = args.time_limit
     spec = BenchmarkSpec(
@@ -255,6 +262,7 @@ def _profiles(args: argparse.Namespace, adata: ad.AnnData) -> Any:
 
     for flag, given in (("--holdout", bool(args.holdout)), ("--exclude", bool(args.exclude)),
                         ("--highlight", args.highlight is not None), ("--epochs", args.epochs is not None),
+                        ("--steps", args.steps is not None),
                         ("--time-limit", args.time_limit is not None)):
         if given:
             raise DataError(f"{flag} applies to the single-cell benchmark (--level cells), not to --level pseudobulk.")

@@ -37,6 +37,8 @@ def benchmark_context(args: argparse.Namespace, adata: Any, name: str, out: Path
     train: dict[str, Any] = {"progress_bar": False}
     if args.epochs is not None:
         train["max_epochs"] = args.epochs
+    if args.steps is not None:
+        train["budget_steps"] = args.steps or None
     if args.time_limit is not None:
         train["time_limit_s"] = args.time_limit
     say = None if args.quiet else (lambda msg: progress({"stage": "context", "message": msg}))

@@ -104,6 +104,20 @@ positive_int = int_at_least(1, "positive")
 non_negative_int = int_at_least(0, "non-negative")
 
 
+def threads_value(text: str) -> int | str:
+    """An argparse type for ``--threads``: ``auto`` or a positive integer."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return positive_int(text)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    """``--threads``, for the commands that train or predict (applied by ``main`` after parsing)."""
+    p.add_argument("--threads", type=threads_value, default="auto", metavar="{auto,N}",
+                   help="CPU threads of torch: auto takes the cores idle when the command starts (at least 1), "
+                   "so two jobs on one machine do not slow each other down; N fixes the number")
+
+
 def integer(text: str) -> int:
     """An argparse type: any integer."""
     try:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..train.records import epochs_run
 from .common import EXIT_OK, HelpFormatter, preview, printable
 
 INFO_EXAMPLES = """\
@@ -147,7 +148,7 @@ def _well_formed(cfg: dict[str, Any]) -> bool:
             isinstance(hist, dict) and isinstance(hist.get("records", []), list)
             and all(isinstance(r, dict) and _is_num(r.get("epoch")) and all(_is_num(v, True) for v in r.values())
                     for r in hist.get("records", []))
-            and (hist.get("best_epoch") is None or type(hist["best_epoch"]) is int)
+            and (hist.get("best_epoch") is None or (_is_num(hist["best_epoch"]) and hist["best_epoch"] >= 0))
             and _is_num(hist.get("best_val"), True) and _is_num(hist.get("seconds", 0.0))
             and type(hist.get("steps", 0)) is int and isinstance(hist.get("device", "cpu"), str)
             and all(isinstance(hist.get(k, False), bool) for k in ("stopped_early", "cancelled"))
@@ -197,7 +198,7 @@ def quick_summary(path: str | os.PathLike) -> dict[str, Any] | None:
         "trained": hist is not None,
         "best_val_ed": hist.get("best_val") if hist else None,
         "best_epoch": hist.get("best_epoch") if hist else None,
-        "epochs_run": int(records[-1]["epoch"]) if records else 0,
+        "epochs_run": epochs_run(records[-1]["epoch"]) if records else 0,
         "steps": hist.get("steps", 0) if hist else 0,
         "seconds": hist.get("seconds", 0.0) if hist else 0.0,
         "device": hist.get("device", "cpu") if hist else None,
@@ -255,3 +256,4 @@ def run(args: argparse.Namespace) -> int:
     # names come from the checkpoint: escape control characters (terminal escape codes)
     print("\n".join(printable(line) for line in lines))
     return EXIT_OK
+

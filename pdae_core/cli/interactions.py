@@ -15,6 +15,7 @@ from .common import (
     EXIT_OK,
     HelpFormatter,
     add_data_args,
+    add_threads_arg,
     check_output_not_input,
     finite_float,
     load_data,
@@ -63,6 +64,7 @@ def add_parser(sub: Any) -> None:
                    help="cells moved per pair: that many control cells, or each control cell several times "
                    "(fresh decoder noise) when there are fewer")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the cell subsample and the decoder noise")
+    add_threads_arg(p)
     p.add_argument("--top", type=int, default=10, metavar="N", help="pairs printed (0: none)")
     p.add_argument("--trust-modified", action="store_true",
                    help="load the checkpoint even if it was modified after saving (with a warning)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..train.records import epochs_run
+
 if TYPE_CHECKING:
     from .base import PerturbationModel
 
@@ -37,7 +39,7 @@ def model_card(model: PerturbationModel, checkpoint_sha256: str | None = None) -
         "trained": model.is_trained,
         "best_val_ed": hist.best_val if hist else None,
         "best_epoch": hist.best_epoch if hist else None,
-        "epochs_run": int(records[-1]["epoch"]) if records else 0,
+        "epochs_run": epochs_run(records[-1]["epoch"]) if records else 0,
         "steps": hist.steps if hist else 0,
         "seconds": hist.seconds if hist else 0.0,
         "device": hist.device if hist else None,
@@ -46,3 +48,4 @@ def model_card(model: PerturbationModel, checkpoint_sha256: str | None = None) -
         "preprocessing": dict(reg.preprocessing),
         "checkpoint_sha256": checkpoint_sha256,
     }
+

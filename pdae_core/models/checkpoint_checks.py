@@ -137,7 +137,12 @@ def check_training(tr: dict[str, Any], where: Path) -> None:
     ):
         raise bad("history.records", "a list of objects of numbers, each with an 'epoch'")
     for field, ok, expected in (
-        ("best_epoch", lambda v: v is None or (type(v) is int), "an integer or null"),
+        # an integer, or a fraction of an epoch when a step budget evaluates part-way through one
+        ("best_epoch", lambda v: v is None or (type(v) in (int, float) and math.isfinite(v) and v >= 0),
+         "a non-negative number or null"),
+        ("thread_changes", lambda v: isinstance(v, list) and all(
+            isinstance(c, list) and len(c) == 2 and type(c[0]) in (int, float) and type(c[1]) is int for c in v),
+         "a list of [seconds, threads] pairs"),
         ("best_val", _is_number, "a number or null"),
         ("seconds", lambda v: _is_number(v) and v is not None, "a number"),
         ("steps", lambda v: type(v) is int, "an integer"),

@@ -332,6 +332,15 @@ class TrainingCallback(Callback):
             message=f"{self._network()}training: {self.max_epochs} epochs × {self.steps_per_epoch} steps",
         )
 
+    def on_budget(self, total_steps: int) -> None:
+        self.total_steps = max(1, int(total_steps))
+        if self.max_steps is not None:
+            self.total_steps = max(1, min(self.total_steps, int(self.max_steps)))
+        self.reporter.update(
+            fraction=self._fraction(),
+            message=f"{self._network()}training: {self.total_steps} steps ({self.steps_per_epoch} per epoch)",
+        )
+
     def _network(self) -> str:
         return f"network {self.member + 1} of {self.n_members}, " if self.n_members > 1 else ""
 

@@ -49,10 +49,14 @@ class TrainConfig:
     """Optimisation settings. Defaults converge on a CPU in minutes for ~5k cells."""
 
     max_epochs: int = 150
+    #: the training budget in optimiser steps: when ``max_epochs`` would take more steps than this,
+    #: the cosine schedule and the evaluations span this many steps instead (so a screen of 200,000
+    #: cells trains as long as one of 6,000); None: the budget is ``max_epochs`` whatever the size
+    budget_steps: int | None = 6000
     batch_size: int = 128
     cells_per_condition: int = 8
     lr: float = 1e-3
-    lr_schedule: str = "cosine"  # "cosine" (decay to lr/100 over max_epochs) | "constant"
+    lr_schedule: str = "cosine"  # "cosine" (decay to lr/100 over the budget) | "constant"
     ema_decay: float | None = 0.995  # exponential moving average of the weights (None: off)
     weight_decay: float = 0.0
     grad_clip: float | None = 10.0
@@ -61,7 +65,7 @@ class TrainConfig:
     patience: int = 30
     val_max_sources: int = 256
     seed: int = 0
-    max_steps: int | None = None
+    max_steps: int | None = None  # a hard stop after this many steps (the schedule still spans the budget)
     time_limit_s: float | None = None
     accelerator: str = "auto"
     precision: str = "32"  # "32" | "bf16-mixed" | "16-mixed" (autocast; losses stay float32)
@@ -71,10 +75,15 @@ class TrainConfig:
     prefetch: int = 2  # batches read ahead on a background thread when X is not in memory
     full_batch: bool = False  # every step sees all training rows in their order (a few rows, e.g. one per condition)
     progress_bar: bool = True  # a tqdm bar over the steps (see ProgressBar); False: silent
+    #: CPU threads of torch while training: a number, "auto" (the idle cores, re-checked every few
+    #: seconds so that jobs sharing a machine do not slow each other down; see pdae_core.train.threads)
+    #: or None (torch's setting is left alone)
+    threads: int | str | None = None
 
     def __post_init__(self) -> None:
         checks = [
             (self.max_epochs >= 1, "max_epochs must be >= 1"),
+            (self.budget_steps is None or self.budget_steps >= 1, "budget_steps must be >= 1 or None"),
             (self.batch_size >= 3, "batch_size must be >= 3"),
             (1 <= self.cells_per_condition <= self.batch_size, "cells_per_condition must be in [1, batch_size]"),
             (self.lr > 0, "lr must be > 0"),
@@ -88,6 +97,8 @@ class TrainConfig:
             (self.init_max_cells >= 2, "init_max_cells must be >= 2"),
             (self.prefetch >= 0, "prefetch must be >= 0"),
             (isinstance(self.progress_bar, bool), "progress_bar must be True or False"),
+            (self.threads is None or self.threads == "auto" or (isinstance(self.threads, int) and self.threads >= 1),
+             "threads must be a positive integer, 'auto' or None"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -114,6 +125,8 @@ class History:
     seconds: float = 0.0
     steps: int = 0
     device: str = "cpu"
+    #: with ``threads="auto"``: (seconds since the start, threads) at the start and at each change
+    thread_changes: list[tuple[float, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +135,41 @@ class History:
     def from_dict(cls, d: dict[str, Any]) -> History:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a run trains. The budget is ``max_epochs`` epochs, or ``budget_steps`` steps when
+    the epochs would take more: then the cosine schedule steps once per optimiser step and the
+    model is evaluated every ``eval_interval`` steps (as many evaluations as ``max_epochs /
+    eval_every``), so training time stops growing with the number of cells."""
+
+    by_steps: bool
+    total_steps: int
+    epochs: int  # epochs started (the last one may end part-way)
+    eval_interval: int  # steps between evaluations when by_steps
+    steps_per_epoch: int
+
+    @property
+    def units(self) -> int:
+        """What the cosine schedule counts: steps when by_steps, else epochs."""
+        return self.total_steps if self.by_steps else self.epochs
+
+    @classmethod
+    def plan(cls, config: TrainConfig, steps_per_epoch: int) -> Budget:
+        spe = max(1, int(steps_per_epoch))
+        by_epochs = config.max_epochs * spe
+        if config.budget_steps is None or config.budget_steps >= by_epochs:
+            return cls(False, by_epochs, config.max_epochs, config.eval_every * spe, spe)
+        total = int(config.budget_steps)
+        interval = max(1, round(total * config.eval_every / config.max_epochs))
+        return cls(True, total, math.ceil(total / spe), interval, spe)
+
+    def describe(self) -> str:
+        """``'at most 150 epochs'`` or ``'a budget of 6000 steps (4.3 epochs)'``."""
+        if self.by_steps:
+            return f"a budget of {self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.1f} epochs)"
+        return f"at most {self.epochs} epochs"
 
 
 class Callback:
@@ -134,6 +182,10 @@ class Callback:
     shows_progress: bool = False
 
     def on_train_start(self, max_epochs: int, steps_per_epoch: int) -> None: ...
+
+    def on_budget(self, total_steps: int) -> None:
+        """Called right after ``on_train_start`` with the steps planned (the step budget, or
+        ``max_epochs * steps_per_epoch`` when that is smaller)."""
 
     def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None: ...
 
@@ -170,8 +222,13 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=max_epochs * steps_per_epoch, unit="step", desc=self.desc, disable=self.disable,
                         dynamic_ncols=True)
 
-    def _postfix(self, epoch: int, loss: float) -> str:
-        text = f"epoch={epoch}, loss={loss:.4g}"
+    def on_budget(self, total_steps: int) -> None:
+        if self.bar is not None:
+            self.bar.total = int(total_steps)
+            self.bar.refresh()
+
+    def _postfix(self, epoch: float, loss: float) -> str:
+        text = f"epoch={epoch:g}, loss={loss:.4g}"
         return text + (f", {self.val[0]}={self.val[1]:.4g}" if self.val is not None else "")
 
     def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
@@ -188,7 +245,7 @@ class ProgressBar(Callback):
         if key == "val_ed":
             self.val_ed = self.val[1]
         if self.bar is not None:
-            self.bar.set_postfix_str(self._postfix(int(record["epoch"]), record.get("train_loss", math.nan)))
+            self.bar.set_postfix_str(self._postfix(record["epoch"], record.get("train_loss", math.nan)))
 
     def on_train_end(self, history: History) -> None:
         self.close()
@@ -198,6 +255,20 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class _Governor(Callback):
+    """Re-checks the thread count after every step (a :class:`~pdae_core.train.threads.ThreadGovernor`
+    measures only every few seconds); the history records the changes."""
+
+    def __init__(self, governor: Any):
+        self.governor = governor
+
+    def on_step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
+        self.governor.check()
+
+    def on_train_end(self, history: History) -> None:
+        history.thread_changes = list(self.governor.changes)
 
 
 def resolve_device(accelerator: str = "auto") -> torch.device:
@@ -336,9 +407,16 @@ def train_module(
     ``config.progress_bar`` adds a :class:`ProgressBar` (on rank 0 only) unless a callback
     shows progress itself (``shows_progress``)."""
     device = local_device(resolve_device(config.accelerator))
-    bars = []
+    bars: list[Callback] = []
     if config.progress_bar and dist_rank() == 0 and not any(getattr(cb, "shows_progress", False) for cb in callbacks):
         bars.append(ProgressBar(disable=None))
+    threads_before = torch.get_num_threads()
+    if config.threads is not None:
+        from .threads import ThreadGovernor, set_threads
+
+        set_threads(config.threads)
+        if config.threads == "auto":
+            bars.append(_Governor(ThreadGovernor()))
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if reseed:
@@ -346,7 +424,10 @@ def train_module(
             return _train(module, X, labels, groups, config, [*bars, *callbacks], device, validate)
     finally:
         for bar in bars:  # also on an error or Ctrl-C
-            bar.close()
+            if isinstance(bar, ProgressBar):
+                bar.close()
+        if config.threads is not None:
+            torch.set_num_threads(threads_before)
 
 
 def _train(
@@ -383,13 +464,6 @@ def _train(
     if sharded and not module.supports_shard:
         log.info("%s has no sharded loss: each rank trains on its local slice of the batch", type(module).__name__)
     opt = torch.optim.Adam(module.optimizer_groups(config.lr), lr=config.lr, weight_decay=config.weight_decay)
-    sched = (
-        torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda e: 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(e, config.max_epochs) / config.max_epochs))
-        )
-        if config.lr_schedule == "cosine"
-        else None
-    )
     amp_dtype = PRECISIONS[config.precision]
     scaler = torch.amp.GradScaler(device.type) if config.precision == "16-mixed" else None
     hist = History(device=str(device))
@@ -402,13 +476,20 @@ def _train(
     steps_per_epoch = 1 if config.full_batch else len(
         stratified_batches(groups[train_idx], config.batch_size, config.cells_per_condition, np.random.default_rng(0))
     )
+    plan = Budget.plan(config, steps_per_epoch)
+    sched = None
+    if config.lr_schedule == "cosine":  # from lr down to lr/100 over the budget: per step, or per epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda t: 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(t, plan.units) / plan.units))
+        )
     log.info(
-        "training %s on %s: %d cells (%d for validation), %d conditions, at most %d epochs of %d steps",
-        type(module).__name__, device, len(train_idx), len(val_idx), len(np.unique(groups)), config.max_epochs,
+        "training %s on %s: %d cells (%d for validation), %d conditions, %s (%d steps per epoch)",
+        type(module).__name__, device, len(train_idx), len(val_idx), len(np.unique(groups)), plan.describe(),
         steps_per_epoch,
     )
     for cb in callbacks:
-        cb.on_train_start(config.max_epochs, steps_per_epoch)
+        cb.on_train_start(plan.epochs, steps_per_epoch)
+        cb.on_budget(plan.total_steps)
 
     init_idx = train_idx
     if len(train_idx) > config.init_max_cells:  # a fixed random subset, drawn without touching `rng`
@@ -435,7 +516,42 @@ def _train(
     train_seconds = 0.0
     step = 0
     stop = False
-    for epoch in range(1, config.max_epochs + 1):
+    last_eval_step = -1
+
+    def evaluate(epoch: float, n_batches: int, sums: dict[str, float]) -> bool:
+        """Validate (on the averaged weights), keep the best; True when patience ran out."""
+        nonlocal best, bad_evals, best_state, last_eval_step
+        last_eval_step = step
+        module.eval()
+        if ema is not None:
+            ema.swap(module)  # evaluate (and keep) the averaged weights
+        record = {"epoch": epoch, "step": step, "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
+                  "lr": opt.param_groups[0]["lr"]}
+        record.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
+        if validator:
+            val = validator(module)
+            record[val_key] = val
+            if val < best - 1e-6:
+                best, bad_evals = val, 0
+                best_state = copy.deepcopy(module.state_dict())
+                hist.best_epoch, hist.best_val = epoch, val
+            else:
+                bad_evals += 1
+        hist.records.append(record)
+        if val_key in record:
+            log.debug("epoch %g: %s=%.4g (best %.4g at epoch %s)", epoch, val_key, record[val_key], best,
+                      hist.best_epoch)
+        for cb in callbacks:
+            cb.on_evaluation(record)
+        if ema is not None:
+            ema.swap(module)  # back to the raw weights to go on training
+        module.train()
+        if validator and bad_evals >= config.patience:
+            hist.stopped_early = True
+            return True
+        return False
+
+    for epoch in range(1, plan.epochs + 1):
         module.train()
         sums: dict[str, float] = {}
         n_batches = 0
@@ -501,40 +617,37 @@ def _train(
             if limit:
                 stop = True
                 break
+            if plan.by_steps:
+                if sched is not None:
+                    sched.step()
+                done = step >= plan.total_steps
+                if done or step % plan.eval_interval == 0:
+                    train_seconds += time.perf_counter() - t_epoch
+                    halt = evaluate(round(step / steps_per_epoch, 3), n_batches, sums)
+                    t_epoch = time.perf_counter()
+                    if halt:
+                        stop = True
+                        break
+                    sums, n_batches = {}, 0
+                if done:
+                    stop = True
+                    break
         train_seconds += time.perf_counter() - t_epoch
         if log.isEnabledFor(logging.DEBUG):
             log.debug("epoch %d: %d steps, %s (%.2f s)", epoch, n_batches,
                       ", ".join(f"{k}={v / max(n_batches, 1):.4g}" for k, v in sums.items()),
                       time.perf_counter() - t_epoch)
+        if plan.by_steps:
+            if stop:
+                if step != last_eval_step and not hist.stopped_early:  # a step or time limit, or a cancel
+                    evaluate(round(step / steps_per_epoch, 3), n_batches, sums)
+                break
+            continue
         if sched is not None:
             sched.step()
-        last = epoch == config.max_epochs or stop
-        if epoch % config.eval_every == 0 or last:
-            module.eval()
-            if ema is not None:
-                ema.swap(module)  # evaluate (and keep) the averaged weights
-            record = {"epoch": epoch, "step": step, "seconds": time.perf_counter() - t0, "train_seconds": train_seconds}
-            record.update({f"train_{k}": v / max(n_batches, 1) for k, v in sums.items()})
-            if validator:
-                val = validator(module)
-                record[val_key] = val
-                if val < best - 1e-6:
-                    best, bad_evals = val, 0
-                    best_state = copy.deepcopy(module.state_dict())
-                    hist.best_epoch, hist.best_val = epoch, val
-                else:
-                    bad_evals += 1
-            hist.records.append(record)
-            if val_key in record:
-                log.debug("epoch %d: %s=%.4g (best %.4g at epoch %s)", epoch, val_key, record[val_key], best,
-                          hist.best_epoch)
-            for cb in callbacks:
-                cb.on_evaluation(record)
-            if ema is not None:
-                ema.swap(module)  # back to the raw weights to go on training
-            if validator and bad_evals >= config.patience:
-                hist.stopped_early = True
-                break
+        last = epoch == plan.epochs or stop
+        if (epoch % config.eval_every == 0 or last) and evaluate(epoch, n_batches, sums):
+            break
         if stop:
             break
     if best_state is not None:

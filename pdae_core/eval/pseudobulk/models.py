@@ -243,6 +243,7 @@ class PDAEProfile(ProfileModel):
             lr=self.lr, lr_schedule="cosine", ema_decay=self.ema_decay, weight_decay=0.0, grad_clip=10.0,
             val_fraction=0.0, eval_every=self.eval_every, patience=self.steps + 1, seed=self.seed,
             max_steps=stop_at, accelerator="cpu", progress_bar=False,  # one of many short fits: no bar
+            budget_steps=None,  # `steps` full-batch steps, whatever their number
         )
         score = None if validate is None else (lambda module: -validate(module, X, L))  # the loop minimises
         with torch.random.fork_rng(devices=[]):
