@@ -41,6 +41,7 @@ from pdae_core.train.loop import Callback, TrainConfig, resolve_device, split_ce
 # benchmark name -> (registered model type, hyperparameters beyond the defaults, TrainConfig options)
 MODELS: dict[str, tuple[str, dict, dict]] = {
     "pdae": ("pdae", {"grid": "sampled"}, {}),
+    "pdae-all-genes": ("pdae", {"grid": "sampled", "gene_sample": 0}, {}),  # every gene scored each step
     "pdae-full": ("pdae", {"grid": "full"}, {}),
     "pdae-bf16": ("pdae", {"grid": "sampled"}, {"precision": "bf16-mixed"}),
     "pdae-compile": ("pdae", {"grid": "sampled"}, {"compile": True}),

@@ -13,6 +13,7 @@ from .common import (
     EXIT_OK,
     HelpFormatter,
     add_data_args,
+    add_threads_arg,
     check_output_not_input,
     load_data,
     positive_int,
@@ -67,6 +68,7 @@ def add_parser(sub: Any) -> None:
                    help="predicted cells per target (default: one per source cell); fewer than the source "
                    "cells subsamples them, more draws the decoder noise several times")
     p.add_argument("--seed", type=int, metavar="N", default=0, help="seed of the subsample and the decoder noise")
+    add_threads_arg(p)
     p.add_argument("--accelerator", default="cpu", metavar="{auto,cpu,cuda,mps}", help="device")
     p.add_argument("--trust-modified", action="store_true",
                    help="load the checkpoint even if it was modified after saving (with a warning)")
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.registry import condition_column
     from ..models.checkpoint import load_checkpoint
-    from ..models.prediction import PREDICTION_KEY, check_prediction_size, combine_predictions
+    from ..models.prediction import PREDICTION_KEY, check_prediction_size, combine_predictions, keep_rows
 
     check_output_not_input(args.out, {"--data": args.data, "CHECKPOINT": args.checkpoint})
     model = load_checkpoint(args.checkpoint, accelerator=args.accelerator, trust_modified=args.trust_modified)
@@ -191,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     for text, tgt in targets.values():
         pred = model.predict(src, tgt, seed=args.seed, n_draws=n_draws)
         if args.n_cells is not None and pred.n_obs > args.n_cells:
-            pred = pred[np.sort(rng.choice(pred.n_obs, size=args.n_cells, replace=False))].copy()
+            pred = keep_rows(pred, np.sort(rng.choice(pred.n_obs, size=args.n_cells, replace=False)))
         check = model.extrapolation_check(tgt, context=contexts)
         name = str(pred.uns[PREDICTION_KEY]["target"])
         shown = text.strip() if name == text.strip() else f"{text.strip()} (as {name})"

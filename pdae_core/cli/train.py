@@ -18,10 +18,12 @@ from .common import (
     HelpFormatter,
     TqdmProgress,
     add_data_args,
+    add_threads_arg,
     check_output_not_input,
     finite_float,
     holdout_list,
     load_data,
+    non_negative_int,
     positive_int,
     preview,
 )
@@ -80,6 +82,7 @@ def selected_model(argv: Sequence[str]) -> str:
 
 def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
     """Register ``train`` with the hyperparameter flags of ``model``."""
+    from ..data.genes import DEFAULT_MAX_GENES
     from ..models.catalog import MODEL_TYPES
     from ..train.loop import TrainConfig
 
@@ -130,6 +133,13 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
     _d = TrainConfig(**MODEL_TYPES[model].train_defaults)
     tr.add_argument("--epochs", type=positive_int, metavar="N", default=_d.max_epochs,
                     help="maximum number of epochs")
+    tr.add_argument("--steps", type=non_negative_int, metavar="N", default=_d.budget_steps or 0,
+                    help="training budget in optimiser steps: when --epochs would take more steps (large data), "
+                    "training takes N steps and the learning-rate schedule spans them, so time does not grow with "
+                    "the number of cells; 0: --epochs whatever the size")
+    tr.add_argument("--max-genes", type=non_negative_int, metavar="N", default=DEFAULT_MAX_GENES,
+                    help="with more genes than this, train on the N most variable, chosen on the training cells "
+                    "only (0: every gene)")
     tr.add_argument("--lr", type=finite_float, metavar="LR", default=_d.lr, help="Adam learning rate")
     tr.add_argument("--batch-size", type=positive_int, metavar="N", default=_d.batch_size,
                     help="cells per mini-batch")
@@ -152,6 +162,7 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
                       "loading it (for data larger than memory; preprocess it first with `pdae preprocess`)")
     perf.add_argument("--precision", choices=["32", "bf16-mixed", "16-mixed"], default=_d.precision,
                       help="autocast precision of the networks (losses stay float32); bf16-mixed suits recent GPUs")
+    add_threads_arg(perf)
     perf.add_argument("--compile", action="store_true", help="torch.compile the loss computation")
     perf.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimiser steps")
     add_model_flags(t, model)
@@ -288,12 +299,12 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
     defaults = MODEL_TYPES[args.model].train_defaults  # e.g. full batches for profiles
     train_config = TrainConfig(**{
         **defaults,
-        "max_epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+        "max_epochs": args.epochs, "budget_steps": args.steps or None, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
         "accelerator": args.accelerator, "time_limit_s": args.time_limit, "patience": args.patience,
         "val_fraction": args.val_fraction,
         "cells_per_condition": min(defaults.get("cells_per_condition", TrainConfig().cells_per_condition),
                                    args.batch_size),
-        "precision": args.precision, "compile": args.compile, "max_steps": args.max_steps,
+        "precision": args.precision, "compile": args.compile, "max_steps": args.max_steps, "threads": args.threads,
     })
     say = print if main_process else (lambda *a, **k: None)
     cls = MODEL_TYPES[args.model]
@@ -312,6 +323,12 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
     _check_holdout(holdout, registry)
     if holdout:
         holdout = [it.name for it in parse_holdout(holdout, adata, registry)]  # checks every item has cells
+    if args.level == "cells" and args.max_genes and adata.n_vars > args.max_genes:
+        from ..data.contexts import training_mask
+        from ..data.genes import cap_genes
+
+        adata, registry, note = cap_genes(adata, registry, args.max_genes, training_mask(adata, registry, holdout)[0])
+        say(note)
     if args.ensemble > 1:
         model = build_model(args.model, registry, seed=args.seed, n_members=args.ensemble, **hp)
     else:
@@ -324,8 +341,12 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
         + ("; X streamed from disk" if args.backed else "")
     )
     say(f"Training {args.model}" + (f" (an ensemble of {args.ensemble} networks, one after the other)"
-                                     if args.ensemble > 1 else "") + f" on {device}" + (f" x {world} processes" if world > 1 else "")
-        + f" for at most {args.epochs} epochs" + (f" / {args.time_limit:g} s" if args.time_limit else "") + ".")
+                                     if args.ensemble > 1 else "") + f" on {device}"
+        + (f" ({args.threads_used} thread{'s' * (args.threads_used != 1)})"
+           if device.type == "cpu" and getattr(args, "threads_used", None) else "")
+        + (f" x {world} processes" if world > 1 else "")
+        + f" for at most {args.epochs} epochs" + (f" or {args.steps} steps, whichever is fewer" if args.steps else "")
+        + (f" / {args.time_limit:g} s" if args.time_limit else "") + ".")
 
     progress = TqdmProgress(disable=args.quiet or not main_process)
     try:
@@ -345,18 +366,18 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
         print("\ninterrupted while saving: no checkpoint written.", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-    epochs = int(history.records[-1]["epoch"]) if history.records else 0
+    epochs = history.records[-1]["epoch"] if history.records else 0
     if history.stopped_early:
         why = f" (early stop: no better validation ED for {train_config.patience} evaluations)"
-    elif epochs < args.epochs and args.time_limit is not None:
+    elif epochs < args.epochs and args.time_limit is not None and history.seconds >= args.time_limit:
         why = f" (time limit of {args.time_limit:g} s reached)"
     else:
         why = ""
-    print(f"Done: {epochs} epochs, {history.steps} steps in {history.seconds:.1f} s on {history.device}{why}.")
+    print(f"Done: {epochs:g} epochs, {history.steps} steps in {history.seconds:.1f} s on {history.device}{why}.")
     if history.best_val is not None and args.ensemble > 1:
         print(f"Best validation energy distance, mean over the {args.ensemble} networks: {history.best_val:.4g}.")
     elif history.best_val is not None:
-        print(f"Best validation energy distance: {history.best_val:.4g} at epoch {history.best_epoch}.")
+        print(f"Best validation energy distance: {history.best_val:.4g} at epoch {history.best_epoch:g}.")
     else:
         print("Best validation energy distance: n/a (no validation cells; the final weights were saved).")
     print(f"Checkpoint saved to {out} (inspect with: {PROG} info {out}).")

@@ -246,6 +246,19 @@ class PerturbationRegistry:
             f"({preview(missing)}) and {len(extra)} are extra ({preview(extra)})."
         )
 
+    def model_genes(self, adata: ad.AnnData, what: str = "the dataset") -> ad.AnnData:
+        """``adata`` on the registry's genes, in its order: ``adata`` itself when they already are, a
+        view when it holds them permuted or among others (e.g. the file a model with a gene cap was
+        trained from); otherwise :meth:`check_genes`'s error."""
+        genes = list(map(str, adata.var_names))
+        if genes == self.gene_names:
+            return adata
+        have = set(genes)
+        if len(have) == len(genes) and all(g in have for g in self.gene_names):
+            return adata[:, self.gene_names]
+        self.check_genes(adata, what)
+        return adata
+
     def expression(self, adata: ad.AnnData) -> np.ndarray:
         """Dense float32 expression matrix (from ``layer`` if set) of an AnnData."""
         return expression_matrix(adata, self.layer)

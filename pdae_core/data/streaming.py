@@ -168,6 +168,16 @@ def _seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20)
     """scanpy's ``flavor="seurat"`` highly-variable-gene ranking from per-gene mean and
     variance of the normalised (not log) expression: log dispersion, z-scored within
     20 bins of log mean; returns a boolean mask of the ``n_top`` highest."""
+    norm = seurat_dispersion(mean, var, n_bins)
+    finite = np.sort(norm[~np.isnan(norm)])[::-1]
+    if finite.size == 0:
+        return np.zeros(len(mean), dtype=bool)
+    cutoff = finite[min(n_top, finite.size) - 1]
+    return np.nan_to_num(norm, nan=-np.inf) >= cutoff  # ties at the cut-off are kept, as scanpy does
+
+
+def seurat_dispersion(mean: np.ndarray, var: np.ndarray, n_bins: int = 20) -> np.ndarray:
+    """The normalised dispersion of :func:`_seurat_hvg` per gene (NaN where undefined)."""
     mean = mean.copy()
     mean[mean == 0] = 1e-12
     disp = var / mean
@@ -183,12 +193,7 @@ def _seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20)
     one = df.groupby("bin", observed=False)["disp"].transform("count") == 1
     bin_std = bin_std.where(~one, bin_mean)
     bin_mean = bin_mean.where(~one, 0.0)
-    norm = ((df["disp"] - bin_mean) / bin_std).to_numpy()
-    finite = np.sort(norm[~np.isnan(norm)])[::-1]
-    if finite.size == 0:
-        return np.zeros(len(mean), dtype=bool)
-    cutoff = finite[min(n_top, finite.size) - 1]
-    return np.nan_to_num(norm, nan=-np.inf) >= cutoff  # ties at the cut-off are kept, as scanpy does
+    return ((df["disp"] - bin_mean) / bin_std).to_numpy()
 
 
 def preprocess_on_disk(

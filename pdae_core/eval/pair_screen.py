@@ -290,6 +290,7 @@ def _screen_inputs(model: Any, adata: ad.AnnData, n_cells: int, genes: str | Seq
     """The control cells :func:`screen_pairs` moves and its gene set (indices, description), chosen
     as it does (the same seed gives the same cells)."""
     reg = model.registry
+    adata = reg.model_genes(adata)
     conds = condition_column(adata, reg.perturbation_key)
     ctrl_idx = np.flatnonzero(conds == reg.control_label)
     if len(ctrl_idx) == 0:
@@ -297,7 +298,6 @@ def _screen_inputs(model: Any, adata: ad.AnnData, n_cells: int, genes: str | Seq
     rng = np.random.default_rng(seed)
     if len(ctrl_idx) > n_cells:
         ctrl_idx = np.sort(rng.choice(ctrl_idx, n_cells, replace=False))
-    reg.check_genes(adata)
     if len(ctrl_idx) < n_cells and len(ctrl_idx) > 1:
         # fewer control cells than moved cells: each is moved several times, with fresh decoder noise
         # (the mean change is then less noisy: seed-to-seed rank agreement on the demo in docs/user-guide.md)

@@ -116,6 +116,15 @@ class PerturbationModel:
         with ``n_members``, an ensemble of that many networks (:mod:`pdae_core.models.ensemble`)."""
         reg = setup_anndata(adata, perturbation_key, control_label, separator, dose_key, covariate_key, layer)
         config = cls._config_from_data(adata, reg, dict(config))
+        from ..data.genes import DEFAULT_MAX_GENES
+
+        if adata.n_vars > DEFAULT_MAX_GENES and reg.x_kind != "change":
+            warnings.warn(
+                f"The data has {adata.n_vars:,} genes; the model will learn and predict all of them. To train on the "
+                f"{DEFAULT_MAX_GENES:,} most variable (as `pdae train` does), chosen on the training cells only: "
+                "adata, registry, note = pdae_core.data.genes.cap_genes(adata, registry, cells=training cells).",
+                stacklevel=2,
+            )
         if n_members is not None:
             from .catalog import ensemble_class
 
@@ -330,6 +339,11 @@ class PerturbationModel:
         L = self.registry.label_matrix(adata)
         return torch.as_tensor(X, device=self.device), torch.as_tensor(self._module_labels(adata, L), device=self.device)
 
+    def _source_chunk(self, source: ad.AnnData, order: np.ndarray | None, lo: int, hi: int) -> torch.Tensor:
+        """Expression of the source cells ``lo:hi`` in the model's gene order, on the model's device."""
+        X = self.registry.expression(source[lo:hi] if (lo, hi) != (0, source.n_obs) else source)
+        return torch.as_tensor(X if order is None else X[:, order], device=self.device)
+
     @torch.no_grad()
     def latent(self, adata: ad.AnnData, batch_size: int = 8192) -> np.ndarray:
         """Basal latent embedding (perturbation removed) of every cell, (n_cells, latent_dim).
@@ -381,7 +395,8 @@ class PerturbationModel:
         check_prediction_size(n * n_draws, self.registry.n_genes)
         label = self.registry.label_vector(target)
         name = target if isinstance(target, str) else self.registry.condition_name(label)
-        X, L = self._tensors(source)
+        order = check_source_cells(self.registry, source, "the source cells")
+        L = torch.as_tensor(self._module_labels(source, self.registry.label_matrix(source)), device=self.device)
         contexts = self._source_contexts(source)
         check = self.extrapolation_check(label if not isinstance(target, str) else target, context=contexts)
         if check.doses_outside_training:
@@ -389,9 +404,12 @@ class PerturbationModel:
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         tgt = torch.as_tensor(label, device=self.device)
         pred = np.empty((n * n_draws, self.registry.n_genes), dtype=np.float32)  # filled chunk by chunk
+        whole = self._source_chunk(source, order, 0, n) if n <= batch_size or n_draws > 1 else None
         for d in range(n_draws):
             for i in range(0, n, batch_size):
-                xb, lb = X[i : i + batch_size], L[i : i + batch_size]
+                # the source is read a chunk at a time (a large or on-disk source is never densified whole)
+                xb = whole[i : i + batch_size] if whole is not None else self._source_chunk(source, order, i, i + batch_size)
+                lb = L[i : i + batch_size]
                 out = self.module.transfer(xb, lb, self._target_rows(tgt, lb), generator=gen)
                 pred[d * n + i : d * n + i + len(xb)] = out.cpu().numpy()
         info = {

@@ -32,6 +32,17 @@ def last_linear(net: nn.Sequential) -> nn.Linear:
     return [m for m in net if isinstance(m, nn.Linear)][-1]
 
 
+def mlp_rows(net: nn.Sequential, h: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``net(h)`` restricted to the outputs ``rows`` of its last linear layer (all when None):
+    the last layer then costs ``len(rows)`` outputs instead of all of them."""
+    if rows is None:
+        return net(h)
+    last = last_linear(net)
+    for layer in net:
+        h = nn.functional.linear(h, last.weight[rows], last.bias[rows]) if layer is last else layer(h)
+    return h
+
+
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """``x`` with ``softplus(x) = y`` for ``y > 0`` (``y`` itself above 20, where softplus is the identity in float32)."""
     return torch.where(y > 20, y, torch.log(torch.expm1(y)))

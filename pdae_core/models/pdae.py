@@ -46,7 +46,7 @@ from .catalog import register_model
 from .hparams import ModelConfig, choice_check, hp
 from .losses import energy_distance, energy_score, l21_norm
 from .module import PerturbationModule
-from .nn import inverse_softplus, last_linear, mlp
+from .nn import inverse_softplus, last_linear, mlp, mlp_rows
 
 
 @dataclass
@@ -80,6 +80,9 @@ class PDAEConfig(ModelConfig):
     source_sampling: str = hp("condition", "with the sampled grid: a cell's sources all come from one other "
                               "condition of the batch, or from anywhere in the batch", choices=("condition", "batch"))
     rec_samples: int = hp(2, "decoder samples per cell in the reconstruction energy score")
+    gene_sample: int = hp(2000, "genes the energy scores compare at each training step, a fresh random subset "
+                          "(0: every gene); with thousands of genes a step then costs about what it costs at "
+                          "this many. Prediction always decodes every gene")
     #: with a context column: its categories (the first is the reference level, whose shift is 0);
     #: each other context is one more column of ``W``, a latent shift like a perturbation's
     context_categories: list[str] = field(default_factory=list)
@@ -108,6 +111,7 @@ class PDAEConfig(ModelConfig):
             choice_check(self, "source_sampling"),
             (self.n_sources >= 2, "n_sources must be >= 2"),
             (self.rec_samples >= 1, "rec_samples must be >= 1"),
+            (self.gene_sample == 0 or self.gene_sample >= 2, "gene_sample must be 0 (every gene) or >= 2"),
             (min(self.w_pert, self.w_rec, self.w_prior, self.w_l21) >= 0, "loss weights must be >= 0"),
             (len(set(self.context_categories)) == len(self.context_categories), "context_categories has duplicates"),
         ]
@@ -205,10 +209,11 @@ class PDAEModule(PerturbationModule):
 
     def decode(
         self, z: torch.Tensor, generator: torch.Generator | None = None, eps: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None, genes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``f(z, sigma * eps)``; ``eps`` is drawn here unless given. With ``decoder_context``,
-        the context block of ``labels`` (broadcast over ``z``'s leading shape) is a decoder input too."""
+        the context block of ``labels`` (broadcast over ``z``'s leading shape) is a decoder input too.
+        ``genes`` (indices): only those genes' outputs."""
         c = self.config
         if c.noise_dim > 0:
             if eps is None:
@@ -221,7 +226,7 @@ class PDAEModule(PerturbationModule):
             while ctx.dim() < z.dim():
                 ctx = ctx.unsqueeze(-2)
             z = torch.cat([z, ctx.expand(*z.shape[:-1], ctx.shape[-1])], dim=-1)
-        return self.decoder(z)
+        return mlp_rows(self.decoder, z, genes)
 
     @property
     def perturbation_matrix(self) -> torch.Tensor:
@@ -294,16 +299,25 @@ class PDAEModule(PerturbationModule):
             # thread-dependent order on the CPU, index_select's does not (same seed = same result)
             moved = zb_all.index_select(0, src.reshape(-1)).view(n, m, -1) + s.unsqueeze(1)  # (n, m, d)
         eps = self.noise((B, moved.shape[1]), zb)
-        samples = self.decode(moved, eps=None if eps is None else eps[lo:hi], labels=labels)
+        # with many genes, the scores compare a random subset of them (the same for the whole batch and,
+        # drawn from the global RNG, for every rank), scaled so that the loss keeps its size
+        genes, scale = None, 1.0
+        if 0 < c.gene_sample < c.n_genes:
+            genes = torch.randperm(c.n_genes, device=x.device)[: c.gene_sample]
+            scale = (c.n_genes / c.gene_sample) ** 0.5
+        x_scored = x if genes is None else x.index_select(1, genes)
+        samples = self.decode(moved, eps=None if eps is None else eps[lo:hi], labels=labels, genes=genes)
+
         def batch_mean(per_cell: torch.Tensor) -> torch.Tensor:
             # one process: the mean; a shard: (world / B) x its sum, whose average over ranks is the mean
             return per_cell.mean() if shard is None else per_cell.sum() * (world / B)
 
-        l_pert = batch_mean(energy_score(x, samples))
+        l_pert = scale * batch_mean(energy_score(x_scored, samples))
 
         zd = z.detach().unsqueeze(1).expand(n, c.rec_samples, z.shape[1])
         eps = self.noise((B, c.rec_samples), zb)
-        l_rec = batch_mean(energy_score(x, self.decode(zd, eps=None if eps is None else eps[lo:hi], labels=labels)))
+        rec = self.decode(zd, eps=None if eps is None else eps[lo:hi], labels=labels, genes=genes)
+        l_rec = scale * batch_mean(energy_score(x_scored, rec))
 
         l_prior = energy_distance(zb_all, torch.randn(B, zb.shape[1], device=zb.device, dtype=zb.dtype))
         l_l21 = l21_norm(self.W.weight)
