@@ -377,9 +377,10 @@ def test_sampled_grid_draws_distinct_sources_uniformly():
     calls: list[torch.Tensor] = []
     original = mod.decode
 
-    def recording(z: torch.Tensor, generator: torch.Generator | None = None, eps=None, labels=None) -> torch.Tensor:
+    def recording(z: torch.Tensor, generator: torch.Generator | None = None, eps=None, labels=None,
+                  genes=None) -> torch.Tensor:
         calls.append(z.detach().clone())
-        return original(z, generator, eps=eps, labels=labels)
+        return original(z, generator, eps=eps, labels=labels, genes=genes)
 
     mod.decode = recording
     n_calls = 300

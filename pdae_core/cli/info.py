@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..train.records import epochs_run
+from ..train.budget import epochs_run
 from .common import EXIT_OK, HelpFormatter, preview, printable
 
 INFO_EXAMPLES = """\

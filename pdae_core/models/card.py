@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..train.records import epochs_run
+from ..train.budget import epochs_run
 
 if TYPE_CHECKING:
     from .base import PerturbationModel

@@ -30,9 +30,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.streaming import RowSource, prefetch
 from .batches import split_cells, stratified_batches
+from .budget import Budget
 from .distributed import Shard, all_reduce_mean, local_device, loss_group, split_sizes
 from .distributed import rank as dist_rank
 from .distributed import world_size as dist_world_size
+from .validation import _EMA, _Validator  # noqa: F401 (_Validator is the loop's built-in validation)
 
 if TYPE_CHECKING:
     from ..models.module import PerturbationModule
@@ -135,41 +137,6 @@ class History:
     def from_dict(cls, d: dict[str, Any]) -> History:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long a run trains. The budget is ``max_epochs`` epochs, or ``budget_steps`` steps when
-    the epochs would take more: then the cosine schedule steps once per optimiser step and the
-    model is evaluated every ``eval_interval`` steps (as many evaluations as ``max_epochs /
-    eval_every``), so training time stops growing with the number of cells."""
-
-    by_steps: bool
-    total_steps: int
-    epochs: int  # epochs started (the last one may end part-way)
-    eval_interval: int  # steps between evaluations when by_steps
-    steps_per_epoch: int
-
-    @property
-    def units(self) -> int:
-        """What the cosine schedule counts: steps when by_steps, else epochs."""
-        return self.total_steps if self.by_steps else self.epochs
-
-    @classmethod
-    def plan(cls, config: TrainConfig, steps_per_epoch: int) -> Budget:
-        spe = max(1, int(steps_per_epoch))
-        by_epochs = config.max_epochs * spe
-        if config.budget_steps is None or config.budget_steps >= by_epochs:
-            return cls(False, by_epochs, config.max_epochs, config.eval_every * spe, spe)
-        total = int(config.budget_steps)
-        interval = max(1, round(total * config.eval_every / config.max_epochs))
-        return cls(True, total, math.ceil(total / spe), interval, spe)
-
-    def describe(self) -> str:
-        """``'at most 150 epochs'`` or ``'a budget of 6000 steps (4.3 epochs)'``."""
-        if self.by_steps:
-            return f"a budget of {self.total_steps} steps ({self.total_steps / self.steps_per_epoch:.1f} epochs)"
-        return f"at most {self.epochs} epochs"
 
 
 class Callback:
@@ -295,68 +262,6 @@ def resolve_device(accelerator: str = "auto") -> torch.device:
     if acc == "cpu":
         return torch.device("cpu")
     raise ValueError(f"Unknown accelerator {accelerator!r}: use 'auto', 'cpu', 'cuda', 'cuda:N', 'gpu' or 'mps'.")
-
-
-class _Validator:
-    """Mean over validation conditions of the energy distance between the observed
-    validation cells of a condition and validation cells of *other* conditions moved
-    to it. Sources and noise are fixed, so successive evaluations are comparable."""
-
-    def __init__(self, X: torch.Tensor, L: torch.Tensor, groups: np.ndarray, max_sources: int, seed: int):
-        self.X, self.L = X, L
-        rng = np.random.default_rng(seed + 7919)
-        self.items = []
-        for g in np.unique(groups):
-            tgt = np.flatnonzero(groups == g)
-            others = np.flatnonzero(groups != g)
-            if len(tgt) < 2 or len(others) < 2:
-                continue
-            src = others[rng.permutation(len(others))[:max_sources]]
-            self.items.append((tgt, src))
-        self.seed = seed
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    @torch.no_grad()
-    def __call__(self, module: PerturbationModule) -> float:
-        # not at the top: pdae_core.models imports every model, and they import this module
-        from ..models.losses import energy_distance
-
-        gen = torch.Generator(device=self.X.device).manual_seed(self.seed + 104729)
-        vals = []
-        for tgt, src in self.items:
-            target = self.L[tgt[:1]].expand(len(src), -1)
-            pred = module.transfer(self.X[src], self.L[src], target, generator=gen)
-            vals.append(float(energy_distance(pred, self.X[tgt])))
-        return float(np.mean(vals))
-
-
-class _EMA:
-    """Exponential moving average of a module's floating-point state. Evaluation and
-    the returned model use the average, which is much steadier than the raw weights
-    (the raw weights of an energy-score model jitter from step to step)."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        self.n = 0
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        self.n += 1
-        d = min(self.decay, (1.0 + self.n) / (10.0 + self.n))  # warm-up: short memory at first
-        for k, v in module.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(d).add_(v.detach(), alpha=1.0 - d)
-            else:
-                self.shadow[k].copy_(v)
-
-    def swap(self, module: torch.nn.Module) -> None:
-        """Exchange the module's weights with the average (call twice to undo)."""
-        current = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        module.load_state_dict(self.shadow)
-        self.shadow = current
 
 
 def _to_tensor(rows: np.ndarray, device: torch.device) -> torch.Tensor:
