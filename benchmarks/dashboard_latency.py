@@ -127,9 +127,6 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
     first = None
     # a running server has drawn this chart before: pay plotly's first-use cost here, not in a timing
     pcmp.change_panels({style.PREDICTED: np.zeros(3)}, np.arange(3.0), ["a", "b", "c"]).to_json()
-    import gc
-
-    gc.freeze()  # as the app does after loading (pages/common.long_lived): full collections skip what is cached
 
     for i in range(n + 1):
         k = int(rng.integers(1, 4))

@@ -71,23 +71,9 @@ def report_download(result: Any, figures: dict[str, Any], verdict: Any, model_ke
 
 
 # ---- loading (cached, shared by all sessions) -------------------------------------------
-def long_lived(obj: Any) -> Any:
-    """Mark what was just loaded into the server's caches as long-lived, and return ``obj``.
-
-    Freezes every object alive now (``gc.freeze``), so that Python's full garbage collections no
-    longer walk through the cached datasets, maps and models: at 20,729 cells such a collection
-    took 0.6 s and fell inside a what-if change (``benchmarks/dashboard_latency.py``). It does not
-    collect first: a ``gc.collect`` here runs finalizers on the server's script thread, and one
-    such run hung a browser test."""
-    import gc
-
-    gc.freeze()
-    return obj
-
-
 @st.cache_resource(show_spinner="Loading dataset…", max_entries=8)
 def _builtin(name: str, download: bool, data_dir: str) -> ad.AnnData:
-    return long_lived(load_dataset(name, data_dir=data_dir, download=download))
+    return load_dataset(name, data_dir=data_dir, download=download)
 
 
 @st.cache_resource(show_spinner="Reading the file…", max_entries=4)
@@ -99,12 +85,12 @@ def _from_bytes(digest: str, filename: str, _data: bytes) -> ad.AnnData:
             adata = pc.read_h5ad(path)
         except PDAEError as e:  # name the user's file, not the temporary copy
             raise type(e)(str(e).replace(str(path), filename)) from None
-    return long_lived(_checked(adata, filename))
+    return _checked(adata, filename)
 
 
 @st.cache_resource(show_spinner="Reading the file…", max_entries=4)
 def _from_path(path: str, mtime: float) -> ad.AnnData:
-    return long_lived(_checked(pc.read_h5ad(path), path))
+    return _checked(pc.read_h5ad(path), path)
 
 
 def _checked(adata: ad.AnnData, what: str) -> ad.AnnData:
@@ -117,7 +103,7 @@ def _checked(adata: ad.AnnData, what: str) -> ad.AnnData:
 
 @st.cache_resource(show_spinner="Preprocessing (normalize_total + log1p)…", max_entries=4)
 def _preprocessed(key: str, n_top_genes: int | None, _adata: ad.AnnData) -> ad.AnnData:
-    return long_lived(pc.preprocess(_adata, n_top_genes=n_top_genes))
+    return pc.preprocess(_adata, n_top_genes=n_top_genes)
 
 
 @st.cache_resource(max_entries=16)
@@ -129,7 +115,7 @@ def _registry(
 
 @st.cache_resource(show_spinner="Loading checkpoint…", max_entries=16)
 def _checkpoint(path: str, mtime: float) -> pc.PerturbationModel:
-    return long_lived(pc.load_model(path))
+    return pc.load_model(path)
 
 
 #: Cell maps shipped with the repository (the bundled demo's), searched before the user's cache.
@@ -139,7 +125,7 @@ SHIPPED_MAPS = BUNDLED_CHECKPOINTS / "embeddings"
 @st.cache_resource(show_spinner="Drawing the map of the dataset's cells (UMAP, once per dataset; kept on disk)…",
                    max_entries=8)
 def reference_embedding(data_key: str, perturbation_key: str, _adata: ad.AnnData) -> explore.ReferenceEmbedding:
-    return long_lived(cached_reference(_adata, perturbation_key, search=[SHIPPED_MAPS]))
+    return cached_reference(_adata, perturbation_key, search=[SHIPPED_MAPS])
 
 
 _warming: set[str] = set()
