@@ -341,7 +341,7 @@ class PerturbationModel:
 
     def _source_chunk(self, source: ad.AnnData, order: np.ndarray | None, lo: int, hi: int) -> torch.Tensor:
         """Expression of the source cells ``lo:hi`` in the model's gene order, on the model's device."""
-        X = self.registry.expression(source[lo:hi] if (lo, hi) != (0, source.n_obs) else source)
+        X = self.registry.expression(source if lo == 0 and hi >= source.n_obs else source[lo:hi])
         return torch.as_tensor(X if order is None else X[:, order], device=self.device)
 
     @torch.no_grad()
@@ -404,7 +404,7 @@ class PerturbationModel:
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         tgt = torch.as_tensor(label, device=self.device)
         pred = np.empty((n * n_draws, self.registry.n_genes), dtype=np.float32)  # filled chunk by chunk
-        whole = self._source_chunk(source, order, 0, n) if n <= batch_size or n_draws > 1 else None
+        whole = self._source_chunk(source, order, 0, n) if n_draws > 1 else None  # read once for every draw
         for d in range(n_draws):
             for i in range(0, n, batch_size):
                 # the source is read a chunk at a time (a large or on-disk source is never densified whole)

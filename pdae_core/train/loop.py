@@ -312,25 +312,25 @@ def train_module(
     ``config.progress_bar`` adds a :class:`ProgressBar` (on rank 0 only) unless a callback
     shows progress itself (``shows_progress``)."""
     device = local_device(resolve_device(config.accelerator))
-    bars: list[Callback] = []
+    bars = []
     if config.progress_bar and dist_rank() == 0 and not any(getattr(cb, "shows_progress", False) for cb in callbacks):
         bars.append(ProgressBar(disable=None))
+    governors: list[Callback] = []
     threads_before = torch.get_num_threads()
     if config.threads is not None:
         from .threads import ThreadGovernor, set_threads
 
         set_threads(config.threads)
         if config.threads == "auto":
-            bars.append(_Governor(ThreadGovernor()))
+            governors.append(_Governor(ThreadGovernor()))
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if reseed:
                 torch.manual_seed(config.seed)
-            return _train(module, X, labels, groups, config, [*bars, *callbacks], device, validate)
+            return _train(module, X, labels, groups, config, [*bars, *governors, *callbacks], device, validate)
     finally:
         for bar in bars:  # also on an error or Ctrl-C
-            if isinstance(bar, ProgressBar):
-                bar.close()
+            bar.close()
         if config.threads is not None:
             torch.set_num_threads(threads_before)
 

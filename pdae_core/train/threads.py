@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import time
 
 import torch
@@ -90,7 +91,7 @@ def set_threads(threads: int | str | None = AUTO) -> int:
 
 
 def _own_cpu_seconds() -> float:
-    r = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
+    r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
 
@@ -104,7 +105,6 @@ class ThreadGovernor:
     def __init__(self, every_s: float = 5.0):
         self.every_s = float(every_s)
         self.usable = usable_cpus()
-        self.ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._t0 = time.monotonic()
         #: (seconds since the start, threads): the count at the start, then each change
         self.changes: list[tuple[float, int]] = [(0.0, torch.get_num_threads())]
