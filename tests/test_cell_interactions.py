@@ -60,3 +60,31 @@ def test_benchmark_folder_is_rescored_with_its_own_data(finished, tmp_path):
         cell_interaction_rows(out, adata, reg, ["pool"], [0])
     with pytest.raises(PDAEError, match="not a finished benchmark folder"):
         benchmark_interactions(tmp_path)
+
+
+def test_a_cross_fitted_ensemble_has_its_intervals_checked_on_the_held_out_doubles(tmp_path):
+    from pdae_core.eval.pseudobulk.interaction_scores import uncertainty_summary
+
+    adata, _ = make_synthetic(n_perturbations=6, latent_dim=3, n_genes=20, hidden=16, n_doubles=12,
+                              cells_per_condition=30, seed=5)
+    path = tmp_path / "synth.h5ad"
+    adata.write_h5ad(path)
+    reg = setup_anndata(adata, "condition", "control")
+    small = dict(n_members=2, latent_dim=3, hidden_dims=[16], noise_dim=2, n_sources=4)
+    spec = BenchmarkSpec(dataset=str(path), models=["pdae_ensemble", "additive"], seeds=[0], test_fraction=0.3,
+                         n_boot=5, accelerator="cpu", model_options={"pdae_ensemble": small},
+                         train={"max_epochs": 1})
+    out = tmp_path / "bench"
+    run_benchmark(adata, reg, spec, out)
+    files = sorted(p.name for p in (out / "runs").glob("*.intervals.csv"))
+    assert files == ["pdae_ensemble__seed0.intervals.csv"]  # only the calibrated model has intervals
+    checked = pd.read_csv(out / "runs" / files[0])
+    rows = benchmark_interactions(out)
+    ens = rows[rows.model == "pdae_ensemble"].set_index("double")
+    assert len(checked) == len(ens) >= 3 and rows.loc[rows.model == "additive", "spread"].isna().all()
+    first = checked.iloc[0]
+    got = ens.loc[f"{first['double']} (seed 0)"]
+    assert got["coverage_80"] == first["gene_coverage_80"] and got["spread"] == first["spread"]
+    assert got["coverage_residual_80"] == float(first["normalised_residual_covered_80"])
+    figures = set(uncertainty_summary(rows, "pdae_ensemble")["figure"])
+    assert {"spread_error_spearman", "coverage_80", "coverage_95", "coverage_residual_80"} <= figures

@@ -35,7 +35,10 @@ Columns: pair, a, b, c1, c2, magnitude (sqrt(c1^2 + c2^2): > 1 synergy, < 1 buff
 an exactly additive pair has 1.41), dominance, normalised_residual (||dAB - dA - dB|| /
 ||dA + dB||: 0 = additive), effect (||dAB||), *_spread (standard deviation across the
 members of an ensemble), test_next (normalised residual + kappa x its spread), measured,
-held_out, in_training, observed_* (from the cells of a measured pair)."""
+held_out, in_training, observed_* (from the cells of a measured pair); for a cross-fitted
+ensemble (pdae train --ensemble 5 --cross-fit) also magnitude_lo/_hi and
+normalised_residual_lo/_hi, split-conformal intervals at --level calibrated on the
+training doubles."""
 
 
 def add_parser(sub: Any) -> None:
@@ -58,6 +61,8 @@ def add_parser(sub: Any) -> None:
                    "least_additive, uncertain")
     p.add_argument("--kappa", type=finite_float, default=1.0, metavar="K",
                    help="weight of the uncertainty in the test_next score")
+    p.add_argument("--level", type=finite_float, default=0.8, metavar="P",
+                   help="coverage of the intervals of a cross-fitted ensemble (between 0 and 1)")
     p.add_argument("--genes", default="expressed", metavar="{expressed,all}",
                    help="genes the metrics use: expressed in control (as the paper) or all")
     p.add_argument("--n-cells", type=positive_int, default=512, metavar="N",
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\r  {done}/{total} pairs", end="", flush=True)
 
     table = screen_pairs(model, adata, n_cells=args.n_cells, genes=args.genes, kappa=args.kappa, seed=args.seed,
-                         progress=progress)
+                         progress=progress, level=args.level)
     print()
     table = rank_pairs(table, args.score)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
             tmp.unlink()
     a = table.attrs
     members = f"an ensemble of {a['n_members']} networks" if a["n_members"] > 1 else "one network (no spread)"
+    if "interval_level" in a:
+        members += (f", intervals at {a['interval_level']:.0%} calibrated on {a['calibration_doubles']} training "
+                    "doubles")
     print(printable(
         f"{len(table)} pairs of {len(set(table['a']) | set(table['b']))} singles from {source}: "
         f"{int(table['measured'].sum())} measured ({int(table['held_out'].sum())} held out from training); "
@@ -121,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
                 "normalised_residual_spread", "test_next", "measured", "held_out"]
         if a["n_members"] == 1:
             cols = [c for c in cols if not c.endswith("_spread")]
+        if "interval_level" in a:
+            cols[cols.index("normalised_residual") + 1: cols.index("normalised_residual") + 1] = [
+                "normalised_residual_lo", "normalised_residual_hi"]
         print(f"Top {min(args.top, len(table))} by {args.score}:")
         text = table[cols].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}")
         for line in text.splitlines():  # names come from files: control characters escaped

@@ -223,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
             [p.varm[CHANGE_KEY].add_prefix(f"{r['target']}:") for p, r in zip(preds, rows)], axis=1)
         spread = float(np.median([p.varm[CHANGE_KEY]["spread"].median() for p in preds]))
         print(f"An ensemble of {model.n_members} networks: per-gene change and spread across them in "
-              f"varm['{CHANGE_KEY}'] (median spread {spread:.3g}).")
+              f"varm['{CHANGE_KEY}'] (median spread {spread:.3g})"
+              + (", with split-conformal intervals (lower_80/upper_80, ...)" if getattr(model, "calibration", None)
+                 is not None else "") + ".")
     dest = Path(args.out)
     write_h5ad_atomic(out, dest)
     print(printable(f"Wrote {out.n_obs} predicted cells ({len(rows)} target(s) x {out.n_vars} genes) to {dest}."))

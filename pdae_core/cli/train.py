@@ -151,6 +151,9 @@ def add_parser(sub: Any, model: str = DEFAULT_MODEL) -> None:
     tr.add_argument("--ensemble", type=positive_int, metavar="N", default=1,
                     help="train N networks with seeds SEED..SEED+N-1 and save them as one checkpoint: predictions "
                     "pool their cells and report the spread of the change across them (default 1: one network)")
+    tr.add_argument("--cross-fit", action="store_true",
+                    help="with --ensemble N: leave a different 1/N of the training doubles out of each network and "
+                    "calibrate split-conformal intervals (per-gene change, interaction metrics) on them")
     tr.add_argument("--accelerator", default="auto", metavar="{auto,cpu,cuda,mps}",
                     help="device: auto picks CUDA, then Apple MPS, then the CPU (also cuda:N)")
     tr.add_argument("--time-limit", type=finite_float, metavar="SECONDS",
@@ -317,6 +320,8 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
         raise ValueError(f"{args.model}: unsupported hyperparameter ({e})") from None
     if args.ensemble > MAX_MEMBERS:
         raise ValueError(f"--ensemble {args.ensemble}: an ensemble has at most {MAX_MEMBERS} networks.")
+    if args.cross_fit and args.ensemble < 2:
+        raise ValueError("--cross-fit needs --ensemble N with N >= 2 (each network leaves out 1/N of the doubles).")
 
     adata, registry, source, key = _prepare_data(args)
     holdout = holdout_list(args.holdout)
@@ -330,7 +335,8 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
         adata, registry, note = cap_genes(adata, registry, args.max_genes, training_mask(adata, registry, holdout)[0])
         say(note)
     if args.ensemble > 1:
-        model = build_model(args.model, registry, seed=args.seed, n_members=args.ensemble, **hp)
+        model = build_model(args.model, registry, seed=args.seed, n_members=args.ensemble,
+                            **({"cross_fit": True} if args.cross_fit else {}), **hp)
     else:
         model = cls(registry, seed=args.seed, **hp)
     n_cond = len(set(condition_column(adata, key)))
@@ -374,6 +380,10 @@ def _train(args: argparse.Namespace, out: Path, world: int, main_process: bool) 
     else:
         why = ""
     print(f"Done: {epochs:g} epochs, {history.steps} steps in {history.seconds:.1f} s on {history.device}{why}.")
+    cal = getattr(model, "calibration", None)
+    if cal is not None:
+        print(f"Intervals calibrated on {cal.n} training doubles, each left out of one network"
+              + ("" if cal.n >= 19 else " (too few for 95% intervals: they are infinite)") + ".")
     if history.best_val is not None and args.ensemble > 1:
         print(f"Best validation energy distance, mean over the {args.ensemble} networks: {history.best_val:.4g}.")
     elif history.best_val is not None:

@@ -109,6 +109,22 @@ def row_source(X: Any, subset: np.ndarray | None = None, where: str = "X") -> Ro
     raise TypeError(f"cannot read rows from {type(X).__name__}")
 
 
+class SubsetRows:
+    """Rows ``idx`` of another :class:`RowSource` (row ``i`` here is row ``idx[i]`` there)."""
+
+    def __init__(self, source: RowSource, idx: np.ndarray):
+        self.source, self.idx = source, np.asarray(idx, dtype=np.int64)
+        self.shape = (len(self.idx), int(source.shape[1]))
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.source.rows(self.idx[np.asarray(idx, dtype=np.int64)])
+
+
+def take_rows(X: np.ndarray | RowSource, idx: np.ndarray) -> np.ndarray | RowSource:
+    """Rows ``idx`` of a dense array (a copy) or of a :class:`RowSource` (read on demand)."""
+    return X[idx] if isinstance(X, np.ndarray) else SubsetRows(X, idx)
+
+
 def prefetch(source: RowSource, batches: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
     """Yield ``source.rows(b)`` for each batch, reading up to ``depth`` batches ahead
     on a background thread (h5py releases the GIL while it reads). ``depth=0`` reads

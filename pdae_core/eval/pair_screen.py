@@ -131,6 +131,7 @@ def screen_pairs(
     chunk_pairs: int = 256,
     progress: Callable[[int, int], None] | None = None,
     progress_bar: bool = True,
+    level: float = 0.8,
 ) -> pd.DataFrame:
     """Predict and score every pair of ``singles`` (default: :func:`screen_singles`), one row per
     pair, sorted by the ``test_next`` score (see the module docstring for the columns).
@@ -141,10 +142,14 @@ def screen_pairs(
     paper; all genes when fewer than :data:`MIN_EXPRESSED` pass), ``"all"``, or a list of gene names. Pairs are predicted ``chunk_pairs`` at a time, so
     memory stays bounded for any number of pairs. ``progress(done, total)`` is called per chunk;
     without it, ``progress_bar`` shows a tqdm bar over the pairs (in a terminal or Jupyter, when
-    there is more than one chunk)."""
+    there is more than one chunk). A cross-fitted ensemble (``model.calibration``) adds
+    split-conformal intervals at ``level`` of the magnitude and the normalised residual
+    (``magnitude_lo`` / ``magnitude_hi``, ...; :mod:`pdae_core.eval.calibration`)."""
     reg = model.registry
     if not model.is_trained:
         raise DataError("The model is not trained: a pair screen needs a trained model.")
+    if not 0.0 < float(level) < 1.0:
+        raise DataError(f"The interval level must be between 0 and 1, got {level!r}.")
     singles = list(screen_singles(model) if singles is None else singles)
     unknown = [s for s in singles if s not in reg.perturbations]
     if unknown:
@@ -188,6 +193,12 @@ def screen_pairs(
         table[key] = v.mean(0)
         if key in ("magnitude", "normalised_residual", "c1", "c2"):
             table[f"{key}_spread"] = v.std(0, ddof=1) if M > 1 else np.nan
+    cal = getattr(model, "calibration", None)
+    if cal is not None:  # a cross-fitted ensemble: conformal intervals (pdae_core.eval.calibration)
+        for key in ("magnitude", "normalised_residual"):
+            hw = cal.metric_half_width(key, level)
+            table[f"{key}_lo"], table[f"{key}_hi"] = table[key] - hw, table[key] + hw
+        table.attrs.update(interval_level=float(level), calibration_doubles=cal.n)
     spread = table["normalised_residual_spread"].fillna(0.0)
     table["test_next"] = table["normalised_residual"] + float(kappa) * spread
     present = set(conds)

@@ -246,11 +246,12 @@ class PerturbationModel:
 
     @torch.no_grad()
     def member_changes_many(self, source: ad.AnnData, labels: np.ndarray, seed: int = 0,
-                            batch_size: int = 8192) -> np.ndarray:
+                            batch_size: int = 8192, members: Sequence[int] | None = None) -> np.ndarray:
         """:meth:`member_changes` for many targets, given as label vectors ``labels`` (targets x
         perturbations): (members, targets, genes). Each (member, target) draws its noise from its own
         generator, seeded from ``seed``, the member and the label, so a target's change does not
-        depend on which other targets are asked for with it; cells go in chunks of ``batch_size``."""
+        depend on which other targets are asked for with it; cells go in chunks of ``batch_size``.
+        ``members``: only these members (positions), in this order (default: all)."""
         import zlib
 
         self.module.eval()
@@ -262,9 +263,14 @@ class PerturbationModel:
         X, L = self._tensors(source)
         n = len(X)
         base = X.double().mean(0)
-        out = np.empty((self.n_members, len(labels), X.shape[1]), dtype=np.float64)
+        modules = self._member_modules()
+        which = list(range(len(modules))) if members is None else [int(k) for k in members]
+        if any(not 0 <= k < len(modules) for k in which):
+            raise ValueError(f"members must be positions among {len(modules)} members, got {members!r}.")
+        out = np.empty((len(which), len(labels), X.shape[1]), dtype=np.float64)
         chunks = [(X[i : i + batch_size], L[i : i + batch_size]) for i in range(0, n, batch_size)]
-        for k, module in enumerate(self._member_modules()):
+        for row, k in enumerate(which):
+            module = modules[k]
             states = [module.source_state(xb, lb) for xb, lb in chunks]  # encoded once for all targets
             for j, label in enumerate(labels):
                 tgt = torch.as_tensor(label, device=self.device)
@@ -273,7 +279,7 @@ class PerturbationModel:
                 total = torch.zeros(X.shape[1], dtype=torch.float64, device=self.device)
                 for (_, lb), state in zip(chunks, states):
                     total += module.transfer_from(state, self._target_rows(tgt, lb), generator=gen).double().sum(0)
-                out[k, j] = (total / n - base).cpu().numpy()
+                out[row, j] = (total / n - base).cpu().numpy()
         return out
 
     def _before_training(self, adata: ad.AnnData, keep: np.ndarray, labels: np.ndarray) -> Callable[[], None] | None:
@@ -423,8 +429,13 @@ class PerturbationModel:
         out = prediction_anndata(pred, source, self.registry, name, n_draws, info)
         if self.n_members > 1:  # an ensemble: each network's mean change, summarised per gene
             changes = self.member_changes(source, label, seed=seed, batch_size=batch_size)
-            out.varm[CHANGE_KEY] = pd.DataFrame({"mean": changes.mean(0), "spread": changes.std(0, ddof=1)},
-                                                index=out.var_names)
+            table = pd.DataFrame({"mean": changes.mean(0), "spread": changes.std(0, ddof=1)}, index=out.var_names)
+            cal = getattr(self, "calibration", None)
+            for level, hw in sorted(cal.gene_half_widths.items()) if cal is not None else ():
+                # split-conformal interval of each gene's change (a cross-fitted ensemble; eval/calibration.py)
+                table[f"lower_{round(level * 100)}"] = table["mean"] - hw
+                table[f"upper_{round(level * 100)}"] = table["mean"] + hw
+            out.varm[CHANGE_KEY] = table
         return out
 
     def _source_contexts(self, source: ad.AnnData) -> list[str] | None:

@@ -399,7 +399,7 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_mod
             f"but the registry lists {registry.n_genes} / {registry.n_perturbations}."
         )
     kwargs = {k: v for k, v in mc.items() if k not in ("n_genes", "n_perturbations")}
-    n_members = None
+    n_members, ens = None, None
     if "ensemble" in cfg:
         ens = cfg["ensemble"]
         n_members = ens.get("n_members") if isinstance(ens, dict) else None
@@ -408,6 +408,8 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_mod
                 f"{path / CONFIG}: the field 'ensemble' must be an object with n_members, an integer from 1 to "
                 f"{MAX_MEMBERS}; got {ens!r:.80}."
             )
+        if ens.get("cross_fit", False) not in (True, False):
+            raise CheckpointError(f"{path / CONFIG}: ensemble.cross_fit must be true or false.")
     tr = cfg["training"]
     check_training(tr, path / CONFIG)
     if "library_version" in cfg:
@@ -417,7 +419,8 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_mod
     expected = expected_shapes(cls, registry, kwargs, path / CONFIG)
     if n_members is not None:  # one network per member, under members.K.
         expected = {f"members.{k}.{name}": shape for k in range(n_members) for name, shape in expected.items()}
-        cls, kwargs = ensemble_class(cls), {**kwargs, "n_members": n_members}
+        cls, kwargs = ensemble_class(cls), {**kwargs, "n_members": n_members,
+                                            "cross_fit": bool(ens.get("cross_fit", False))}
     check_shapes(path / WEIGHTS, mtype, expected, read_weights_header(path / WEIGHTS))
     try:
         init_seed = int(cfg.get("init_seed", 0))
@@ -441,6 +444,11 @@ def load_checkpoint(path: str | os.PathLike, accelerator: str = "cpu", trust_mod
         model.history = History.from_dict(tr["history"]) if tr.get("history") else None
     except (TypeError, ValueError, AttributeError, KeyError) as e:
         raise CheckpointError(f"{path / CONFIG}: invalid training section ({e!r}).") from None
+    if ens is not None:
+        try:
+            model._read_ensemble_record(ens, str(path / CONFIG))
+        except DataError as e:
+            raise CheckpointError(str(e)) from None
     model.module.to(resolve_device(accelerator))
     model.module.eval()
     return model

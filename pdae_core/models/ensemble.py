@@ -17,6 +17,14 @@ with the same interface:
 
 It saves as one checkpoint (one safetensors file with ``members.K.`` prefixes, one config
 with an ``ensemble`` record) under the same integrity rules as any other.
+
+With ``cross_fit=True`` (CLI ``pdae train --ensemble 5 --cross-fit``) the training doubles
+whose singles are measured are dealt into one group per member, member ``k`` trains without
+group ``k``, and after training each member predicts the doubles it did not see: their
+errors give split-conformal intervals (``model.calibration``, a
+:class:`~pdae_core.eval.calibration.Calibration`, saved in the checkpoint's ``ensemble``
+record) for the predicted change of every gene and for the interaction metrics of the pair
+screen. Every member still sees all singles and most doubles.
 """
 
 from __future__ import annotations
@@ -24,10 +32,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import torch
 
+from ..data.contexts import training_mask
+from ..data.registry import condition_column
+from ..data.streaming import take_rows
+from ..errors import DataError
+from ..eval.calibration import MIN_CELLS, Calibration, calibrate, calibration_doubles, deal_doubles
 from ..train.loop import Callback, History, TrainConfig, train_module
 from .base import PerturbationModel
 from .catalog import MAX_MEMBERS, register_ensemble_factory
@@ -90,12 +104,20 @@ class Ensemble(PerturbationModel):
 
     member_class: ClassVar[type[PerturbationModel]] = PerturbationModel
 
-    def __init__(self, registry: Any, seed: int = 0, n_members: int = 5, **config: Any):
+    def __init__(self, registry: Any, seed: int = 0, n_members: int = 5, cross_fit: bool = False, **config: Any):
         if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or not (
             1 <= n_members <= MAX_MEMBERS
         ):
             raise ValueError(f"An ensemble has 1 to {MAX_MEMBERS} members; got n_members={n_members!r}.")
+        if cross_fit not in (True, False):
+            raise ValueError(f"cross_fit must be True or False, got {cross_fit!r}.")
+        if cross_fit and n_members < 2:
+            raise ValueError("A cross-fitted ensemble needs at least 2 members.")
         self._size = int(n_members)  # read by _build_module during the base class's __init__
+        self.cross_fit = bool(cross_fit)
+        self.calibration: Calibration | None = None
+        self._left_out: list[list[str]] | None = None
+        self._row_conditions: np.ndarray | None = None
         super().__init__(registry, seed=seed, **config)
 
     def _build_module(self, seed: int) -> PerturbationModule:
@@ -105,17 +127,58 @@ class Ensemble(PerturbationModel):
         return list(self.module.members)
 
     def _ensemble_record(self) -> dict[str, Any]:
-        return {"n_members": self.n_members}  # n_members: the base class's count of the member networks
+        record: dict[str, Any] = {"n_members": self.n_members}  # the base class's count of the member networks
+        if self.cross_fit:
+            record["cross_fit"] = True
+            if self.calibration is not None:
+                record["calibration"] = self.calibration.to_dict()
+        return record
+
+    def _read_ensemble_record(self, record: dict[str, Any], where: str) -> None:
+        """Set what a checkpoint's ``ensemble`` record says beyond the member count (checked)."""
+        if record.get("calibration") is not None:
+            if not self.cross_fit:
+                raise DataError(f"{where}: a calibration record without cross_fit.")
+            self.calibration = Calibration.from_dict(record["calibration"], self.registry.n_genes, self.n_members,
+                                                     where)
+
+    def fit(self, adata: ad.AnnData, holdout: Sequence[str] = (), train_config: TrainConfig | None = None,
+            callbacks: Sequence[Callback] = (), **train_kwargs: Any) -> History:
+        """As a single model's ``fit``; a cross-fitted ensemble also leaves one group of training
+        doubles out of each member and calibrates its intervals on them afterwards (module
+        docstring). A cancelled run is not calibrated."""
+        self.calibration = None
+        if not self.cross_fit:
+            return super().fit(adata, holdout, train_config, callbacks, **train_kwargs)
+        keep, _ = training_mask(adata, self.registry, holdout)
+        conds = condition_column(adata, self.registry.perturbation_key)[keep]
+        seed = int(self.init_seed)
+        min_cells = 1 if self.accepts_changes else MIN_CELLS  # a profile model: one row per condition
+        self._left_out = deal_doubles(calibration_doubles(conds, self.registry, min_cells), self.n_members, seed)
+        self._row_conditions = np.asarray(conds, dtype=str)
+        try:
+            history = super().fit(adata, holdout, train_config, callbacks, **train_kwargs)
+        finally:
+            self._row_conditions = None
+        if not history.cancelled:
+            self.calibration = calibrate(self, adata, self._left_out, seed=seed)
+        return history
 
     def _train(self, X: Any, labels: np.ndarray, groups: np.ndarray, train_config: TrainConfig,
                callbacks: Sequence[Callback]) -> History:
-        """Train member ``k`` on its own with training seed ``train_config.seed + k``. The history
-        holds every member's records (with a ``member`` field), the total time and steps and the
-        mean best validation score. A cancelled run keeps the members trained so far."""
+        """Train member ``k`` on its own with training seed ``train_config.seed + k`` (cross-fitted:
+        without its group of doubles). The history holds every member's records (with a ``member``
+        field), the total time and steps and the mean best validation score. A cancelled run
+        keeps the members trained so far."""
         hists: list[History] = []
         for k, member in enumerate(self.module.members):
             cfg = TrainConfig.from_dict({**train_config.to_dict(), "seed": int(train_config.seed) + k})
-            hists.append(train_module(member, X, labels, groups, cfg, callbacks))
+            if self._row_conditions is not None and self._left_out is not None:
+                rows = np.flatnonzero(~np.isin(self._row_conditions, self._left_out[k]))
+                _, g = np.unique(groups[rows], return_inverse=True)
+                hists.append(train_module(member, take_rows(X, rows), labels[rows], g, cfg, callbacks))
+            else:
+                hists.append(train_module(member, X, labels, groups, cfg, callbacks))
             if hists[-1].cancelled:
                 self.module.members = torch.nn.ModuleList(list(self.module.members)[: k + 1])
                 break

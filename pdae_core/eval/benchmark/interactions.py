@@ -51,6 +51,7 @@ def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, re
             pred = pd.read_csv(path, index_col="condition")
             if list(pred.columns) != list(registry.gene_names):
                 raise PDAEError(f"{path}: its genes are not the dataset's.")
+            intervals = _intervals(path.with_name(path.name.replace(".deltas.csv", ".intervals.csv")))
             fit = pd.read_csv(run_path(out_dir, model, seed))
             fit_seconds = float(fit["fit_seconds"].iloc[0]) if "fit_seconds" in fit and len(fit) else float("nan")
             for double in pred.index:
@@ -67,10 +68,37 @@ def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, re
                              "magnitude_pred": p["magnitude"], "magnitude_obs": o["magnitude"],
                              "residual_pred": p["normalised_residual"], "residual_obs": o["normalised_residual"],
                              "nonadditive_pearson": p["nonadditive_pearson"], "error_l2": p["error_l2"],
-                             "fit_seconds": fit_seconds})
+                             "fit_seconds": fit_seconds, **intervals.get(double, {}),
+                             **({"pred_norm": float(np.linalg.norm(pred.loc[double])),
+                                 "obs_norm": float(np.linalg.norm(dAB))} if double in intervals else {})})
     if not rows:
         raise PDAEError(f"No held-out double of {out_dir} has both its singles measured: nothing to score.")
     return pd.DataFrame(rows)
+
+
+def _intervals(path: Path) -> dict[str, dict[str, float]]:
+    """Per held-out double, a calibrated ensemble's uncertainty figures from the benchmark's
+    ``.intervals.csv`` (:func:`~pdae_core.eval.calibration.interval_check`), named as
+    :func:`~pdae_core.eval.pseudobulk.interaction_scores.uncertainty_summary` reads them:
+    ``spread``, ``coverage_<level>`` (genes inside their interval), ``coverage_magnitude_<level>``
+    and ``coverage_residual_<level>`` (1 when the observed metric is inside), ``width_residual_<level>``.
+    Empty when the file is absent (any other model)."""
+    if not path.is_file():
+        return {}
+    df = pd.read_csv(path)
+    out = {}
+    for r in df.to_dict("records"):
+        row = {"spread": float(r["spread"])}
+        for col, v in r.items():
+            if col.startswith("gene_coverage_"):
+                row[f"coverage_{col.rsplit('_', 1)[1]}"] = float(v)
+            elif col.startswith(("magnitude_covered_", "normalised_residual_covered_")):
+                metric = "magnitude" if col.startswith("magnitude") else "residual"
+                row[f"coverage_{metric}_{col.rsplit('_', 1)[1]}"] = float(bool(v))
+            elif col.startswith("normalised_residual_half_width_"):
+                row[f"width_residual_{col.rsplit('_', 1)[1]}"] = float(v)
+        out[str(r["double"])] = row
+    return out
 
 
 def benchmark_interactions(out_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,

@@ -29,6 +29,7 @@ from ...data.registry import (
 from ...data.splits import CombinationSplit, combination_splits, seen_count
 from ...errors import DataError, PDAEError
 from ...train.loop import Callback
+from ..calibration import interval_check
 from ..heldout import NOISE
 from ..metrics import energy_distance, evaluate_condition, noise_floor
 from .files import atomic_write, dense, read_csv, run_path, tidy
@@ -231,7 +232,19 @@ def _model_rows(
         m = _score(pred, obs[c], src, ctx.registry.gene_names, spec.n_boot, split.seed)
         deltas[c] = pred.mean(0) - src.mean(0)
         rows.append({**row, **m, "score_seconds": time.perf_counter() - t1})
-    return rows, deltas
+    return rows, deltas, _interval_rows(ctx, predictor, split)
+
+
+def _interval_rows(ctx: _Context, predictor: Any, split: CombinationSplit) -> list[dict]:
+    """A calibrated ensemble's intervals checked on the held-out doubles whose singles it saw
+    (:func:`~pdae_core.eval.calibration.interval_check`); empty for any other model."""
+    if getattr(predictor, "calibration", None) is None:
+        return []
+    present = set(condition_column(ctx.adata, ctx.registry.perturbation_key))
+    seen = set(getattr(predictor, "train_conditions", ()))
+    doubles = [c for c in split.test if c in present and len(ctx.registry.parse(c)) == 2
+               and all(p in seen for p in ctx.registry.parse(c))]
+    return interval_check(predictor, ctx.adata, doubles, seed=split.seed) if doubles else []
 
 
 def _load_run(path: Path, spec_hash: str, model: str, split: CombinationSplit) -> pd.DataFrame | None:
@@ -259,12 +272,14 @@ def _run_pair(ctx: _Context, model: str, split: CombinationSplit, source: ad.Ann
               seed=split.seed, done=ctx.done, total=ctx.total)
         return done
     if model == NOISE:
-        rows, deltas = _noise_rows(ctx, split, source, obs), {}
+        rows, deltas, intervals = _noise_rows(ctx, split, source, obs), {}, []
     else:
-        rows, deltas = _model_rows(ctx, model, split, source, obs)
+        rows, deltas, intervals = _model_rows(ctx, model, split, source, obs)
     if deltas:
         d = pd.DataFrame.from_dict(deltas, orient="index", columns=ctx.registry.gene_names)
         atomic_write(path.with_suffix(".deltas.csv"), d.to_csv(index_label="condition"))
+    if intervals:
+        atomic_write(path.with_suffix(".intervals.csv"), pd.DataFrame(intervals).to_csv(index=False))
     df = tidy(rows)
     atomic_write(path, df.assign(spec_hash=ctx.spec_hash).to_csv(index=False))  # written last: marks the pair done
     ctx.done += 1

@@ -25,7 +25,7 @@ from ...models.baselines import (
     PoolBaseline,
     ScaledAdditiveBaseline,
 )
-from ...models.catalog import MODEL_TYPES
+from ...models.catalog import MODEL_TYPES, build_model
 from ...train.loop import Callback, TrainConfig
 from ..heldout import NOISE, Predictor
 
@@ -76,6 +76,17 @@ def model_type_builder(cls: type) -> ModelBuilder:
     return build
 
 
+def _cross_fitted_pdae(req: FitRequest) -> Predictor:
+    """A PDAE ensemble of 5 cross-fitted networks (options may set ``n_members`` and PDAE's
+    hyperparameters), calibrated on its training doubles (:mod:`pdae_core.eval.calibration`)."""
+    options = dict(req.options)
+    n = int(options.pop("n_members", 5))
+    model = build_model("pdae", req.registry, seed=req.seed, n_members=n, cross_fit=True, **options)
+    model.fit(req.adata, holdout=req.holdout, callbacks=req.callbacks, seed=req.seed, accelerator=req.accelerator,
+              **req.train)
+    return model
+
+
 #: Builders of the models that are not model types (baselines, the synthetic oracle).
 #: Every model type of :data:`pdae_core.models.catalog.MODEL_TYPES` (pdae, samsvae, ...)
 #: is built by :func:`model_type_builder`; a name here takes precedence.
@@ -85,6 +96,8 @@ MODEL_BUILDERS: dict[str, ModelBuilder] = {
     "linear": _baseline_builder(LinearBaseline),
     "control": _baseline_builder(NoChange),
     "pool": _baseline_builder(PoolBaseline),
+    # cross-fitted, calibrated PDAE ensemble: its intervals are checked on the held-out doubles
+    "pdae_ensemble": _cross_fitted_pdae,
     # synthetic data only: fresh cells from the true generative model (the best any model can do)
     "oracle": lambda req: SyntheticOracle.from_anndata(req.adata),
 }

@@ -1,0 +1,280 @@
+"""Split-conformal intervals for a cross-fitted ensemble, calibrated on its training doubles.
+
+A *cross-fitted* ensemble (``PDAE.from_anndata(adata, n_members=5, cross_fit=True)``; CLI
+``pdae train --ensemble 5 --cross-fit``) deals the training doubles whose two singles are
+measured (:func:`calibration_doubles`) into one group per member (:func:`deal_doubles`);
+member ``k`` trains on every training cell except those of group ``k``. Each training double
+is then unseen by exactly one member, whose prediction of it is out of fold: the same
+situation as a pair the model never saw. :func:`calibrate` compares those out-of-fold
+predictions with the observed doubles and keeps, as a :class:`Calibration`:
+
+* per gene, the conformal half-width of the predicted mean change at each level of
+  :data:`LEVELS`: the ``ceil((n + 1) p)``-th smallest absolute out-of-fold error of that gene
+  over the ``n`` calibration doubles (infinite when ``n`` is too small for level ``p``);
+* per interaction metric (``magnitude``, ``normalised_residual``), the sorted absolute
+  out-of-fold errors of the metric, scored as the pair screen scores a pair (the member's
+  own predicted singles, least squares, the genes expressed in control), from which
+  :meth:`Calibration.metric_half_width` gives a half-width at any level.
+
+An interval is the ensemble's prediction plus or minus the half-width. The errors come from
+single members trained without a fifth of the doubles, so the intervals lean conservative
+for the ensemble mean. They cover an unmeasured pair at the nominal rate when it is
+exchangeable with the calibration doubles (drawn from the same design); only training
+data are used, never held-out conditions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anndata as ad
+import numpy as np
+
+from ..data.registry import PerturbationRegistry, condition_column
+from ..errors import DataError
+from .interactions import mean_changes
+from .pair_screen import _screen_inputs, pair_metrics
+
+__all__ = ["LEVELS", "METRICS", "Calibration", "calibrate", "calibration_doubles", "conformal_rank",
+           "deal_doubles", "interval_check"]
+
+#: levels of the per-gene intervals kept in a checkpoint
+LEVELS = (0.8, 0.9, 0.95)
+#: interaction metrics with an interval
+METRICS = ("magnitude", "normalised_residual")
+#: a double (and each of its singles) needs this many training cells to calibrate on
+MIN_CELLS = 10
+
+
+def conformal_rank(n: int, level: float) -> int | None:
+    """The rank (1-based) of the split-conformal quantile at ``level`` among ``n`` calibration
+    errors: ``ceil((n + 1) level)``; None when it exceeds ``n`` (the interval is infinite)."""
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be between 0 and 1 (exclusive), got {level!r}.")
+    k = math.ceil((int(n) + 1) * float(level) - 1e-9)
+    return k if 1 <= k <= n else None
+
+
+def _quantile(errors: np.ndarray, level: float) -> np.ndarray:
+    """Conformal quantile of ``errors`` (n, ...) along axis 0; inf when n is too small."""
+    errors = np.sort(np.asarray(errors, dtype=np.float64), axis=0)
+    k = conformal_rank(len(errors), level)
+    return np.full(errors.shape[1:], np.inf) if k is None else errors[k - 1]
+
+
+def calibration_doubles(conditions: Sequence[str], registry: PerturbationRegistry,
+                        min_cells: int = MIN_CELLS) -> list[str]:
+    """The conditions of two perturbations among ``conditions`` (one entry per training cell)
+    that have at least ``min_cells`` cells, as do both their singles: the doubles a cross-fitted
+    ensemble can leave out and calibrate on, sorted."""
+    names, counts = np.unique(np.asarray(conditions, dtype=str), return_counts=True)
+    n = dict(zip(names.tolist(), counts.tolist()))
+    out = []
+    for c in names.tolist():
+        if n[c] < min_cells or c == registry.control_label:
+            continue
+        try:
+            parts = registry.parse(c)
+        except (DataError, ValueError):
+            continue
+        if len(parts) == 2 and parts[0] != parts[1] and all(n.get(p, 0) >= min_cells for p in parts):
+            out.append(c)
+    return out
+
+
+def deal_doubles(doubles: Sequence[str], n_groups: int, seed: int) -> list[list[str]]:
+    """``doubles`` shuffled (seeded) and dealt into ``n_groups`` groups of near-equal size."""
+    doubles = sorted(doubles)
+    if len(doubles) < n_groups:
+        raise DataError(
+            f"Cross-fitting {n_groups} members needs at least {n_groups} training doubles whose two singles are "
+            f"measured (each with >= {MIN_CELLS} cells); the data have {len(doubles)}"
+            + (f": {', '.join(doubles)}." if doubles else ".")
+            + " Train without --cross-fit, or with fewer members."
+        )
+    order = np.random.default_rng(int(seed)).permutation(len(doubles))
+    return [sorted(doubles[i] for i in order[k::n_groups]) for k in range(n_groups)]
+
+
+@dataclass
+class Calibration:
+    """Out-of-fold errors of a cross-fitted ensemble (module docstring). ``left_out[k]``: the
+    doubles member ``k`` did not train on; ``gene_half_widths[level]``: per gene; ``metric_errors``:
+    sorted absolute errors per metric; ``genes``: how the metric's gene set was chosen."""
+
+    left_out: list[list[str]]
+    gene_half_widths: dict[float, np.ndarray]
+    metric_errors: dict[str, np.ndarray]
+    genes: str = "expressed"
+    n_source_cells: int = 0
+    doubles: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.doubles = sorted(d for g in self.left_out for d in g)
+
+    @property
+    def n(self) -> int:
+        return len(self.doubles)
+
+    def gene_half_width(self, level: float) -> np.ndarray:
+        """Per-gene half-width of the predicted change at ``level`` (one of :data:`LEVELS`)."""
+        for lv, hw in self.gene_half_widths.items():
+            if abs(lv - float(level)) < 1e-9:
+                return hw
+        raise DataError(f"Per-gene intervals are kept at levels {sorted(self.gene_half_widths)}; got {level!r}.")
+
+    def metric_half_width(self, metric: str, level: float) -> float:
+        """Half-width of an interaction metric's interval at ``level`` (inf: too few doubles)."""
+        if metric not in self.metric_errors:
+            raise DataError(f"No interval for {metric!r}; metrics with one: {', '.join(self.metric_errors)}.")
+        errs = self.metric_errors[metric]  # sorted; inf where a metric was not measurable
+        k = conformal_rank(len(errs), level)
+        return math.inf if k is None else float(errs[k - 1])
+
+    # ---- JSON ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def num(v: np.ndarray) -> list[float | None]:
+            return [float(x) if np.isfinite(x) else None for x in np.asarray(v, dtype=np.float64)]
+
+        return {
+            "left_out": [list(g) for g in self.left_out],
+            "gene_half_widths": {f"{lv:g}": num(hw) for lv, hw in sorted(self.gene_half_widths.items())},
+            "metric_errors": {m: num(v) for m, v in self.metric_errors.items()},
+            "genes": self.genes,
+            "n_source_cells": int(self.n_source_cells),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, n_genes: int, n_members: int, where: str = "the checkpoint") -> Calibration:
+        """Read :meth:`to_dict`'s output, checking every field; :class:`DataError` names what is wrong."""
+
+        def bad(what: str) -> DataError:
+            return DataError(f"{where}: invalid calibration record ({what}).")
+
+        def floats(v: Any, what: str, length: int | None = None) -> np.ndarray:
+            if not isinstance(v, list) or (length is not None and len(v) != length):
+                raise bad(f"{what} must be a list" + (f" of {length} numbers" if length is not None else ""))
+            if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for x in v):
+                raise bad(f"{what} must hold numbers or null")
+            a = np.array([np.inf if x is None else float(x) for x in v], dtype=np.float64)
+            if np.isnan(a).any() or (a < 0).any():
+                raise bad(f"{what} must be non-negative")
+            return a
+
+        if not isinstance(d, dict):
+            raise bad("not an object")
+        left = d.get("left_out")
+        if (not isinstance(left, list) or len(left) != n_members
+                or not all(isinstance(g, list) and all(isinstance(s, str) for s in g) for g in left)):
+            raise bad(f"left_out must be {n_members} lists of condition names, one per member")
+        hws = d.get("gene_half_widths")
+        if not isinstance(hws, dict) or not hws:
+            raise bad("gene_half_widths must be a non-empty object")
+        gene_hw: dict[float, np.ndarray] = {}
+        for k, v in hws.items():
+            try:
+                lv = float(k)
+            except ValueError:
+                raise bad(f"level {k!r} is not a number") from None
+            if not 0 < lv < 1:
+                raise bad(f"level {k!r} is not between 0 and 1")
+            gene_hw[lv] = floats(v, f"gene_half_widths[{k!r}]", n_genes)
+        me = d.get("metric_errors")
+        if not isinstance(me, dict) or set(me) != set(METRICS):
+            raise bad(f"metric_errors must have exactly {', '.join(METRICS)}")
+        metric = {m: np.sort(floats(v, f"metric_errors[{m!r}]")) for m, v in me.items()}
+        genes, n_src = d.get("genes", "expressed"), d.get("n_source_cells", 0)
+        if not isinstance(genes, str) or type(n_src) is not int or n_src < 0:
+            raise bad("genes must be text and n_source_cells a non-negative integer")
+        return cls(left_out=[list(g) for g in left], gene_half_widths=gene_hw, metric_errors=metric, genes=genes,
+                   n_source_cells=n_src)
+
+
+def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], n_cells: int = 512,
+              seed: int = 0, levels: Sequence[float] = LEVELS) -> Calibration:
+    """The :class:`Calibration` of a trained cross-fitted ensemble ``model``: member ``k``
+    predicts the doubles ``left_out[k]`` (and their singles) from ``n_cells`` control cells of
+    ``adata`` (chosen as the pair screen chooses them, same seed), and its predictions are
+    compared with the doubles' observed mean changes from control."""
+    reg = model.registry
+    if len(left_out) != model.n_members:
+        raise ValueError(f"left_out has {len(left_out)} groups for {model.n_members} members.")
+    data = reg.model_genes(adata)
+    source, gidx, gene_set = _screen_inputs(model, data, n_cells, "expressed", seed)
+    doubles = [d for g in left_out for d in g]
+    parts = {d: reg.parse(d) for d in doubles}
+    need = sorted({c for d in doubles for c in (*parts[d], d)})
+    present = set(condition_column(data, reg.perturbation_key))
+    missing = [c for c in need if c not in present]
+    if missing:
+        raise DataError(f"Calibration needs the cells of {missing[:5]}, which the data do not have.")
+    observed = dict(zip(need, mean_changes(data, reg, need).to_numpy(np.float64)))
+    gene_err, metric_err = [], {m: [] for m in METRICS}
+    for k, group in enumerate(left_out):
+        if not group:
+            continue
+        labels = np.concatenate([np.stack([reg.label_vector(p) for p in (*parts[d], d)]) for d in group])
+        pred = model.member_changes_many(source, labels, seed=seed, members=[k])[0].reshape(len(group), 3, -1)
+        for d, (pA, pB, pAB) in zip(group, pred):
+            oA, oB, oAB = (observed[c] for c in (*parts[d], d))
+            gene_err.append(np.abs(pAB - oAB))
+            p = pair_metrics(pA[gidx], pB[gidx], pAB[gidx])
+            o = pair_metrics(oA[gidx], oB[gidx], oAB[gidx])
+            for m in METRICS:
+                e = abs(float(p[m]) - float(o[m]))
+                metric_err[m].append(e if np.isfinite(e) else np.inf)  # not measurable: counted as a miss
+    errors = np.asarray(gene_err)
+    return Calibration(
+        left_out=[sorted(g) for g in left_out],
+        gene_half_widths={float(lv): _quantile(errors, lv) for lv in levels},
+        metric_errors={m: np.sort(np.asarray(v, dtype=np.float64)) for m, v in metric_err.items()},
+        genes=gene_set, n_source_cells=int(source.n_obs),
+    )
+
+
+def interval_check(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cells: int = 512,
+                   seed: int = 0) -> list[dict[str, Any]]:
+    """How a calibrated ensemble's intervals fare on ``doubles`` it did not train on (held-out
+    conditions of ``adata`` whose singles it saw): one dict per double with the ensemble's mean
+    predicted change vs the observed one (``error``: root mean square over genes; ``spread``:
+    root mean square of the members' standard deviation), the fraction of genes whose observed
+    change lies inside the interval at each level (``gene_coverage_80``...), and per metric
+    the predicted and observed values, the half-width and whether the observed value is
+    covered (``magnitude_covered_80``...). Predictions as in :func:`calibrate` (the pair screen's
+    control cells, gene set and scoring)."""
+    cal = getattr(model, "calibration", None)
+    if cal is None:
+        raise DataError("The model has no calibration: train a cross-fitted ensemble (cross_fit=True).")
+    reg = model.registry
+    data = reg.model_genes(adata)
+    source, gidx, _ = _screen_inputs(model, data, n_cells, "expressed", seed)
+    parts = {d: reg.parse(d) for d in doubles}
+    need = sorted({c for d in doubles for c in (*parts[d], d)})
+    observed = dict(zip(need, mean_changes(data, reg, need).to_numpy(np.float64)))
+    rows = []
+    for d in doubles:
+        labels = np.stack([reg.label_vector(p) for p in (*parts[d], d)])
+        pred = model.member_changes_many(source, labels, seed=seed)  # (M, 3, G)
+        oA, oB, oAB = (observed[c] for c in (*parts[d], d))
+        mean_ab = pred[:, 2].mean(0)
+        row: dict[str, Any] = {
+            "double": d, "n_members": int(pred.shape[0]),
+            "error": float(np.sqrt(np.mean((mean_ab - oAB) ** 2))),
+            "spread": float(np.sqrt(np.mean(pred[:, 2].std(0, ddof=1) ** 2))) if pred.shape[0] > 1 else np.nan,
+        }
+        for lv in sorted(cal.gene_half_widths):
+            hw = cal.gene_half_widths[lv]
+            row[f"gene_coverage_{round(lv * 100)}"] = float(np.mean(np.abs(mean_ab - oAB) <= hw))
+        p = pair_metrics(pred[:, 0][:, gidx], pred[:, 1][:, gidx], pred[:, 2][:, gidx])  # per member
+        o = pair_metrics(oA[gidx], oB[gidx], oAB[gidx])
+        for m in METRICS:
+            row[f"{m}_pred"], row[f"{m}_obs"] = float(np.mean(p[m])), float(o[m])
+            for lv in sorted(cal.gene_half_widths):
+                hw = cal.metric_half_width(m, lv)
+                row[f"{m}_half_width_{round(lv * 100)}"] = hw
+                row[f"{m}_covered_{round(lv * 100)}"] = bool(abs(row[f"{m}_pred"] - row[f"{m}_obs"]) <= hw)
+        rows.append(row)
+    return rows

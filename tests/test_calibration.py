@@ -1,0 +1,232 @@
+"""Cross-fitted ensembles and their split-conformal intervals (issue 15 item 2 at the cell level,
+item 3's per-pair intervals): each network leaves a group of training doubles out, the doubles'
+out-of-fold errors calibrate intervals of the per-gene change and of the interaction metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+import pdae_core as pc
+from pdae_core import CheckpointError
+from pdae_core.cli import main as cli_main
+from pdae_core.data.registry import condition_column
+from pdae_core.data.synthetic import make_synthetic
+from pdae_core.errors import DataError
+from pdae_core.eval.calibration import (
+    calibration_doubles,
+    conformal_rank,
+    deal_doubles,
+    interval_check,
+)
+from pdae_core.eval.interactions import mean_changes
+from pdae_core.eval.pair_screen import _screen_inputs, pair_metrics, screen_pairs
+from pdae_core.models import ensemble as ensemble_mod
+from pdae_core.models.integrity import seal
+
+SMALL = dict(latent_dim=3, hidden_dims=(16,), noise_dim=2, n_sources=4)
+FIT = dict(holdout=["P1+P2"], max_epochs=2, batch_size=64, accelerator="cpu")
+
+
+@pytest.fixture(scope="module")
+def adata():
+    a, _ = make_synthetic(n_perturbations=6, latent_dim=3, n_genes=24, hidden=16, n_doubles=10,
+                          cells_per_condition=30, seed=4)
+    if "P1+P2" not in set(a.obs["condition"]):
+        pytest.fail("the fixture needs the double P1+P2")
+    return a
+
+
+@pytest.fixture(scope="module")
+def fitted(adata):
+    """A 3-network cross-fitted ensemble, with the rows each network trained on."""
+    seen: list[np.ndarray] = []
+    real = ensemble_mod.train_module
+
+    def spy(module, X, labels, groups, cfg, callbacks):
+        seen.append(np.unique(np.asarray(labels), axis=0))
+        return real(module, X, labels, groups, cfg, callbacks)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ensemble_mod, "train_module", spy)
+    try:
+        ens = pc.PDAE.from_anndata(adata, seed=1, n_members=3, cross_fit=True, **SMALL)
+        ens.fit(adata, **FIT)
+    finally:
+        mp.undo()
+    return ens, seen
+
+
+def test_conformal_rank_is_the_ceiling_and_none_when_too_few():
+    assert conformal_rank(4, 0.8) == 4 and conformal_rank(3, 0.8) is None
+    assert conformal_rank(19, 0.95) == 19 and conformal_rank(18, 0.95) is None
+    assert conformal_rank(99, 0.9) == 90 and conformal_rank(9, 0.5) == 5
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        conformal_rank(10, 1.0)
+
+
+def test_calibration_doubles_need_both_singles_with_enough_cells(adata):
+    reg = pc.setup_anndata(adata.copy(), "condition", "control")
+    conds = ["control"] * 10 + ["A"] * 10 + ["B"] * 10 + ["C"] * 9 + ["A+B"] * 10 + ["A+C"] * 10 + ["B+C"] * 3 \
+        + ["A+B+C"] * 10 + ["D+E"] * 10
+    assert calibration_doubles(conds, reg) == ["A+B"]  # A+C: C has 9 cells; B+C: 3 cells; D+E: no singles
+    assert calibration_doubles(conds, reg, min_cells=3) == ["A+B", "A+C", "B+C"]
+
+
+def test_doubles_are_dealt_into_disjoint_groups_of_near_equal_size():
+    doubles = [f"P{i}+Q{i}" for i in range(11)]
+    groups = deal_doubles(doubles, 3, seed=7)
+    assert sorted(d for g in groups for d in g) == sorted(doubles)
+    assert sorted(len(g) for g in groups) == [3, 4, 4]
+    assert groups == deal_doubles(list(reversed(doubles)), 3, seed=7)  # order of the input does not matter
+    assert groups != deal_doubles(doubles, 3, seed=8)
+    with pytest.raises(DataError, match="needs at least 5 training doubles.*the data have 2: A\\+B, C\\+D"):
+        deal_doubles(["A+B", "C+D"], 5, seed=0)
+
+
+def test_each_network_trains_without_its_own_group_of_doubles(adata, fitted):
+    ens, seen = fitted
+    reg = ens.registry
+    cal = ens.calibration
+    assert len(seen) == 3 and len(cal.left_out) == 3 and all(cal.left_out)
+    conds = set(condition_column(adata, "condition"))
+    expected = calibration_doubles(condition_column(adata, "condition")[
+        condition_column(adata, "condition") != "P1+P2"], reg)
+    assert cal.doubles == expected and "P1+P2" not in cal.doubles and len(cal.doubles) >= 6
+    for k, labels in enumerate(seen):
+        rows = {tuple(r) for r in labels}
+        for j, group in enumerate(cal.left_out):
+            for d in group:
+                assert (tuple(reg.label_vector(d)) in rows) == (j != k), (k, d)
+        assert tuple(reg.label_vector("P1+P2")) not in rows  # the hold-out stays out of every network
+    assert all(s in conds for s in ("P1", "P2"))
+
+
+def test_intervals_are_the_conformal_quantiles_of_out_of_fold_errors(adata, fitted):
+    ens, _ = fitted
+    cal, reg = ens.calibration, ens.registry
+    source, gidx, _ = _screen_inputs(ens, adata, 512, "expressed", 1)
+    obs = mean_changes(adata, reg, sorted({c for d in cal.doubles for c in (*reg.parse(d), d)}))
+    gene_err, resid_err = [], []
+    for k, group in enumerate(cal.left_out):
+        for d in group:
+            a, b = reg.parse(d)
+            p = ens.member_changes_many(source, np.stack([reg.label_vector(c) for c in (a, b, d)]), seed=1,
+                                        members=[k])[0]
+            o = obs.loc[[a, b, d]].to_numpy()
+            gene_err.append(np.abs(p[2] - o[2]))
+            pm = pair_metrics(p[0, gidx], p[1, gidx], p[2, gidx])["normalised_residual"]
+            om = pair_metrics(o[0, gidx], o[1, gidx], o[2, gidx])["normalised_residual"]
+            resid_err.append(abs(float(pm) - float(om)))
+    gene_err = np.sort(np.asarray(gene_err), axis=0)
+    n = len(gene_err)
+    k80 = math.ceil((n + 1) * 0.8)
+    np.testing.assert_allclose(cal.gene_half_width(0.8), gene_err[k80 - 1], rtol=1e-6)
+    np.testing.assert_allclose(cal.metric_errors["normalised_residual"], np.sort(resid_err), rtol=1e-6)
+    assert cal.metric_half_width("normalised_residual", 0.8) == pytest.approx(np.sort(resid_err)[k80 - 1])
+    assert np.isinf(cal.gene_half_width(0.95)).all() == (n < 19)
+    assert math.isinf(cal.metric_half_width("magnitude", 0.999))
+    with pytest.raises(DataError, match="levels"):
+        cal.gene_half_width(0.5)
+
+
+def test_prediction_and_pair_screen_carry_the_intervals(adata, fitted):
+    ens, _ = fitted
+    src = adata[adata.obs["condition"] == "control"]
+    table = ens.predict(src, "P1+P2", seed=0).varm["change_across_networks"]
+    hw = ens.calibration.gene_half_width(0.8)
+    np.testing.assert_allclose(table["upper_80"] - table["mean"], hw, rtol=1e-5)
+    np.testing.assert_allclose(table["mean"] - table["lower_80"], hw, rtol=1e-5)
+    pairs = screen_pairs(ens, adata, n_cells=64, level=0.8, progress_bar=False)
+    w = ens.calibration.metric_half_width("normalised_residual", 0.8)
+    np.testing.assert_allclose(pairs["normalised_residual_hi"] - pairs["normalised_residual"], w)
+    np.testing.assert_allclose(pairs["magnitude"] - pairs["magnitude_lo"],
+                               ens.calibration.metric_half_width("magnitude", 0.8))
+    assert pairs.attrs["interval_level"] == 0.8 and pairs.attrs["calibration_doubles"] == ens.calibration.n
+    with pytest.raises(DataError, match="between 0 and 1"):
+        screen_pairs(ens, adata, n_cells=64, level=1.5, progress_bar=False)
+    plain = pc.PDAE.from_anndata(adata, seed=1, n_members=2, **SMALL)
+    plain.fit(adata, **FIT)
+    assert plain.calibration is None
+    assert "normalised_residual_lo" not in screen_pairs(plain, adata, n_cells=64, progress_bar=False)
+    assert "lower_80" not in plain.predict(src, "P1+P2").varm["change_across_networks"]
+
+
+def test_interval_check_scores_coverage_on_held_out_doubles(adata, fitted):
+    ens, _ = fitted
+    (row,) = interval_check(ens, adata, ["P1+P2"], n_cells=64)
+    assert row["double"] == "P1+P2" and row["n_members"] == 3 and row["spread"] > 0 and row["error"] > 0
+    assert 0 <= row["gene_coverage_80"] <= row["gene_coverage_90"] <= row["gene_coverage_95"] <= 1
+    hw = row["normalised_residual_half_width_80"]
+    assert row["normalised_residual_covered_80"] == (
+        abs(row["normalised_residual_pred"] - row["normalised_residual_obs"]) <= hw)
+    plain = pc.PDAE.from_anndata(adata, seed=1, **SMALL)
+    with pytest.raises(DataError, match="no calibration"):
+        interval_check(plain, adata, ["P1+P2"])
+
+
+def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_path):
+    ens, _ = fitted
+    ens.save(tmp_path / "ens")
+    back = pc.load_model(tmp_path / "ens")
+    assert back.cross_fit and back.calibration.left_out == ens.calibration.left_out
+    for lv in (0.8, 0.9, 0.95):
+        np.testing.assert_array_equal(back.calibration.gene_half_width(lv), ens.calibration.gene_half_width(lv))
+
+    def edited(name, edit):
+        d = tmp_path / name
+        shutil.copytree(tmp_path / "ens", d)
+        cfg = json.loads((d / "config.json").read_text())
+        edit(cfg["ensemble"])
+        (d / "config.json").write_text(json.dumps(seal(cfg)))
+        return d
+
+    cases = {
+        "short": (lambda e: e["calibration"]["gene_half_widths"]["0.8"].pop(), "of 24 numbers"),
+        "negative": (lambda e: e["calibration"]["metric_errors"]["magnitude"].__setitem__(0, -1.0), "non-negative"),
+        "text": (lambda e: e["calibration"]["metric_errors"]["magnitude"].__setitem__(0, "1"), "numbers or null"),
+        "groups": (lambda e: e["calibration"]["left_out"].pop(), "3 lists"),
+        "metric": (lambda e: e["calibration"]["metric_errors"].pop("magnitude"), "exactly magnitude"),
+        "level": (lambda e: e["calibration"]["gene_half_widths"].__setitem__("1.5", []), "between 0 and 1"),
+        "not_cross_fit": (lambda e: e.pop("cross_fit"), "without cross_fit"),
+        "flag": (lambda e: e.__setitem__("cross_fit", "yes"), "cross_fit must be true or false"),
+    }
+    for name, (edit, msg) in cases.items():
+        with pytest.raises(CheckpointError, match=msg):
+            pc.load_model(edited(name, edit))
+
+
+def test_cross_fitting_needs_enough_doubles_and_members(adata):
+    with pytest.raises(ValueError, match="at least 2 members"):
+        pc.PDAE.from_anndata(adata, n_members=1, cross_fit=True, **SMALL)
+    few, _ = make_synthetic(n_perturbations=4, latent_dim=3, n_genes=20, hidden=16, n_doubles=2,
+                            cells_per_condition=20, seed=0)
+    ens = pc.PDAE.from_anndata(few, n_members=3, cross_fit=True, **SMALL)
+    with pytest.raises(DataError, match="needs at least 3 training doubles"):
+        ens.fit(few, max_epochs=1, accelerator="cpu")
+
+
+def test_cli_trains_a_cross_fitted_ensemble_and_screens_with_intervals(adata, tmp_path, capsys):
+    data = tmp_path / "cells.h5ad"
+    adata.write_h5ad(data)
+    out = tmp_path / "ens"
+    args = ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "64",
+            "--latent-dim", "3", "--hidden-dims", "16", "--noise-dim", "2", "-q", "--accelerator", "cpu"]
+    assert cli_main(args + ["--cross-fit"]) == 2
+    assert "--cross-fit needs --ensemble" in capsys.readouterr().err and not out.exists()
+    assert cli_main(args + ["--ensemble", "2", "--cross-fit"]) == 0
+    text = capsys.readouterr().out
+    assert "Intervals calibrated on" in text and "too few for 95%" in text
+    pairs = tmp_path / "pairs.csv"
+    assert cli_main(["interactions", str(out), "--data", str(data), "--n-cells", "32", "--level", "0.9",
+                     "--out", str(pairs)]) == 0
+    text = capsys.readouterr().out
+    assert "intervals at 90% calibrated on" in text and "normalised_residual_lo" in text
+    import pandas as pd
+
+    table = pd.read_csv(pairs)
+    assert (table["normalised_residual_hi"] >= table["normalised_residual_lo"]).all()
