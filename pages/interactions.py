@@ -129,6 +129,8 @@ cols = ["rank", "pair", "call", "magnitude", "magnitude_spread", "normalised_res
         "test_next", "status", "observed_magnitude", "observed_normalised_residual"]  # dominance: in the call
 if not ensemble:  # no spread; the test-next score is the non-additivity
     cols = [c for c in cols if not c.endswith("_spread") and c != "test_next"]
+if "residual_range" in ranked:  # a cross-fitted ensemble: calibrated intervals
+    cols.insert(cols.index("normalised_residual") + 1, "residual_range")
 if not len(measured):
     cols = [c for c in cols if not c.startswith("observed_")]
 view = ranked[cols].copy()
@@ -151,7 +153,11 @@ st.dataframe(view, hide_index=True, width="stretch", height=360, key=f"ia_table_
              selection_mode="single-row", column_config={**number,
                  "Measured?": st.column_config.TextColumn(help="held out: measured, never seen in training (a true "
                                                           "test); in training: measured and used to train"),
-                 "Predicted interaction": st.column_config.TextColumn(width="medium")})
+                 "Predicted interaction": st.column_config.TextColumn(width="medium"),
+                 "Non-additivity, likely range": st.column_config.TextColumn(
+                     help=f"Where the true non-additivity should lie {screen.attrs.get('interval_level', 0.8):.0%} "
+                     "of the time: calibrated on training pairs that each network did not see (cross-fitted "
+                     "ensemble).")})
 
 pairs = ss["ia_order"]
 if ss.get("ia_pair") not in pairs:
@@ -184,7 +190,10 @@ with st.expander("Settings and technical details"):
         f"{ds.label} (a seeded sample; with fewer control cells, each is moved several times with fresh noise).\n"
         f"- **Networks**: {model.n_members}" + (" (an ensemble: metrics are the mean over networks, ± their "
                                                  "standard deviation)" if ensemble else " (no spread)") + ".\n"
-        "- **Method**: each network predicts the mean change from control of A, B and A+B; the weights c1, c2 are "
+        + (f"- **Likely ranges**: split-conformal intervals at {a['interval_level']:.0%}, calibrated on "
+           f"{a['calibration_doubles']} measured training pairs, each left out of one network (cross-fitted "
+           "ensemble; `pdae train --ensemble 5 --cross-fit`).\n" if "interval_level" in a else "")
+        + "- **Method**: each network predicts the mean change from control of A, B and A+B; the weights c1, c2 are "
         "fitted by least squares without intercept on those mean changes (the paper used Theil-Sen; least "
         "squares keeps thousands of pairs to seconds). Compose adds the model fit (distance correlation) of the "
         "pair it shows.\n"

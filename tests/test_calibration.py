@@ -149,10 +149,17 @@ def test_prediction_and_pair_screen_carry_the_intervals(adata, fitted):
     assert pairs.attrs["interval_level"] == 0.8 and pairs.attrs["calibration_doubles"] == ens.calibration.n
     with pytest.raises(DataError, match="between 0 and 1"):
         screen_pairs(ens, adata, n_cells=64, level=1.5, progress_bar=False)
+    from pdae_core.explore import pair_ranking
+
+    ranked = pair_ranking(pairs, "least_additive")  # the dashboard's table: the range in words
+    first = ranked.iloc[0]
+    assert first["residual_range"] == (f"{max(first['normalised_residual'] - w, 0):.2f} to "
+                                       f"{first['normalised_residual'] + w:.2f}")
     plain = pc.PDAE.from_anndata(adata, seed=1, n_members=2, **SMALL)
     plain.fit(adata, **FIT)
     assert plain.calibration is None
-    assert "normalised_residual_lo" not in screen_pairs(plain, adata, n_cells=64, progress_bar=False)
+    plain_pairs = screen_pairs(plain, adata, n_cells=64, progress_bar=False)
+    assert "normalised_residual_lo" not in plain_pairs and "residual_range" not in pair_ranking(plain_pairs)
     assert "lower_80" not in plain.predict(src, "P1+P2").varm["change_across_networks"]
 
 

@@ -68,6 +68,7 @@ PAIR_TABLE_LABELS: dict[str, str] = {
     "magnitude_spread": "± magnitude",
     "normalised_residual": "Non-additivity",
     "normalised_residual_spread": "± non-additivity",
+    "residual_range": "Non-additivity, likely range",
     "test_next": "Test-next score",
     "dominance": "Dominance",
     "effect": "Effect size",
