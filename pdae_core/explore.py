@@ -572,7 +572,7 @@ def pair_ranking(table: pd.DataFrame, score: str = "test_next") -> pd.DataFrame:
     out["call"] = [pair_call(r.c1, r.c2, r.magnitude, r.dominance, (r.a, r.b)) for r in out.itertuples()]
     out["status"] = [pair_status(*v) for v in zip(out["measured"], out["held_out"], out["in_training"])]
     if "normalised_residual_lo" in out:  # a cross-fitted ensemble: the calibrated interval, in words
-        out["residual_range"] = [f"{max(lo, 0.0):.2f} to {hi:.2f}" if np.isfinite(hi) else "too few doubles to say"
+        out["residual_range"] = [f"{lo:.2f} to {hi:.2f}" if np.isfinite(hi) else "too few doubles to say"
                                  for lo, hi in zip(out["normalised_residual_lo"], out["normalised_residual_hi"])]
     return out
 

@@ -144,8 +144,9 @@ def test_prediction_and_pair_screen_carry_the_intervals(adata, fitted):
     pairs = screen_pairs(ens, adata, n_cells=64, level=0.8, progress_bar=False)
     w = ens.calibration.metric_half_width("normalised_residual", 0.8)
     np.testing.assert_allclose(pairs["normalised_residual_hi"] - pairs["normalised_residual"], w)
-    np.testing.assert_allclose(pairs["magnitude"] - pairs["magnitude_lo"],
-                               ens.calibration.metric_half_width("magnitude", 0.8))
+    np.testing.assert_allclose(pairs["magnitude_lo"], np.maximum(
+        pairs["magnitude"] - ens.calibration.metric_half_width("magnitude", 0.8), 0.0))  # cut at 0
+    np.testing.assert_allclose(pairs["normalised_residual_lo"], np.maximum(pairs["normalised_residual"] - w, 0.0))
     assert pairs.attrs["interval_level"] == 0.8 and pairs.attrs["calibration_doubles"] == ens.calibration.n
     with pytest.raises(DataError, match="between 0 and 1"):
         screen_pairs(ens, adata, n_cells=64, level=1.5, progress_bar=False)
