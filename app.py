@@ -17,6 +17,7 @@ st.set_page_config(page_title="PDAE explorer", page_icon=":material/hub:", layou
 
 from pages import common  # noqa: E402  (after set_page_config)
 
+common.freeze_imported()
 common.init_state()
 
 PAGES = [

@@ -88,7 +88,8 @@ def _load(dataset: str, train_steps: int):
     return adata, model, t_load, time.perf_counter() - t0, how
 
 
-def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps: int = 30) -> None:
+def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps: int = 30,
+                 freeze: bool = True) -> None:
     import torch
 
     import pdae_core as pc  # noqa: F401  (imports timed apart from the work)
@@ -98,6 +99,12 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
     from pdae_core.plot import style
 
     threads = torch.get_num_threads()  # as the process started (OMP_NUM_THREADS): kept for every step below
+    if freeze:  # as app.py does once its imports are done (pages/common.py: freeze_imported)
+        import gc
+
+        import plotly.graph_objects  # noqa: F401  (imported by the pages before the freeze)
+
+        gc.freeze()
     adata, model, t_load, t_model, how = _load(dataset, train_steps)
     t0 = time.perf_counter()
     additive = explore.fit_additive(adata, model)
@@ -173,6 +180,8 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
     print(f"dataset: {dataset}, {adata.n_obs:,} cells x {adata.n_vars:,} genes, "
           f"{len(seen)} perturbations seen in training; model: {how}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs visible, torch threads {__import__('torch').get_num_threads()}")
+    print("imported objects frozen before loading, as app.py does (gc.freeze): "
+          + ("yes" if freeze else "no (--no-freeze)"))
     print(f"load (and preprocess) the data: {t_load:.2f} s; model: {t_model:.1f} s; additive baseline: {t_add:.2f} s "
           "(each cached by the app)")
     print(f"shared map: UMAP of a stratified sample of {len(ref.coords):,} cells and all {adata.n_obs:,} cells placed, "
@@ -284,13 +293,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=30, help="number of what-if changes to time")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cells", type=int, default=1000, help="predicted cells per what-if")
+    ap.add_argument("--no-freeze", action="store_true",
+                    help="do not freeze the imported objects as app.py does (gc.freeze), to see what it changes")
     ap.add_argument("--browser", action="store_true", help="also time the real app in headless Chromium")
     ap.add_argument("--dwell", type=float, default=0.0, help="seconds on the Data page before opening Compose")
     ap.add_argument("--out", default=None, help="also write the report (markdown) here")
     args = ap.parse_args()
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        compute_path(args.dataset, args.n, args.seed, args.cells, args.train_steps)
+        compute_path(args.dataset, args.n, args.seed, args.cells, args.train_steps, freeze=not args.no_freeze)
         if args.browser and args.dataset == "norman19_devel":
             browser_path(min(args.n, 20), args.dwell)
     emit(buf.getvalue().rstrip(), args.out)

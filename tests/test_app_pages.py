@@ -594,3 +594,18 @@ def test_interactions_page_with_an_ensemble(data_dir, tmp_path):
     ok(at.button(key="ia_open").click().run())
     assert re.search(r"\| \*\*predicted\*\* \| \d+\.\d\d ± \d+\.\d\d \| ", joined(at.markdown))
     assert " of 2 networks call it " in joined(at.caption)
+
+
+def test_the_app_freezes_its_imports_once_so_full_collections_stay_short():
+    """app.py moves the objects of its imports (torch, plotly, Streamlit, pdae_core...) out of reach
+    of Python's full garbage collections once (issue 16: such a collection took 0.4 s inside a
+    what-if change): the frozen set is the imported world, and later runs add nothing to it."""
+    import gc
+
+    start()
+    frozen = gc.get_freeze_count()
+    assert frozen > 100_000 and "torch" in sys.modules and "plotly.graph_objects" in sys.modules
+    start("compose")
+    assert gc.get_freeze_count() <= frozen  # once per process (frozen objects freed since leave the count)
+    gc.collect()
+    assert len(gc.get_objects()) < frozen  # what a full collection still walks: much less than before
