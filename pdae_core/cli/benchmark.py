@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
         "(k-fold over the doubles; Pearson delta over all genes and the top-20 genes). --task interactions "
         "(pseudobulk) scores how well each model predicts the genetic interaction of every held-out double "
         "(Norman et al. 2019 magnitude, normalised non-additive residual, the non-additive part itself) against "
-        "the additive, scaled additive, linear, heuristic-regression and random baselines.",
+        "the additive, scaled additive, linear, heuristic-regression, propensity and random baselines.",
         epilog=BENCHMARK_EXAMPLES,
         formatter_class=HelpFormatter,
     )
@@ -82,7 +82,7 @@ def add_parser(sub: Any) -> None:
                    "scaled_additive, linear, control, pool and any registered model type; default "
                    "pdae,additive,scaled_additive,linear,control; pseudobulk: additive, scaled_additive, linear, "
                    "pdae; default all four; --task interactions: additive, scaled_additive, linear, heuristic, "
-                   "random, pdae, pdae_ensemble; default all seven)")
+                   "propensity, random, pdae, pdae_ensemble; default all eight)")
     b.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="run seeds 0..N-1")
     b.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                    help="cells: the same held-out conditions for every seed (default: a random "

@@ -18,7 +18,8 @@ from .interaction_scores import double_figures, rank_metrics
 from .models import PDAEProfile, ProfileModel
 from .profiles import ProfileSet, train_conditions
 
-__all__ = ["HeuristicInteractionRegression", "PDAEEnsembleProfile", "single_deltas"]
+__all__ = ["HeuristicInteractionRegression", "PDAEEnsembleProfile", "PropensityInteractionRegression",
+           "single_deltas"]
 
 
 def single_deltas(profiles: ProfileSet, double: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +77,7 @@ class HeuristicInteractionRegression:
         self.mu_, self.sd_ = X.mean(0), X.std(0)
         self.sd_[self.sd_ == 0] = 1.0
         Z = np.column_stack([np.ones(len(X)), (X - self.mu_) / self.sd_])
-        Y = np.asarray(y)
+        Y = self._to_target(np.asarray(y, dtype=np.float64))
         self.coef_, self.alpha_ = [], []
         for t in range(Y.shape[1]):
             best = None
@@ -97,7 +98,45 @@ class HeuristicInteractionRegression:
         """Predicted ``magnitude`` and ``normalised_residual`` of ``doubles``, whose
         singles are rows of ``profiles`` (the training profiles)."""
         Z = np.column_stack([np.ones(len(doubles)), (self._features(profiles, doubles) - self.mu_) / self.sd_])
-        return {t: Z @ c for t, c in zip(self.TARGETS, self.coef_)}
+        return {t: self._from_target(Z @ c) for t, c in zip(self.TARGETS, self.coef_)}
+
+    def _to_target(self, y: np.ndarray) -> np.ndarray:
+        return y
+
+    def _from_target(self, z: np.ndarray) -> np.ndarray:
+        return z
+
+
+class PropensityInteractionRegression(HeuristicInteractionRegression):
+    """Ridge regression of the log of each observed interaction metric of the training doubles
+    on which perturbations the double holds (one indicator per perturbation seen in a training
+    double; with an intercept; the penalty chosen by exact leave-one-out error as in
+    :class:`HeuristicInteractionRegression`): ``log m(A+B) = mu + u_A + u_B``. It learns how a
+    perturbation tends to combine (a gene whose doubles are usually buffered) and knows nothing
+    of the profiles; a double whose parts are in no training double gets the mean."""
+
+    name = "propensity"
+
+    def _features(self, profiles: ProfileSet, doubles: Sequence[str]) -> np.ndarray:
+        if not hasattr(self, "parts_"):  # fixed at the first call, on the training doubles
+            self.parts_ = sorted({p.strip() for d in doubles for p in d.split(profiles.separator)})
+        pos = {p: i for i, p in enumerate(self.parts_)}
+        X = np.zeros((len(doubles), len(self.parts_)))
+        for r, d in enumerate(doubles):
+            for p in d.split(profiles.separator):
+                if p.strip() in pos:
+                    X[r, pos[p.strip()]] = 1.0
+        return X
+
+    def fit(self, profiles: ProfileSet) -> PropensityInteractionRegression:
+        self.__dict__.pop("parts_", None)
+        return super().fit(profiles)
+
+    def _to_target(self, y: np.ndarray) -> np.ndarray:
+        return np.log(np.clip(y, 1e-6, None))
+
+    def _from_target(self, z: np.ndarray) -> np.ndarray:
+        return np.exp(z)
 
 
 # ---------------------------------------------------------------------------------

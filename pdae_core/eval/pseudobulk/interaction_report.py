@@ -123,6 +123,9 @@ def write_interaction_tables(df: pd.DataFrame, out: Path, *, name: str, profiles
         "- heuristic: ridge regression of each observed metric of the training doubles on features of the two "
         "singles (log smaller / larger norm, their ratio, cosine of dA and dB, log norm of dA + dB; penalty by "
         "leave-one-out on the training doubles); it predicts metrics, not profiles (no non-additive part).",
+        "- propensity: ridge regression of the log of each observed metric of the training doubles on which "
+        "perturbations the double holds (log m(A+B) = mu + u_A + u_B; penalty by leave-one-out): how each "
+        "perturbation tends to combine, learnt from the other doubles it is part of; metrics only, as heuristic.",
         "- pdae: the PDAE mean form as in the pseudobulk benchmark (PDAEProfile: latent size 32 or 128 and "
         "step chosen by the Pearson delta of 10% of the training doubles). pdae_ensemble (PDAEEnsembleProfile): "
         f"{members} cross-fitted members (member m trained without 1/{members} of the training doubles, which it "

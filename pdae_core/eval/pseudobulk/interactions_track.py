@@ -16,7 +16,9 @@ over doubles with bootstrap intervals.
 Models (:data:`INTERACTION_MODELS`): the profile models of :data:`.models.PROFILE_MODELS`
 (``additive``: constant magnitude, it cannot rank; ``scaled_additive``; ``linear``;
 ``pdae``: the PDAE mean form), ``heuristic`` (:class:`.interaction_models.HeuristicInteractionRegression`,
-metrics regressed on single-perturbation features), ``pdae_ensemble``
+metrics regressed on single-perturbation features), ``propensity``
+(:class:`.interaction_models.PropensityInteractionRegression`, log metrics regressed on which
+perturbations the double holds), ``pdae_ensemble``
 (:class:`.interaction_models.PDAEEnsembleProfile`, cross-fitted members, with spread and
 conformal intervals) and ``random`` (a ranking at random, computed in the summary).
 """
@@ -34,7 +36,12 @@ import pandas as pd
 
 from ...errors import DataError
 from ..interactions import METHODS, _gene_positions
-from .interaction_models import HeuristicInteractionRegression, PDAEEnsembleProfile, single_deltas
+from .interaction_models import (
+    HeuristicInteractionRegression,
+    PDAEEnsembleProfile,
+    PropensityInteractionRegression,
+    single_deltas,
+)
 from .interaction_scores import double_figures
 from .models import PROFILE_MODELS
 from .profiles import ProfileSet, double_folds, train_conditions
@@ -42,7 +49,8 @@ from .profiles import ProfileSet, double_folds, train_conditions
 __all__ = ["INTERACTION_MODELS", "DEFAULT_INTERACTION_MODELS", "run_interaction_benchmark", "gene_positions"]
 
 #: Model names :func:`run_interaction_benchmark` knows.
-INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "random", "pdae", "pdae_ensemble")
+INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "propensity", "random", "pdae",
+                      "pdae_ensemble")
 DEFAULT_INTERACTION_MODELS = INTERACTION_MODELS
 LEVELS = (0.8, 0.95)  # coverage levels of the ensemble's conformal intervals
 
@@ -77,6 +85,8 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
             out[m] = None  # no fit: the summary ranks at random
         elif m == "heuristic":
             out[m] = lambda seed: HeuristicInteractionRegression(method=method, genes=genes)
+        elif m == "propensity":
+            out[m] = lambda seed: PropensityInteractionRegression(method=method, genes=genes)
         elif m == "pdae_ensemble":
             out[m] = lambda seed: PDAEEnsembleProfile(n_members=n_members, seed=seed, method=method, genes=genes,
                                                       **ensemble_kw)
