@@ -229,6 +229,13 @@ def test_cli_trains_a_cross_fitted_ensemble_and_screens_with_intervals(adata, tm
     assert cli_main(args + ["--ensemble", "2", "--cross-fit"]) == 0
     text = capsys.readouterr().out
     assert "Intervals calibrated on" in text and "too few for 95%" in text
+    assert cli_main(["info", str(out)]) == 0
+    n = pc.load_model(out).calibration.n
+    assert f"cross-fitted: intervals calibrated on {n} training doubles" in capsys.readouterr().out
+    assert cli_main(["info", str(out), "--json"]) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert cli_main(["info", str(out), "--json", "--load"]) == 0
+    assert fast["calibration_doubles"] == json.loads(capsys.readouterr().out)["calibration_doubles"] == n > 0
     pairs = tmp_path / "pairs.csv"
     assert cli_main(["interactions", str(out), "--data", str(data), "--n-cells", "32", "--level", "0.9",
                      "--out", str(pairs)]) == 0

@@ -123,6 +123,15 @@ def _newer(saved: str, current: str) -> bool:
     return Version(saved) > Version(current)
 
 
+def _calibration_doubles(ens: Any) -> int:
+    """How many training doubles a cross-fitted ensemble's intervals were calibrated on (0: none)."""
+    cal = ens.get("calibration") if isinstance(ens, dict) else None
+    groups = cal.get("left_out") if isinstance(cal, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+        return 0
+    return sum(len(g) for g in groups)
+
+
 def _well_formed(cfg: dict[str, Any]) -> bool:
     """The fields the summary reads have the types a save writes (else the full load words the problem)."""
     reg, tr, mc = cfg.get("registry"), cfg.get("training"), cfg.get("model_config")
@@ -183,6 +192,7 @@ def quick_summary(path: str | os.PathLike) -> dict[str, Any] | None:
     card = {  # the fields and order of pdae_core.models.card.model_card
         "model_type": cfg["model_type"],
         "n_members": cfg.get("ensemble", {"n_members": 1})["n_members"],
+        "calibration_doubles": _calibration_doubles(cfg.get("ensemble")),
         "n_genes": len(reg["gene_names"]),
         "genes": list(reg["gene_names"]),
         "perturbation_key": reg["perturbation_key"],
@@ -230,6 +240,8 @@ def run(args: argparse.Namespace) -> int:
     lines = [
         f"Checkpoint:       {s['path']}",
         f"Model type:       {s['model_type']}" + (f", an ensemble of {s['n_members']} networks" if s["n_members"] > 1 else "")
+        + (f", cross-fitted: intervals calibrated on {s['calibration_doubles']} training doubles"
+           if s["calibration_doubles"] else "")
         + f" (saved by pdae_core {s['library_version']}; this is {s['current_library_version']})",
         f"Genes:            {s['n_genes']} ({preview(s['genes'], 5)})",
         f"Perturbations:    {s['n_perturbations']} ({preview(s['perturbations'], 20)})",

@@ -24,6 +24,7 @@ def model_card(model: PerturbationModel, checkpoint_sha256: str | None = None) -
     return {
         "model_type": model.model_type,
         "n_members": model.n_members,
+        "calibration_doubles": model.calibration.n if getattr(model, "calibration", None) is not None else 0,
         "n_genes": reg.n_genes,
         "genes": list(reg.gene_names),
         "perturbation_key": reg.perturbation_key,
