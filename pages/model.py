@@ -10,7 +10,9 @@ import streamlit as st
 import pdae_core as pc
 from pages import common
 from pdae_core import explore
-from pdae_core.data.contexts import PAIR_SEPARATOR, measured_pairs
+from pdae_core.data.contexts import PAIR_SEPARATOR, measured_pairs, training_mask
+from pdae_core.data.registry import condition_column
+from pdae_core.eval.calibration import calibration_doubles, deal_doubles
 from pdae_core.models.archive import load_model_archive
 from pdae_core.models.catalog import MODEL_TYPES, build_model
 from pdae_core.plot import style
@@ -107,6 +109,8 @@ else:
     m[2].metric("Perturbations", reg.n_perturbations)
     m[3].metric("Training conditions", len(model.train_conditions))
     networks = f" · an ensemble of {model.n_members} networks" if model.n_members > 1 else ""
+    if getattr(model, "calibration", None) is not None:
+        networks += f", likely ranges calibrated on {model.calibration.n} measured combinations"
     st.markdown(
         f"Held out during training: **{', '.join(model.holdout) if model.holdout else 'nothing'}** · "
         f"perturbation column `{reg.perturbation_key}`, control `{reg.control_label}`{networks}"
@@ -187,6 +191,13 @@ with train_tab:
             minutes = c4.number_input("Time limit (minutes, 0 = none)", 0, 600, 0,
                                       help="For the whole run: with several networks, each network gets an "
                                       "equal share of it.")
+            cross_fit = st.checkbox(
+                "Calibrate likely ranges (needs 2+ networks)", key="train_cross_fit",
+                help="Each network leaves a different share of the measured combinations out of its training and "
+                "is then tested on them; those errors give every prediction a likely range (80%, 90%, 95%) and "
+                "every pair on the Interactions page a range of its non-additivity. Needs at least as many "
+                "combinations in training (both parts measured) as networks.",
+            )
             holdout = st.multiselect(
                 "Hold out (combinations with both parts measured are pre-selected)",
                 conds.loc[conds.kind != "control", "condition"].tolist(), default=testable,
@@ -205,8 +216,14 @@ with train_tab:
         if go:
             try:
                 n_net = int(networks)
+                if cross_fit:  # said before training starts: enough combinations to leave out?
+                    if n_net < 2:
+                        raise ValueError("Calibrated ranges need an ensemble: set the ensemble size to 2 or more.")
+                    keep, _ = training_mask(ds.adata, ds.registry, holdout)
+                    cells = condition_column(ds.adata, ds.registry.perturbation_key)[keep]
+                    deal_doubles(calibration_doubles(cells, ds.registry), n_net, int(seed))
                 new = build_model(mtype, ds.registry, seed=int(seed), latent_dim=int(latent),
-                                  n_members=n_net if n_net > 1 else None)
+                                  n_members=n_net if n_net > 1 else None, **({"cross_fit": True} if cross_fit else {}))
                 ss.train_job = training_job(
                     new, ds.adata, holdout=holdout, max_epochs=int(epochs), lr=float(lr), seed=int(seed),
                     time_limit_s=float(minutes) * 60 or None, threads="auto",

@@ -457,3 +457,26 @@ def test_model_page_trains_an_ensemble(tmp_path, tiny_adata):
     model = at.session_state["trained"][key.removeprefix("trained:")]
     assert model.n_members == 2 and {r["member"] for r in model.history.records} == {0, 1}
     assert "an ensemble of 2 networks" in joined(at.markdown)
+
+
+def test_model_page_trains_a_cross_fitted_ensemble_with_calibrated_ranges(tmp_path, tiny_adata):
+    tiny_adata.write_h5ad(tmp_path / "tiny.h5ad")
+    at = load_file(start(), tmp_path / "tiny.h5ad")
+    ok(at.switch_page("pages/model.py").run())
+    box = at.checkbox(key="train_cross_fit")
+    assert "likely range" in box.help
+    next(n for n in at.number_input if n.label == "Max epochs").set_value(2)
+    box.check()
+    ok(at.button(key=SUBMIT_TRAINING).click().run())  # one network: refused before training
+    assert "set the ensemble size to 2 or more" in joined(at.error) and at.session_state["train_job"] is None
+    at.number_input(key="train_networks").set_value(2)
+    ok(at.button(key=SUBMIT_TRAINING).click().run())  # every combination held out (the default): none left
+    assert "needs at least 2 training doubles" in joined(at.error) and at.session_state["train_job"] is None
+    next(m for m in at.multiselect if m.label.startswith("Hold out (")).set_value([])
+    ok(at.button(key=SUBMIT_TRAINING).click().run())
+    job = at.session_state["train_job"]
+    assert job.join(120) and job.snapshot().state is JobState.DONE, job.snapshot().error
+    ok(at.run())
+    model = at.session_state["trained"][at.session_state["model_key"].removeprefix("trained:")]
+    assert model.n_members == 2 and model.calibration is not None and model.calibration.n == 3
+    assert "an ensemble of 2 networks, likely ranges calibrated on 3 measured combinations" in joined(at.markdown)

@@ -93,7 +93,7 @@ def deal_doubles(doubles: Sequence[str], n_groups: int, seed: int) -> list[list[
             f"Cross-fitting {n_groups} members needs at least {n_groups} training doubles whose two singles are "
             f"measured (each with >= {MIN_CELLS} cells); the data have {len(doubles)}"
             + (f": {', '.join(doubles)}." if doubles else ".")
-            + " Train without --cross-fit, or with fewer members."
+            + " Train without cross-fitting (calibrated intervals), or with fewer networks."
         )
     order = np.random.default_rng(int(seed)).permutation(len(doubles))
     return [sorted(doubles[i] for i in order[k::n_groups]) for k in range(n_groups)]
