@@ -40,6 +40,7 @@ def test_rows_score_every_held_out_double_of_every_run(finished):
     obs = rows.pivot_table(index="double", columns="model", values="magnitude_obs")
     np.testing.assert_allclose(obs.to_numpy() - obs.to_numpy()[:, :1], 0, atol=1e-12)
     double = rows["double"].iloc[0].split(" (seed")[0]
+    assert rows["n_cells"].iloc[0] == int((adata.obs["condition"] == double).sum())  # the double's observed cells
     a, b = reg.parse(double)
     d = mean_changes(adata, reg, [a, b, double]).to_numpy()
     coef, *_ = np.linalg.lstsq(np.stack([d[0], d[1]], 1), d[2], rcond=None)

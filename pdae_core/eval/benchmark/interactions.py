@@ -36,7 +36,8 @@ __all__ = ["cell_interaction_rows", "benchmark_interactions"]
 def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, registry: PerturbationRegistry,
                           models: Sequence[str], seeds: Sequence[int], method: str = "lstsq") -> pd.DataFrame:
     """One row per (model, seed, held-out double with both singles measured): the predicted and
-    observed magnitude and normalised residual and the non-additive Pearson, in the columns of
+    observed magnitude and normalised residual and the non-additive Pearson (and ``n_cells``, the
+    double's observed cells), in the columns of
     :func:`~pdae_core.eval.pseudobulk.interaction_scores.summarise_interactions` (``double`` is
     ``"A+B (seed k)"``, ``fold`` the seed, ``seed`` 0: the (seed, double) pairs are pooled)."""
     out_dir = Path(out_dir)
@@ -54,6 +55,7 @@ def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, re
             intervals = _intervals(path.with_name(path.name.replace(".deltas.csv", ".intervals.csv")))
             fit = pd.read_csv(run_path(out_dir, model, seed))
             fit_seconds = float(fit["fit_seconds"].iloc[0]) if "fit_seconds" in fit and len(fit) else float("nan")
+            n_cells = dict(zip(fit["condition"].astype(str), fit["n_obs"])) if "n_obs" in fit else {}
             for double in pred.index:
                 parts = registry.parse(double)
                 if len(parts) != 2 or not all(p in conds for p in parts) or double not in conds:
@@ -68,7 +70,8 @@ def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, re
                              "magnitude_pred": p["magnitude"], "magnitude_obs": o["magnitude"],
                              "residual_pred": p["normalised_residual"], "residual_obs": o["normalised_residual"],
                              "nonadditive_pearson": p["nonadditive_pearson"], "error_l2": p["error_l2"],
-                             "fit_seconds": fit_seconds, **intervals.get(double, {}),
+                             "fit_seconds": fit_seconds, "n_cells": n_cells.get(double, np.nan),
+                             **intervals.get(double, {}),
                              **({"pred_norm": float(np.linalg.norm(pred.loc[double])),
                                  "obs_norm": float(np.linalg.norm(dAB))} if double in intervals else {})})
     if not rows:
