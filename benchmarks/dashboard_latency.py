@@ -103,6 +103,8 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
         import gc
 
         import plotly.graph_objects  # noqa: F401  (imported by the pages before the freeze)
+        import scanpy  # noqa: F401
+        import umap  # noqa: F401
 
         gc.freeze()
     adata, model, t_load, t_model, how = _load(dataset, train_steps)
@@ -135,6 +137,19 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
     # a running server has drawn this chart before: pay plotly's first-use cost here, not in a timing
     pcmp.change_panels({style.PREDICTED: np.zeros(3)}, np.arange(3.0), ["a", "b", "c"]).to_json()
 
+    import gc
+
+    full: list[float] = []  # full garbage collections during the what-if changes, and how long each took
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started[:] = [time.perf_counter()]
+            elif started:
+                full.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
     for i in range(n + 1):
         k = int(rng.integers(1, 4))
         weights = {str(p): float(rng.choice([0.5, 1.0, 1.0, 1.5])) for p in rng.choice(seen, size=min(k, len(seen)),
@@ -210,6 +225,14 @@ def compute_path(dataset: str, n: int, seed: int, cells: int = 1000, train_steps
             a = np.asarray(times["interactive"])[m] + a
             print(f"| interactive + that chart, the {len(a)} measured targets (all the page draws) | {np.median(a):.3f} | "
                   f"{np.percentile(a, 95):.3f} | {a.max():.3f} |")
+    gc.callbacks.remove(on_gc)
+    t0 = time.perf_counter()
+    gc.collect()
+    t_full = time.perf_counter() - t0
+    print(f"\nfull garbage collections during the {n + 1} changes (warm-up included): {len(full)}"
+          + (f", the longest {max(full):.3f} s" if full else "")
+          + f"; a full collection now walks {len(gc.get_objects()):,} objects ({gc.get_freeze_count():,} frozen) "
+          f"and took {t_full:.3f} s")
     print(f"\npoints drawn in the map: median {int(np.median(points)):,}, max {max(points):,} (at most "
           f"{cf.MAX_DRAWN:,} observed cells drawn; every cell counted in the tables); 'downloads' is paid only when "
           "a download button is clicked")
