@@ -230,7 +230,8 @@ def test_norman19_devel_fixed_holdout(data_dir, tmp_path):
 
 def test_model_types_are_built_from_the_catalogue(synth, monkeypatch):
     adata, reg = synth
-    assert bm.available_models() == ["additive", "control", "fcr", "linear", "oracle", "pdae", "pdae_profile", "pool",
+    assert bm.available_models() == ["additive", "control", "fcr", "linear", "oracle", "pdae", "pdae_ensemble",
+                                     "pdae_profile", "pool",
                                      "samsvae", "scaled_additive", "sccvae"]
     assert not set(bm.MODEL_BUILDERS) & set(MODEL_TYPES)  # no model type is registered by hand
 

@@ -79,7 +79,8 @@ def add_parser(sub: Any) -> None:
                    help="cells: single-cell distributions; pseudobulk: one profile per condition "
                    "(auto: pseudobulk for datasets of per-condition profiles)")
     b.add_argument("--models", metavar="M1,M2", help="comma-separated models (cells: pdae, additive, "
-                   "scaled_additive, linear, control, pool and any registered model type; default "
+                   "scaled_additive, linear, control, pool, pdae_ensemble (5 cross-fitted networks, intervals checked on "
+                   "the held-out doubles) and any registered model type; default "
                    "pdae,additive,scaled_additive,linear,control; pseudobulk: additive, scaled_additive, linear, "
                    "pdae; default all four; --task interactions: additive, scaled_additive, linear, heuristic, "
                    "propensity, random, pdae, pdae_ensemble; default all eight)")
