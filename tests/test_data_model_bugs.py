@@ -480,3 +480,8 @@ def test_model_page_trains_a_cross_fitted_ensemble_with_calibrated_ranges(tmp_pa
     model = at.session_state["trained"][at.session_state["model_key"].removeprefix("trained:")]
     assert model.n_members == 2 and model.calibration is not None and model.calibration.n == 3
     assert "an ensemble of 2 networks, likely ranges calibrated on 3 measured combinations" in joined(at.markdown)
+    ok(at.switch_page("pages/compose.py").run())  # a pair of two singles: its interaction with a calibrated range
+    a, b = model.calibration.doubles[0].split("+")
+    ok(at.multiselect(key="compose_perts").set_value([a, b]).run())
+    box = joined(at.markdown)
+    assert f"**Interaction of {a} + {b}**" in box and "Likely range (80%): magnitude **" in box

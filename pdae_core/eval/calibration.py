@@ -134,6 +134,12 @@ class Calibration:
         k = conformal_rank(len(errs), level)
         return math.inf if k is None else float(errs[k - 1])
 
+    def metric_range(self, metric: str, value: Any, level: float) -> tuple[Any, Any]:
+        """The interval ``value`` +- :meth:`metric_half_width`, cut at 0 (both metrics are >= 0,
+        so the cut keeps the coverage); ``value`` may be a number or an array."""
+        hw = self.metric_half_width(metric, level)
+        return np.maximum(np.asarray(value, dtype=np.float64) - hw, 0.0), np.asarray(value, dtype=np.float64) + hw
+
     # ---- JSON ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         def num(v: np.ndarray) -> list[float | None]:

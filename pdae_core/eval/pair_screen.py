@@ -196,9 +196,7 @@ def screen_pairs(
     cal = getattr(model, "calibration", None)
     if cal is not None:  # a cross-fitted ensemble: conformal intervals (pdae_core.eval.calibration)
         for key in ("magnitude", "normalised_residual"):
-            hw = cal.metric_half_width(key, level)
-            # both metrics are >= 0, so the interval is cut at 0 (coverage unchanged)
-            table[f"{key}_lo"], table[f"{key}_hi"] = (table[key] - hw).clip(lower=0.0), table[key] + hw
+            table[f"{key}_lo"], table[f"{key}_hi"] = cal.metric_range(key, table[key].to_numpy(), level)
         table.attrs.update(interval_level=float(level), calibration_doubles=cal.n)
     spread = table["normalised_residual_spread"].fillna(0.0)
     table["test_next"] = table["normalised_residual"] + float(kappa) * spread
