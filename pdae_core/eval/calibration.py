@@ -199,6 +199,24 @@ class Calibration:
                    n_source_cells=n_src)
 
 
+def _double_inputs(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cells: int, seed: int) -> tuple[
+        ad.AnnData, np.ndarray, str, dict[str, list[str]], dict[str, np.ndarray]]:
+    """What :func:`calibrate` and :func:`interval_check` predict from and compare with: the pair
+    screen's control cells and gene set (same seed), each double's parts, and the observed mean
+    change from control of every double and single involved."""
+    reg = model.registry
+    data = reg.model_genes(adata)
+    source, gidx, gene_set = _screen_inputs(model, data, n_cells, "expressed", seed)
+    parts = {d: reg.parse(d) for d in doubles}
+    need = sorted({c for d in doubles for c in (*parts[d], d)})
+    present = set(condition_column(data, reg.perturbation_key))
+    missing = [c for c in need if c not in present]
+    if missing:
+        raise DataError(f"Calibration needs the cells of {missing[:5]}, which the data do not have.")
+    observed = dict(zip(need, mean_changes(data, reg, need).to_numpy(np.float64)))
+    return source, gidx, gene_set, parts, observed
+
+
 def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], n_cells: int = 512,
               seed: int = 0, levels: Sequence[float] = LEVELS) -> Calibration:
     """The :class:`Calibration` of a trained cross-fitted ensemble ``model``: member ``k``
@@ -208,16 +226,8 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
     reg = model.registry
     if len(left_out) != model.n_members:
         raise ValueError(f"left_out has {len(left_out)} groups for {model.n_members} members.")
-    data = reg.model_genes(adata)
-    source, gidx, gene_set = _screen_inputs(model, data, n_cells, "expressed", seed)
-    doubles = [d for g in left_out for d in g]
-    parts = {d: reg.parse(d) for d in doubles}
-    need = sorted({c for d in doubles for c in (*parts[d], d)})
-    present = set(condition_column(data, reg.perturbation_key))
-    missing = [c for c in need if c not in present]
-    if missing:
-        raise DataError(f"Calibration needs the cells of {missing[:5]}, which the data do not have.")
-    observed = dict(zip(need, mean_changes(data, reg, need).to_numpy(np.float64)))
+    source, gidx, gene_set, parts, observed = _double_inputs(model, adata, [d for g in left_out for d in g],
+                                                             n_cells, seed)
     gene_err, metric_err = [], {m: [] for m in METRICS}
     for k, group in enumerate(left_out):
         if not group:
@@ -255,11 +265,7 @@ def interval_check(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
     if cal is None:
         raise DataError("The model has no calibration: train a cross-fitted ensemble (cross_fit=True).")
     reg = model.registry
-    data = reg.model_genes(adata)
-    source, gidx, _ = _screen_inputs(model, data, n_cells, "expressed", seed)
-    parts = {d: reg.parse(d) for d in doubles}
-    need = sorted({c for d in doubles for c in (*parts[d], d)})
-    observed = dict(zip(need, mean_changes(data, reg, need).to_numpy(np.float64)))
+    source, gidx, _, parts, observed = _double_inputs(model, adata, doubles, n_cells, seed)
     rows = []
     for d in doubles:
         labels = np.stack([reg.label_vector(p) for p in (*parts[d], d)])
