@@ -248,12 +248,12 @@ class PerturbationModel:
     def member_changes_many(self, source: ad.AnnData, labels: np.ndarray, seed: int = 0,
                             batch_size: int = 8192, members: Sequence[int] | None = None) -> np.ndarray:
         """:meth:`member_changes` for many targets, given as label vectors ``labels`` (targets x
-        perturbations): (members, targets, genes). Each (member, target) draws its noise from its own
-        generator, seeded from ``seed``, the member and the label, so a target's change does not
-        depend on which other targets are asked for with it; cells go in chunks of ``batch_size``.
-        ``members``: only these members (positions), in this order (default: all)."""
-        import zlib
-
+        perturbations): (members, targets, genes). Common random numbers: every target of a member
+        moves the same cells with the same decoder noise (a generator seeded from ``seed`` and the
+        member, restarted per target), so a difference between two targets' changes (the
+        non-additive part ``dAB - dA - dB`` of a pair) carries no noise of its own, and a target's
+        change does not depend on which other targets are asked for with it; cells go in chunks of
+        ``batch_size``. ``members``: only these members (positions), in this order (default: all)."""
         self.module.eval()
         if source.n_obs == 0:
             raise DataError("No source cells to predict from.")
@@ -274,8 +274,7 @@ class PerturbationModel:
             states = [module.source_state(xb, lb) for xb, lb in chunks]  # encoded once for all targets
             for j, label in enumerate(labels):
                 tgt = torch.as_tensor(label, device=self.device)
-                key = zlib.crc32(np.ascontiguousarray(label).tobytes())
-                gen = torch.Generator(device=self.device).manual_seed((int(seed) * 1_000_003 + k * 7_919 + key) % 2**63)
+                gen = torch.Generator(device=self.device).manual_seed((int(seed) * 1_000_003 + k * 7_919) % 2**63)
                 total = torch.zeros(X.shape[1], dtype=torch.float64, device=self.device)
                 for (_, lb), state in zip(chunks, states):
                     total += module.transfer_from(state, self._target_rows(tgt, lb), generator=gen).double().sum(0)
