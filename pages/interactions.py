@@ -186,8 +186,11 @@ with st.expander("Settings and technical details"):
     st.markdown(
         f"- **Gene set**: {a['n_genes']} genes: {gene_words}. When fewer than 50 genes pass the expression "
         "threshold (log-normalised data: mean above 0.1; counts: 0.5), all genes are used.\n"
-        f"- **Moved cells**: {a['n_source_cells']:,} per single and per pair, from the {n_ctrl:,} control cells of "
-        f"{ds.label} (a seeded sample; with fewer control cells, each is moved several times with fresh noise).\n"
+        f"- **Moved cells**: {a['n_source_cells']:,} per single and per pair"
+        + (" and per network (the networks share the cells asked for, each moving the same ones)" if ensemble else "")
+        + f", from the {n_ctrl:,} control cells of {ds.label} (a seeded sample; with fewer control cells, each is "
+        "moved several times with fresh noise). The single, the other single and the pair move the same cells "
+        "with the same noise, so the non-additive part carries no noise of its own.\n"
         f"- **Networks**: {model.n_members}" + (" (an ensemble: metrics are the mean over networks, ± their "
                                                  "standard deviation)" if ensemble else " (no spread)") + ".\n"
         + (f"- **Likely ranges**: split-conformal intervals at {a['interval_level']:.0%}, calibrated on "
@@ -202,7 +205,8 @@ with st.expander("Settings and technical details"):
     )
     s1, s2, s3 = st.columns(3)
     s1.number_input("Control cells", 20, 5000, step=20, key="ia_cells",
-                    help="Control cells moved to every single and pair; more cells, less noise, more time.")
+                    help="Control cells moved to every single and pair; more cells, less noise, more time. "
+                    "An ensemble's networks share them (each at least 128).")
     s2.selectbox("Gene set", ["expressed", "all"], key="ia_genes")
     s3.number_input("κ of the test-next score", 0.0, 10.0, step=0.5, key="ia_kappa",
                     help="Weight of the spread in non-additivity + κ × spread (ensembles only).")

@@ -67,7 +67,8 @@ def add_parser(sub: Any) -> None:
                    help="genes the metrics use: expressed in control (as the paper) or all")
     p.add_argument("--n-cells", type=positive_int, default=512, metavar="N",
                    help="cells moved per pair: that many control cells, or each control cell several times "
-                   "(fresh decoder noise) when there are fewer")
+                   "(fresh decoder noise) when there are fewer; an ensemble's networks share them (each moves "
+                   "N / networks, at least 128)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the cell subsample and the decoder noise")
     add_threads_arg(p)
     p.add_argument("--top", type=int, default=10, metavar="N", help="pairs printed (0: none)")
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     print(printable(
         f"{len(table)} pairs of {len(set(table['a']) | set(table['b']))} singles from {source}: "
         f"{int(table['measured'].sum())} measured ({int(table['held_out'].sum())} held out from training); "
-        f"{members}; {a['n_genes']} genes ({a['genes']}); {a['n_source_cells']} moved cells per pair; "
+        f"{members}; {a['n_genes']} genes ({a['genes']}); {a['n_source_cells']} moved cells per pair"
+        f"{' per network' if a['n_members'] > 1 else ''}; "
         f"{time.perf_counter() - t0:.1f} s in all."
     ))
     if args.top > 0:
