@@ -278,3 +278,40 @@ def test_cached_folds_are_reused(truth, tmp_path):
                                   first[first.model == "heuristic"].reset_index(drop=True), check_dtype=False)
     other = run_interaction_benchmark(p, **{**kw, "method": "theil_sen"})  # other settings: not reused
     assert not (other.magnitude_pred == 123.0).any()
+
+
+def test_stacked_regression_reads_the_ensembles_out_of_fold_metrics():
+    """pdae_stacked: the ensemble's out-of-fold metrics of the training doubles (never its in-sample
+    predictions) beside the baselines' features; on log-additive doubles it ranks held-out doubles as
+    well as the propensity regression it contains; its profile adds back a share of the additive part."""
+    from pdae_core.eval.pseudobulk.interaction_models import PDAEStackedRegression
+
+    rng = np.random.default_rng(4)
+    names = [f"P{i}" for i in range(12)]
+    eff = {n: rng.normal(size=N_GENES) for n in names}
+    factor = {n: float(np.exp(rng.normal(0, 0.6))) for n in names}
+    conds, rows = list(names), [eff[n] for n in names]
+    for a, b in itertools.combinations(names, 2):
+        conds.append(f"{a}+{b}")
+        rows.append(0.5 * factor[a] * factor[b] * (eff[a] + eff[b]))
+    p = profiles_from_anndata(_adata(conds, np.vstack(rows)))
+    model = PDAEStackedRegression(n_members=2, seed=0, **TINY).fit(p)
+    ens = model.ensemble_
+    doubles = ens.calibration_doubles_
+    oof = model._pdae_features(p, doubles, ens.oof_[None])
+    np.testing.assert_allclose(model.design_[:, 1:3] * model.sd_[:2] + model.mu_[:2], oof)
+    labels = p.subset(doubles).labels
+    inside = model._pdae_features(p, doubles, ens.predict_members(labels))
+    assert not np.allclose(inside, oof)  # in-sample predictions would leak the training doubles' answers
+    assert len(model.alpha_) == 2 and all(len(a) == 2 for a in model.alpha_)
+    # its profile: the ensemble's plus beta times the observed singles' sum
+    assert model.beta_ in model.betas
+    e = np.eye(len(p.perturbations))
+    lab = e[0] + e[1]
+    np.testing.assert_allclose(model.predict(lab[None])[0],
+                               ens.predict(lab[None])[0] + model.beta_ * (p.deltas[0] + p.deltas[1]))
+    df = run_interaction_benchmark(p, models=["pdae_stacked"], k=4, seeds=(0,), n_members=2, ensemble_kw=TINY)
+    assert df.c1_pred.isna().all() and df.nonadditive_pearson.notna().all()  # metrics regressed, profile kept
+    assert df.selected.str.contains("ridge=").all()
+    s = interaction_tables(df, n_boot=50, random=False)[0].set_index("model")
+    assert s.loc["pdae_stacked", "spearman_magnitude"] > 0.9

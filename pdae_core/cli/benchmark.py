@@ -83,7 +83,7 @@ def add_parser(sub: Any) -> None:
                    "the held-out doubles) and any registered model type; default "
                    "pdae,additive,scaled_additive,linear,control; pseudobulk: additive, scaled_additive, linear, "
                    "pdae; default all four; --task interactions: additive, scaled_additive, linear, heuristic, "
-                   "propensity, random, pdae, pdae_ensemble; default all eight)")
+                   "propensity, random, pdae, pdae_ensemble, pdae_stacked; default all nine)")
     b.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="run seeds 0..N-1")
     b.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                    help="cells: the same held-out conditions for every seed (default: a random "
@@ -310,7 +310,7 @@ def _benchmark_interactions(args: argparse.Namespace, adata: ad.AnnData, name: s
 
     profiles = _profiles(args, adata)
     models = [m.strip() for m in (args.models or ",".join(DEFAULT_INTERACTION_MODELS)).split(",") if m.strip()]
-    if "pdae_ensemble" in models and args.members < 2:
+    if {"pdae_ensemble", "pdae_stacked"} & set(models) and args.members < 2:
         raise DataError("--members must be >= 2 (the ensemble is cross-fitted).")
     seeds = tuple(range(args.seeds))
     df = run_interaction_benchmark(

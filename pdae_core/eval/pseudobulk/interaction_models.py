@@ -2,7 +2,8 @@
 models of :mod:`.models`: :class:`HeuristicInteractionRegression` (predicts the
 interaction metrics of a double directly from its two singles) and
 :class:`PDAEEnsembleProfile` (cross-fitted members of the PDAE mean form, with their
-spread and split-conformal intervals of the per-gene change)."""
+spread and split-conformal intervals of the per-gene change) and :class:`PDAEStackedRegression`
+(the ensemble's out-of-fold metrics combined with the baselines' features)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from .interaction_scores import double_figures, rank_metrics
 from .models import PDAEProfile, ProfileModel
 from .profiles import ProfileSet, train_conditions
 
-__all__ = ["HeuristicInteractionRegression", "PDAEEnsembleProfile", "PropensityInteractionRegression",
-           "single_deltas"]
+__all__ = ["HeuristicInteractionRegression", "PDAEEnsembleProfile", "PDAEStackedRegression",
+           "PropensityInteractionRegression", "single_deltas"]
 
 
 def single_deltas(profiles: ProfileSet, double: str) -> tuple[np.ndarray, np.ndarray]:
@@ -315,6 +316,7 @@ class PDAEEnsembleProfile(ProfileModel):
             member.module_.load_state_dict(snaps[m][k])
             member.source = s
         self.residuals_ = np.abs(obs - pred)
+        self.oof_ = pred  # out-of-fold predictions of calibration_doubles_ (read by PDAEStackedRegression)
         return self
 
     def _score(self, pred: np.ndarray, obs: np.ndarray, singles: list, observed: list, g: Any) -> dict[str, float]:
@@ -346,3 +348,138 @@ class PDAEEnsembleProfile(ProfileModel):
         if r > n:
             return np.full(self.residuals_.shape[1], np.inf)
         return np.sort(self.residuals_, axis=0)[r - 1]
+
+
+# ---------------------------------------------------------------------------------
+# the ensemble's metrics stacked with the regressions' features
+
+
+def _ridge_loo(Z: np.ndarray, y: np.ndarray, penalties: Sequence[np.ndarray]) -> tuple[float, np.ndarray, int]:
+    """Ridge fits of ``y`` on ``Z`` with each diagonal penalty of ``penalties``; the one with the
+    smallest exact leave-one-out error: (error, coefficients, position)."""
+    best = None
+    for i, P in enumerate(penalties):
+        A = np.linalg.solve(Z.T @ Z + np.diag(P), Z.T)
+        H = np.einsum("ij,ji->i", Z, A)
+        coef = A @ y
+        r = (y - Z @ coef) / np.clip(1.0 - H, 1e-9, None)
+        loo = float(np.mean(r**2))
+        if best is None or loo < best[0]:
+            best = (loo, coef, i)
+    return best
+
+
+def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``a`` with the same row of ``b`` (NaN for a constant row)."""
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
+
+
+class PDAEStackedRegression:
+    """The cross-fitted PDAE ensemble's predicted metrics, combined with what the baselines know.
+
+    :class:`PDAEEnsembleProfile` gives every training double an out-of-fold prediction (from
+    the member trained without it). For each metric (magnitude, normalised residual), a ridge
+    regression of the log observed metric of the training doubles is fitted on: the log
+    out-of-fold metrics of the PDAE (both), the features of
+    :class:`HeuristicInteractionRegression` (norms and cosine of the singles) and the indicators
+    of :class:`PropensityInteractionRegression` (which perturbations the double holds), with an
+    intercept; one penalty for the dense features and one for the indicators, chosen by exact
+    leave-one-out error. A held-out double's PDAE features are the mean over members of each
+    member's log metric (members never saw it, as out of fold).
+
+    Its profile of a double is the ensemble's, with a share of the additive part added back:
+    ``f(AB) + beta (dA + dB)`` (observed singles), ``beta`` chosen among ``betas`` by the mean
+    Pearson correlation over genes of the out-of-fold non-additive part ``f(AB) - dA - dB +
+    beta (dA + dB)`` with the observed one, over the training doubles (the scaled additive
+    baseline's non-additive part is ``(alpha - 1)(dA + dB)``; this mixes the two). Only training
+    profiles are used.
+
+    After ``fit``: ``ensemble_`` (the fitted :class:`PDAEEnsembleProfile`), ``design_`` (the
+    training doubles' features), ``coef_``,
+    ``alpha_`` (the two penalties of each metric), ``weights_`` (the coefficients of the
+    PDAE's own two metrics, on the standardised scale, per target metric) and ``beta_``.
+    """
+
+    name = "pdae_stacked"
+    TARGETS = ("magnitude", "normalised_residual")
+
+    def __init__(self, method: str = "lstsq", genes: np.ndarray | None = None, seed: int = 0, n_members: int = 5,
+                 alphas: Sequence[float] = tuple(10.0 ** np.arange(-2, 3.5, 0.5)),
+                 betas: Sequence[float] = tuple(np.round(np.arange(-1.0, 1.0001, 0.05), 2)), **ensemble_kw: Any) -> None:
+        self.method, self.genes, self.seed, self.n_members = method, genes, int(seed), int(n_members)
+        self.alphas, self.ensemble_kw = tuple(float(a) for a in alphas), dict(ensemble_kw)
+        self.betas = tuple(float(b) for b in betas)
+
+    def _pdae_features(self, profiles: ProfileSet, doubles: Sequence[str], preds: np.ndarray) -> np.ndarray:
+        """Log magnitude and log normalised residual of ``preds`` (members x doubles x genes), the
+        mean over members."""
+        g = slice(None) if self.genes is None else self.genes
+        out = np.zeros((len(doubles), 2))
+        for j, d in enumerate(doubles):
+            a, b = (v[g] for v in single_deltas(profiles, d))
+            figs = [double_figures(a, b, p[j][g], self.method) for p in preds]
+            out[j] = [np.mean([np.log(max(f[t], 1e-6)) for f in figs]) for t in self.TARGETS]
+        return out
+
+    def _design(self, profiles: ProfileSet, doubles: Sequence[str], pdae: np.ndarray) -> np.ndarray:
+        """Intercept, standardised dense features (PDAE's two log metrics, the heuristic's features),
+        then the propensity indicators; the scaling is fixed at the first call (the training doubles)."""
+        dense = np.column_stack([pdae, self.heuristic_._features(profiles, doubles)])
+        if not hasattr(self, "mu_"):
+            self.mu_, self.sd_ = dense.mean(0), dense.std(0)
+            self.sd_[self.sd_ == 0] = 1.0
+        return np.column_stack([np.ones(len(doubles)), (dense - self.mu_) / self.sd_,
+                                self.propensity_._features(profiles, doubles)])
+
+    def fit(self, profiles: ProfileSet) -> PDAEStackedRegression:
+        self.ensemble_ = PDAEEnsembleProfile(n_members=self.n_members, seed=self.seed, method=self.method,
+                                             genes=self.genes, **self.ensemble_kw).fit(profiles)
+        doubles = self.ensemble_.calibration_doubles_
+        g = slice(None) if self.genes is None else self.genes
+        y = []
+        for d in doubles:
+            a, b = (v[g] for v in single_deltas(profiles, d))
+            f = double_figures(a, b, profiles.deltas[profiles.index([d])[0]][g], self.method)
+            y.append([np.log(max(f[t], 1e-6)) for t in self.TARGETS])
+        Y = np.asarray(y)
+        self.heuristic_ = HeuristicInteractionRegression(method=self.method, genes=self.genes)
+        self.propensity_ = PropensityInteractionRegression(method=self.method, genes=self.genes)
+        self.__dict__.pop("mu_", None)
+        Z = self._design(profiles, doubles, self._pdae_features(profiles, doubles, self.ensemble_.oof_[None]))
+        self.design_ = Z  # of the training doubles, in ensemble_.calibration_doubles_ order
+        n_dense = len(self.mu_)
+        penalties = [np.r_[0.0, np.full(n_dense, a), np.full(Z.shape[1] - 1 - n_dense, b)]
+                     for a in self.alphas for b in self.alphas]
+        self.coef_, self.alpha_, self.weights_ = [], [], []
+        for t in range(len(self.TARGETS)):
+            _, coef, i = _ridge_loo(Z, Y[:, t], penalties)
+            self.coef_.append(coef)
+            self.alpha_.append((self.alphas[i // len(self.alphas)], self.alphas[i % len(self.alphas)]))
+            self.weights_.append(coef[1:3].tolist())
+        # the share of the additive part added back to the profile, by the out-of-fold non-additive Pearson
+        S = np.vstack([np.add(*single_deltas(profiles, d)) for d in doubles])[:, g]
+        na_obs = profiles.deltas[profiles.index(doubles)][:, g] - S
+        na_ens = self.ensemble_.oof_[:, g] - S
+        scores = [float(np.nanmean(_row_pearson(na_ens + b * S, na_obs))) for b in self.betas]
+        self.beta_ = self.betas[int(np.nanargmax(scores))] if np.isfinite(scores).any() else 0.0
+        return self
+
+    def predict(self, labels: np.ndarray) -> np.ndarray:
+        """Profiles: the ensemble's mean plus ``beta_`` times the sum of the observed singles of
+        each label's parts."""
+        ens = self.ensemble_
+        L = ens._labels(labels, len(ens.perturbations_))
+        return ens.predict(L) + self.beta_ * ((L * ens.known_) @ ens.single_deltas_)
+
+    def predict_metrics(self, profiles: ProfileSet, doubles: Sequence[str]) -> dict[str, np.ndarray]:
+        """Predicted ``magnitude`` and ``normalised_residual`` of ``doubles``, whose singles are rows
+        of ``profiles`` (the training profiles)."""
+        L = np.zeros((len(doubles), len(self.ensemble_.perturbations_)))
+        for j, d in enumerate(doubles):
+            for p in d.split(profiles.separator):
+                L[j, self.ensemble_.perturbations_.index(p.strip())] = 1.0
+        Z = self._design(profiles, doubles, self._pdae_features(profiles, doubles, self.ensemble_.predict_members(L)))
+        return {t: np.exp(Z @ c) for t, c in zip(self.TARGETS, self.coef_)}

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .interaction_scores import (
@@ -78,6 +79,9 @@ def _goal_line(summary: pd.DataFrame, diffs: pd.DataFrame, model: str = "pdae_en
     row = summary.set_index("model").loc[model]
     parts = []
     for m, thr in GOAL:
+        if not np.isfinite(row[m]):
+            parts.append(f"{m} n/a (it predicts no profile)")
+            continue
         d = diffs[(diffs["model"] == model) & diffs[m].notna()] if len(diffs) else diffs
         beaten = [str(b) for b, lo in zip(d.get("baseline", []), d.get(f"{m}_lo", [])) if lo > 0]
         rest = [str(b) for b in d.get("baseline", []) if str(b) not in beaten]
@@ -133,10 +137,15 @@ def write_interaction_tables(df: pd.DataFrame, out: Path, *, name: str, profiles
         "per fold by the interaction scores of those out-of-fold predictions (training doubles only); "
         "prediction = mean of the members' predicted changes; latent size 256 and 150 steps were set on the "
         "out-of-fold scores of the training doubles of the first fold of seed 0 (see its docstring).",
+        "- pdae_stacked (PDAEStackedRegression): the same ensemble's out-of-fold log magnitude and log normalised "
+        "residual of every training double, with the heuristic's features and the propensity's indicators, in one "
+        "ridge regression of each log observed metric of the training doubles (two penalties by leave-one-out); "
+        "a held-out double gets the members' mean log metrics. Its profile is the ensemble's plus beta (dA + dB), "
+        "beta chosen by the out-of-fold non-additive Pearson of the training doubles.",
         "- choices made on the training profiles of each fold (count over seeds x folds):",
         *_choices(df),
     ]
-    notes += _goal_line(summary, diffs)
+    notes += _goal_line(summary, diffs) + _goal_line(summary, diffs, "pdae_stacked")
     unc_notes = []
     if len(unc):
         unc_notes += [

@@ -228,7 +228,7 @@ def summarise_interactions(df: pd.DataFrame, n_boot: int = 2000, top: int = 10, 
     return out
 
 
-def interaction_differences(df: pd.DataFrame, candidates: Sequence[str] = ("pdae_ensemble", "pdae"),
+def interaction_differences(df: pd.DataFrame, candidates: Sequence[str] = ("pdae_stacked", "pdae_ensemble", "pdae"),
                             n_boot: int = 2000, top: int = 10, seed: int = 0) -> pd.DataFrame:
     """Paired differences ``candidate - baseline`` of each rank metric, for every
     candidate present and every other model (and ``random``): the difference of the

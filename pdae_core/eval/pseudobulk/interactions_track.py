@@ -20,12 +20,15 @@ metrics regressed on single-perturbation features), ``propensity``
 (:class:`.interaction_models.PropensityInteractionRegression`, log metrics regressed on which
 perturbations the double holds), ``pdae_ensemble``
 (:class:`.interaction_models.PDAEEnsembleProfile`, cross-fitted members, with spread and
-conformal intervals) and ``random`` (a ranking at random, computed in the summary).
+conformal intervals), ``pdae_stacked`` (:class:`.interaction_models.PDAEStackedRegression`, the
+ensemble's out-of-fold metrics stacked with the two regressions' features) and ``random`` (a
+ranking at random, computed in the summary).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -39,6 +42,7 @@ from ..interactions import METHODS, _gene_positions
 from .interaction_models import (
     HeuristicInteractionRegression,
     PDAEEnsembleProfile,
+    PDAEStackedRegression,
     PropensityInteractionRegression,
     single_deltas,
 )
@@ -50,7 +54,7 @@ __all__ = ["INTERACTION_MODELS", "DEFAULT_INTERACTION_MODELS", "run_interaction_
 
 #: Model names :func:`run_interaction_benchmark` knows.
 INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "propensity", "random", "pdae",
-                      "pdae_ensemble")
+                      "pdae_ensemble", "pdae_stacked")
 DEFAULT_INTERACTION_MODELS = INTERACTION_MODELS
 LEVELS = (0.8, 0.95)  # coverage levels of the ensemble's conformal intervals
 
@@ -87,6 +91,9 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
             out[m] = lambda seed: HeuristicInteractionRegression(method=method, genes=genes)
         elif m == "propensity":
             out[m] = lambda seed: PropensityInteractionRegression(method=method, genes=genes)
+        elif m == "pdae_stacked":
+            out[m] = lambda seed: PDAEStackedRegression(method=method, genes=genes, seed=seed, n_members=n_members,
+                                                        **ensemble_kw)
         elif m == "pdae_ensemble":
             out[m] = lambda seed: PDAEEnsembleProfile(n_members=n_members, seed=seed, method=method, genes=genes,
                                                       **ensemble_kw)
@@ -97,6 +104,8 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
 
 def _selected(model: Any) -> str:
     """What a model chose on its training profiles (for the per-double table)."""
+    if hasattr(model, "ensemble_"):
+        return f"{_selected(model.ensemble_)} ridge=" + ";".join(f"{a:g},{b:g}" for a, b in model.alpha_)
     if hasattr(model, "step_") and hasattr(model, "source_"):
         return f"step={model.step_} source={model.source_}"
     if hasattr(model, "best_latent_dim_"):
@@ -151,7 +160,8 @@ def run_interaction_benchmark(
     the other folds' doubles). ``models``: names from :data:`INTERACTION_MODELS` or a
     mapping ``name -> factory(seed)`` (an object with ``fit(profiles)`` and
     ``predict(labels)``; with ``predict_members`` it is scored as an ensemble, with
-    ``predict_metrics(train, doubles)`` as a metric regression). ``method``: fit of
+    ``predict_metrics(train, doubles)`` its metrics replace those of its profiles; without
+    ``predict`` it is a metric regression). ``method``: fit of
     ``c1``, ``c2`` (``"lstsq"`` or ``"theil_sen"``). ``genes``: the gene set of every
     figure (default all genes); models are trained on all genes. ``n_members`` and
     ``ensemble_kw``: of ``pdae_ensemble``.
@@ -208,11 +218,7 @@ def run_interaction_benchmark(
                          "magnitude_obs": observed[d]["magnitude"], "residual_obs": observed[d]["normalised_residual"],
                          "c1_obs": observed[d]["c1"], "c2_obs": observed[d]["c2"], "fit_seconds": fit_s,
                          "selected": _selected(model)} for d in test]
-                if hasattr(model, "predict_metrics"):
-                    pm = model.predict_metrics(train, test)
-                    for r, mag, res in zip(base, pm["magnitude"], pm["normalised_residual"]):
-                        r.update({"magnitude_pred": float(mag), "residual_pred": float(res)})
-                else:
+                if hasattr(model, "predict"):  # a profile model (a metric regression has only predict_metrics)
                     members = model.predict_members(held.labels) if hasattr(model, "predict_members") else None
                     pred = members.mean(0) if members is not None else model.predict(held.labels)
                     for j, r in enumerate(base):
@@ -225,6 +231,12 @@ def run_interaction_benchmark(
                                   "pred_norm": float(np.linalg.norm(p)), "obs_norm": float(np.linalg.norm(obs))})
                         if members is not None and members.shape[0] > 1:
                             r.update(_ensemble_columns(model, members, j, held, train, g, method, levels))
+                if hasattr(model, "predict_metrics"):  # its metrics, not those of its profiles (if any)
+                    pm = model.predict_metrics(train, test)
+                    for r, mag, res in zip(base, pm["magnitude"], pm["normalised_residual"]):
+                        r.update({"magnitude_pred": float(mag), "residual_pred": float(res)})
+                        if "c1_pred" in r:  # the weights of its profile do not give those metrics
+                            r.update({"c1_pred": math.nan, "c2_pred": math.nan})
                 rows += base
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
