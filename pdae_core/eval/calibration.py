@@ -220,9 +220,11 @@ def _double_inputs(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
 def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], n_cells: int = 512,
               seed: int = 0, levels: Sequence[float] = LEVELS) -> Calibration:
     """The :class:`Calibration` of a trained cross-fitted ensemble ``model``: member ``k``
-    predicts the doubles ``left_out[k]`` (and their singles) from ``n_cells`` control cells of
-    ``adata`` (chosen as the pair screen chooses them, same seed), and its predictions are
-    compared with the doubles' observed mean changes from control."""
+    predicts the doubles ``left_out[k]`` (and their singles) from the control cells of ``adata``
+    that the pair screen moves for ``n_cells`` (each network moves
+    :func:`~pdae_core.eval.pair_screen.cells_per_network` of them, the same seed), so the intervals
+    are calibrated at the screen's noise, and its predictions are compared with the doubles'
+    observed mean changes from control."""
     reg = model.registry
     if len(left_out) != model.n_members:
         raise ValueError(f"left_out has {len(left_out)} groups for {model.n_members} members.")
