@@ -44,6 +44,19 @@ def _adata(names: list[str], X: np.ndarray) -> ad.AnnData:
                       var=pd.DataFrame(index=[f"g{j}" for j in range(X.shape[1])]))
 
 
+def _log_additive() -> tuple[ProfileSet, list[str], dict[str, float]]:
+    """12 singles; every double is 0.5 f_A f_B (dA + dB), one factor per perturbation (log-additive)."""
+    rng = np.random.default_rng(4)
+    names = [f"P{i}" for i in range(12)]
+    eff = {n: rng.normal(size=N_GENES) for n in names}
+    factor = {n: float(np.exp(rng.normal(0, 0.6))) for n in names}
+    conds, rows = list(names), [eff[n] for n in names]
+    for a, b in itertools.combinations(names, 2):
+        conds.append(f"{a}+{b}")
+        rows.append(0.5 * factor[a] * factor[b] * (eff[a] + eff[b]))
+    return profiles_from_anndata(_adata(conds, np.vstack(rows))), conds, factor
+
+
 @pytest.fixture(scope="module")
 def truth() -> tuple[ProfileSet, dict[str, tuple[float, float]]]:
     names, X, coefs = _truth()
@@ -187,15 +200,7 @@ def test_propensity_regression_learns_how_each_perturbation_combines():
     the heuristic (features of the two singles' profiles) cannot see."""
     from pdae_core.eval.pseudobulk.interaction_models import PropensityInteractionRegression
 
-    rng = np.random.default_rng(4)
-    names = [f"P{i}" for i in range(12)]
-    eff = {n: rng.normal(size=N_GENES) for n in names}
-    factor = {n: float(np.exp(rng.normal(0, 0.6))) for n in names}
-    conds, rows = list(names), [eff[n] for n in names]
-    for a, b in itertools.combinations(names, 2):
-        conds.append(f"{a}+{b}")
-        rows.append(0.5 * factor[a] * factor[b] * (eff[a] + eff[b]))
-    p = profiles_from_anndata(_adata(conds, np.vstack(rows)))
+    p, conds, factor = _log_additive()
     df = run_interaction_benchmark(p, models=["propensity", "heuristic"], k=5, seeds=(0,))
     s = interaction_tables(df, n_boot=50, random=False)[0].set_index("model")
     assert s.loc["propensity", "spearman_magnitude"] > 0.9 > s.loc["heuristic", "spearman_magnitude"] + 0.3
@@ -286,15 +291,7 @@ def test_stacked_regression_reads_the_ensembles_out_of_fold_metrics():
     well as the propensity regression it contains; its profile adds back a share of the additive part."""
     from pdae_core.eval.pseudobulk.interaction_models import PDAEStackedRegression
 
-    rng = np.random.default_rng(4)
-    names = [f"P{i}" for i in range(12)]
-    eff = {n: rng.normal(size=N_GENES) for n in names}
-    factor = {n: float(np.exp(rng.normal(0, 0.6))) for n in names}
-    conds, rows = list(names), [eff[n] for n in names]
-    for a, b in itertools.combinations(names, 2):
-        conds.append(f"{a}+{b}")
-        rows.append(0.5 * factor[a] * factor[b] * (eff[a] + eff[b]))
-    p = profiles_from_anndata(_adata(conds, np.vstack(rows)))
+    p, conds, factor = _log_additive()
     model = PDAEStackedRegression(n_members=2, seed=0, **TINY).fit(p)
     ens = model.ensemble_
     doubles = ens.calibration_doubles_
