@@ -148,6 +148,13 @@ class WhatIf:
 
 def _measured_mask(adata: ad.AnnData, registry: PerturbationRegistry, label: np.ndarray,
                    conds: np.ndarray | None = None) -> np.ndarray:
+    col = adata.obs[registry.perturbation_key]
+    if registry.dose_key is None and isinstance(col.dtype, pd.CategoricalDtype) and not col.isna().any():
+        codes = col.cat.codes.to_numpy()  # the few categories present, not every cell's value
+        present = np.flatnonzero(np.bincount(codes, minlength=len(col.cat.categories)))
+        cats = col.cat.categories
+        return np.isin(codes, [i for i in present if np.allclose(registry.label_vector(str(cats[i]).strip()), label,
+                                                                   atol=1e-6)])
     if conds is None:
         conds = condition_column(adata, registry.perturbation_key)
     if registry.dose_key is None:

@@ -520,3 +520,21 @@ def test_shift_similarity():
     # two perturbations: no clustering needed, zero row still finite
     S3 = ex.shift_similarity(W.loc[["a", "zero"]])
     np.testing.assert_array_equal(S3.to_numpy(), [[1.0, 0.0], [0.0, 1.0]])
+
+
+def test_measured_mask_reads_categories_as_the_cells_values():
+    """The cells measured under a label: from a categorical column's few categories (unused ones,
+    even ones the vocabulary does not know, are skipped) the same cells as from its values."""
+    adata, _ = make_synthetic(n_perturbations=3, latent_dim=2, n_genes=8, hidden=4, n_doubles=1,
+                              cells_per_condition=5, seed=0)
+    reg = setup_anndata(adata, perturbation_key="condition", control_label="control")
+    strings = adata.copy()
+    strings.obs["condition"] = strings.obs["condition"].astype(str)
+    cats = adata.copy()
+    cats.obs["condition"] = pd.Categorical(cats.obs["condition"].astype(str),
+                                           categories=[*sorted(set(cats.obs["condition"].astype(str))), "UNKNOWN+GENE"])
+    for target in sorted(set(strings.obs["condition"])):
+        label = reg.label_vector(target)
+        want = ex._measured_mask(strings, reg, label)
+        assert want.sum() == 5
+        np.testing.assert_array_equal(ex._measured_mask(cats, reg, label), want)

@@ -404,7 +404,9 @@ def detect_x_kind(adata: ad.AnnData, layer: str | None = None, max_cells: int = 
             "If X was scaled (sc.pp.scale), use the unscaled layer (layer=...)."
         )
     sample = data[: max_cells * max(1, adata.n_vars)] if data.ndim == 1 else data[:max_cells]
-    return "counts" if np.all(np.equal(np.mod(sample, 1), 0)) else "log1p"
+    # integers: equal to their truncation (finite here); 100x faster than np.mod on float32 (26 ms per
+    # million values, paid on every what-if's source cells)
+    return "counts" if np.array_equal(sample, np.trunc(sample)) else "log1p"
 
 
 def setup_anndata(
