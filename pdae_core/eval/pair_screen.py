@@ -311,10 +311,10 @@ class PairInteraction:
 
 
 def _screen_inputs(model: Any, adata: ad.AnnData, n_cells: int, genes: str | Sequence[str],
-                   seed: int) -> tuple[ad.AnnData, np.ndarray, str]:
+                   seed: int, share: bool = True) -> tuple[ad.AnnData, np.ndarray, str]:
     """The control cells :func:`screen_pairs` moves (:func:`cells_per_network` of the ``n_cells``,
-    the same for every network) and its gene set (indices, description), chosen as it does (the same
-    seed gives the same cells)."""
+    the same for every network; with ``share=False`` all ``n_cells`` for every network) and its gene
+    set (indices, description), chosen as it does (the same seed gives the same cells)."""
     reg = model.registry
     adata = reg.model_genes(adata)
     conds = condition_column(adata, reg.perturbation_key)
@@ -322,7 +322,7 @@ def _screen_inputs(model: Any, adata: ad.AnnData, n_cells: int, genes: str | Seq
     if len(ctrl_idx) == 0:
         raise DataError(f"No control cells ({reg.control_label!r} in {reg.perturbation_key!r}) to move in the data.")
     rng = np.random.default_rng(seed)
-    n_cells = cells_per_network(n_cells, model.n_members)
+    n_cells = cells_per_network(n_cells, model.n_members) if share else int(n_cells)
     if len(ctrl_idx) > n_cells:
         ctrl_idx = np.sort(rng.choice(ctrl_idx, n_cells, replace=False))
     if len(ctrl_idx) < n_cells and len(ctrl_idx) > 1:
