@@ -137,8 +137,8 @@ class Calibration:
     def metric_range(self, metric: str, value: Any, level: float) -> tuple[Any, Any]:
         """The interval ``value`` +- :meth:`metric_half_width`, cut at 0 (both metrics are >= 0,
         so the cut keeps the coverage); ``value`` may be a number or an array."""
-        hw = self.metric_half_width(metric, level)
-        return np.maximum(np.asarray(value, dtype=np.float64) - hw, 0.0), np.asarray(value, dtype=np.float64) + hw
+        hw, v = self.metric_half_width(metric, level), np.asarray(value, dtype=np.float64)
+        return np.maximum(v - hw, 0.0), v + hw
 
     # ---- JSON ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -44,8 +44,8 @@ from ..data.registry import condition_column
 from ..errors import DataError
 from .interactions import describe_interaction, expressed_genes
 
-__all__ = ["SCORES", "cells_per_network", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles", "pair_call", "PairInteraction",
-           "pair_interaction"]
+__all__ = ["SCORES", "cells_per_network", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles", "pair_call",
+           "PairInteraction", "pair_interaction"]
 
 #: ranking score -> (column, descending), see the module docstring
 SCORES: dict[str, tuple[str, bool]] = {

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .interaction_scores import (
@@ -79,9 +78,6 @@ def _goal_line(summary: pd.DataFrame, diffs: pd.DataFrame, model: str = "pdae_en
     row = summary.set_index("model").loc[model]
     parts = []
     for m, thr in GOAL:
-        if not np.isfinite(row[m]):
-            parts.append(f"{m} n/a (it predicts no profile)")
-            continue
         d = diffs[(diffs["model"] == model) & diffs[m].notna()] if len(diffs) else diffs
         beaten = [str(b) for b, lo in zip(d.get("baseline", []), d.get(f"{m}_lo", [])) if lo > 0]
         rest = [str(b) for b in d.get("baseline", []) if str(b) not in beaten]
