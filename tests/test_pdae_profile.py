@@ -11,7 +11,7 @@ import pytest
 import pdae_core as pc
 from pdae_core.cli import main as cli_main
 from pdae_core.data.synthetic import make_synthetic
-from pdae_core.eval.pair_screen import screen_pairs
+from pdae_core.eval.pair_screen import pair_interaction, screen_pairs
 from pdae_core.models.catalog import MODEL_TYPES
 from pdae_core.models.pdae_profile import PROFILE_TRAIN_DEFAULTS, PDAEProfileModel, with_control_row
 
@@ -77,6 +77,17 @@ def test_trains_saves_loads_predicts_and_screens(changes, tmp_path):
     tab = screen_pairs(back, data)
     assert len(tab) == 10 and tab.attrs["genes"].startswith("all")
     assert set(tab.loc[tab["held_out"], "pair"]) == {held}
+    # one row per condition: every measured pair gets its observed metrics (not "fewer than 10 cells")
+    measured = tab[tab["measured"]]
+    assert len(measured) >= 2 and measured["observed_magnitude"].notna().all()
+    row = measured[measured["pair"] == held].iloc[0] if held in set(measured["pair"]) else measured.iloc[0]
+    d = {c: np.asarray(data[data.obs["condition"] == c].X, dtype=np.float64).ravel() for c in (row.a, row.b)}
+    name = row.pair if row.pair in set(data.obs["condition"]) else f"{row.b}+{row.a}"
+    d["ab"] = np.asarray(data[data.obs["condition"] == name].X, dtype=np.float64).ravel()
+    s = d[row.a] + d[row.b]
+    assert row.observed_normalised_residual == pytest.approx(np.linalg.norm(d["ab"] - s) / np.linalg.norm(s), rel=1e-4)
+    one = pair_interaction(back, data, row.a, row.b)
+    assert one.observed is not None and one.observed["magnitude"] == pytest.approx(row.observed_magnitude, rel=1e-6)
 
 
 def test_cli_trains_the_profile_model_and_screens_its_pairs(changes, tmp_path, capsys):

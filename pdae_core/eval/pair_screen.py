@@ -60,6 +60,15 @@ _EPS = 1e-12
 MIN_EXPRESSED = 50
 #: when an ensemble shares the moved cells of a pair among its networks, each moves at least this many
 MIN_CELLS_PER_NETWORK = 128
+#: a measured pair (and each single) needs this many cells for its observed metrics; a profile model's data
+#: hold one row per condition, so there one row is enough
+MIN_OBSERVED_CELLS = 10
+
+
+def _min_cells(model: Any, min_cells: int | None) -> int:
+    if min_cells is not None:
+        return int(min_cells)
+    return 1 if getattr(model, "accepts_changes", False) else MIN_OBSERVED_CELLS
 
 
 def cells_per_network(n_cells: int, n_members: int) -> int:
@@ -141,7 +150,7 @@ def screen_pairs(
     genes: str | Sequence[str] = "expressed",
     kappa: float = 1.0,
     seed: int = 0,
-    min_cells: int = 10,
+    min_cells: int | None = None,
     chunk_pairs: int = 256,
     progress: Callable[[int, int], None] | None = None,
     progress_bar: bool = True,
@@ -152,7 +161,8 @@ def screen_pairs(
 
     ``adata`` supplies the control cells that are moved (``n_cells`` of them, seeded; an ensemble's
     networks share them, each moving :func:`cells_per_network` of them, the same ones) and, for
-    pairs it measured, the observed metrics. ``genes``: ``"expressed"`` (mean expression in the
+    pairs it measured (the pair and both singles with at least ``min_cells`` cells; default 10, one
+    row for a profile model), the observed metrics. ``genes``: ``"expressed"`` (mean expression in the
     control cells above :func:`~pdae_core.eval.interactions.expressed_genes`' threshold, as the
     paper; all genes when fewer than :data:`MIN_EXPRESSED` pass), ``"all"``, or a list of gene names. Pairs are predicted ``chunk_pairs`` at a time, so
     memory stays bounded for any number of pairs. ``progress(done, total)`` is called per chunk;
@@ -222,7 +232,7 @@ def screen_pairs(
     trained = set(model.train_conditions)
     table["held_out"] = [p in held or alt[p] in held for p in table["pair"]]
     table["in_training"] = [p in trained or alt[p] in trained for p in table["pair"]]
-    obs = _observed(adata, reg, gidx, list(zip(table["a"], table["b"])), min_cells)
+    obs = _observed(adata, reg, gidx, list(zip(table["a"], table["b"])), _min_cells(model, min_cells))
     for key, v in obs.items():
         table[f"observed_{key}"] = v
     table.attrs.update({"n_members": M, "n_genes": int(len(gidx)), "genes": gene_set, "n_source_cells": int(source.n_obs),
@@ -360,7 +370,7 @@ def pair_interaction(
     n_cells: int = 512,
     genes: str | Sequence[str] = "expressed",
     seed: int = 0,
-    min_cells: int = 10,
+    min_cells: int | None = None,
 ) -> PairInteraction:
     """The predicted interaction of ``a + b`` in full (:class:`PairInteraction`): the same control
     cells, gene set and seeds as :func:`screen_pairs` with the same arguments, so magnitude, weights
@@ -389,7 +399,7 @@ def pair_interaction(
     names = (f"{a}{reg.separator}{b}", f"{b}{reg.separator}{a}")
     double = next((c for c in names if c in counts.index), None)
     observed = obs_text = None
-    if double is not None and all(counts.get(c, 0) >= min_cells for c in (a, b, double)):
+    if double is not None and all(counts.get(c, 0) >= _min_cells(model, min_cells) for c in (a, b, double)):
         delta = mean_changes(adata, reg, [a, b, double]).to_numpy()[:, gidx]
         observed = interaction_metrics(delta[0], delta[1], delta[2], method="lstsq")
         obs_text = describe_interaction(observed, (a, b))
