@@ -309,6 +309,6 @@ def test_stacked_regression_reads_the_ensembles_out_of_fold_metrics():
                                ens.predict(lab[None])[0] + model.beta_ * (p.deltas[0] + p.deltas[1]))
     df = run_interaction_benchmark(p, models=["pdae_stacked"], k=4, seeds=(0,), n_members=2, ensemble_kw=TINY)
     assert df.c1_pred.isna().all() and df.nonadditive_pearson.notna().all()  # metrics regressed, profile kept
-    assert df.selected.str.contains("ridge=").all()
+    assert df.selected.str.contains("ridge=").all() and df.selected.str.contains("beta=").all()
     s = interaction_tables(df, n_boot=50, random=False)[0].set_index("model")
     assert s.loc["pdae_stacked", "spearman_magnitude"] > 0.9

@@ -15,6 +15,15 @@ import numpy as np
 import torch
 
 from ...errors import DataError
+from ..stacking import (
+    DEFAULT_ALPHAS,
+    FEATURES,
+    MetricStacker,
+    log_metric,
+    part_indicators,
+    ridge_loo,
+    single_features,
+)
 from .interaction_scores import double_figures, rank_metrics
 from .models import PDAEProfile, ProfileModel
 from .profiles import ProfileSet, train_conditions
@@ -44,7 +53,7 @@ class HeuristicInteractionRegression:
     with both singles."""
 
     name = "heuristic"
-    FEATURES = ("log_min_norm", "log_max_norm", "norm_ratio", "cosine", "log_sum_norm")
+    FEATURES = FEATURES
     TARGETS = ("magnitude", "normalised_residual")
 
     def __init__(self, method: str = "lstsq", genes: np.ndarray | None = None,
@@ -53,16 +62,10 @@ class HeuristicInteractionRegression:
 
     def _features(self, profiles: ProfileSet, doubles: Sequence[str]) -> np.ndarray:
         g = slice(None) if self.genes is None else self.genes
-        out = []
-        for d in doubles:
-            a, b = (v[g] for v in single_deltas(profiles, d))
-            na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-            lo, hi = sorted((na, nb))
-            cos = float(a @ b) / (na * nb) if na > 0 and nb > 0 else 0.0
-            tiny = 1e-12
-            out.append([math.log(lo + tiny), math.log(hi + tiny), lo / hi if hi > 0 else 1.0, cos,
-                        math.log(float(np.linalg.norm(a + b)) + tiny)])
-        return np.asarray(out)
+        if not len(doubles):
+            return np.zeros((0, len(FEATURES)))
+        pairs = [single_deltas(profiles, d) for d in doubles]
+        return single_features(np.stack([a[g] for a, _ in pairs]), np.stack([b[g] for _, b in pairs]))
 
     def fit(self, profiles: ProfileSet) -> HeuristicInteractionRegression:
         doubles = profiles.eligible_doubles()
@@ -79,20 +82,12 @@ class HeuristicInteractionRegression:
         self.sd_[self.sd_ == 0] = 1.0
         Z = np.column_stack([np.ones(len(X)), (X - self.mu_) / self.sd_])
         Y = self._to_target(np.asarray(y, dtype=np.float64))
+        penalties = [np.r_[0.0, np.full(Z.shape[1] - 1, a)] for a in self.alphas]  # the intercept is not penalised
         self.coef_, self.alpha_ = [], []
         for t in range(Y.shape[1]):
-            best = None
-            for a in self.alphas:
-                P = np.eye(Z.shape[1]) * a
-                P[0, 0] = 0.0  # the intercept is not penalised
-                A = np.linalg.solve(Z.T @ Z + P, Z.T)
-                H = np.einsum("ij,ji->i", Z, A)  # leverages
-                r = (Y[:, t] - Z @ (A @ Y[:, t])) / np.clip(1.0 - H, 1e-9, None)
-                loo = float(np.mean(r**2))
-                if best is None or loo < best[0]:
-                    best = (loo, a, A @ Y[:, t])
-            self.alpha_.append(best[1])
-            self.coef_.append(best[2])
+            _, coef, i, _ = ridge_loo(Z, Y[:, t], penalties)
+            self.alpha_.append(self.alphas[i])
+            self.coef_.append(coef)
         return self
 
     def predict_metrics(self, profiles: ProfileSet, doubles: Sequence[str]) -> dict[str, np.ndarray]:
@@ -121,20 +116,14 @@ class PropensityInteractionRegression(HeuristicInteractionRegression):
     def _features(self, profiles: ProfileSet, doubles: Sequence[str]) -> np.ndarray:
         if not hasattr(self, "parts_"):  # fixed at the first call, on the training doubles
             self.parts_ = sorted({p.strip() for d in doubles for p in d.split(profiles.separator)})
-        pos = {p: i for i, p in enumerate(self.parts_)}
-        X = np.zeros((len(doubles), len(self.parts_)))
-        for r, d in enumerate(doubles):
-            for p in d.split(profiles.separator):
-                if p.strip() in pos:
-                    X[r, pos[p.strip()]] = 1.0
-        return X
+        return part_indicators([[p.strip() for p in d.split(profiles.separator)] for d in doubles], self.parts_)
 
     def fit(self, profiles: ProfileSet) -> PropensityInteractionRegression:
         self.__dict__.pop("parts_", None)
         return super().fit(profiles)
 
     def _to_target(self, y: np.ndarray) -> np.ndarray:
-        return np.log(np.clip(y, 1e-6, None))
+        return log_metric(y)
 
     def _from_target(self, z: np.ndarray) -> np.ndarray:
         return np.exp(z)
@@ -354,21 +343,6 @@ class PDAEEnsembleProfile(ProfileModel):
 # the ensemble's metrics stacked with the regressions' features
 
 
-def _ridge_loo(Z: np.ndarray, y: np.ndarray, penalties: Sequence[np.ndarray]) -> tuple[float, np.ndarray, int]:
-    """Ridge fits of ``y`` on ``Z`` with each diagonal penalty of ``penalties``; the one with the
-    smallest exact leave-one-out error: (error, coefficients, position)."""
-    best = None
-    for i, P in enumerate(penalties):
-        A = np.linalg.solve(Z.T @ Z + np.diag(P), Z.T)
-        H = np.einsum("ij,ji->i", Z, A)
-        coef = A @ y
-        r = (y - Z @ coef) / np.clip(1.0 - H, 1e-9, None)
-        loo = float(np.mean(r**2))
-        if best is None or loo < best[0]:
-            best = (loo, coef, i)
-    return best
-
-
 def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pearson correlation of each row of ``a`` with the same row of ``b`` (NaN for a constant row)."""
     a = a - a.mean(1, keepdims=True)
@@ -387,7 +361,8 @@ class PDAEStackedRegression:
     :class:`HeuristicInteractionRegression` (norms and cosine of the singles) and the indicators
     of :class:`PropensityInteractionRegression` (which perturbations the double holds), with an
     intercept; one penalty for the dense features and one for the indicators, chosen by exact
-    leave-one-out error. A held-out double's PDAE features are the mean over members of each
+    leave-one-out error (:class:`~pdae_core.eval.stacking.MetricStacker`, which the pair screen
+    applies to a cross-fitted ensemble too). A held-out double's PDAE features are the mean over members of each
     member's log metric (members never saw it, as out of fold).
 
     Its profile of a double is the ensemble's, with a share of the additive part added back:
@@ -397,8 +372,8 @@ class PDAEStackedRegression:
     baseline's non-additive part is ``(alpha - 1)(dA + dB)``; this mixes the two). Only training
     profiles are used.
 
-    After ``fit``: ``ensemble_`` (the fitted :class:`PDAEEnsembleProfile`), ``design_`` (the
-    training doubles' features), ``coef_``,
+    After ``fit``: ``ensemble_`` (the fitted :class:`PDAEEnsembleProfile`), ``stacker_``, ``design_``
+    (the training doubles' features), ``coef_``,
     ``alpha_`` (the two penalties of each metric), ``weights_`` (the coefficients of the
     PDAE's own two metrics, on the standardised scale, per target metric) and ``beta_``.
     """
@@ -407,7 +382,7 @@ class PDAEStackedRegression:
     TARGETS = ("magnitude", "normalised_residual")
 
     def __init__(self, method: str = "lstsq", genes: np.ndarray | None = None, seed: int = 0, n_members: int = 5,
-                 alphas: Sequence[float] = tuple(10.0 ** np.arange(-2, 3.5, 0.5)),
+                 alphas: Sequence[float] = DEFAULT_ALPHAS,
                  betas: Sequence[float] = tuple(np.round(np.arange(-1.0, 1.0001, 0.05), 2)), **ensemble_kw: Any) -> None:
         self.method, self.genes, self.seed, self.n_members = method, genes, int(seed), int(n_members)
         self.alphas, self.ensemble_kw = tuple(float(a) for a in alphas), dict(ensemble_kw)
@@ -421,18 +396,11 @@ class PDAEStackedRegression:
         for j, d in enumerate(doubles):
             a, b = (v[g] for v in single_deltas(profiles, d))
             figs = [double_figures(a, b, p[j][g], self.method) for p in preds]
-            out[j] = [np.mean([np.log(max(f[t], 1e-6)) for f in figs]) for t in self.TARGETS]
+            out[j] = [np.mean(log_metric([f[t] for f in figs])) for t in self.TARGETS]
         return out
 
-    def _design(self, profiles: ProfileSet, doubles: Sequence[str], pdae: np.ndarray) -> np.ndarray:
-        """Intercept, standardised dense features (PDAE's two log metrics, the heuristic's features),
-        then the propensity indicators; the scaling is fixed at the first call (the training doubles)."""
-        dense = np.column_stack([pdae, self.heuristic_._features(profiles, doubles)])
-        if not hasattr(self, "mu_"):
-            self.mu_, self.sd_ = dense.mean(0), dense.std(0)
-            self.sd_[self.sd_ == 0] = 1.0
-        return np.column_stack([np.ones(len(doubles)), (dense - self.mu_) / self.sd_,
-                                self.propensity_._features(profiles, doubles)])
+    def _parts(self, profiles: ProfileSet, doubles: Sequence[str]) -> list[list[str]]:
+        return [[p.strip() for p in d.split(profiles.separator)] for d in doubles]
 
     def fit(self, profiles: ProfileSet) -> PDAEStackedRegression:
         self.ensemble_ = PDAEEnsembleProfile(n_members=self.n_members, seed=self.seed, method=self.method,
@@ -443,22 +411,13 @@ class PDAEStackedRegression:
         for d in doubles:
             a, b = (v[g] for v in single_deltas(profiles, d))
             f = double_figures(a, b, profiles.deltas[profiles.index([d])[0]][g], self.method)
-            y.append([np.log(max(f[t], 1e-6)) for t in self.TARGETS])
-        Y = np.asarray(y)
+            y.append([f[t] for t in self.TARGETS])
         self.heuristic_ = HeuristicInteractionRegression(method=self.method, genes=self.genes)
-        self.propensity_ = PropensityInteractionRegression(method=self.method, genes=self.genes)
-        self.__dict__.pop("mu_", None)
-        Z = self._design(profiles, doubles, self._pdae_features(profiles, doubles, self.ensemble_.oof_[None]))
-        self.design_ = Z  # of the training doubles, in ensemble_.calibration_doubles_ order
-        n_dense = len(self.mu_)
-        penalties = [np.r_[0.0, np.full(n_dense, a), np.full(Z.shape[1] - 1 - n_dense, b)]
-                     for a in self.alphas for b in self.alphas]
-        self.coef_, self.alpha_, self.weights_ = [], [], []
-        for t in range(len(self.TARGETS)):
-            _, coef, i = _ridge_loo(Z, Y[:, t], penalties)
-            self.coef_.append(coef)
-            self.alpha_.append((self.alphas[i // len(self.alphas)], self.alphas[i % len(self.alphas)]))
-            self.weights_.append(coef[1:3].tolist())
+        X = (self._pdae_features(profiles, doubles, self.ensemble_.oof_[None]),
+             self.heuristic_._features(profiles, doubles), self._parts(profiles, doubles))
+        st = self.stacker_ = MetricStacker(self.alphas).fit(*X, log_metric(np.asarray(y)))
+        self.design_ = st.design(*X)
+        self.mu_, self.sd_, self.coef_, self.alpha_, self.weights_ = st.mu_, st.sd_, st.coef_, st.alpha_, st.weights_
         # the share of the additive part added back to the profile, by the out-of-fold non-additive Pearson
         S = np.vstack([np.add(*single_deltas(profiles, d)) for d in doubles])[:, g]
         na_obs = profiles.deltas[profiles.index(doubles)][:, g] - S
@@ -481,5 +440,6 @@ class PDAEStackedRegression:
         for j, d in enumerate(doubles):
             for p in d.split(profiles.separator):
                 L[j, self.ensemble_.perturbations_.index(p.strip())] = 1.0
-        Z = self._design(profiles, doubles, self._pdae_features(profiles, doubles, self.ensemble_.predict_members(L)))
-        return {t: np.exp(Z @ c) for t, c in zip(self.TARGETS, self.coef_)}
+        log = self.stacker_.predict(self._pdae_features(profiles, doubles, self.ensemble_.predict_members(L)),
+                                    self.heuristic_._features(profiles, doubles), self._parts(profiles, doubles))
+        return {t: np.exp(log[:, i]) for i, t in enumerate(self.TARGETS)}

@@ -105,7 +105,8 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
 def _selected(model: Any) -> str:
     """What a model chose on its training profiles (for the per-double table)."""
     if hasattr(model, "ensemble_"):
-        return f"{_selected(model.ensemble_)} ridge=" + ";".join(f"{a:g},{b:g}" for a, b in model.alpha_)
+        return (f"{_selected(model.ensemble_)} ridge=" + ";".join(f"{a:g},{b:g}" for a, b in model.alpha_)
+                + f" beta={model.beta_:g}")
     if hasattr(model, "step_") and hasattr(model, "source_"):
         return f"step={model.step_} source={model.source_}"
     if hasattr(model, "best_latent_dim_"):
