@@ -114,7 +114,7 @@ def test_intervals_are_the_conformal_quantiles_of_out_of_fold_errors(adata, fitt
     source, gidx, _ = _screen_inputs(ens, adata, 512, "expressed", 1, share=False)
     assert cal.n_source_cells == source.n_obs == 512
     obs = mean_changes(adata, reg, sorted({c for d in cal.doubles for c in (*reg.parse(d), d)}))
-    gene_err, resid_err = [], []
+    gene_err, resid_err, resid_pred = [], [], {}
     for k, group in enumerate(cal.left_out):
         for d in group:
             a, b = reg.parse(d)
@@ -125,6 +125,7 @@ def test_intervals_are_the_conformal_quantiles_of_out_of_fold_errors(adata, fitt
             pm = pair_metrics(p[0, gidx], p[1, gidx], p[2, gidx])["normalised_residual"]
             om = pair_metrics(o[0, gidx], o[1, gidx], o[2, gidx])["normalised_residual"]
             resid_err.append(abs(float(pm) - float(om)))
+            resid_pred[d] = float(pm)
     gene_err = np.sort(np.asarray(gene_err), axis=0)
     n = len(gene_err)
     k80 = math.ceil((n + 1) * 0.8)
@@ -133,6 +134,8 @@ def test_intervals_are_the_conformal_quantiles_of_out_of_fold_errors(adata, fitt
     assert cal.metric_half_width("normalised_residual", 0.8) == pytest.approx(np.sort(resid_err)[k80 - 1])
     assert np.isinf(cal.gene_half_width(0.95)).all() == (n < 19)
     assert math.isinf(cal.metric_half_width("magnitude", 0.999))
+    # the out-of-fold predicted metric of each double, in the order of cal.doubles (what the screen stacks)
+    np.testing.assert_allclose(cal.out_of_fold["normalised_residual"], [resid_pred[d] for d in cal.doubles], rtol=1e-6)
     with pytest.raises(DataError, match="levels"):
         cal.gene_half_width(0.5)
 
@@ -187,6 +190,8 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
     assert back.cross_fit and back.calibration.left_out == ens.calibration.left_out
     for lv in (0.8, 0.9, 0.95):
         np.testing.assert_array_equal(back.calibration.gene_half_width(lv), ens.calibration.gene_half_width(lv))
+    for m in ("magnitude", "normalised_residual"):
+        np.testing.assert_array_equal(back.calibration.out_of_fold[m], ens.calibration.out_of_fold[m])
 
     def edited(name, edit):
         d = tmp_path / name
@@ -205,10 +210,16 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
         "level": (lambda e: e["calibration"]["gene_half_widths"].__setitem__("1.5", []), "between 0 and 1"),
         "not_cross_fit": (lambda e: e.pop("cross_fit"), "without cross_fit"),
         "flag": (lambda e: e.__setitem__("cross_fit", "yes"), "cross_fit must be true or false"),
+        "oof_short": (lambda e: e["calibration"]["out_of_fold"]["magnitude"].pop(), r"out_of_fold\['magnitude'\] must be a list of"),
+        "oof_metric": (lambda e: e["calibration"]["out_of_fold"].pop("normalised_residual"), "out_of_fold must have"),
+        "oof_negative": (lambda e: e["calibration"]["out_of_fold"]["magnitude"].__setitem__(0, -0.5), "non-negative"),
     }
     for name, (edit, msg) in cases.items():
         with pytest.raises(CheckpointError, match=msg):
             pc.load_model(edited(name, edit))
+    # a checkpoint written before the out-of-fold metrics were kept still loads (no stacked estimate)
+    old = pc.load_model(edited("before_oof", lambda e: e["calibration"].pop("out_of_fold")))
+    assert old.calibration.out_of_fold is None and old.calibration.n == ens.calibration.n
 
 
 def test_cross_fitting_needs_enough_doubles_and_members(adata):

@@ -103,13 +103,17 @@ def deal_doubles(doubles: Sequence[str], n_groups: int, seed: int) -> list[list[
 class Calibration:
     """Out-of-fold errors of a cross-fitted ensemble (module docstring). ``left_out[k]``: the
     doubles member ``k`` did not train on; ``gene_half_widths[level]``: per gene; ``metric_errors``:
-    sorted absolute errors per metric; ``genes``: how the metric's gene set was chosen."""
+    sorted absolute errors per metric; ``genes``: how the metric's gene set was chosen;
+    ``out_of_fold``: per metric, each calibration double's out-of-fold predicted value, in the
+    order of ``doubles`` (inf where not measurable; None in checkpoints written before it was kept),
+    which the pair screen stacks with the measured doubles (:mod:`pdae_core.eval.stacking`)."""
 
     left_out: list[list[str]]
     gene_half_widths: dict[float, np.ndarray]
     metric_errors: dict[str, np.ndarray]
     genes: str = "expressed"
     n_source_cells: int = 0
+    out_of_fold: dict[str, np.ndarray] | None = None
     doubles: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +155,7 @@ class Calibration:
             "metric_errors": {m: num(v) for m, v in self.metric_errors.items()},
             "genes": self.genes,
             "n_source_cells": int(self.n_source_cells),
+            **({} if self.out_of_fold is None else {"out_of_fold": {m: num(v) for m, v in self.out_of_fold.items()}}),
         }
 
     @classmethod
@@ -195,8 +200,14 @@ class Calibration:
         genes, n_src = d.get("genes", "expressed"), d.get("n_source_cells", 0)
         if not isinstance(genes, str) or type(n_src) is not int or n_src < 0:
             raise bad("genes must be text and n_source_cells a non-negative integer")
+        n_doubles = sum(len(g) for g in left)
+        oof = d.get("out_of_fold")
+        if oof is not None:
+            if not isinstance(oof, dict) or set(oof) != set(METRICS):
+                raise bad(f"out_of_fold must have exactly {', '.join(METRICS)}")
+            oof = {m: floats(v, f"out_of_fold[{m!r}]", n_doubles) for m, v in oof.items()}
         return cls(left_out=[list(g) for g in left], gene_half_widths=gene_hw, metric_errors=metric, genes=genes,
-                   n_source_cells=n_src)
+                   n_source_cells=n_src, out_of_fold=oof)
 
 
 def _double_inputs(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cells: int, seed: int) -> tuple[
@@ -231,7 +242,7 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
         raise ValueError(f"left_out has {len(left_out)} groups for {model.n_members} members.")
     source, gidx, gene_set, parts, observed = _double_inputs(model, adata, [d for g in left_out for d in g],
                                                              n_cells, seed)
-    gene_err, metric_err = [], {m: [] for m in METRICS}
+    gene_err, metric_err, oof = [], {m: [] for m in METRICS}, {m: {} for m in METRICS}
     for k, group in enumerate(left_out):
         if not group:
             continue
@@ -245,12 +256,15 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
             for m in METRICS:
                 e = abs(float(p[m]) - float(o[m]))
                 metric_err[m].append(e if np.isfinite(e) else np.inf)  # not measurable: counted as a miss
+                oof[m][d] = float(p[m]) if np.isfinite(p[m]) else np.inf
     errors = np.asarray(gene_err)
+    order = sorted(d for g in left_out for d in g)
     return Calibration(
         left_out=[sorted(g) for g in left_out],
         gene_half_widths={float(lv): _quantile(errors, lv) for lv in levels},
         metric_errors={m: np.sort(np.asarray(v, dtype=np.float64)) for m, v in metric_err.items()},
         genes=gene_set, n_source_cells=int(source.n_obs),
+        out_of_fold={m: np.array([oof[m][d] for d in order]) for m in METRICS},
     )
 
 
