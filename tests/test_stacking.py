@@ -76,3 +76,122 @@ def test_stacker_recovers_a_rule_of_model_metric_and_parts_and_its_intervals():
         MetricStacker().fit(model[:3], feats[:3], pairs[:3], y[:3])
     with pytest.raises(ValueError, match="one row per double"):
         MetricStacker().fit(model[:5], feats[:4], pairs[:5], y[:5])
+
+
+# ---------------------------------------------------------------------------------
+# in the pair screen: a cross-fitted profile ensemble's calibration record stacked with the data
+
+
+@pytest.fixture(scope="module")
+def screened():
+    import anndata as ad
+    import pandas as pd
+
+    from pdae_core.data.synthetic import make_synthetic
+    from pdae_core.eval.pair_screen import screen_pairs
+    from pdae_core.models.pdae_profile import PDAEProfileModel
+
+    cells, _ = make_synthetic(n_perturbations=9, latent_dim=3, n_genes=30, hidden=16, n_doubles=30,
+                              cells_per_condition=20, seed=3)
+    conds = cells.obs["condition"].astype(str)
+    means = pd.DataFrame(np.asarray(cells.X), index=conds).groupby(level=0).mean()
+    data = ad.AnnData(means.to_numpy(np.float32), obs=pd.DataFrame({"condition": means.index}, index=means.index),
+                      var=cells.var.copy())
+    doubles = sorted(c for c in data.obs["condition"] if "+" in c)
+    model = PDAEProfileModel.from_anndata(data, control_label="control", seed=0, n_members=3, cross_fit=True,
+                                          latent_dim=4, hidden_dims=(16,))
+    model.fit(data, holdout=doubles[:4], max_epochs=40, accelerator="cpu")
+    return model, data, screen_pairs(model, data, level=0.8)
+
+
+def test_screen_stacks_the_calibration_doubles_as_a_direct_fit(screened):
+    from pdae_core.eval.interactions import mean_changes
+    from pdae_core.eval.pair_screen import pair_metrics
+    from pdae_core.eval.stacking import MIN_DOUBLES
+
+    model, data, tab = screened
+    cal, reg = model.calibration, model.registry
+    assert cal.n >= MIN_DOUBLES and tab.attrs["stacked_doubles"] == cal.n
+    # the same fit by hand: out-of-fold metrics from the record, singles and observed doubles from the data
+    parts = [reg.parse(d) for d in cal.doubles]
+    d = mean_changes(data, reg, sorted({c for p, dd in zip(parts, cal.doubles) for c in (*p, dd)} | set(tab.a) | set(tab.b)))
+    A, B, AB = (d.loc[[p[0] for p in parts]].to_numpy(), d.loc[[p[1] for p in parts]].to_numpy(),
+                d.loc[cal.doubles].to_numpy())
+    obs = pair_metrics(A, B, AB)
+    st = MetricStacker().fit(np.column_stack([np.log(cal.out_of_fold[m]) for m in ("magnitude", "normalised_residual")]),
+                             single_features(A, B), parts,
+                             np.column_stack([np.log(obs[m]) for m in ("magnitude", "normalised_residual")]))
+    row = tab[~tab["measured"]].iloc[0]
+    fa, fb = d.loc[[row.a]].to_numpy(), d.loc[[row.b]].to_numpy()
+    members = screen_log_metrics(model, data, row.a, row.b)
+    want = st.predict(members[None], single_features(fa, fb), [(row.a, row.b)])[0]
+    assert np.log(row.magnitude_stacked) == pytest.approx(want[0], rel=1e-6, abs=1e-9)
+    assert np.log(row.normalised_residual_stacked) == pytest.approx(want[1], rel=1e-6, abs=1e-9)
+    hw = st.half_width(1, 0.8)
+    assert row.normalised_residual_stacked_hi == pytest.approx(row.normalised_residual_stacked * np.exp(hw))
+    assert row.test_next_stacked == pytest.approx(row.normalised_residual_stacked + row.normalised_residual_spread)
+    chk = tab.attrs["stacked_check"]["normalised_residual"]
+    assert -1 <= chk["model"] <= 1 and -1 <= chk["stacked"] <= 1
+
+
+def screen_log_metrics(model, data, a, b):
+    """The mean over networks of each network's log metric of a + b, as the screen computes it."""
+    from pdae_core.eval.pair_screen import _screen_inputs, pair_metrics
+
+    reg = model.registry
+    source, gidx, _ = _screen_inputs(model, data, 512, "expressed", 0)
+    e = np.eye(reg.n_perturbations, dtype=np.float32)
+    ia, ib = reg.perturbations.index(a), reg.perturbations.index(b)
+    p = model.member_changes_many(source, np.stack([e[ia], e[ib], e[ia] + e[ib]]), seed=0)[:, :, gidx]
+    m = pair_metrics(p[:, 0], p[:, 1], p[:, 2])
+    return np.array([np.log(m["magnitude"]).mean(), np.log(m["normalised_residual"]).mean()])
+
+
+def test_ranking_by_the_stacked_estimate_and_without_one(screened):
+    from pdae_core.errors import DataError
+    from pdae_core.eval.pair_screen import has_stacked, rank_pairs, screen_pairs
+
+    model, data, tab = screened
+    assert has_stacked(tab)
+    r = rank_pairs(tab, "least_additive", "stacked")
+    assert r["normalised_residual_stacked"].is_monotonic_decreasing and r.attrs["estimate"] == "stacked"
+    assert rank_pairs(tab, "buffering", "auto").attrs["estimate"] == "stacked"
+    assert rank_pairs(tab, "buffering", "auto")["magnitude_stacked"].is_monotonic_increasing
+    assert rank_pairs(tab, "synergy", "model")["magnitude"].is_monotonic_decreasing
+    with pytest.raises(DataError, match="Unknown estimate"):
+        rank_pairs(tab, "synergy", "best")
+    # a calibration record without the out-of-fold metrics (older checkpoints): no stacked columns
+    oof, model.calibration.out_of_fold = model.calibration.out_of_fold, None
+    try:
+        plain = screen_pairs(model, data)
+    finally:
+        model.calibration.out_of_fold = oof
+    assert not has_stacked(plain) and "magnitude_lo" in plain
+    assert rank_pairs(plain, "synergy", "auto").attrs["estimate"] == "model"
+    with pytest.raises(DataError, match="no stacked estimate"):
+        rank_pairs(plain, "synergy", "stacked")
+    # the data lack most calibration doubles: too few to stack, said in words
+    few = data[~data.obs["condition"].isin(model.calibration.doubles[5:])].copy()
+    t = screen_pairs(model, few)
+    assert not has_stacked(t) and "at least 20 are needed" in t.attrs["stacked_note"]
+
+
+def test_cli_ranks_by_the_stacked_estimate_and_says_how_it_fared(screened, tmp_path, capsys):
+    import pandas as pd
+
+    from pdae_core.cli import main as cli_main
+
+    model, data, _ = screened
+    model.save(tmp_path / "ens")
+    data.write_h5ad(tmp_path / "profiles.h5ad")
+    out = tmp_path / "pairs.csv"
+    base = ["interactions", str(tmp_path / "ens"), "--data", str(tmp_path / "profiles.h5ad"), "--out", str(out)]
+    assert cli_main(base + ["--score", "least_additive"]) == 0
+    text = capsys.readouterr().out
+    assert "Stacked estimate from" in text and "model alone -> stacked" in text
+    assert "on the stacked estimate" in text and "normalised_residual_stacked" in text
+    tab = pd.read_csv(out)
+    assert tab["normalised_residual_stacked"].is_monotonic_decreasing
+    assert cli_main(base + ["--score", "least_additive", "--estimate", "model", "--top", "0"]) == 0
+    assert "on the model's own metrics" in capsys.readouterr().out
+    assert pd.read_csv(out)["normalised_residual"].is_monotonic_decreasing

@@ -38,7 +38,9 @@ members of an ensemble), test_next (normalised residual + kappa x its spread), m
 held_out, in_training, observed_* (from the cells of a measured pair); for a cross-fitted
 ensemble (pdae train --ensemble 5 --cross-fit) also magnitude_lo/_hi and
 normalised_residual_lo/_hi, split-conformal intervals at --level calibrated on the
-training doubles."""
+training doubles, and, when at least 20 of those doubles are measured in the data,
+magnitude_stacked, normalised_residual_stacked (with _lo/_hi) and test_next_stacked: the
+model's metrics corrected by the measured doubles (--estimate ranks by them)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -59,6 +61,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--score", choices=list(SCORES), default="test_next",
                    help="ranking: test_next (predicted non-additivity + kappa x uncertainty), synergy, buffering, "
                    "least_additive, uncertain")
+    p.add_argument("--estimate", choices=["auto", "model", "stacked"], default="auto",
+                   help="what the ranking reads: the model's own metrics, or the stacked estimate (a cross-fitted "
+                   "ensemble's metrics corrected by the measured training doubles); auto: stacked when there is one")
     p.add_argument("--kappa", type=finite_float, default=1.0, metavar="K",
                    help="weight of the uncertainty in the test_next score")
     p.add_argument("--level", type=finite_float, default=0.8, metavar="P",
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     table = screen_pairs(model, adata, n_cells=args.n_cells, genes=args.genes, kappa=args.kappa, seed=args.seed,
                          progress=progress, level=args.level)
     print()
-    table = rank_pairs(table, args.score)
+    table = rank_pairs(table, args.score, args.estimate)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
@@ -126,6 +131,15 @@ def run(args: argparse.Namespace) -> int:
         f"{' per network' if a['n_members'] > 1 else ''}; "
         f"{time.perf_counter() - t0:.1f} s in all."
     ))
+    if "stacked_check" in a:
+        chk = ", ".join(f"{m.replace('_', ' ')} {c['model']:.2f} -> {c['stacked']:.2f}"
+                        for m, c in a["stacked_check"].items())
+        print(f"Stacked estimate from {a['stacked_doubles']} measured training doubles (Spearman with the observed "
+              f"metric on them, model alone -> stacked, out of fold: {chk}).")
+    elif "stacked_note" in a:
+        print(printable(f"No stacked estimate: {a['stacked_note'].removeprefix('no stacked estimate: ')}."))
+    stacked = a.get("estimate") == "stacked"
+    print(f"Ranked by {args.score} on the {'stacked estimate' if stacked else 'model' + chr(39) + 's own metrics'}.")
     if args.top > 0:
         cols = ["rank", "pair", "magnitude", "magnitude_spread", "normalised_residual",
                 "normalised_residual_spread", "test_next", "measured", "held_out"]
@@ -134,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
         if "interval_level" in a:
             cols[cols.index("normalised_residual") + 1: cols.index("normalised_residual") + 1] = [
                 "normalised_residual_lo", "normalised_residual_hi"]
+        if stacked:
+            cols[cols.index("test_next"): cols.index("test_next") + 1] = [
+                "magnitude_stacked", "normalised_residual_stacked", "test_next_stacked"]
         print(f"Top {min(args.top, len(table))} by {args.score}:")
         text = table[cols].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}")
         for line in text.splitlines():  # names come from files: control characters escaped

@@ -37,14 +37,13 @@ from ..data.registry import PerturbationRegistry, condition_column
 from ..errors import DataError
 from .interactions import mean_changes
 from .pair_screen import _screen_inputs, pair_metrics
+from .stacking import METRICS  # the interaction metrics with an interval
 
 __all__ = ["LEVELS", "METRICS", "Calibration", "calibrate", "calibration_doubles", "conformal_rank",
            "deal_doubles", "interval_check"]
 
 #: levels of the per-gene intervals kept in a checkpoint
 LEVELS = (0.8, 0.9, 0.95)
-#: interaction metrics with an interval
-METRICS = ("magnitude", "normalised_residual")
 #: a double (and each of its singles) needs this many training cells to calibrate on
 MIN_CELLS = 10
 

@@ -25,6 +25,14 @@ The ranking scores (:data:`SCORES`): ``synergy`` (largest magnitude first), ``bu
 spread of the normalised residual) and ``test_next``, an upper-confidence score, normalised
 residual + ``kappa`` x its spread, which favours pairs predicted to interact *or* about which
 the model is unsure: the ones an experiment teaches most.
+
+A cross-fitted ensemble whose calibration doubles are measured in the data (at least
+:data:`~pdae_core.eval.stacking.MIN_DOUBLES`) also gets a *stacked* estimate of each metric
+(``magnitude_stacked``, ``normalised_residual_stacked``, jackknife intervals ``*_stacked_lo`` /
+``_hi``, ``test_next_stacked``): the model's metrics corrected by what the measured doubles teach
+(:mod:`pdae_core.eval.stacking`); ``rank_pairs(..., estimate="stacked")`` ranks by it. The
+table's ``attrs["stacked_check"]`` says, on the calibration doubles, how well the model's own
+out-of-fold metric and the stacker's leave-one-out prediction rank the observed one.
 """
 
 from __future__ import annotations
@@ -43,8 +51,9 @@ import pandas as pd
 from ..data.registry import condition_column
 from ..errors import DataError
 from .interactions import describe_interaction, expressed_genes
+from .stacking import METRICS, log_metric
 
-__all__ = ["SCORES", "cells_per_network", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles", "pair_call",
+__all__ = ["ESTIMATES", "SCORES", "cells_per_network", "has_stacked", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles", "pair_call",
            "PairInteraction", "pair_interaction"]
 
 #: ranking score -> (column, descending), see the module docstring
@@ -209,6 +218,7 @@ def screen_pairs(
     if bar is not None:
         bar.close()
     M = model.n_members
+    model_log = {}  # per pair, the mean over networks of each network's log metric (what the stacker reads)
     table = pd.DataFrame({
         "pair": [f"{singles[a]}{reg.separator}{singles[b]}" for a, b in pairs],
         "a": [singles[a] for a, _ in pairs], "b": [singles[b] for _, b in pairs],
@@ -218,6 +228,8 @@ def screen_pairs(
         table[key] = v.mean(0)
         if key in ("magnitude", "normalised_residual", "c1", "c2"):
             table[f"{key}_spread"] = v.std(0, ddof=1) if M > 1 else np.nan
+        if key in ("magnitude", "normalised_residual"):
+            model_log[key] = log_metric(v).mean(0)
     cal = getattr(model, "calibration", None)
     if cal is not None:  # a cross-fitted ensemble: conformal intervals (pdae_core.eval.calibration)
         for key in ("magnitude", "normalised_residual"):
@@ -235,19 +247,98 @@ def screen_pairs(
     obs = _observed(adata, reg, gidx, list(zip(table["a"], table["b"])), _min_cells(model, min_cells))
     for key, v in obs.items():
         table[f"observed_{key}"] = v
+    if cal is not None and cal.out_of_fold is not None:
+        table.attrs.update(_add_stacked(table, model, adata, gidx, model_log, float(level), float(kappa),
+                                        _min_cells(model, min_cells)))
     table.attrs.update({"n_members": M, "n_genes": int(len(gidx)), "genes": gene_set, "n_source_cells": int(source.n_obs),
                         "seconds": time.perf_counter() - t0, "kappa": float(kappa)})
     return rank_pairs(table, "test_next")
 
 
-def rank_pairs(table: pd.DataFrame, score: str = "test_next") -> pd.DataFrame:
-    """``table`` sorted by a :data:`SCORES` score, with its ``rank`` (1 = first to look at)."""
+def _add_stacked(table: pd.DataFrame, model: Any, adata: ad.AnnData, gidx: np.ndarray, model_log: dict[str, np.ndarray],
+                 level: float, kappa: float, min_cells: int) -> dict[str, Any]:
+    """Add the stacked estimate of each metric (:mod:`pdae_core.eval.stacking`) to ``table``:
+    ``magnitude_stacked`` (with ``_lo`` / ``_hi``, jackknife intervals at ``level``),
+    ``normalised_residual_stacked`` (same) and ``test_next_stacked``, for the pairs whose two singles
+    are measured in ``adata``. The stacker is fitted on the calibration doubles measured in ``adata``
+    (out-of-fold predicted metrics of the checkpoint's calibration record, observed metrics and
+    singles from ``adata`` on the screen's genes). Returns the table's attrs: ``stacked_doubles``
+    and ``stacked_check`` (per metric, the Spearman correlation over the calibration doubles of the
+    observed metric with the model's out-of-fold metric and with the stacker's leave-one-out
+    prediction), or ``stacked_note`` saying why there is no stacked estimate."""
+    from scipy.stats import spearmanr
+
+    from .interactions import mean_changes
+    from .stacking import MIN_DOUBLES, MetricStacker, single_features
+
+    reg, cal = model.registry, model.calibration
+    counts = pd.Series(condition_column(adata, reg.perturbation_key)).value_counts()
+    ok = {c for c in counts.index if counts[c] >= min_cells}
+    oof = np.column_stack([log_metric(cal.out_of_fold[m]) for m in METRICS])
+    rows = [(i, d, *reg.parse(d)) for i, d in enumerate(cal.doubles)]
+    rows = [r for r in rows if len(r) == 4 and all(c in ok for c in r[1:]) and np.isfinite(oof[r[0]]).all()]
+    singles = sorted((set(table["a"]) | set(table["b"])) & ok)
+    need = sorted(set(singles) | {c for r in rows for c in r[1:]})
+    if len(rows) >= MIN_DOUBLES:
+        delta = mean_changes(adata, reg, need).to_numpy(np.float64)[:, gidx]
+        pos = {c: j for j, c in enumerate(need)}
+        A, B, AB = (delta[[pos[r[k]] for r in rows]] for k in (2, 3, 1))
+        obs = pair_metrics(A, B, AB)
+        target = np.column_stack([log_metric(obs[m]) for m in METRICS])
+        keep = np.isfinite(target).all(1)
+        rows, A, B, target = [r for r, k in zip(rows, keep) if k], A[keep], B[keep], target[keep]
+    if len(rows) < MIN_DOUBLES:
+        return {"stacked_note": f"no stacked estimate: {len(rows)} calibration doubles are measured in the data with "
+                f"both singles (at least {MIN_DOUBLES} are needed)"}
+    st = MetricStacker().fit(oof[[r[0] for r in rows]], single_features(A, B), [r[2:] for r in rows], target)
+    mask = (table["a"].isin(singles) & table["b"].isin(singles)).to_numpy()
+    a_rows, b_rows = (delta[[pos[x] for x in table.loc[mask, c]]] for c in ("a", "b"))
+    pred = st.predict(np.column_stack([model_log[m][mask] for m in METRICS]), single_features(a_rows, b_rows),
+                      list(zip(table.loc[mask, "a"], table.loc[mask, "b"])))
+    check = {}
+    for t, m in enumerate(METRICS):
+        value = np.full(len(table), np.nan)
+        value[mask] = np.where(np.isfinite(pred[:, t]), np.exp(pred[:, t]), np.nan)
+        hw = st.half_width(t, level)
+        table[f"{m}_stacked"] = value
+        table[f"{m}_stacked_lo"], table[f"{m}_stacked_hi"] = value * np.exp(-hw), value * np.exp(hw)
+        check[m] = {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
+                    "stacked": float(spearmanr(st.loo_predictions()[:, t], target[:, t])[0])}
+    table["test_next_stacked"] = table["normalised_residual_stacked"] + kappa * table["normalised_residual_spread"].fillna(0.0)
+    return {"stacked_doubles": len(rows), "stacked_check": check, "stacked_level": level}
+
+
+#: what a ranking reads: the model's own metrics, or their stacked estimate (when the screen made one)
+ESTIMATES = ("model", "stacked")
+
+
+def has_stacked(table: pd.DataFrame) -> bool:
+    """Whether the screen made a stacked estimate (a cross-fitted ensemble with enough measured
+    calibration doubles)."""
+    return "normalised_residual_stacked" in table and bool(table["normalised_residual_stacked"].notna().any())
+
+
+def rank_pairs(table: pd.DataFrame, score: str = "test_next", estimate: str = "model") -> pd.DataFrame:
+    """``table`` sorted by a :data:`SCORES` score, with its ``rank`` (1 = first to look at).
+    ``estimate="stacked"`` ranks by the stacked metrics (``magnitude_stacked``, ...; pairs without
+    one last) and ``"auto"`` does so when the table has them (:func:`has_stacked`); the
+    ``uncertain`` score reads the spread either way."""
     if score not in SCORES:
         raise DataError(f"Unknown score {score!r}; choose one of {', '.join(SCORES)}.")
+    if estimate == "auto":
+        estimate = "stacked" if has_stacked(table) else "model"
+    if estimate not in ESTIMATES:
+        raise DataError(f"Unknown estimate {estimate!r}; choose one of auto, {', '.join(ESTIMATES)}.")
     col, desc = SCORES[score]
+    if estimate == "stacked" and score != "uncertain":
+        if not has_stacked(table):
+            raise DataError("This screen has no stacked estimate: it needs a cross-fitted ensemble "
+                            "(pdae train --ensemble 5 --cross-fit) whose calibration doubles are measured in the data"
+                            + (f" ({table.attrs['stacked_note']})" if "stacked_note" in table.attrs else "") + ".")
+        col = f"{col}_stacked"
     out = table.drop(columns="rank", errors="ignore").sort_values(col, ascending=not desc, kind="mergesort", na_position="last").reset_index(drop=True)
     out.insert(0, "rank", np.arange(1, len(out) + 1))
-    out.attrs.update(table.attrs, score=score)
+    out.attrs.update(table.attrs, score=score, estimate=estimate)
     return out
 
 

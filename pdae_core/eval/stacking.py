@@ -33,13 +33,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "MetricStacker", "log_metric", "part_indicators", "ridge_loo",
+__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "MetricStacker", "log_metric", "part_indicators", "ridge_loo",
            "single_features"]
 
 #: the features of a double's two singles (:func:`single_features`), in column order
 FEATURES = ("log_min_norm", "log_max_norm", "norm_ratio", "cosine", "log_sum_norm")
 #: ridge penalties tried (each of the two, on standardised columns)
 DEFAULT_ALPHAS = tuple(10.0 ** np.arange(-2, 3.5, 0.5))
+#: the interaction metrics stacked (and given intervals by a calibration)
+METRICS = ("magnitude", "normalised_residual")
+#: the pair screen stacks only with at least this many calibration doubles (measured, with measured singles)
+MIN_DOUBLES = 20
 #: metrics are floored here before the log (a metric of 0 is an exactly additive or null double)
 FLOOR = 1e-6
 _TINY = 1e-12
