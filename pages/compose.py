@@ -171,12 +171,18 @@ def interaction_box(a: str, b: str) -> None:
             "used in training" if res.in_training else "not used by the model")
         observed = (f"| **observed** ({where}) | {obs['magnitude']:.2f} | {obs['normalised_residual']:.2f} |"
                     if obs is not None else f"| **observed** | not measured in {ds.label} | |")
+        sk = res.stacked
+        corrected = ("" if sk is None else "| **corrected** by measured pairs (likely range) | "
+                     + " | ".join(f"{sk[k]:.2f} ({sk[k + '_lo']:.2f} to {sk[k + '_hi']:.2f})"
+                                  for k in ("magnitude", "normalised_residual")) + " |\n")
         st.markdown(
             "| | magnitude | non-additivity |\n|---|---|---|\n"
-            f"| **predicted** | {pm('magnitude')} | {pm('normalised_residual')} |\n{observed}",
+            f"| **predicted** | {pm('magnitude')} | {pm('normalised_residual')} |\n{corrected}{observed}",
             help="Magnitude: √(c1² + c2²) of the fit c1·A + c2·B; above 1 synergy, below 1 buffering (Norman et al. "
             "2019); a pair exactly the sum of its parts has √2 ≈ 1.41. Non-additivity: ‖AB − A − B‖ / ‖A + B‖, "
-            "0 = exactly the sum of its parts.",
+            "0 = exactly the sum of its parts."
+            + (f" Corrected: the prediction adjusted by what {int(sk['doubles'])} measured training pairs teach "
+               "(see the Interactions page); range: 80% likely." if sk is not None else ""),
         )
         if obs is not None:
             st.markdown(f"Observed in {ds.label}: {res.observed_description}")

@@ -10,7 +10,7 @@ import streamlit as st
 from pages import common
 from pdae_core import explore
 from pdae_core.errors import PDAEError
-from pdae_core.eval.pair_screen import SCORES, screen_singles
+from pdae_core.eval.pair_screen import SCORES, has_stacked, screen_singles
 from pdae_core.plot import interactions as fi
 
 common.init_state()
@@ -31,7 +31,7 @@ ds = common.require_dataset()
 model_key, model = common.require_model(ds)
 reg = model.registry
 
-KEYS = ("ia_score", "ia_pair", "ia_spread", "ia_scatter", *common.PAIR_DEFAULTS)
+KEYS = ("ia_score", "ia_pair", "ia_spread", "ia_scatter", "ia_estimate", *common.PAIR_DEFAULTS)
 common.restore_widgets(*KEYS)
 for k, v in common.PAIR_DEFAULTS.items():
     ss.setdefault(k, v)
@@ -100,7 +100,24 @@ try:
 except PDAEError as e:
     st.error(str(e))
     st.stop()
-ranked = explore.pair_ranking(screen, score)
+estimate = "model"
+if has_stacked(screen):  # a cross-fitted ensemble whose training pairs are measured here: the corrected estimate
+    chk, n_cal = screen.attrs["stacked_check"], screen.attrs["stacked_doubles"]
+    ss.setdefault("ia_estimate", "stacked")
+    estimate = st.radio(
+        "Estimate", ["stacked", "model"], key="ia_estimate", horizontal=True, format_func=fi.ESTIMATE_LABELS.get,
+        on_change=_new_score,
+        help="Corrected: the model's predicted interaction, adjusted by what the measured training pairs teach "
+        "(how the model's predictions relate to the observed ones, how strong each single is, and how each "
+        "perturbation tends to combine). Details below the table.")
+    st.caption(
+        f":material/tune: **Corrected by {n_cal} measured training pairs.** On those pairs, each predicted without "
+        f"itself, the corrected non-additivity ranks the observed one with Spearman ρ "
+        f"{chk['normalised_residual']['stacked']:.2f}, the model alone {chk['normalised_residual']['model']:.2f} "
+        f"(magnitude: {chk['magnitude']['stacked']:.2f} vs {chk['magnitude']['model']:.2f}).")
+elif "stacked_note" in screen.attrs:
+    st.caption(f":material/info: No corrected estimate: {screen.attrs['stacked_note'].removeprefix('no stacked estimate: ')}.")
+ranked = explore.pair_ranking(screen, score, estimate)
 measured = ranked[ranked["measured"]]
 m = st.columns(4)
 m[0].metric("Pairs", f"{len(ranked):,}")
@@ -111,18 +128,20 @@ m[3].metric("Networks", model.n_members, help="Members of the ensemble (1: a sin
 compare = measured[measured["observed_magnitude"].notna()]
 left, right = st.columns([2, 1], gap="large") if len(compare) else (st.container(), None)
 with left:
-    st.plotly_chart(fi.pair_heatmap(ranked, score, show_spread=show_spread), width="stretch",
+    st.plotly_chart(fi.pair_heatmap(ranked, score, show_spread=show_spread, estimate=estimate), width="stretch",
                     config=common.PLOT_CONFIG, theme=None, key="ia_heatmap")
 if right is not None:
     with right:
         ss.setdefault("ia_scatter", "magnitude")
         metric = st.radio("Compare", ["magnitude", "normalised_residual"], key="ia_scatter", horizontal=True,
                           format_func=fi.METRIC_NAMES.get)
-        st.plotly_chart(fi.observed_scatter(compare, metric), width="stretch", config=common.PLOT_CONFIG,
+        st.plotly_chart(fi.observed_scatter(compare, metric, estimate=estimate), width="stretch", config=common.PLOT_CONFIG,
                         theme=None, key="ia_scatter_plot")
         held = int(compare["held_out"].sum())
         st.caption(f"The {len(compare)} measured pair(s) with cells of both parts; {held} held out from training "
-                   "(true tests). Error bars: spread across networks.")
+                   "(true tests). Error bars: " + ("likely range of the corrected estimate; pairs used in training "
+                                                  "also taught the correction, so only held-out ones are a fair test."
+                                                  if estimate == "stacked" else "spread across networks."))
 
 st.subheader(f"Ranked pairs: {fi.SCORE_LABELS[score].lower()}")
 cols = ["rank", "pair", "call", "magnitude", "magnitude_spread", "normalised_residual", "normalised_residual_spread",
@@ -131,6 +150,10 @@ if not ensemble:  # no spread; the test-next score is the non-additivity
     cols = [c for c in cols if not c.endswith("_spread") and c != "test_next"]
 if "residual_range" in ranked:  # a cross-fitted ensemble: calibrated intervals
     cols.insert(cols.index("normalised_residual") + 1, "residual_range")
+if estimate == "stacked":  # the corrected estimate first; the model's own metrics after it
+    cols[cols.index("magnitude"): cols.index("magnitude")] = ["magnitude_stacked", "normalised_residual_stacked",
+                                                              "stacked_range"]
+    cols = [c for c in cols if c not in ("test_next", "residual_range", "magnitude_spread")]
 if not len(measured):
     cols = [c for c in cols if not c.startswith("observed_")]
 view = ranked[cols].copy()
@@ -148,7 +171,8 @@ def _pick_row() -> None:
 
 
 number = {fi.PAIR_TABLE_LABELS[c]: st.column_config.NumberColumn(format="%.2f") for c in cols
-          if c not in ("rank", "pair", "call", "status", "observed_magnitude", "observed_normalised_residual")}
+          if c not in ("rank", "pair", "call", "status", "observed_magnitude", "observed_normalised_residual",
+                       "residual_range", "stacked_range")}
 st.dataframe(view, hide_index=True, width="stretch", height=360, key=f"ia_table_{score}", on_select=_pick_row,
              selection_mode="single-row", column_config={**number,
                  "Measured?": st.column_config.TextColumn(help="held out: measured, never seen in training (a true "
@@ -157,7 +181,11 @@ st.dataframe(view, hide_index=True, width="stretch", height=360, key=f"ia_table_
                  "Non-additivity, likely range": st.column_config.TextColumn(
                      help=f"Where the true non-additivity should lie {screen.attrs.get('interval_level', 0.8):.0%} "
                      "of the time: calibrated on training pairs that each network did not see (cross-fitted "
-                     "ensemble).")})
+                     "ensemble)."),
+                 "Corrected non-additivity, likely range": st.column_config.TextColumn(
+                     help=f"Where the true non-additivity should lie {screen.attrs.get('stacked_level', 0.8):.0%} of "
+                     "the time, from the corrected estimate's errors on the measured training pairs, each left out "
+                     "in turn.")})
 
 pairs = ss["ia_order"]
 if ss.get("ia_pair") not in pairs:
@@ -196,6 +224,13 @@ with st.expander("Settings and technical details"):
         + (f"- **Likely ranges**: split-conformal intervals at {a['interval_level']:.0%}, calibrated on "
            f"{a['calibration_doubles']} measured training pairs, each left out of one network (cross-fitted "
            "ensemble; `pdae train --ensemble 5 --cross-fit`).\n" if "interval_level" in a else "")
+        + (f"- **Corrected estimate** (stacking): for each measured training pair, the network that did not "
+           "train on it predicted its magnitude and non-additivity; a ridge regression learns the observed log "
+           "metric from those predictions, from the sizes and the angle of the two singles' measured changes and "
+           "from which perturbations the pair holds (how each tends to combine). It is applied to every pair whose "
+           f"singles are measured; {a['stacked_doubles']} training pairs taught it (`pdae_core.eval.stacking`). "
+           "On the Norman 2019 pseudobulk design it ranks held-out pairs better than the model alone "
+           "(benchmarks/results/screen_stacking.md).\n" if "stacked_doubles" in a else "")
         + "- **Method**: each network predicts the mean change from control of A, B and A+B; the weights c1, c2 are "
         "fitted by least squares without intercept on those mean changes (the paper used Theil-Sen; least "
         "squares keeps thousands of pairs to seconds). Compose adds the model fit (distance correlation) of the "

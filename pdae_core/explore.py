@@ -571,16 +571,18 @@ def pair_status(measured: bool, held_out: bool, in_training: bool) -> str:
     return "held out" if held_out else "in training" if in_training else "measured" if measured else "no"
 
 
-def pair_ranking(table: pd.DataFrame, score: str = "test_next") -> pd.DataFrame:
-    """A :func:`~pdae_core.eval.pair_screen.screen_pairs` table ranked by ``score``, with each
-    pair's interaction in a few words (``call``, :func:`~pdae_core.eval.pair_screen.pair_call`)
-    and whether it was measured (``status``, :func:`pair_status`)."""
-    out = rank_pairs(table, score)
+def pair_ranking(table: pd.DataFrame, score: str = "test_next", estimate: str = "model") -> pd.DataFrame:
+    """A :func:`~pdae_core.eval.pair_screen.screen_pairs` table ranked by ``score`` (on ``estimate``,
+    :func:`~pdae_core.eval.pair_screen.rank_pairs`), with each pair's interaction in a few words
+    (``call``, :func:`~pdae_core.eval.pair_screen.pair_call`), whether it was measured (``status``,
+    :func:`pair_status`) and the likely ranges in words (``residual_range``, ``stacked_range``)."""
+    out = rank_pairs(table, score, estimate)
     out["call"] = [pair_call(r.c1, r.c2, r.magnitude, r.dominance, (r.a, r.b)) for r in out.itertuples()]
     out["status"] = [pair_status(*v) for v in zip(out["measured"], out["held_out"], out["in_training"])]
-    if "normalised_residual_lo" in out:  # a cross-fitted ensemble: the calibrated interval, in words
-        out["residual_range"] = [f"{lo:.2f} to {hi:.2f}" if np.isfinite(hi) else "too few doubles to say"
-                                 for lo, hi in zip(out["normalised_residual_lo"], out["normalised_residual_hi"])]
+    for col, pre in (("residual_range", "normalised_residual"), ("stacked_range", "normalised_residual_stacked")):
+        if f"{pre}_lo" in out:  # a cross-fitted ensemble: the calibrated (or jackknife) interval, in words
+            out[col] = [f"{lo:.2f} to {hi:.2f}" if np.isfinite(hi) else "too few doubles to say" if np.isfinite(lo)
+                        else "" for lo, hi in zip(out[f"{pre}_lo"], out[f"{pre}_hi"])]
     return out
 
 

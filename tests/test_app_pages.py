@@ -609,3 +609,43 @@ def test_the_app_freezes_its_imports_once_so_full_collections_stay_short():
     assert gc.get_freeze_count() <= frozen  # once per process (frozen objects freed since leave the count)
     gc.collect()
     assert len(gc.get_objects()) < frozen  # what a full collection still walks: much less than before
+
+
+def test_interactions_page_with_the_corrected_estimate(tmp_path):
+    """A cross-fitted ensemble whose training pairs are measured in the loaded data: the page offers
+    the corrected (stacked) estimate by default, says how it fared on the training pairs, ranks and
+    colours by it, and switches back to the model alone."""
+    from test_stacking import stacked_profile_model
+
+    model, profiles = stacked_profile_model()
+    profiles.write_h5ad(tmp_path / "profiles.h5ad")
+    model.save(tmp_path / "ens")
+    at = start()
+    load_path(at, tmp_path / "profiles.h5ad")
+    ok(at.switch_page("pages/model.py").run())
+    at.text_input(key="model_path").input(str(tmp_path / "ens"))
+    ok(at.button(key="model_load_path").click().run())
+    ok(at.switch_page("pages/interactions.py").run())
+    assert at.radio(key="ia_estimate").value == "stacked"
+    assert re.search(r"Corrected by \d+ measured training pairs.*Spearman ρ -?\d\.\d\d", joined(at.caption))
+    ok(at.selectbox(key="ia_score").set_value("least_additive").run())
+    table = _pairs_table(at)
+    assert {"Non-additivity, corrected", "Corrected non-additivity, likely range", "Non-additivity"} <= set(table.columns)
+    assert table["Non-additivity, corrected"].is_monotonic_decreasing
+    heat = _spec(at.get("plotly_chart")[0])
+    assert "non-additivity, corrected" in json_text(heat)
+    top = table["Pair"].iloc[0]
+    ok(at.radio(key="ia_estimate").set_value("model").run())
+    table = _pairs_table(at)
+    assert "Non-additivity, corrected" not in table.columns and table["Non-additivity"].is_monotonic_decreasing
+    # Compose shows the pair's corrected estimate beside the model's prediction
+    ok(at.selectbox(key="ia_pair").set_value(top).run())
+    ok(at.button(key="ia_open").click().run())
+    assert re.search(r"\| \*\*corrected\*\* by measured pairs \(likely range\) \| \d+\.\d\d \(\d+\.\d\d to \d+\.\d\d\)",
+                     joined(at.markdown))
+
+
+def json_text(spec: dict) -> str:
+    import json
+
+    return json.dumps(spec)

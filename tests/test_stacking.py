@@ -82,13 +82,13 @@ def test_stacker_recovers_a_rule_of_model_metric_and_parts_and_its_intervals():
 # in the pair screen: a cross-fitted profile ensemble's calibration record stacked with the data
 
 
-@pytest.fixture(scope="module")
-def screened():
+def stacked_profile_model():
+    """A cross-fitted profile ensemble (3 networks) on synthetic per-condition profiles with 30 doubles
+    (4 held out): enough calibration doubles for the stacked estimate. Returns (model, profiles)."""
     import anndata as ad
     import pandas as pd
 
     from pdae_core.data.synthetic import make_synthetic
-    from pdae_core.eval.pair_screen import screen_pairs
     from pdae_core.models.pdae_profile import PDAEProfileModel
 
     cells, _ = make_synthetic(n_perturbations=9, latent_dim=3, n_genes=30, hidden=16, n_doubles=30,
@@ -101,6 +101,14 @@ def screened():
     model = PDAEProfileModel.from_anndata(data, control_label="control", seed=0, n_members=3, cross_fit=True,
                                           latent_dim=4, hidden_dims=(16,))
     model.fit(data, holdout=doubles[:4], max_epochs=40, accelerator="cpu")
+    return model, data
+
+
+@pytest.fixture(scope="module")
+def screened():
+    from pdae_core.eval.pair_screen import screen_pairs
+
+    model, data = stacked_profile_model()
     return model, data, screen_pairs(model, data, level=0.8)
 
 
@@ -195,3 +203,20 @@ def test_cli_ranks_by_the_stacked_estimate_and_says_how_it_fared(screened, tmp_p
     assert cli_main(base + ["--score", "least_additive", "--estimate", "model", "--top", "0"]) == 0
     assert "on the model's own metrics" in capsys.readouterr().out
     assert pd.read_csv(out)["normalised_residual"].is_monotonic_decreasing
+
+
+def test_one_pair_gets_the_same_stacked_estimate_as_its_row_of_the_screen(screened):
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    model, data, tab = screened
+    for row in (tab[~tab["measured"]].iloc[0], tab[tab["held_out"]].iloc[0]):
+        one = pair_interaction(model, data, row.a, row.b)
+        assert one.stacked is not None and one.stacked["doubles"] == tab.attrs["stacked_doubles"]
+        for m in ("magnitude", "normalised_residual"):
+            assert one.stacked[m] == pytest.approx(row[f"{m}_stacked"], rel=1e-6)
+            assert one.stacked[f"{m}_hi"] == pytest.approx(row[f"{m}_stacked_hi"], rel=1e-6)
+    oof, model.calibration.out_of_fold = model.calibration.out_of_fold, None
+    try:
+        assert pair_interaction(model, data, row.a, row.b).stacked is None
+    finally:
+        model.calibration.out_of_fold = oof

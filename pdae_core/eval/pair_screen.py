@@ -255,57 +255,92 @@ def screen_pairs(
     return rank_pairs(table, "test_next")
 
 
-def _add_stacked(table: pd.DataFrame, model: Any, adata: ad.AnnData, gidx: np.ndarray, model_log: dict[str, np.ndarray],
-                 level: float, kappa: float, min_cells: int) -> dict[str, Any]:
-    """Add the stacked estimate of each metric (:mod:`pdae_core.eval.stacking`) to ``table``:
-    ``magnitude_stacked`` (with ``_lo`` / ``_hi``, jackknife intervals at ``level``),
-    ``normalised_residual_stacked`` (same) and ``test_next_stacked``, for the pairs whose two singles
-    are measured in ``adata``. The stacker is fitted on the calibration doubles measured in ``adata``
-    (out-of-fold predicted metrics of the checkpoint's calibration record, observed metrics and
-    singles from ``adata`` on the screen's genes). Returns the table's attrs: ``stacked_doubles``
-    and ``stacked_check`` (per metric, the Spearman correlation over the calibration doubles of the
-    observed metric with the model's out-of-fold metric and with the stacker's leave-one-out
-    prediction), or ``stacked_note`` saying why there is no stacked estimate."""
+@dataclass
+class _Stack:
+    """A stacker fitted for a screen (:func:`_fit_stacker`): the observed change of each measured
+    single on the screen's genes, how many calibration doubles taught it, and its check."""
+
+    stacker: Any
+    singles: dict[str, np.ndarray]
+    n: int
+    check: dict[str, dict[str, float]]
+
+    def predict(self, model_log: np.ndarray, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """Stacked metrics (not logs), (pairs, metrics); NaN where a single is not measured."""
+        from .stacking import single_features
+
+        out = np.full((len(a), len(METRICS)), np.nan)
+        ok = np.array([x in self.singles and y in self.singles for x, y in zip(a, b)], dtype=bool)
+        if ok.any():
+            A, B = (np.stack([self.singles[x] for x, k in zip(v, ok) if k]) for v in (a, b))
+            pairs = [(x, y) for x, y, k in zip(a, b, ok) if k]
+            log = self.stacker.predict(np.asarray(model_log, dtype=np.float64)[ok], single_features(A, B), pairs)
+            out[ok] = np.where(np.isfinite(log), np.exp(log), np.nan)
+        return out
+
+    def half_width(self, metric: str, level: float) -> float:
+        """The jackknife half-width of ``metric`` on the log scale: the interval is value x exp(-+ it)."""
+        return self.stacker.half_width(METRICS.index(metric), level)
+
+
+def _fit_stacker(model: Any, adata: ad.AnnData, gidx: np.ndarray, singles: Sequence[str],
+                 min_cells: int) -> _Stack | str:
+    """Fit the stacker (:mod:`pdae_core.eval.stacking`) of a cross-fitted ensemble on its calibration
+    doubles measured in ``adata`` (at least ``min_cells`` cells for the double and each single): the
+    out-of-fold predicted metrics of its calibration record, observed metrics and singles from
+    ``adata`` on the genes ``gidx``. A string says why there is none."""
     from scipy.stats import spearmanr
 
     from .interactions import mean_changes
     from .stacking import MIN_DOUBLES, MetricStacker, single_features
 
-    reg, cal = model.registry, model.calibration
+    reg, cal = model.registry, getattr(model, "calibration", None)
+    if cal is None or cal.out_of_fold is None:
+        return ("the model is not a cross-fitted ensemble" if cal is None else
+                "the checkpoint's calibration predates the out-of-fold metrics the correction needs (retrain it)")
     counts = pd.Series(condition_column(adata, reg.perturbation_key)).value_counts()
     ok = {c for c in counts.index if counts[c] >= min_cells}
     oof = np.column_stack([log_metric(cal.out_of_fold[m]) for m in METRICS])
     rows = [(i, d, *reg.parse(d)) for i, d in enumerate(cal.doubles)]
     rows = [r for r in rows if len(r) == 4 and all(c in ok for c in r[1:]) and np.isfinite(oof[r[0]]).all()]
-    singles = sorted((set(table["a"]) | set(table["b"])) & ok)
-    need = sorted(set(singles) | {c for r in rows for c in r[1:]})
+    measured = sorted(set(singles) & ok)
     if len(rows) >= MIN_DOUBLES:
-        delta = mean_changes(adata, reg, need).to_numpy(np.float64)[:, gidx]
-        pos = {c: j for j, c in enumerate(need)}
-        A, B, AB = (delta[[pos[r[k]] for r in rows]] for k in (2, 3, 1))
+        need = sorted(set(measured) | {c for r in rows for c in r[1:]})
+        delta = dict(zip(need, mean_changes(adata, reg, need).to_numpy(np.float64)[:, gidx]))
+        A, B, AB = (np.stack([delta[r[k]] for r in rows]) for k in (2, 3, 1))
         obs = pair_metrics(A, B, AB)
         target = np.column_stack([log_metric(obs[m]) for m in METRICS])
         keep = np.isfinite(target).all(1)
         rows, A, B, target = [r for r, k in zip(rows, keep) if k], A[keep], B[keep], target[keep]
     if len(rows) < MIN_DOUBLES:
-        return {"stacked_note": f"no stacked estimate: {len(rows)} calibration doubles are measured in the data with "
-                f"both singles (at least {MIN_DOUBLES} are needed)"}
+        return (f"{len(rows)} calibration doubles are measured in the data with both singles (at least "
+                f"{MIN_DOUBLES} are needed)")
     st = MetricStacker().fit(oof[[r[0] for r in rows]], single_features(A, B), [r[2:] for r in rows], target)
-    mask = (table["a"].isin(singles) & table["b"].isin(singles)).to_numpy()
-    a_rows, b_rows = (delta[[pos[x] for x in table.loc[mask, c]]] for c in ("a", "b"))
-    pred = st.predict(np.column_stack([model_log[m][mask] for m in METRICS]), single_features(a_rows, b_rows),
-                      list(zip(table.loc[mask, "a"], table.loc[mask, "b"])))
-    check = {}
+    loo = st.loo_predictions()
+    check = {m: {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
+                 "stacked": float(spearmanr(loo[:, t], target[:, t])[0])} for t, m in enumerate(METRICS)}
+    return _Stack(st, {s: delta[s] for s in measured}, len(rows), check)
+
+
+def _add_stacked(table: pd.DataFrame, model: Any, adata: ad.AnnData, gidx: np.ndarray, model_log: dict[str, np.ndarray],
+                 level: float, kappa: float, min_cells: int) -> dict[str, Any]:
+    """Add the stacked estimate of each metric (:func:`_fit_stacker`) to ``table``:
+    ``magnitude_stacked`` (with ``_lo`` / ``_hi``, jackknife intervals at ``level``),
+    ``normalised_residual_stacked`` (same) and ``test_next_stacked``, for the pairs whose two singles
+    are measured in ``adata``. Returns the table's attrs: ``stacked_doubles`` and ``stacked_check``
+    (per metric, the Spearman correlation over the calibration doubles of the observed metric with
+    the model's out-of-fold metric and with the stacker's leave-one-out prediction), or
+    ``stacked_note`` saying why there is no stacked estimate."""
+    stack = _fit_stacker(model, adata, gidx, sorted(set(table["a"]) | set(table["b"])), min_cells)
+    if isinstance(stack, str):
+        return {"stacked_note": f"no stacked estimate: {stack}"}
+    pred = stack.predict(np.column_stack([model_log[m] for m in METRICS]), table["a"].tolist(), table["b"].tolist())
     for t, m in enumerate(METRICS):
-        value = np.full(len(table), np.nan)
-        value[mask] = np.where(np.isfinite(pred[:, t]), np.exp(pred[:, t]), np.nan)
-        hw = st.half_width(t, level)
-        table[f"{m}_stacked"] = value
-        table[f"{m}_stacked_lo"], table[f"{m}_stacked_hi"] = value * np.exp(-hw), value * np.exp(hw)
-        check[m] = {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
-                    "stacked": float(spearmanr(st.loo_predictions()[:, t], target[:, t])[0])}
+        hw = stack.half_width(m, level)
+        table[f"{m}_stacked"] = pred[:, t]
+        table[f"{m}_stacked_lo"], table[f"{m}_stacked_hi"] = pred[:, t] * np.exp(-hw), pred[:, t] * np.exp(hw)
     table["test_next_stacked"] = table["normalised_residual_stacked"] + kappa * table["normalised_residual_spread"].fillna(0.0)
-    return {"stacked_doubles": len(rows), "stacked_check": check, "stacked_level": level}
+    return {"stacked_doubles": stack.n, "stacked_check": stack.check, "stacked_level": level}
 
 
 #: what a ranking reads: the model's own metrics, or their stacked estimate (when the screen made one)
@@ -376,7 +411,9 @@ class PairInteraction:
     standard deviation across members (NaN for a single network); ``members``: one row per
     member. ``observed``: the same metrics from the cells of the pair and its singles (None when
     the pair or a single has fewer than ``min_cells`` cells). ``member_calls``: each member's
-    :func:`pair_call`."""
+    :func:`pair_call`. ``stacked``: the screen's stacked estimate of the pair (``magnitude``,
+    ``normalised_residual``, each with ``_lo`` / ``_hi`` at ``level``, and ``doubles``, how many
+    calibration doubles taught it), None when the screen would have none for it."""
 
     pair: str
     a: str
@@ -394,6 +431,7 @@ class PairInteraction:
     n_genes: int
     genes: str
     n_source_cells: int
+    stacked: dict[str, float] | None = None
 
     @property
     def n_members(self) -> int:
@@ -462,6 +500,7 @@ def pair_interaction(
     genes: str | Sequence[str] = "expressed",
     seed: int = 0,
     min_cells: int | None = None,
+    level: float = 0.8,
 ) -> PairInteraction:
     """The predicted interaction of ``a + b`` in full (:class:`PairInteraction`): the same control
     cells, gene set and seeds as :func:`screen_pairs` with the same arguments, so magnitude, weights
@@ -494,11 +533,21 @@ def pair_interaction(
         delta = mean_changes(adata, reg, [a, b, double]).to_numpy()[:, gidx]
         observed = interaction_metrics(delta[0], delta[1], delta[2], method="lstsq")
         obs_text = describe_interaction(observed, (a, b))
+    stacked = None
+    if getattr(getattr(model, "calibration", None), "out_of_fold", None) is not None:
+        stack = _fit_stacker(model, adata, gidx, [a, b], _min_cells(model, min_cells))
+        if not isinstance(stack, str):
+            v = stack.predict(np.array([[log_metric(members[m].to_numpy()).mean() for m in METRICS]]), [a], [b])[0]
+            if np.isfinite(v).all():
+                stacked = {"doubles": float(stack.n)}
+                for m, x in zip(METRICS, v):
+                    hw = stack.half_width(m, level)
+                    stacked.update({m: float(x), f"{m}_lo": float(x * np.exp(-hw)), f"{m}_hi": float(x * np.exp(hw))})
     return PairInteraction(
         pair=names[0], a=a, b=b, predicted=predicted, spread=spread, members=members,
         description=describe_interaction(predicted, (a, b), predicted=True), member_calls=calls,
         observed=observed, observed_description=obs_text, measured=double is not None,
         held_out=any(n in set(model.holdout) for n in names),
         in_training=any(n in set(model.train_conditions) for n in names),
-        n_genes=int(len(gidx)), genes=gene_set, n_source_cells=int(source.n_obs),
+        n_genes=int(len(gidx)), genes=gene_set, n_source_cells=int(source.n_obs), stacked=stacked,
     )

@@ -24,6 +24,7 @@ from .style import CONDITION_KIND_COLORS, CONTROL, DIVERGING, KIND_COLORS, OBSER
 
 __all__ = [
     "METRIC_NAMES",
+    "ESTIMATE_LABELS",
     "PAIR_TABLE_LABELS",
     "SCORE_LABELS",
     "SCORE_VIEWS",
@@ -58,6 +59,14 @@ METRIC_NAMES: dict[str, str] = {
     "effect": "effect size",
     "magnitude_spread": "spread of magnitude",
     "normalised_residual_spread": "spread of non-additivity",
+    "magnitude_stacked": "magnitude, corrected",
+    "normalised_residual_stacked": "non-additivity, corrected",
+    "test_next_stacked": "test-next score, corrected",
+}
+#: The estimates a ranking can read (:data:`pdae_core.eval.pair_screen.ESTIMATES`), in words.
+ESTIMATE_LABELS: dict[str, str] = {
+    "model": "The model alone",
+    "stacked": "The model corrected by the measured pairs",
 }
 #: Column headers of the ranked pair table (:func:`pdae_core.explore.pair_ranking`).
 PAIR_TABLE_LABELS: dict[str, str] = {
@@ -69,6 +78,10 @@ PAIR_TABLE_LABELS: dict[str, str] = {
     "normalised_residual": "Non-additivity",
     "normalised_residual_spread": "± non-additivity",
     "residual_range": "Non-additivity, likely range",
+    "magnitude_stacked": "Magnitude, corrected",
+    "normalised_residual_stacked": "Non-additivity, corrected",
+    "stacked_range": "Corrected non-additivity, likely range",
+    "test_next_stacked": "Test-next score, corrected",
     "test_next": "Test-next score",
     "dominance": "Dominance",
     "effect": "Effect size",
@@ -194,8 +207,10 @@ def pair_heatmap(
     show_spread: bool = True,
     order: Sequence[str] | None = None,
     title: str | None = None,
+    estimate: str = "model",
 ) -> go.Figure:
-    """Heatmap of a ranking ``score`` (:data:`SCORE_VIEWS`) over every pair of singles: a
+    """Heatmap of a ranking ``score`` (:data:`SCORE_VIEWS`; with ``estimate="stacked"`` its stacked
+    column, ``magnitude_stacked`` ..., except the spread of *Most uncertain*) over every pair of singles: a
     symmetric singles x singles matrix, blank on the diagonal and where the value is not
     defined. Magnitude uses the diverging scale centred at 1 (blue buffering, red synergy);
     the other scores a sequential one. Measured pairs are marked on both of their cells
@@ -206,6 +221,8 @@ def pair_heatmap(
     if score not in SCORE_VIEWS:
         raise ValueError(f"Unknown score {score!r}; choose one of {', '.join(SCORE_VIEWS)}.")
     column, spread_col = SCORE_VIEWS[score]
+    if estimate == "stacked" and spread_col is not None:
+        column = f"{column}_stacked"
     names, M = pair_matrix(table, column, order)
     status = _status(table)
     hover = _hover_matrix(table, names, column, status)
@@ -219,7 +236,7 @@ def pair_heatmap(
         fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.16, subplot_titles=(label, right))
     else:
         fig = go.Figure()
-    scale = {"colorscale": DIVERGING, "zmid": 1.0} if column == "magnitude" else {"colorscale": SEQUENTIAL}
+    scale = {"colorscale": DIVERGING, "zmid": 1.0} if column.startswith("magnitude") else {"colorscale": SEQUENTIAL}
     cb = {"title": {"text": label, "side": "right"}, "len": 0.85, "thickness": 14}
     if has_spread:
         cb |= {"x": 0.43, "xanchor": "left"}
@@ -262,17 +279,21 @@ def pair_heatmap(
     return fig
 
 
-def observed_scatter(table: pd.DataFrame, metric: str = "magnitude", title: str | None = None) -> go.Figure:
-    """Predicted (y, with its spread across networks as error bars when there is one) against
+def observed_scatter(table: pd.DataFrame, metric: str = "magnitude", title: str | None = None,
+                     estimate: str = "model") -> go.Figure:
+    """Predicted (y, with its spread across networks as error bars when there is one; with
+    ``estimate="stacked"`` the stacked estimate ``{metric}_stacked`` with its likely range) against
     observed (x) ``metric`` ("magnitude" or "normalised_residual") for the measured pairs with
     both values defined, one colour per :data:`STATUS_MARKS` status, the line y = x for
     reference and, from three pairs on, the Spearman correlation in the title. With no such pair
     the figure says so."""
     if metric not in ("magnitude", "normalised_residual"):
         raise ValueError(f"metric must be 'magnitude' or 'normalised_residual', got {metric!r}.")
-    _need(table, "pair", metric, f"observed_{metric}")
+    stacked = estimate == "stacked"
+    column = f"{metric}_stacked" if stacked else metric
+    _need(table, "pair", column, f"observed_{metric}")
     status = _status(table)
-    pred = pd.to_numeric(table[metric], errors="coerce")
+    pred = pd.to_numeric(table[column], errors="coerce")
     obs = pd.to_numeric(table[f"observed_{metric}"], errors="coerce")
     keep = np.isfinite(pred) & np.isfinite(obs)
     name = METRIC_NAMES[metric]
@@ -296,13 +317,17 @@ def observed_scatter(table: pd.DataFrame, metric: str = "magnitude", title: str 
         if not sel.any():
             continue
         sub = table[sel]
-        err = None if spread is None else pd.to_numeric(spread[sel], errors="coerce").to_numpy()
+        err = minus = None if spread is None else pd.to_numeric(spread[sel], errors="coerce").to_numpy()
+        if stacked and f"{column}_hi" in table.columns:  # the jackknife likely range (asymmetric)
+            err = pd.to_numeric(table.loc[sel, f"{column}_hi"], errors="coerce").to_numpy() - pred[sel].to_numpy()
+            minus = pred[sel].to_numpy() - pd.to_numeric(table.loc[sel, f"{column}_lo"], errors="coerce").to_numpy()
         show_err = err is not None and bool(np.isfinite(err).any())
         fig.add_trace(go.Scatter(
             x=obs[sel], y=pred[sel], mode="markers+text" if n <= 15 else "markers", name=label,
             text=list(sub["pair"]), textposition="top center", textfont={"size": 10}, cliponaxis=False,
             marker={"symbol": symbol.replace("-open", ""), "color": color, "size": 10},
-            error_y={"type": "data", "array": np.nan_to_num(err), "visible": True} if show_err else None,
+            error_y={"type": "data", "array": np.nan_to_num(err), "arrayminus": np.nan_to_num(minus), "visible": True}
+            if show_err else None,
             hovertemplate=f"%{{text}}<br>observed {name} %{{x:.2f}}<br>predicted {name} %{{y:.2f}}<extra></extra>",
         ))
     rho = ""
@@ -312,7 +337,8 @@ def observed_scatter(table: pd.DataFrame, metric: str = "magnitude", title: str 
     fig.update_layout(
         template=TEMPLATE,
         title=title or f"predicted vs observed {name}<br><sup>{n} measured pair{'s' * (n != 1)}{rho}</sup>",
-        xaxis_title=f"observed {name} (cells)", yaxis_title=f"predicted {name} (model)",
+        xaxis_title=f"observed {name} (cells)",
+        yaxis_title=f"predicted {name} ({'corrected by the measured pairs' if stacked else 'model'})",
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0}, margin={"l": 10, "r": 10, "t": 60, "b": 10},
     )
     return fig

@@ -1,0 +1,155 @@
+"""Does the pair screen's stacked estimate rank unmeasured pairs better than the model alone?
+Checked on held-out doubles of norman19_pseudobulk through the product path: for each fold of
+the 126 doubles with both singles (the interaction benchmark's folds: ``double_folds``, 5 folds,
+seed S), ``pdae_profile`` is trained as ``pdae train --level pseudobulk --ensemble 5 --cross-fit``
+would train it, with the fold held out, and ``screen_pairs`` scores every pair; the held-out
+doubles' rows are then compared with their observed metrics (the screen's ``observed_*``):
+
+* Spearman of the observed magnitude and normalised residual with the model's own metric
+  (``magnitude``, ...) and with the stacked estimate (``magnitude_stacked``, ...), over all
+  held-out doubles of a seed; 95% bootstrap intervals over doubles, and the paired difference;
+* coverage of the intervals at the screen's level (80%): the conformal ones of the model's metric
+  (``*_lo`` / ``_hi``) and the jackknife ones of the stacked estimate.
+
+Only training doubles reach the stacker (the checkpoint's calibration record). One fold takes
+about 3.5 minutes on one thread; run folds side by side with ``--threads 1``:
+
+    python benchmarks/screen_stacking.py --seed 0 --folds 0,1,2 --threads 1 --rows benchmarks/results/screen_stacking/rows &
+    python benchmarks/screen_stacking.py --seed 0 --folds 3,4 --threads 1 --rows benchmarks/results/screen_stacking/rows
+    python benchmarks/screen_stacking.py --report --rows benchmarks/results/screen_stacking/rows \\
+        --out benchmarks/results/screen_stacking.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+METRICS = ("magnitude", "normalised_residual")
+
+
+def run_folds(seed: int, folds: list[int], rows: Path, threads: int | None, data_dir: str | None,
+              epochs: int | None = None) -> None:
+    import torch
+
+    from pdae_core.data.datasets import load_dataset
+    from pdae_core.eval.pair_screen import screen_pairs
+    from pdae_core.eval.pseudobulk import double_folds, profiles_from_anndata
+    from pdae_core.models.pdae_profile import PDAEProfileModel, with_control_row
+
+    if threads:
+        torch.set_num_threads(threads)
+    raw = load_dataset("norman19_pseudobulk", data_dir=data_dir)
+    prof = with_control_row(raw)
+    dealt = double_folds(profiles_from_anndata(prof), k=5, seed=seed)
+    rows.mkdir(parents=True, exist_ok=True)
+    for f in folds:
+        t0 = time.perf_counter()
+        model = PDAEProfileModel.from_anndata(prof, control_label="control", seed=seed, n_members=5, cross_fit=True)
+        model.fit(prof, holdout=dealt[f], accelerator="cpu", **({"max_epochs": epochs} if epochs else {}))
+        fit_s = time.perf_counter() - t0
+        tab = screen_pairs(model, prof, seed=seed, level=0.8, progress_bar=False)
+        held = tab[tab["held_out"]].copy()
+        held.insert(0, "seed", seed)
+        held.insert(1, "fold", f)
+        held["fit_seconds"], held["screen_seconds"] = fit_s, tab.attrs["seconds"]
+        held["stacked_doubles"] = tab.attrs.get("stacked_doubles", 0)
+        for m in METRICS:
+            c = tab.attrs.get("stacked_check", {}).get(m, {})
+            held[f"{m}_check_model"], held[f"{m}_check_stacked"] = c.get("model", np.nan), c.get("stacked", np.nan)
+        held.to_csv(rows / f"seed{seed}_fold{f}.csv", index=False)
+        print(f"seed {seed} fold {f}: {len(held)} held-out doubles, fit {fit_s:.0f} s, screen "
+              f"{tab.attrs['seconds']:.1f} s", flush=True)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(spearmanr(a, b)[0])
+
+
+def report(rows: Path, n_boot: int = 2000) -> str:
+    files = sorted(rows.glob("seed*_fold*.csv"))
+    if not files:
+        raise SystemExit(f"no per-fold rows in {rows}")
+    df = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    seeds = sorted(df.seed.unique())
+    lines = ["# Pair screen: the stacked estimate on held-out doubles (norman19_pseudobulk)", "",
+             f"- {len(df)} held-out double predictions: seeds {', '.join(map(str, seeds))}, folds per seed "
+             + ", ".join(f"{s}: {df[df.seed == s].fold.nunique()}" for s in seeds)
+             + f"; a fold's model: pdae_profile, 5 cross-fitted networks, {df.stacked_doubles.min()}-"
+             f"{df.stacked_doubles.max()} calibration doubles reach the stacker",
+             f"- time per fold (one thread): fit {df.groupby(['seed', 'fold']).fit_seconds.first().mean():.0f} s, "
+             f"screen of 5,356 pairs {df.groupby(['seed', 'fold']).screen_seconds.first().mean():.1f} s",
+             "- Spearman over all held-out doubles of a seed (mean over seeds); [95% bootstrap interval over doubles, "
+             "seed 0's resamples]", "",
+             "| metric | model alone | stacked | stacked - model (paired) | on the calibration doubles, model -> stacked (LOO) |",
+             "|---|---|---|---|---|"]
+    rng = np.random.default_rng(0)
+    for m in METRICS:
+        per_seed = []
+        for s in seeds:
+            d = df[df.seed == s]
+            ok = d[[m, f"{m}_stacked", f"observed_{m}"]].notna().all(1).to_numpy()
+            d = d[ok]
+            o, a, b = (d[c].to_numpy() for c in (f"observed_{m}", m, f"{m}_stacked"))
+            per_seed.append((_spearman(a, o), _spearman(b, o)))
+            if s == seeds[0]:
+                boots = []
+                for _ in range(n_boot):
+                    i = rng.integers(0, len(o), len(o))
+                    boots.append((_spearman(a[i], o[i]), _spearman(b[i], o[i])))
+                boots = np.asarray(boots)
+                boots = np.column_stack([boots, boots[:, 1] - boots[:, 0]])
+                ci = np.nanpercentile(boots, [2.5, 97.5], axis=0)
+        est = np.mean(per_seed, axis=0)
+        chk = df.groupby(["seed", "fold"])[[f"{m}_check_model", f"{m}_check_stacked"]].first().mean()
+        lines.append(f"| {m.replace('_', ' ')} | {est[0]:.3f} [{ci[0, 0]:.3f}, {ci[1, 0]:.3f}] | {est[1]:.3f} "
+                     f"[{ci[0, 1]:.3f}, {ci[1, 1]:.3f}] | {est[1] - est[0]:+.3f} [{ci[0, 2]:+.3f}, {ci[1, 2]:+.3f}] | "
+                     f"{chk.iloc[0]:.3f} -> {chk.iloc[1]:.3f} |")
+    lines += ["", "Coverage of the 80% intervals on the held-out doubles (all seeds):", "",
+              "| metric | conformal interval of the model's metric | jackknife interval of the stacked estimate |",
+              "|---|---|---|"]
+    for m in METRICS:
+        o = df[f"observed_{m}"]
+        cov_m = ((o >= df[f"{m}_lo"]) & (o <= df[f"{m}_hi"]))[o.notna()].mean()
+        cov_s = ((o >= df[f"{m}_stacked_lo"]) & (o <= df[f"{m}_stacked_hi"]))[o.notna()].mean()
+        width_m = (df[f"{m}_hi"] - df[f"{m}_lo"]).median()
+        width_s = (df[f"{m}_stacked_hi"] - df[f"{m}_stacked_lo"]).median()
+        lines.append(f"| {m.replace('_', ' ')} | {cov_m:.1%} (median width {width_m:.3f}) | {cov_s:.1%} "
+                     f"(median width {width_s:.3f}) |")
+    lines += ["", "The last column of the first table is what `pdae interactions` prints for a screen: the same "
+              "comparison on the model's own calibration doubles (out of fold), available without held-out data."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None, help="training steps (default: the model type's 300)")
+    ap.add_argument("--rows", type=Path, required=True, help="folder of the per-fold held-out rows")
+    ap.add_argument("--report", action="store_true", help="summarise the rows instead of running folds")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--data-dir", default=os.environ.get("PDAE_DATA_DIR"))
+    args = ap.parse_args(argv)
+    if not args.report:
+        run_folds(args.seed, [int(f) for f in args.folds.split(",")], args.rows, args.threads, args.data_dir, args.epochs)
+        return 0
+    text = report(args.rows)
+    cmd = " ".join(sys.argv[1:] if argv is None else argv)
+    text = f"<!-- generated by: python benchmarks/screen_stacking.py {cmd} (after the fold runs in its docstring) -->\n" + text
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
