@@ -35,6 +35,7 @@ import numpy as np
 
 from ..data.registry import PerturbationRegistry, condition_column
 from ..errors import DataError
+from .conformal import conformal_rank
 from .interactions import mean_changes
 from .pair_screen import _screen_inputs, pair_metrics
 from .stacking import METRICS  # the interaction metrics with an interval
@@ -46,15 +47,6 @@ __all__ = ["LEVELS", "METRICS", "Calibration", "calibrate", "calibration_doubles
 LEVELS = (0.8, 0.9, 0.95)
 #: a double (and each of its singles) needs this many training cells to calibrate on
 MIN_CELLS = 10
-
-
-def conformal_rank(n: int, level: float) -> int | None:
-    """The rank (1-based) of the split-conformal quantile at ``level`` among ``n`` calibration
-    errors: ``ceil((n + 1) level)``; None when it exceeds ``n`` (the interval is infinite)."""
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level must be between 0 and 1 (exclusive), got {level!r}.")
-    k = math.ceil((int(n) + 1) * float(level) - 1e-9)
-    return k if 1 <= k <= n else None
 
 
 def _quantile(errors: np.ndarray, level: float) -> np.ndarray:

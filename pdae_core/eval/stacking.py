@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .conformal import conformal_rank
+
 __all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "MetricStacker", "log_metric", "part_indicators", "ridge_loo",
            "single_features"]
 
@@ -155,8 +157,6 @@ class MetricStacker:
     def half_width(self, target: int, level: float) -> float:
         """Jackknife half-width (log scale) of target ``target`` at ``level``: the
         ``ceil((n + 1) level)``-th smallest absolute leave-one-out residual (inf when n is too small)."""
-        from .calibration import conformal_rank  # calibration imports the pair screen, which imports this
-
         r = np.sort(np.abs(self.loo_residuals_[:, target]))
         k = conformal_rank(len(r), level)
         return math.inf if k is None else float(r[k - 1])
