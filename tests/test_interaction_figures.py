@@ -272,3 +272,41 @@ def test_pair_ranking_and_composed_pair(screen_data):
     assert explore.composed_pair(model, {"P1": 1.0, "P2": 0.5}) is None  # a dose other than 1
     assert explore.composed_pair(model, {"P1": 1.0, "P2": 0.0}) is None  # one part only
     assert explore.composed_pair(model, {"P1": 1.0, "P2": 1.0, "P3": 1.0}) is None
+
+
+# ---- the corrected (stacked) estimate -------------------------------------------------------------
+def stacked_table() -> pd.DataFrame:
+    t = pair_table(spread=True)
+    for col in ("magnitude", "normalised_residual"):
+        t[f"{col}_stacked"] = t[col][::-1].to_numpy()  # another order than the model's
+        t[f"{col}_stacked_lo"], t[f"{col}_stacked_hi"] = 0.8 * t[f"{col}_stacked"], 1.5 * t[f"{col}_stacked"]
+    return t
+
+
+def test_heatmap_of_the_corrected_estimate_shows_its_column_and_keeps_the_spread():
+    t = stacked_table()
+    fig = fi.pair_heatmap(t, "synergy", estimate="stacked")
+    names, want = fi.pair_matrix(t, "magnitude_stacked")
+    main, spread = heatmaps(fig)
+    np.testing.assert_allclose(z_array(main), want, equal_nan=True)
+    assert main.zmid == 1.0 and "magnitude, corrected" in fig.layout.title.text
+    np.testing.assert_allclose(z_array(spread), fi.pair_matrix(t, "magnitude_spread")[1], equal_nan=True)
+    # Most uncertain reads the networks' spread either way
+    np.testing.assert_allclose(z_array(heatmaps(fi.pair_heatmap(t, "uncertain", estimate="stacked"))[0]),
+                               fi.pair_matrix(t, "normalised_residual_spread")[1], equal_nan=True)
+
+
+def test_scatter_of_the_corrected_estimate_has_its_asymmetric_likely_range():
+    t = stacked_table()
+    fig = fi.observed_scatter(t, "normalised_residual", estimate="stacked")
+    pts = [tr for tr in fig.data if tr.mode and "markers" in tr.mode]
+    held = next(tr for tr in pts if tr.text[0] == "A+C")
+    row = t[t["pair"] == "A+C"].iloc[0]
+    assert held.y[0] == pytest.approx(row.normalised_residual_stacked)
+    assert held.error_y.array[0] == pytest.approx(0.5 * row.normalised_residual_stacked)
+    assert held.error_y.arrayminus[0] == pytest.approx(0.2 * row.normalised_residual_stacked)
+    assert "corrected by the measured pairs" in fig.layout.yaxis.title.text
+    model = fi.observed_scatter(t, "normalised_residual")
+    m = next(tr for tr in model.data if tr.mode and "markers" in tr.mode and tr.text[0] == "A+C")
+    assert m.y[0] == pytest.approx(row.normalised_residual)
+    assert m.error_y.array[0] == pytest.approx(m.error_y.arrayminus[0])  # the spread: symmetric
