@@ -203,6 +203,18 @@ def test_cli_ranks_by_the_stacked_estimate_and_says_how_it_fared(screened, tmp_p
     assert cli_main(base + ["--score", "least_additive", "--estimate", "model", "--top", "0"]) == 0
     assert "on the model's own metrics" in capsys.readouterr().out
     assert pd.read_csv(out)["normalised_residual"].is_monotonic_decreasing
+    # a checkpoint without the out-of-fold metrics: refused before the screen, in words, the output kept
+    before = out.read_bytes()
+    plain = tmp_path / "plain"
+    model.calibration.out_of_fold, oof = None, model.calibration.out_of_fold
+    try:
+        model.save(plain)
+    finally:
+        model.calibration.out_of_fold = oof
+    assert cli_main(["interactions", str(plain), "--data", str(tmp_path / "profiles.h5ad"), "--out", str(out),
+                     "--estimate", "stacked"]) == 2
+    assert "--estimate stacked needs a cross-fitted ensemble" in capsys.readouterr().err
+    assert out.read_bytes() == before
 
 
 def test_one_pair_gets_the_same_stacked_estimate_as_its_row_of_the_screen(screened):

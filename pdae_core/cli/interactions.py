@@ -97,6 +97,9 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"--genes must be 'expressed' or 'all', got {args.genes!r}.")
     t0 = time.perf_counter()
     model = load_checkpoint(args.checkpoint, trust_modified=args.trust_modified)
+    if args.estimate == "stacked" and getattr(getattr(model, "calibration", None), "out_of_fold", None) is None:
+        raise DataError(f"--estimate stacked needs a cross-fitted ensemble calibrated with its out-of-fold metrics "
+                        f"(pdae train --ensemble 5 --cross-fit); {args.checkpoint} is not one. Use --estimate auto.")
     adata, source = load_data(args, profiles_ok=model.accepts_changes)
     if model.accepts_changes:  # a table of changes from control: the control is a zero row
         from ..models.pdae_profile import with_control_row
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     elif "stacked_note" in a:
         print(printable(f"No stacked estimate: {a['stacked_note'].removeprefix('no stacked estimate: ')}."))
     stacked = a.get("estimate") == "stacked"
-    print(f"Ranked by {args.score} on the {'stacked estimate' if stacked else 'model' + chr(39) + 's own metrics'}.")
+    reads = "the stacked estimate" if stacked else "the model's own metrics"
+    print(f"Ranked by {args.score} on {reads}.")
     if args.top > 0:
         cols = ["rank", "pair", "magnitude", "magnitude_spread", "normalised_residual",
                 "normalised_residual_spread", "test_next", "measured", "held_out"]

@@ -53,8 +53,8 @@ from ..errors import DataError
 from .interactions import describe_interaction, expressed_genes
 from .stacking import METRICS, log_metric
 
-__all__ = ["ESTIMATES", "SCORES", "cells_per_network", "has_stacked", "pair_metrics", "screen_pairs", "rank_pairs", "screen_singles", "pair_call",
-           "PairInteraction", "pair_interaction"]
+__all__ = ["ESTIMATES", "SCORES", "cells_per_network", "has_stacked", "pair_metrics", "screen_pairs", "rank_pairs",
+           "screen_singles", "pair_call", "PairInteraction", "pair_interaction"]
 
 #: ranking score -> (column, descending), see the module docstring
 SCORES: dict[str, tuple[str, bool]] = {
