@@ -84,8 +84,10 @@ with c_read.expander("How to read this page", icon=":material/help:"):
         "the non-additivity.\n"
         "- **Marks**: ○ measured and held out from training (a true test: compare predicted and observed on the "
         "right); □ measured and used in training.\n"
-        "- The singles are the model's predictions too, so its additive part cancels: what is left is the "
-        "interaction the model predicts, not a measurement."
+        "- The pair's predicted change is compared with the **measured** changes of its two parts when the "
+        "loaded data have them (as the benchmarks score a prediction), otherwise with the model's own predictions "
+        "of the parts; *Settings and technical details* says which. Either way it is a prediction, not a "
+        "measurement."
     )
 
 if not ensemble:
@@ -217,8 +219,9 @@ with st.expander("Settings and technical details"):
         f"- **Moved cells**: {a['n_source_cells']:,} per single and per pair"
         + (" and per network (the networks share the cells asked for, each moving the same ones)" if ensemble else "")
         + f", from the {n_ctrl:,} control cells of {ds.label} (a seeded sample; with fewer control cells, each is "
-        "moved several times with fresh noise). The single, the other single and the pair move the same cells "
-        "with the same noise, so the non-additive part carries no noise of its own.\n"
+        "moved several times with fresh noise)."
+        + (" The single, the other single and the pair move the same cells with the same noise, so the non-additive "
+           "part carries no noise of its own." if a["single_effects"] == "model" else "") + "\n"
         f"- **Networks**: {model.n_members}" + (" (an ensemble: metrics are the mean over networks, ± their "
                                                  "standard deviation)" if ensemble else " (no spread)") + ".\n"
         + (f"- **Likely ranges**: split-conformal intervals at {a['interval_level']:.0%}, calibrated on "
@@ -231,6 +234,12 @@ with st.expander("Settings and technical details"):
            f"singles are measured; {a['stacked_doubles']} training pairs taught it (`pdae_core.eval.stacking`). "
            "On the Norman 2019 pseudobulk design it ranks held-out pairs better than the model alone "
            "(benchmarks/results/screen_stacking.md).\n" if "stacked_doubles" in a else "")
+        + ("- **Single effects**: measured (the mean change of each part's cells in the loaded data), so a pair's "
+           "metrics compare its predicted change with its parts as measured.\n" if a["single_effects"] == "observed"
+           else "- **Single effects**: the model's predictions (a part is not measured in the loaded data), so a "
+           "pair's metrics are the model's own second difference; they ranked held-out pairs worse than the "
+           "measured parts did on the Norman 2019 design (benchmarks/results/screen_stacking.md).\n")
+        + (f"- **No likely ranges**: {a['interval_note']}.\n" if "interval_note" in a else "")
         + "- **Method**: each network predicts the mean change from control of A, B and A+B; the weights c1, c2 are "
         "fitted by least squares without intercept on those mean changes (the paper used Theil-Sen; least "
         "squares keeps thousands of pairs to seconds). Compose adds the model fit (distance correlation) of the "

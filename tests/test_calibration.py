@@ -122,7 +122,7 @@ def test_intervals_are_the_conformal_quantiles_of_out_of_fold_errors(adata, fitt
                                         members=[k])[0]
             o = obs.loc[[a, b, d]].to_numpy()
             gene_err.append(np.abs(p[2] - o[2]))
-            pm = pair_metrics(p[0, gidx], p[1, gidx], p[2, gidx])["normalised_residual"]
+            pm = pair_metrics(o[0, gidx], o[1, gidx], p[2, gidx])["normalised_residual"]  # the observed singles
             om = pair_metrics(o[0, gidx], o[1, gidx], o[2, gidx])["normalised_residual"]
             resid_err.append(abs(float(pm) - float(om)))
             resid_pred[d] = float(pm)
@@ -183,7 +183,7 @@ def test_interval_check_scores_coverage_on_held_out_doubles(adata, fitted):
         interval_check(plain, adata, ["P1+P2"])
 
 
-def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_path):
+def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_path, capsys):
     ens, _ = fitted
     ens.save(tmp_path / "ens")
     back = pc.load_model(tmp_path / "ens")
@@ -213,6 +213,7 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
         "oof_short": (lambda e: e["calibration"]["out_of_fold"]["magnitude"].pop(), r"out_of_fold\['magnitude'\] must be a list of"),
         "oof_metric": (lambda e: e["calibration"]["out_of_fold"].pop("normalised_residual"), "out_of_fold must have"),
         "oof_negative": (lambda e: e["calibration"]["out_of_fold"]["magnitude"].__setitem__(0, -0.5), "non-negative"),
+        "single_effects": (lambda e: e["calibration"].__setitem__("single_effects", "both"), "single_effects must be"),
     }
     for name, (edit, msg) in cases.items():
         with pytest.raises(CheckpointError, match=msg):
@@ -220,6 +221,24 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
     # a checkpoint written before the out-of-fold metrics were kept still loads (no stacked estimate)
     old = pc.load_model(edited("before_oof", lambda e: e["calibration"].pop("out_of_fold")))
     assert old.calibration.out_of_fold is None and old.calibration.n == ens.calibration.n
+    assert ens.calibration.single_effects == back.calibration.single_effects == "observed"
+    # ... and before the single effects were chosen: scored against the model's singles, so a screen
+    # against the observed ones shows no intervals (they were calibrated for the other) and says why
+    older = pc.load_model(edited("before_single", lambda e: e["calibration"].pop("single_effects")))
+    assert older.calibration.single_effects == "model"
+    tab = screen_pairs(older, adata, n_cells=64)
+    assert tab.attrs["single_effects"] == "observed" and "magnitude_lo" not in tab
+    assert "calibrated with the model single effects" in tab.attrs["interval_note"]
+    assert "magnitude_lo" in screen_pairs(older, adata, n_cells=64, single_effects="model")
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    assert cli_main(["interactions", str(tmp_path / "before_single"), "--data", str(tmp_path / "cells.h5ad"),
+                     "--n-cells", "64", "--out", str(tmp_path / "pairs.csv"), "--top", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "scored against the observed singles" in text and "--single-effects model scores the pairs as" in text
+    assert cli_main(["interactions", str(tmp_path / "before_single"), "--data", str(tmp_path / "cells.h5ad"),
+                     "--n-cells", "64", "--out", str(tmp_path / "pairs.csv"), "--single-effects", "model"]) == 0
+    text = capsys.readouterr().out
+    assert "scored against the model singles" in text and "intervals at 80% calibrated on" in text
 
 
 def test_cross_fitting_needs_enough_doubles_and_members(adata):

@@ -89,12 +89,41 @@ def test_screen_rows_are_the_members_predictions(ensemble, data):
     src_idx = np.flatnonzero(data.obs["condition"] == "control")
     src = data[src_idx]  # fewer than n_cells: all of them, as the screen does
     ch = ensemble.member_changes_many(src, np.stack([eye[1], eye[3], eye[1] + eye[3]]), seed=3)
-    ref = pair_metrics(ch[:, 0], ch[:, 1], ch[:, 2])  # per member
+    # every single is measured: each network's pair is scored against the observed singles
+    assert tab.attrs["single_effects"] == "observed"
+    obs = mean_changes(data, ensemble.registry, ["P2", "P4"]).to_numpy()
+    ref = pair_metrics(np.broadcast_to(obs[0], ch[:, 0].shape), np.broadcast_to(obs[1], ch[:, 0].shape), ch[:, 2])
     row = tab.loc["P2+P4"]
     np.testing.assert_allclose(row["magnitude"], ref["magnitude"].mean(), rtol=1e-5)
     np.testing.assert_allclose(row["magnitude_spread"], ref["magnitude"].std(ddof=1), rtol=1e-5)
     np.testing.assert_allclose(row["test_next"], row["normalised_residual"] + row["normalised_residual_spread"])
     assert (tab["normalised_residual_spread"] > 0).all()
+    # against the networks' own predicted singles (their second difference)
+    own = screen_pairs(ensemble, data, genes="all", seed=3, n_cells=n_ctrl, single_effects="model").set_index("pair")
+    assert own.attrs["single_effects"] == "model"
+    ref = pair_metrics(ch[:, 0], ch[:, 1], ch[:, 2])  # per member
+    np.testing.assert_allclose(own.loc["P2+P4", "magnitude"], ref["magnitude"].mean(), rtol=1e-5)
+    np.testing.assert_allclose(own.loc["P2+P4", "normalised_residual_spread"], ref["normalised_residual"].std(ddof=1),
+                               rtol=1e-5)
+
+
+def test_single_effects_fall_back_to_the_model_when_a_single_is_not_measured(single, data):
+    from pdae_core.eval.pair_screen import pair_interaction, single_effects_mode
+
+    few = data[data.obs["condition"] != "P3"].copy()  # P3 not measured alone in these data
+    assert single_effects_mode(single, data, screen_singles(single)) == "observed"
+    assert single_effects_mode(single, few, screen_singles(single)) == "model"
+    assert screen_pairs(single, few).attrs["single_effects"] == "model"
+    with pytest.raises(pc.DataError, match="P3 is not, in these data"):
+        screen_pairs(single, few, single_effects="observed")
+    with pytest.raises(pc.DataError, match="single_effects must be"):
+        screen_pairs(single, data, single_effects="both")
+    # one pair: scored as its row of the screen
+    tab = screen_pairs(single, data).set_index("pair")
+    one = pair_interaction(single, data, "P1", "P2")
+    assert one.single_effects == "observed"
+    assert one.predicted["normalised_residual"] == pytest.approx(tab.loc["P1+P2", "normalised_residual"], rel=1e-6)
+    assert pair_interaction(single, few, "P1", "P3").single_effects == "model"
 
 
 def test_chunking_and_batching_do_not_change_the_screen(ensemble, data):

@@ -131,7 +131,8 @@ def test_screen_stacks_the_calibration_doubles_as_a_direct_fit(screened):
                              np.column_stack([np.log(obs[m]) for m in ("magnitude", "normalised_residual")]))
     row = tab[~tab["measured"]].iloc[0]
     fa, fb = d.loc[[row.a]].to_numpy(), d.loc[[row.b]].to_numpy()
-    members = screen_log_metrics(model, data, row.a, row.b)
+    assert tab.attrs["single_effects"] == "observed"  # every single is measured: scored against them
+    members = screen_log_metrics(model, data, row.a, row.b, fa[0], fb[0])
     want = st.predict(members[None], single_features(fa, fb), [(row.a, row.b)])[0]
     assert np.log(row.magnitude_stacked) == pytest.approx(want[0], rel=1e-6, abs=1e-9)
     assert np.log(row.normalised_residual_stacked) == pytest.approx(want[1], rel=1e-6, abs=1e-9)
@@ -142,8 +143,9 @@ def test_screen_stacks_the_calibration_doubles_as_a_direct_fit(screened):
     assert -1 <= chk["model"] <= 1 and -1 <= chk["stacked"] <= 1
 
 
-def screen_log_metrics(model, data, a, b):
-    """The mean over networks of each network's log metric of a + b, as the screen computes it."""
+def screen_log_metrics(model, data, a, b, da, db):
+    """The mean over networks of each network's log metric of a + b against the observed singles
+    ``da``, ``db``, as the screen computes it."""
     from pdae_core.eval.pair_screen import _screen_inputs, pair_metrics
 
     reg = model.registry
@@ -151,7 +153,7 @@ def screen_log_metrics(model, data, a, b):
     e = np.eye(reg.n_perturbations, dtype=np.float32)
     ia, ib = reg.perturbations.index(a), reg.perturbations.index(b)
     p = model.member_changes_many(source, np.stack([e[ia], e[ib], e[ia] + e[ib]]), seed=0)[:, :, gidx]
-    m = pair_metrics(p[:, 0], p[:, 1], p[:, 2])
+    m = pair_metrics(np.broadcast_to(da[gidx], p[:, 0].shape), np.broadcast_to(db[gidx], p[:, 0].shape), p[:, 2])
     return np.array([np.log(m["magnitude"]).mean(), np.log(m["normalised_residual"]).mean()])
 
 

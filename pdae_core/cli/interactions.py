@@ -64,6 +64,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--estimate", choices=["auto", "model", "stacked"], default="auto",
                    help="what the ranking reads: the model's own metrics, or the stacked estimate (a cross-fitted "
                    "ensemble's metrics corrected by the measured training doubles); auto: stacked when there is one")
+    p.add_argument("--single-effects", choices=["auto", "observed", "model"], default="auto",
+                   help="what a pair's predicted change is compared with: the observed changes of its two singles "
+                   "(as the benchmarks score predictions) or the model's predictions of them (its own second "
+                   "difference); auto: observed when the data measured every single")
     p.add_argument("--kappa", type=finite_float, default=1.0, metavar="K",
                    help="weight of the uncertainty in the test_next score")
     p.add_argument("--level", type=finite_float, default=0.8, metavar="P",
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\r  {done}/{total} pairs", end="", flush=True)
 
     table = screen_pairs(model, adata, n_cells=args.n_cells, genes=args.genes, kappa=args.kappa, seed=args.seed,
-                         progress=progress, level=args.level)
+                         progress=progress, level=args.level, single_effects=args.single_effects)
     print()
     table = rank_pairs(table, args.score, args.estimate)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,10 +134,13 @@ def run(args: argparse.Namespace) -> int:
     print(printable(
         f"{len(table)} pairs of {len(set(table['a']) | set(table['b']))} singles from {source}: "
         f"{int(table['measured'].sum())} measured ({int(table['held_out'].sum())} held out from training); "
-        f"{members}; {a['n_genes']} genes ({a['genes']}); {a['n_source_cells']} moved cells per pair"
+        f"{members}; {a['n_genes']} genes ({a['genes']}); pairs scored against the {a['single_effects']} singles; {a['n_source_cells']} moved cells per pair"
         f"{' per network' if a['n_members'] > 1 else ''}; "
         f"{time.perf_counter() - t0:.1f} s in all."
     ))
+    if "interval_note" in a:
+        print(printable(f"No intervals: {a['interval_note']}; --single-effects {a['calibrated_single_effects']} "
+                        "scores the pairs as they were calibrated."))
     if "stacked_check" in a:
         chk = ", ".join(f"{m.replace('_', ' ')} {c['model']:.2f} -> {c['stacked']:.2f}"
                         for m, c in a["stacked_check"].items())

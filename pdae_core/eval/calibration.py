@@ -12,8 +12,8 @@ predictions with the observed doubles and keeps, as a :class:`Calibration`:
   :data:`LEVELS`: the ``ceil((n + 1) p)``-th smallest absolute out-of-fold error of that gene
   over the ``n`` calibration doubles (infinite when ``n`` is too small for level ``p``);
 * per interaction metric (``magnitude``, ``normalised_residual``), the sorted absolute
-  out-of-fold errors of the metric, scored as the pair screen scores a pair (the member's
-  own predicted singles, least squares, the genes expressed in control), from which
+  out-of-fold errors of the metric, scored as the pair screen scores a pair (against the
+  observed singles, least squares, the genes expressed in control), from which
   :meth:`Calibration.metric_half_width` gives a half-width at any level.
 
 An interval is the ensemble's prediction plus or minus the half-width. The errors come from
@@ -37,7 +37,7 @@ from ..data.registry import PerturbationRegistry, condition_column
 from ..errors import DataError
 from .conformal import conformal_rank
 from .interactions import mean_changes
-from .pair_screen import _screen_inputs, pair_metrics
+from .pair_screen import SINGLE_EFFECTS, _screen_inputs, pair_metrics
 from .stacking import METRICS  # the interaction metrics with an interval
 
 __all__ = ["LEVELS", "METRICS", "Calibration", "calibrate", "calibration_doubles", "conformal_rank",
@@ -97,7 +97,10 @@ class Calibration:
     sorted absolute errors per metric; ``genes``: how the metric's gene set was chosen;
     ``out_of_fold``: per metric, each calibration double's out-of-fold predicted value, in the
     order of ``doubles`` (inf where not measurable; None in checkpoints written before it was kept),
-    which the pair screen stacks with the measured doubles (:mod:`pdae_core.eval.stacking`)."""
+    which the pair screen stacks with the measured doubles (:mod:`pdae_core.eval.stacking`);
+    ``single_effects``: whether the metrics were scored against the observed singles or the
+    member's predicted ones (:data:`~pdae_core.eval.pair_screen.SINGLE_EFFECTS`; records written
+    before the choice existed used the model's)."""
 
     left_out: list[list[str]]
     gene_half_widths: dict[float, np.ndarray]
@@ -105,6 +108,7 @@ class Calibration:
     genes: str = "expressed"
     n_source_cells: int = 0
     out_of_fold: dict[str, np.ndarray] | None = None
+    single_effects: str = "model"
     doubles: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -147,6 +151,7 @@ class Calibration:
             "genes": self.genes,
             "n_source_cells": int(self.n_source_cells),
             **({} if self.out_of_fold is None else {"out_of_fold": {m: num(v) for m, v in self.out_of_fold.items()}}),
+            "single_effects": self.single_effects,
         }
 
     @classmethod
@@ -197,8 +202,11 @@ class Calibration:
             if not isinstance(oof, dict) or set(oof) != set(METRICS):
                 raise bad(f"out_of_fold must have exactly {', '.join(METRICS)}")
             oof = {m: floats(v, f"out_of_fold[{m!r}]", n_doubles) for m, v in oof.items()}
+        single = d.get("single_effects", "model")
+        if single not in SINGLE_EFFECTS:
+            raise bad(f"single_effects must be one of {', '.join(SINGLE_EFFECTS)}")
         return cls(left_out=[list(g) for g in left], gene_half_widths=gene_hw, metric_errors=metric, genes=genes,
-                   n_source_cells=n_src, out_of_fold=oof)
+                   n_source_cells=n_src, out_of_fold=oof, single_effects=single)
 
 
 def _double_inputs(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cells: int, seed: int) -> tuple[
@@ -223,11 +231,16 @@ def _double_inputs(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
 
 
 def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], n_cells: int = 512,
-              seed: int = 0, levels: Sequence[float] = LEVELS) -> Calibration:
+              seed: int = 0, levels: Sequence[float] = LEVELS, single_effects: str = "observed") -> Calibration:
     """The :class:`Calibration` of a trained cross-fitted ensemble ``model``: member ``k``
     predicts the doubles ``left_out[k]`` (and their singles) from ``n_cells`` control cells of
     ``adata`` (chosen as the pair screen chooses them, same seed, but all of them for every network),
-    and its predictions are compared with the doubles' observed mean changes from control."""
+    and its predictions are compared with the doubles' observed mean changes from control. The
+    interaction metrics are scored as the pair screen scores them with ``single_effects``
+    (``"observed"``: against the observed singles, which every calibration double has; ``"model"``:
+    the member's predicted singles)."""
+    if single_effects not in SINGLE_EFFECTS:
+        raise ValueError(f"single_effects must be one of {SINGLE_EFFECTS}, got {single_effects!r}.")
     reg = model.registry
     if len(left_out) != model.n_members:
         raise ValueError(f"left_out has {len(left_out)} groups for {model.n_members} members.")
@@ -242,6 +255,8 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
         for d, (pA, pB, pAB) in zip(group, pred):
             oA, oB, oAB = (observed[c] for c in (*parts[d], d))
             gene_err.append(np.abs(pAB - oAB))
+            if single_effects == "observed":
+                pA, pB = oA, oB
             p = pair_metrics(pA[gidx], pB[gidx], pAB[gidx])
             o = pair_metrics(oA[gidx], oB[gidx], oAB[gidx])
             for m in METRICS:
@@ -255,7 +270,7 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
         gene_half_widths={float(lv): _quantile(errors, lv) for lv in levels},
         metric_errors={m: np.sort(np.asarray(v, dtype=np.float64)) for m, v in metric_err.items()},
         genes=gene_set, n_source_cells=int(source.n_obs),
-        out_of_fold={m: np.array([oof[m][d] for d in order]) for m in METRICS},
+        out_of_fold={m: np.array([oof[m][d] for d in order]) for m in METRICS}, single_effects=single_effects,
     )
 
 
@@ -288,6 +303,8 @@ def interval_check(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
         for lv in sorted(cal.gene_half_widths):
             hw = cal.gene_half_widths[lv]
             row[f"gene_coverage_{round(lv * 100)}"] = float(np.mean(np.abs(mean_ab - oAB) <= hw))
+        if cal.single_effects == "observed":  # scored as the calibration was
+            pred[:, 0], pred[:, 1] = oA, oB
         p = pair_metrics(pred[:, 0][:, gidx], pred[:, 1][:, gidx], pred[:, 2][:, gidx])  # per member
         o = pair_metrics(oA[gidx], oB[gidx], oAB[gidx])
         for m in METRICS:

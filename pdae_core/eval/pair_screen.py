@@ -53,7 +53,7 @@ from ..errors import DataError
 from .interactions import describe_interaction, expressed_genes
 from .stacking import METRICS, log_metric
 
-__all__ = ["ESTIMATES", "SCORES", "cells_per_network", "has_stacked", "pair_metrics", "screen_pairs", "rank_pairs",
+__all__ = ["ESTIMATES", "SCORES", "SINGLE_EFFECTS", "cells_per_network", "single_effects_mode", "has_stacked", "pair_metrics", "screen_pairs", "rank_pairs",
            "screen_singles", "pair_call", "PairInteraction", "pair_interaction"]
 
 #: ranking score -> (column, descending), see the module docstring
@@ -72,6 +72,29 @@ MIN_CELLS_PER_NETWORK = 128
 #: a measured pair (and each single) needs this many cells for its observed metrics; a profile model's data
 #: hold one row per condition, so there one row is enough
 MIN_OBSERVED_CELLS = 10
+
+
+#: where a pair's single effects dA, dB come from when its interaction is scored (see :func:`screen_pairs`)
+SINGLE_EFFECTS = ("observed", "model")
+
+
+def single_effects_mode(model: Any, adata: ad.AnnData, singles: Sequence[str], requested: str = "auto",
+                        min_cells: int | None = None) -> str:
+    """``"observed"`` or ``"model"``: where the screen takes the singles' effects from. ``"auto"``:
+    observed when every single of ``singles`` has at least ``min_cells`` cells in ``adata`` (as the
+    benchmarks score predictions), else the model's own predictions."""
+    if requested not in ("auto", *SINGLE_EFFECTS):
+        raise DataError(f"single_effects must be 'auto', 'observed' or 'model', got {requested!r}.")
+    if requested == "model":
+        return "model"
+    need = _min_cells(model, min_cells)
+    counts = pd.Series(condition_column(adata, model.registry.perturbation_key)).value_counts()
+    missing = [s for s in singles if counts.get(s, 0) < need]
+    if requested == "observed" and missing:
+        raise DataError(f"Observed single effects need every single measured with at least {need} cell(s); "
+                        f"{', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''} "
+                        f"{'is' if len(missing) == 1 else 'are'} not, in these data. Use the model's (single_effects='model').")
+    return "model" if missing else "observed"
 
 
 def _min_cells(model: Any, min_cells: int | None) -> int:
@@ -164,6 +187,7 @@ def screen_pairs(
     progress: Callable[[int, int], None] | None = None,
     progress_bar: bool = True,
     level: float = 0.8,
+    single_effects: str = "auto",
 ) -> pd.DataFrame:
     """Predict and score every pair of ``singles`` (default: :func:`screen_singles`), one row per
     pair, sorted by the ``test_next`` score (see the module docstring for the columns).
@@ -176,9 +200,14 @@ def screen_pairs(
     paper; all genes when fewer than :data:`MIN_EXPRESSED` pass), ``"all"``, or a list of gene names. Pairs are predicted ``chunk_pairs`` at a time, so
     memory stays bounded for any number of pairs. ``progress(done, total)`` is called per chunk;
     without it, ``progress_bar`` shows a tqdm bar over the pairs (in a terminal or Jupyter, when
-    there is more than one chunk). A cross-fitted ensemble (``model.calibration``) adds
+    there is more than one chunk). ``single_effects`` (:func:`single_effects_mode`): the pair's
+    metrics compare its predicted change with the *observed* changes of its singles (``"observed"``,
+    what ``"auto"`` takes when ``adata`` measured every single: the way the benchmarks score a
+    prediction) or with the model's predictions of them (``"model"``, its own second difference);
+    ``attrs["single_effects"]`` says which. A cross-fitted ensemble (``model.calibration``) adds
     split-conformal intervals at ``level`` of the magnitude and the normalised residual
-    (``magnitude_lo`` / ``magnitude_hi``, ...; :mod:`pdae_core.eval.calibration`)."""
+    (``magnitude_lo`` / ``magnitude_hi``, ...; :mod:`pdae_core.eval.calibration`) when it was
+    calibrated with the same single effects (else ``attrs["interval_note"]`` says why not)."""
     reg = model.registry
     if not model.is_trained:
         raise DataError("The model is not trained: a pair screen needs a trained model.")
@@ -196,7 +225,14 @@ def screen_pairs(
     K = reg.n_perturbations
     eye = np.eye(K, dtype=np.float32)
     single_idx = [reg.perturbations.index(s) for s in singles]
-    d_single = model.member_changes_many(source, eye[single_idx], seed=seed)[:, :, gidx]  # (M, S, G')
+    mode = single_effects_mode(model, adata, singles, single_effects, min_cells)
+    if mode == "observed":  # every network's pairs against the same measured singles
+        from .interactions import mean_changes
+
+        obs_single = mean_changes(adata, reg, singles).to_numpy(np.float64)[:, gidx]
+        d_single = np.broadcast_to(obs_single[None], (model.n_members, *obs_single.shape))  # (M, S, G')
+    else:
+        d_single = model.member_changes_many(source, eye[single_idx], seed=seed)[:, :, gidx]  # (M, S, G')
     pairs = list(itertools.combinations(range(len(singles)), 2))
     cols: dict[str, list[np.ndarray]] = {}
     bar = None
@@ -231,6 +267,11 @@ def screen_pairs(
         if key in ("magnitude", "normalised_residual"):
             model_log[key] = log_metric(v).mean(0)
     cal = getattr(model, "calibration", None)
+    if cal is not None and cal.single_effects != mode:
+        table.attrs["interval_note"] = (f"the intervals were calibrated with the {cal.single_effects} single effects, "
+                                        f"this screen uses the {mode} ones")
+        table.attrs["calibrated_single_effects"] = cal.single_effects
+        cal = None
     if cal is not None:  # a cross-fitted ensemble: conformal intervals (pdae_core.eval.calibration)
         for key in ("magnitude", "normalised_residual"):
             table[f"{key}_lo"], table[f"{key}_hi"] = cal.metric_range(key, table[key].to_numpy(), level)
@@ -251,7 +292,7 @@ def screen_pairs(
         table.attrs.update(_add_stacked(table, model, adata, gidx, model_log, float(level), float(kappa),
                                         _min_cells(model, min_cells)))
     table.attrs.update({"n_members": M, "n_genes": int(len(gidx)), "genes": gene_set, "n_source_cells": int(source.n_obs),
-                        "seconds": time.perf_counter() - t0, "kappa": float(kappa)})
+                        "seconds": time.perf_counter() - t0, "kappa": float(kappa), "single_effects": mode})
     return rank_pairs(table, "test_next")
 
 
@@ -413,7 +454,8 @@ class PairInteraction:
     the pair or a single has fewer than ``min_cells`` cells). ``member_calls``: each member's
     :func:`pair_call`. ``stacked``: the screen's stacked estimate of the pair (``magnitude``,
     ``normalised_residual``, each with ``_lo`` / ``_hi`` at ``level``, and ``doubles``, how many
-    calibration doubles taught it), None when the screen would have none for it."""
+    calibration doubles taught it), None when the screen would have none for it. ``single_effects``:
+    where ``dA`` and ``dB`` came from (:func:`single_effects_mode`), as in the screen."""
 
     pair: str
     a: str
@@ -432,6 +474,7 @@ class PairInteraction:
     genes: str
     n_source_cells: int
     stacked: dict[str, float] | None = None
+    single_effects: str = "model"
 
     @property
     def n_members(self) -> int:
@@ -501,6 +544,7 @@ def pair_interaction(
     seed: int = 0,
     min_cells: int | None = None,
     level: float = 0.8,
+    single_effects: str = "auto",
 ) -> PairInteraction:
     """The predicted interaction of ``a + b`` in full (:class:`PairInteraction`): the same control
     cells, gene set and seeds as :func:`screen_pairs` with the same arguments, so magnitude, weights
@@ -520,6 +564,9 @@ def pair_interaction(
     eye = np.eye(reg.n_perturbations, dtype=np.float32)
     ia, ib = reg.perturbations.index(a), reg.perturbations.index(b)
     d = model.member_changes_many(source, np.stack([eye[ia], eye[ib], eye[ia] + eye[ib]]), seed=seed)[:, :, gidx]
+    mode = single_effects_mode(model, adata, [a, b], single_effects, min_cells)
+    if mode == "observed":
+        d[:, :2] = mean_changes(adata, reg, [a, b]).to_numpy(np.float64)[:, gidx][None]
     members = pd.DataFrame([interaction_metrics(m[0], m[1], m[2], method="lstsq") for m in d])
     predicted = members.mean().to_dict()
     spread = (members.std(ddof=1) if len(members) > 1 else members.iloc[0] * np.nan).to_dict()
@@ -534,7 +581,8 @@ def pair_interaction(
         observed = interaction_metrics(delta[0], delta[1], delta[2], method="lstsq")
         obs_text = describe_interaction(observed, (a, b))
     stacked = None
-    if getattr(getattr(model, "calibration", None), "out_of_fold", None) is not None:
+    cal = getattr(model, "calibration", None)
+    if cal is not None and cal.out_of_fold is not None and cal.single_effects == mode:
         stack = _fit_stacker(model, adata, gidx, [a, b], _min_cells(model, min_cells))
         if not isinstance(stack, str):
             v = stack.predict(np.array([[log_metric(members[m].to_numpy()).mean() for m in METRICS]]), [a], [b])[0]
@@ -550,4 +598,5 @@ def pair_interaction(
         held_out=any(n in set(model.holdout) for n in names),
         in_training=any(n in set(model.train_conditions) for n in names),
         n_genes=int(len(gidx)), genes=gene_set, n_source_cells=int(source.n_obs), stacked=stacked,
+        single_effects=mode,
     )
