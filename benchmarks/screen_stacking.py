@@ -5,8 +5,9 @@ seed S), ``pdae_profile`` is trained as ``pdae train --level pseudobulk --ensemb
 would train it, with the fold held out, and ``screen_pairs`` scores every pair; the held-out
 doubles' rows are then compared with their observed metrics (the screen's ``observed_*``):
 
-* Spearman of the observed magnitude and normalised residual with the model's own metric
-  (``magnitude``, ...) and with the stacked estimate (``magnitude_stacked``, ...), over all
+* Spearman of the observed magnitude and normalised residual with the model's own metric scored
+  against the model's predicted singles (``single_effects="model"``) and against the observed ones
+  (``magnitude``, ...), and with the stacked estimate (``magnitude_stacked``, ...), over all
   held-out doubles of a seed; 95% bootstrap intervals over doubles, and the paired difference;
 * coverage of the intervals at the screen's level (80%): the conformal ones of the model's metric
   (``*_lo`` / ``_hi``) and the jackknife ones of the stacked estimate.
@@ -56,7 +57,9 @@ def run_folds(seed: int, folds: list[int], rows: Path, threads: int | None, data
         model.fit(prof, holdout=dealt[f], accelerator="cpu", **({"max_epochs": epochs} if epochs else {}))
         fit_s = time.perf_counter() - t0
         tab = screen_pairs(model, prof, seed=seed, level=0.8, progress_bar=False)
-        held = tab[tab["held_out"]].copy()
+        own = screen_pairs(model, prof, seed=seed, level=0.8, progress_bar=False, single_effects="model")
+        own = own.set_index("pair")[list(METRICS)].add_suffix("_model_singles")
+        held = tab[tab["held_out"]].join(own, on="pair")
         held.insert(0, "seed", seed)
         held.insert(1, "fold", f)
         held["fit_seconds"], held["screen_seconds"] = fit_s, tab.attrs["seconds"]
@@ -80,6 +83,8 @@ def report(rows: Path, n_boot: int = 2000) -> str:
     df = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
     seeds = sorted(df.seed.unique())
     lines = ["# Pair screen: the stacked estimate on held-out doubles (norman19_pseudobulk)", "",
+             "- command: see the docstring of benchmarks/screen_stacking.py (folds run side by side in two processes "
+             "of one thread each, OMP_NUM_THREADS=1)",
              f"- {len(df)} held-out double predictions: seeds {', '.join(map(str, seeds))}, folds per seed "
              + ", ".join(f"{s}: {df[df.seed == s].fold.nunique()}" for s in seeds)
              + f"; a fold's model: pdae_profile, 5 cross-fitted networks, {df.stacked_doubles.min()}-"
@@ -88,30 +93,31 @@ def report(rows: Path, n_boot: int = 2000) -> str:
              f"screen of 5,356 pairs {df.groupby(['seed', 'fold']).screen_seconds.first().mean():.1f} s",
              "- Spearman over all held-out doubles of a seed (mean over seeds); [95% bootstrap interval over doubles, "
              "seed 0's resamples]", "",
-             "| metric | model alone | stacked | stacked - model (paired) | on the calibration doubles, model -> stacked (LOO) |",
-             "|---|---|---|---|---|"]
+             "| metric | model alone, its own singles | model alone | stacked | stacked - model (paired) | on the "
+             "calibration doubles, model -> stacked (LOO) |",
+             "|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
     for m in METRICS:
         per_seed = []
         for s in seeds:
             d = df[df.seed == s]
-            ok = d[[m, f"{m}_stacked", f"observed_{m}"]].notna().all(1).to_numpy()
+            ok = d[[m, f"{m}_stacked", f"observed_{m}", f"{m}_model_singles"]].notna().all(1).to_numpy()
             d = d[ok]
-            o, a, b = (d[c].to_numpy() for c in (f"observed_{m}", m, f"{m}_stacked"))
-            per_seed.append((_spearman(a, o), _spearman(b, o)))
+            o, a, b, c = (d[k].to_numpy() for k in (f"observed_{m}", m, f"{m}_stacked", f"{m}_model_singles"))
+            per_seed.append((_spearman(c, o), _spearman(a, o), _spearman(b, o)))
             if s == seeds[0]:
                 boots = []
                 for _ in range(n_boot):
                     i = rng.integers(0, len(o), len(o))
-                    boots.append((_spearman(a[i], o[i]), _spearman(b[i], o[i])))
+                    boots.append((_spearman(c[i], o[i]), _spearman(a[i], o[i]), _spearman(b[i], o[i])))
                 boots = np.asarray(boots)
-                boots = np.column_stack([boots, boots[:, 1] - boots[:, 0]])
+                boots = np.column_stack([boots, boots[:, 2] - boots[:, 1]])
                 ci = np.nanpercentile(boots, [2.5, 97.5], axis=0)
         est = np.mean(per_seed, axis=0)
         chk = df.groupby(["seed", "fold"])[[f"{m}_check_model", f"{m}_check_stacked"]].first().mean()
-        lines.append(f"| {m.replace('_', ' ')} | {est[0]:.3f} [{ci[0, 0]:.3f}, {ci[1, 0]:.3f}] | {est[1]:.3f} "
-                     f"[{ci[0, 1]:.3f}, {ci[1, 1]:.3f}] | {est[1] - est[0]:+.3f} [{ci[0, 2]:+.3f}, {ci[1, 2]:+.3f}] | "
-                     f"{chk.iloc[0]:.3f} -> {chk.iloc[1]:.3f} |")
+        cell = [f"{est[k]:.3f} [{ci[0, k]:.3f}, {ci[1, k]:.3f}]" for k in range(3)]
+        lines.append(f"| {m.replace('_', ' ')} | {' | '.join(cell)} | {est[2] - est[1]:+.3f} [{ci[0, 3]:+.3f}, "
+                     f"{ci[1, 3]:+.3f}] | {chk.iloc[0]:.3f} -> {chk.iloc[1]:.3f} |")
     lines += ["", "Coverage of the 80% intervals on the held-out doubles (all seeds):", "",
               "| metric | conformal interval of the model's metric | jackknife interval of the stacked estimate |",
               "|---|---|---|"]
@@ -123,7 +129,10 @@ def report(rows: Path, n_boot: int = 2000) -> str:
         width_s = (df[f"{m}_stacked_hi"] - df[f"{m}_stacked_lo"]).median()
         lines.append(f"| {m.replace('_', ' ')} | {cov_m:.1%} (median width {width_m:.3f}) | {cov_s:.1%} "
                      f"(median width {width_s:.3f}) |")
-    lines += ["", "The last column of the first table is what `pdae interactions` prints for a screen: the same "
+    lines += ["", "*Model alone, its own singles*: the pair's predicted change against the model's predicted singles "
+              "(`--single-effects model`, the model's second difference); *model alone*: against the observed singles "
+              "(the default when the data measured them); *stacked*: the corrected estimate (`--estimate stacked`). "
+              "The last column of the first table is what `pdae interactions` prints for a screen: the same "
               "comparison on the model's own calibration doubles (out of fold), available without held-out data."]
     return "\n".join(lines) + "\n"
 
