@@ -13,8 +13,11 @@ squares so that thousands of pairs take seconds:
 * ``normalised_residual = ||dAB - dA - dB|| / ||dA + dB||`` (0: exactly additive);
 * ``effect`` = ``||dAB||``, the size of the predicted change.
 
-The singles are the model's own predictions, so the additive part of the model cancels and
-what is left is the interaction the model predicts. Each metric is the mean over members,
+``dA`` and ``dB`` are the singles' *observed* mean changes when the data measured every single
+(``single_effects="auto"``), as the benchmarks score a prediction; otherwise (or with
+``"model"``) the network's own predictions of them, so its additive part cancels and the metric
+is its second difference. On held-out doubles the observed singles ranked as well or better
+(``benchmarks/results/screen_stacking.md``, ``benchmarks/results/single_effects.md``). Each metric is the mean over members,
 with its spread (standard deviation across members; NaN for a single network) as the
 uncertainty. A pair measured in the data also gets its observed metrics (``observed_*``,
 from mean changes of its cells), and is marked ``measured`` / ``held_out`` /
