@@ -194,8 +194,10 @@ def interaction_box(a: str, b: str) -> None:
                         "of one network and predicted by it: 8 in 10 of them fell inside ranges this wide.")
         sure = (f"{res.agreement}; ± is the spread across the networks." if res.agreement else
                 "One network: no uncertainty (train an ensemble, `pdae train --ensemble 5`, for a spread).")
+        singles = ("the parts as measured" if res.single_effects == "observed" else
+                   "the model's own predictions of the parts")
         st.caption(f"{sure} {res.n_source_cells} cells moved from control, {res.n_genes} genes ({res.genes}), least squares "
-                   f"on mean changes; model fit {pred['model_fit']:.2f}.")
+                   f"on mean changes against {singles}; model fit {pred['model_fit']:.2f}.")
         st.page_link("pages/interactions.py", label="Every pair on the Interactions page", icon=":material/grid_on:")
 
 

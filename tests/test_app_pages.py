@@ -547,6 +547,7 @@ def test_interactions_page_opens_a_pair_in_compose():
     assert (f"| **observed** (held out from training: a true test) | {row['observed_magnitude']:.2f} | "
             f"{row['observed_normalised_residual']:.2f} |") in box
     assert "Observed in norman19_devel: " in box
+    assert "against the parts as measured" in joined(at.caption)  # the demo measured every single
 
 
 def test_compose_interaction_box_only_for_a_pair_of_singles_at_dose_one():
