@@ -35,8 +35,8 @@ import numpy as np
 
 from .conformal import conformal_rank
 
-__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "MetricStacker", "log_metric", "part_indicators", "ridge_loo",
-           "single_features"]
+__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "MetricStacker", "log_metric",
+           "part_indicators", "ridge_loo", "single_features"]
 
 #: the features of a double's two singles (:func:`single_features`), in column order
 FEATURES = ("log_min_norm", "log_max_norm", "norm_ratio", "cosine", "log_sum_norm")
