@@ -76,7 +76,55 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b)[0])
 
 
-def report(rows: Path, n_boot: int = 2000) -> str:
+def _figures(per_seed: dict[int, pd.DataFrame], names: list[str] | None) -> np.ndarray:
+    """Mean over seeds of the Spearman correlation of each prediction column with the observed one
+    (the first column), over the doubles ``names`` (all when None; repeats count), and the
+    difference of the last two."""
+    out = []
+    for d in per_seed.values():
+        sub = d if names is None else d.reindex([n for n in names if n in d.index])
+        o = sub.iloc[:, 0].to_numpy()
+        out.append([_spearman(sub.iloc[:, k].to_numpy(), o) for k in (1, 2, 3)])
+    f = np.mean(out, axis=0)
+    return np.r_[f, f[2] - f[1]]
+
+
+def _key(pair: str) -> str:
+    return "+".join(sorted(p.strip() for p in pair.split("+")))
+
+
+def _baseline_lines(df: pd.DataFrame, base: pd.DataFrame, path: Path, pairs: list[str],
+                    draws: list[np.ndarray]) -> list[str]:
+    """The baselines of the interaction benchmark on the same held-out doubles (same folds and seeds:
+    ``double_folds``), against the screen's stacked estimate, paired."""
+    df = df.assign(key=df.pair.map(_key))
+    base = base.assign(key=base.double.map(_key))
+    models = [m for m in ("linear", "heuristic", "propensity", "pdae_ensemble", "pdae_stacked") if m in set(base.model)]
+    lines = ["", f"The interaction benchmark's rows on the same held-out doubles (`{path}`: same folds and seeds), "
+             "against the screen's stacked estimate (paired: the same resampled doubles, 500 draws):", "",
+             "| model | Spearman magnitude | Spearman normalised residual | screen stacked - model, magnitude | "
+             "screen stacked - model, residual |", "|---|---|---|---|---|"]
+    keys = [_key(p) for p in pairs]
+    for model in models:
+        cells = {}
+        for m, bcol in (("magnitude", "magnitude"), ("normalised_residual", "residual")):
+            per_seed = {}
+            for s in sorted(df.seed.unique()):
+                d = df[df.seed == s].set_index("key")
+                b = base[(base.model == model) & (base.seed == s)].set_index("key")
+                j = d[[f"observed_{m}", f"{m}_stacked"]].join(b[[f"{bcol}_pred"]], how="inner").dropna()
+                per_seed[s] = j[[f"observed_{m}", f"{bcol}_pred", f"{bcol}_pred", f"{m}_stacked"]]  # _figures' columns
+            est = _figures(per_seed, None)
+            boots = np.asarray([_figures(per_seed, [keys[i] for i in idx]) for idx in draws[:500]])
+            ci = np.nanpercentile(boots, [2.5, 97.5], axis=0)
+            cells[m] = (f"{est[1]:.3f} [{ci[0, 1]:.3f}, {ci[1, 1]:.3f}]",
+                        f"{est[3]:+.3f} [{ci[0, 3]:+.3f}, {ci[1, 3]:+.3f}]")
+        lines.append(f"| {model} | {cells['magnitude'][0]} | {cells['normalised_residual'][0]} | "
+                     f"{cells['magnitude'][1]} | {cells['normalised_residual'][1]} |")
+    return lines
+
+
+def report(rows: Path, n_boot: int = 2000, baselines: Path | None = None) -> str:
     files = sorted(rows.glob("seed*_fold*.csv"))
     if not files:
         raise SystemExit(f"no per-fold rows in {rows}")
@@ -91,33 +139,30 @@ def report(rows: Path, n_boot: int = 2000) -> str:
              f"{df.stacked_doubles.max()} calibration doubles reach the stacker",
              f"- time per fold (one thread): fit {df.groupby(['seed', 'fold']).fit_seconds.first().mean():.0f} s, "
              f"screen of 5,356 pairs {df.groupby(['seed', 'fold']).screen_seconds.first().mean():.1f} s",
-             "- Spearman over all held-out doubles of a seed (mean over seeds); [95% bootstrap interval over doubles, "
-             "seed 0's resamples]", "",
+             "- Spearman over all held-out doubles of a seed, mean over seeds; [95% bootstrap interval: the doubles "
+             f"resampled ({n_boot} times), the same draw for every seed and every column]", "",
              "| metric | model alone, its own singles | model alone | stacked | stacked - model (paired) | on the "
              "calibration doubles, model -> stacked (LOO) |",
              "|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
+    pairs = sorted(df.pair.unique())
+    draws = [rng.integers(0, len(pairs), len(pairs)) for _ in range(n_boot)]
     for m in METRICS:
-        per_seed = []
+        cols = (f"{m}_model_singles", m, f"{m}_stacked")
+        per_seed = {}  # seed -> (observed, the three predictions), indexed by pair
         for s in seeds:
-            d = df[df.seed == s]
-            ok = d[[m, f"{m}_stacked", f"observed_{m}", f"{m}_model_singles"]].notna().all(1).to_numpy()
-            d = d[ok]
-            o, a, b, c = (d[k].to_numpy() for k in (f"observed_{m}", m, f"{m}_stacked", f"{m}_model_singles"))
-            per_seed.append((_spearman(c, o), _spearman(a, o), _spearman(b, o)))
-            if s == seeds[0]:
-                boots = []
-                for _ in range(n_boot):
-                    i = rng.integers(0, len(o), len(o))
-                    boots.append((_spearman(c[i], o[i]), _spearman(a[i], o[i]), _spearman(b[i], o[i])))
-                boots = np.asarray(boots)
-                boots = np.column_stack([boots, boots[:, 2] - boots[:, 1]])
-                ci = np.nanpercentile(boots, [2.5, 97.5], axis=0)
-        est = np.mean(per_seed, axis=0)
+            d = df[df.seed == s].set_index("pair")
+            d = d[d[[*cols, f"observed_{m}"]].notna().all(1)]
+            per_seed[s] = d[[f"observed_{m}", *cols]]
+        est = _figures(per_seed, None)
+        boots = np.asarray([_figures(per_seed, [pairs[i] for i in idx]) for idx in draws])
+        ci = np.nanpercentile(boots, [2.5, 97.5], axis=0)
         chk = df.groupby(["seed", "fold"])[[f"{m}_check_model", f"{m}_check_stacked"]].first().mean()
         cell = [f"{est[k]:.3f} [{ci[0, k]:.3f}, {ci[1, k]:.3f}]" for k in range(3)]
-        lines.append(f"| {m.replace('_', ' ')} | {' | '.join(cell)} | {est[2] - est[1]:+.3f} [{ci[0, 3]:+.3f}, "
+        lines.append(f"| {m.replace('_', ' ')} | {' | '.join(cell)} | {est[3]:+.3f} [{ci[0, 3]:+.3f}, "
                      f"{ci[1, 3]:+.3f}] | {chk.iloc[0]:.3f} -> {chk.iloc[1]:.3f} |")
+    if baselines is not None and baselines.is_file():
+        lines += _baseline_lines(df, pd.read_csv(baselines), baselines, pairs, draws)
     lines += ["", "Coverage of the 80% intervals on the held-out doubles (all seeds):", "",
               "| metric | conformal interval of the model's metric | jackknife interval of the stacked estimate |",
               "|---|---|---|"]
@@ -145,13 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="training steps (default: the model type's 300)")
     ap.add_argument("--rows", type=Path, required=True, help="folder of the per-fold held-out rows")
     ap.add_argument("--report", action="store_true", help="summarise the rows instead of running folds")
+    ap.add_argument("--baselines", type=Path,
+                    default=Path("benchmarks/results/norman19_pseudobulk_interactions/per_double.csv"),
+                    help="per_double.csv of `pdae benchmark --task interactions` on the same data and seeds")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--data-dir", default=os.environ.get("PDAE_DATA_DIR"))
     args = ap.parse_args(argv)
     if not args.report:
         run_folds(args.seed, [int(f) for f in args.folds.split(",")], args.rows, args.threads, args.data_dir, args.epochs)
         return 0
-    text = report(args.rows)
+    text = report(args.rows, baselines=args.baselines)
     cmd = " ".join(sys.argv[1:] if argv is None else argv)
     text = f"<!-- generated by: python benchmarks/screen_stacking.py {cmd} (after the fold runs in its docstring) -->\n" + text
     if args.out:
