@@ -459,6 +459,29 @@ def _means(adata: ad.AnnData, registry: PerturbationRegistry, conditions: Sequen
     return out
 
 
+_PAIR_EPS = 1e-12
+
+
+def pair_metrics(dA: np.ndarray, dB: np.ndarray, dAB: np.ndarray) -> dict[str, np.ndarray]:
+    """Least-squares interaction metrics of many doubles at once: ``dA``, ``dB``, ``dAB`` are
+    (..., genes); returns arrays of shape (...). Collinear singles get the minimum-norm fit (as
+    :func:`~pdae_core.eval.interactions.fit_coefficients`)."""
+    dA, dB, dAB = (np.asarray(v, dtype=np.float64) for v in (dA, dB, dAB))
+    X = np.stack([dA, dB], axis=-1)  # (..., G, 2)
+    gram = np.swapaxes(X, -1, -2) @ X  # (..., 2, 2)
+    rhs = np.swapaxes(X, -1, -2) @ dAB[..., None]  # (..., 2, 1)
+    scale = np.maximum(np.trace(gram, axis1=-2, axis2=-1), _PAIR_EPS)[..., None, None]
+    coef = (np.linalg.pinv(gram / scale, rcond=1e-10) @ (rhs / scale))[..., 0]
+    c1, c2 = coef[..., 0], coef[..., 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dominance = np.abs(np.log10(np.abs(c1) / np.abs(c2)))
+        s = np.linalg.norm(dA + dB, axis=-1)
+        r = np.linalg.norm(dAB - dA - dB, axis=-1)
+        resid = np.where(s > _PAIR_EPS, r / np.maximum(s, _PAIR_EPS), np.where(r > _PAIR_EPS, np.inf, 0.0))
+    return {"c1": c1, "c2": c2, "magnitude": np.hypot(c1, c2), "dominance": dominance,
+            "normalised_residual": resid, "nonadditive_norm": r, "effect": np.linalg.norm(dAB, axis=-1)}
+
+
 def mean_changes(
     adata: ad.AnnData, registry: PerturbationRegistry, conditions: Sequence[str], control: str | None = None
 ) -> pd.DataFrame:

@@ -53,8 +53,8 @@ import pandas as pd
 
 from ..data.registry import condition_column
 from ..errors import DataError
-from .interactions import describe_interaction, expressed_genes
-from .stacking import METRICS, log_metric
+from .interactions import describe_interaction, expressed_genes, pair_metrics
+from .stacking import METRICS, add_stacked, fit_screen_stacker, log_metric
 
 __all__ = ["ESTIMATES", "SCORES", "SINGLE_EFFECTS", "cells_per_network", "single_effects_mode", "has_stacked", "pair_metrics", "screen_pairs", "rank_pairs",
            "screen_singles", "pair_call", "PairInteraction", "pair_interaction"]
@@ -67,7 +67,6 @@ SCORES: dict[str, tuple[str, bool]] = {
     "least_additive": ("normalised_residual", True),
     "uncertain": ("normalised_residual_spread", True),
 }
-_EPS = 1e-12
 #: below this many genes expressed in the control cells, the screen scores all genes
 MIN_EXPRESSED = 50
 #: when an ensemble shares the moved cells of a pair among its networks, each moves at least this many
@@ -116,26 +115,6 @@ def cells_per_network(n_cells: int, n_members: int) -> int:
     (``benchmarks/screen_agreement.py``), so an ensemble of 5 screens in about the time of 1.25 networks."""
     n_cells, n_members = int(n_cells), max(1, int(n_members))
     return max(min(n_cells, MIN_CELLS_PER_NETWORK), -(-n_cells // n_members))
-
-
-def pair_metrics(dA: np.ndarray, dB: np.ndarray, dAB: np.ndarray) -> dict[str, np.ndarray]:
-    """Least-squares interaction metrics of many doubles at once: ``dA``, ``dB``, ``dAB`` are
-    (..., genes); returns arrays of shape (...). Collinear singles get the minimum-norm fit (as
-    :func:`~pdae_core.eval.interactions.fit_coefficients`)."""
-    dA, dB, dAB = (np.asarray(v, dtype=np.float64) for v in (dA, dB, dAB))
-    X = np.stack([dA, dB], axis=-1)  # (..., G, 2)
-    gram = np.swapaxes(X, -1, -2) @ X  # (..., 2, 2)
-    rhs = np.swapaxes(X, -1, -2) @ dAB[..., None]  # (..., 2, 1)
-    scale = np.maximum(np.trace(gram, axis1=-2, axis2=-1), _EPS)[..., None, None]
-    coef = (np.linalg.pinv(gram / scale, rcond=1e-10) @ (rhs / scale))[..., 0]
-    c1, c2 = coef[..., 0], coef[..., 1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        dominance = np.abs(np.log10(np.abs(c1) / np.abs(c2)))
-        s = np.linalg.norm(dA + dB, axis=-1)
-        r = np.linalg.norm(dAB - dA - dB, axis=-1)
-        resid = np.where(s > _EPS, r / np.maximum(s, _EPS), np.where(r > _EPS, np.inf, 0.0))
-    return {"c1": c1, "c2": c2, "magnitude": np.hypot(c1, c2), "dominance": dominance,
-            "normalised_residual": resid, "nonadditive_norm": r, "effect": np.linalg.norm(dAB, axis=-1)}
 
 
 def screen_singles(model: Any) -> list[str]:
@@ -292,99 +271,11 @@ def screen_pairs(
     for key, v in obs.items():
         table[f"observed_{key}"] = v
     if cal is not None and cal.out_of_fold is not None:
-        table.attrs.update(_add_stacked(table, model, adata, gidx, model_log, float(level), float(kappa),
-                                        _min_cells(model, min_cells)))
+        table.attrs.update(add_stacked(table, model, adata, gidx, model_log, float(level), float(kappa),
+                                       _min_cells(model, min_cells)))
     table.attrs.update({"n_members": M, "n_genes": int(len(gidx)), "genes": gene_set, "n_source_cells": int(source.n_obs),
                         "seconds": time.perf_counter() - t0, "kappa": float(kappa), "single_effects": mode})
     return rank_pairs(table, "test_next")
-
-
-@dataclass
-class _Stack:
-    """A stacker fitted for a screen (:func:`_fit_stacker`): the observed change of each measured
-    single on the screen's genes, how many calibration doubles taught it, and its check."""
-
-    stacker: Any
-    singles: dict[str, np.ndarray]
-    n: int
-    check: dict[str, dict[str, float]]
-
-    def predict(self, model_log: np.ndarray, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        """Stacked metrics (not logs), (pairs, metrics); NaN where a single is not measured."""
-        from .stacking import single_features
-
-        out = np.full((len(a), len(METRICS)), np.nan)
-        ok = np.array([x in self.singles and y in self.singles for x, y in zip(a, b)], dtype=bool)
-        if ok.any():
-            A, B = (np.stack([self.singles[x] for x, k in zip(v, ok) if k]) for v in (a, b))
-            pairs = [(x, y) for x, y, k in zip(a, b, ok) if k]
-            log = self.stacker.predict(np.asarray(model_log, dtype=np.float64)[ok], single_features(A, B), pairs)
-            out[ok] = np.where(np.isfinite(log), np.exp(log), np.nan)
-        return out
-
-    def half_width(self, metric: str, level: float) -> float:
-        """The jackknife half-width of ``metric`` on the log scale: the interval is value x exp(-+ it)."""
-        return self.stacker.half_width(METRICS.index(metric), level)
-
-
-def _fit_stacker(model: Any, adata: ad.AnnData, gidx: np.ndarray, singles: Sequence[str],
-                 min_cells: int) -> _Stack | str:
-    """Fit the stacker (:mod:`pdae_core.eval.stacking`) of a cross-fitted ensemble on its calibration
-    doubles measured in ``adata`` (at least ``min_cells`` cells for the double and each single): the
-    out-of-fold predicted metrics of its calibration record, observed metrics and singles from
-    ``adata`` on the genes ``gidx``. A string says why there is none."""
-    from scipy.stats import spearmanr
-
-    from .interactions import mean_changes
-    from .stacking import MIN_DOUBLES, MetricStacker, single_features
-
-    reg, cal = model.registry, getattr(model, "calibration", None)
-    if cal is None or cal.out_of_fold is None:
-        return ("the model is not a cross-fitted ensemble" if cal is None else
-                "the checkpoint's calibration predates the out-of-fold metrics the correction needs (retrain it)")
-    counts = pd.Series(condition_column(adata, reg.perturbation_key)).value_counts()
-    ok = {c for c in counts.index if counts[c] >= min_cells}
-    oof = np.column_stack([log_metric(cal.out_of_fold[m]) for m in METRICS])
-    rows = [(i, d, *reg.parse(d)) for i, d in enumerate(cal.doubles)]
-    rows = [r for r in rows if len(r) == 4 and all(c in ok for c in r[1:]) and np.isfinite(oof[r[0]]).all()]
-    measured = sorted(set(singles) & ok)
-    if len(rows) >= MIN_DOUBLES:
-        need = sorted(set(measured) | {c for r in rows for c in r[1:]})
-        delta = dict(zip(need, mean_changes(adata, reg, need).to_numpy(np.float64)[:, gidx]))
-        A, B, AB = (np.stack([delta[r[k]] for r in rows]) for k in (2, 3, 1))
-        obs = pair_metrics(A, B, AB)
-        target = np.column_stack([log_metric(obs[m]) for m in METRICS])
-        keep = np.isfinite(target).all(1)
-        rows, A, B, target = [r for r, k in zip(rows, keep) if k], A[keep], B[keep], target[keep]
-    if len(rows) < MIN_DOUBLES:
-        return (f"{len(rows)} calibration doubles are measured in the data with both singles (at least "
-                f"{MIN_DOUBLES} are needed)")
-    st = MetricStacker().fit(oof[[r[0] for r in rows]], single_features(A, B), [r[2:] for r in rows], target)
-    loo = st.loo_predictions()
-    check = {m: {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
-                 "stacked": float(spearmanr(loo[:, t], target[:, t])[0])} for t, m in enumerate(METRICS)}
-    return _Stack(st, {s: delta[s] for s in measured}, len(rows), check)
-
-
-def _add_stacked(table: pd.DataFrame, model: Any, adata: ad.AnnData, gidx: np.ndarray, model_log: dict[str, np.ndarray],
-                 level: float, kappa: float, min_cells: int) -> dict[str, Any]:
-    """Add the stacked estimate of each metric (:func:`_fit_stacker`) to ``table``:
-    ``magnitude_stacked`` (with ``_lo`` / ``_hi``, jackknife intervals at ``level``),
-    ``normalised_residual_stacked`` (same) and ``test_next_stacked``, for the pairs whose two singles
-    are measured in ``adata``. Returns the table's attrs: ``stacked_doubles`` and ``stacked_check``
-    (per metric, the Spearman correlation over the calibration doubles of the observed metric with
-    the model's out-of-fold metric and with the stacker's leave-one-out prediction), or
-    ``stacked_note`` saying why there is no stacked estimate."""
-    stack = _fit_stacker(model, adata, gidx, sorted(set(table["a"]) | set(table["b"])), min_cells)
-    if isinstance(stack, str):
-        return {"stacked_note": f"no stacked estimate: {stack}"}
-    pred = stack.predict(np.column_stack([model_log[m] for m in METRICS]), table["a"].tolist(), table["b"].tolist())
-    for t, m in enumerate(METRICS):
-        hw = stack.half_width(m, level)
-        table[f"{m}_stacked"] = pred[:, t]
-        table[f"{m}_stacked_lo"], table[f"{m}_stacked_hi"] = pred[:, t] * np.exp(-hw), pred[:, t] * np.exp(hw)
-    table["test_next_stacked"] = table["normalised_residual_stacked"] + kappa * table["normalised_residual_spread"].fillna(0.0)
-    return {"stacked_doubles": stack.n, "stacked_check": stack.check, "stacked_level": level}
 
 
 #: what a ranking reads: the model's own metrics, or their stacked estimate (when the screen made one)
@@ -586,7 +477,7 @@ def pair_interaction(
     stacked = None
     cal = getattr(model, "calibration", None)
     if cal is not None and cal.out_of_fold is not None and cal.single_effects == mode:
-        stack = _fit_stacker(model, adata, gidx, [a, b], _min_cells(model, min_cells))
+        stack = fit_screen_stacker(model, adata, gidx, [a, b], _min_cells(model, min_cells))
         if not isinstance(stack, str):
             v = stack.predict(np.array([[log_metric(members[m].to_numpy()).mean() for m in METRICS]]), [a], [b])[0]
             if np.isfinite(v).all():

@@ -23,20 +23,27 @@ On ``norman19_pseudobulk`` this raised the held-out Spearman of the PDAE ensembl
 0.54 to 0.61 (magnitude) and from 0.67 to 0.78 (normalised residual), above every
 baseline (``pdae benchmark --task interactions``: the ``pdae_stacked`` row, which uses this
 class). The pair screen (:func:`~pdae_core.eval.pair_screen.screen_pairs`) applies it to a
-cross-fitted ensemble's calibration record. Pure NumPy; only training doubles are used.
+cross-fitted ensemble's calibration record (:func:`fit_screen_stacker`, :func:`add_stacked`);
+the rest of the module is pure NumPy. Only training doubles are used.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 
+from ..data.registry import condition_column
 from .conformal import conformal_rank
+from .interactions import mean_changes, pair_metrics
 
-__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "MetricStacker", "log_metric",
-           "part_indicators", "ridge_loo", "single_features"]
+__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "MetricStacker", "add_stacked",
+           "fit_screen_stacker", "log_metric", "part_indicators", "ridge_loo", "single_features"]
 
 #: the features of a double's two singles (:func:`single_features`), in column order
 FEATURES = ("log_min_norm", "log_max_norm", "norm_ratio", "cosine", "log_sum_norm")
@@ -160,3 +167,90 @@ class MetricStacker:
         r = np.sort(np.abs(self.loo_residuals_[:, target]))
         k = conformal_rank(len(r), level)
         return math.inf if k is None else float(r[k - 1])
+
+
+# ---------------------------------------------------------------------------------
+# applied to a cross-fitted ensemble's pair screen
+
+
+@dataclass
+class _Stack:
+    """A stacker fitted for a screen (:func:`fit_screen_stacker`): the observed change of each measured
+    single on the screen's genes, how many calibration doubles taught it, and its check."""
+
+    stacker: Any
+    singles: dict[str, np.ndarray]
+    n: int
+    check: dict[str, dict[str, float]]
+
+    def predict(self, model_log: np.ndarray, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """Stacked metrics (not logs), (pairs, metrics); NaN where a single is not measured."""
+        out = np.full((len(a), len(METRICS)), np.nan)
+        ok = np.array([x in self.singles and y in self.singles for x, y in zip(a, b)], dtype=bool)
+        if ok.any():
+            A, B = (np.stack([self.singles[x] for x, k in zip(v, ok) if k]) for v in (a, b))
+            pairs = [(x, y) for x, y, k in zip(a, b, ok) if k]
+            log = self.stacker.predict(np.asarray(model_log, dtype=np.float64)[ok], single_features(A, B), pairs)
+            out[ok] = np.where(np.isfinite(log), np.exp(log), np.nan)
+        return out
+
+    def half_width(self, metric: str, level: float) -> float:
+        """The jackknife half-width of ``metric`` on the log scale: the interval is value x exp(-+ it)."""
+        return self.stacker.half_width(METRICS.index(metric), level)
+
+
+def fit_screen_stacker(model: Any, adata: ad.AnnData, gidx: np.ndarray, singles: Sequence[str],
+                       min_cells: int) -> _Stack | str:
+    """Fit the stacker (:mod:`pdae_core.eval.stacking`) of a cross-fitted ensemble on its calibration
+    doubles measured in ``adata`` (at least ``min_cells`` cells for the double and each single): the
+    out-of-fold predicted metrics of its calibration record, observed metrics and singles from
+    ``adata`` on the genes ``gidx``. A string says why there is none."""
+    from scipy.stats import spearmanr
+
+    reg, cal = model.registry, getattr(model, "calibration", None)
+    if cal is None or cal.out_of_fold is None:
+        return ("the model is not a cross-fitted ensemble" if cal is None else
+                "the checkpoint's calibration predates the out-of-fold metrics the correction needs (retrain it)")
+    counts = pd.Series(condition_column(adata, reg.perturbation_key)).value_counts()
+    ok = {c for c in counts.index if counts[c] >= min_cells}
+    oof = np.column_stack([log_metric(cal.out_of_fold[m]) for m in METRICS])
+    rows = [(i, d, *reg.parse(d)) for i, d in enumerate(cal.doubles)]
+    rows = [r for r in rows if len(r) == 4 and all(c in ok for c in r[1:]) and np.isfinite(oof[r[0]]).all()]
+    measured = sorted(set(singles) & ok)
+    if len(rows) >= MIN_DOUBLES:
+        need = sorted(set(measured) | {c for r in rows for c in r[1:]})
+        delta = dict(zip(need, mean_changes(adata, reg, need).to_numpy(np.float64)[:, gidx]))
+        A, B, AB = (np.stack([delta[r[k]] for r in rows]) for k in (2, 3, 1))
+        obs = pair_metrics(A, B, AB)
+        target = np.column_stack([log_metric(obs[m]) for m in METRICS])
+        keep = np.isfinite(target).all(1)
+        rows, A, B, target = [r for r, k in zip(rows, keep) if k], A[keep], B[keep], target[keep]
+    if len(rows) < MIN_DOUBLES:
+        return (f"{len(rows)} calibration doubles are measured in the data with both singles (at least "
+                f"{MIN_DOUBLES} are needed)")
+    st = MetricStacker().fit(oof[[r[0] for r in rows]], single_features(A, B), [r[2:] for r in rows], target)
+    loo = st.loo_predictions()
+    check = {m: {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
+                 "stacked": float(spearmanr(loo[:, t], target[:, t])[0])} for t, m in enumerate(METRICS)}
+    return _Stack(st, {s: delta[s] for s in measured}, len(rows), check)
+
+
+def add_stacked(table: pd.DataFrame, model: Any, adata: ad.AnnData, gidx: np.ndarray, model_log: dict[str, np.ndarray],
+                level: float, kappa: float, min_cells: int) -> dict[str, Any]:
+    """Add the stacked estimate of each metric (:func:`fit_screen_stacker`) to ``table``:
+    ``magnitude_stacked`` (with ``_lo`` / ``_hi``, jackknife intervals at ``level``),
+    ``normalised_residual_stacked`` (same) and ``test_next_stacked``, for the pairs whose two singles
+    are measured in ``adata``. Returns the table's attrs: ``stacked_doubles`` and ``stacked_check``
+    (per metric, the Spearman correlation over the calibration doubles of the observed metric with
+    the model's out-of-fold metric and with the stacker's leave-one-out prediction), or
+    ``stacked_note`` saying why there is no stacked estimate."""
+    stack = fit_screen_stacker(model, adata, gidx, sorted(set(table["a"]) | set(table["b"])), min_cells)
+    if isinstance(stack, str):
+        return {"stacked_note": f"no stacked estimate: {stack}"}
+    pred = stack.predict(np.column_stack([model_log[m] for m in METRICS]), table["a"].tolist(), table["b"].tolist())
+    for t, m in enumerate(METRICS):
+        hw = stack.half_width(m, level)
+        table[f"{m}_stacked"] = pred[:, t]
+        table[f"{m}_stacked_lo"], table[f"{m}_stacked_hi"] = pred[:, t] * np.exp(-hw), pred[:, t] * np.exp(hw)
+    table["test_next_stacked"] = table["normalised_residual_stacked"] + kappa * table["normalised_residual_spread"].fillna(0.0)
+    return {"stacked_doubles": stack.n, "stacked_check": stack.check, "stacked_level": level}
