@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
     print(printable(
         f"{len(table)} pairs of {len(set(table['a']) | set(table['b']))} singles from {source}: "
         f"{int(table['measured'].sum())} measured ({int(table['held_out'].sum())} held out from training); "
-        f"{members}; {a['n_genes']} genes ({a['genes']}); pairs scored against the {a['single_effects']} singles; {a['n_source_cells']} moved cells per pair"
+        f"{members}; {a['n_genes']} genes ({a['genes']}); pairs scored against the {a['single_effects']} singles; "
+        f"{a['n_source_cells']} moved cells per pair"
         f"{' per network' if a['n_members'] > 1 else ''}; "
         f"{time.perf_counter() - t0:.1f} s in all."
     ))

@@ -55,6 +55,7 @@ __all__ = [
     "interaction_metrics",
     "interaction_table",
     "interactions_from_profiles",
+    "pair_metrics",
     "interactions_from_cells",
     "mean_changes",
     "expressed_genes",
