@@ -209,6 +209,59 @@ def test_propensity_regression_learns_how_each_perturbation_combines():
     assert mag == pytest.approx(0.5 * factor["P0"] * factor["P1"] * np.sqrt(2), rel=0.1)
 
 
+def _signatures(seed: int = 5) -> tuple[ProfileSet, list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """10 singles; every double is dA + dB + uA + uB: each perturbation brings its own
+    departure from additivity ``u`` (the same in every double it is part of)."""
+    rng = np.random.default_rng(seed)
+    names = [f"P{i}" for i in range(10)]
+    eff = {n: rng.normal(size=N_GENES) for n in names}
+    sig = {n: rng.normal(size=N_GENES) for n in names}
+    conds, rows = list(names), [eff[n] for n in names]
+    for a, b in itertools.combinations(names, 2):
+        conds.append(f"{a}+{b}")
+        rows.append(eff[a] + eff[b] + sig[a] + sig[b])
+    return profiles_from_anndata(_adata(conds, np.vstack(rows))), conds, eff, sig
+
+
+def test_partner_baseline_reads_the_departure_of_the_doubles_sharing_a_part():
+    """Each perturbation's doubles share its own departure from additivity: the partners baseline
+    recovers a held-out double's non-additive part from the other doubles of its parts, which
+    the scaled additive baseline (a multiple of dA + dB) cannot."""
+    from pdae_core.eval.pseudobulk.interaction_models import PartnerProfile
+
+    p, conds, eff, sig = _signatures()
+    df = run_interaction_benchmark(p, models=["partners", "scaled_additive"], k=5, seeds=(0,))
+    na = df.groupby("model").nonadditive_pearson.mean()
+    assert na["partners"] > 0.8 > na["scaled_additive"] + 0.5
+    # by hand: fitted on every single and three doubles, the partner mean of P0+P1 leaves out
+    # nothing (it is not a training double) and counts P0+P2 and P1+P2 once each
+    train = [f"P{i}" for i in range(10)] + ["P0+P2", "P1+P2", "P3+P4"]
+    m = PartnerProfile().fit(p.subset(train))
+    nonadd = {d: p.deltas[p.index([d])[0]] - eff[d[:2]] - eff[d[3:]] for d in train[10:]}
+    assert np.allclose(m.nonadditive_, np.vstack([nonadd[d] for d in train[10:]]))
+    a, b, c = m.coef_
+    labels = p.subset(["P0+P1", "P5+P6", "P7"]).labels
+    pred = m.predict(labels)
+    S = eff["P0"] + eff["P1"]
+    G = np.mean(list(nonadd.values()), axis=0)
+    partners = (nonadd["P0+P2"] + nonadd["P1+P2"]) / 2
+    assert np.allclose(pred[0], S + a * S + b * partners + c * G)
+    S = eff["P5"] + eff["P6"]  # no training double holds P5 or P6: the partner mean is the overall mean
+    assert np.allclose(pred[1], S + a * S + (b + c) * G)
+    assert np.allclose(pred[2], eff["P7"])  # a single is its measured delta
+    # the coefficients: least squares with each training double's own partner mean and overall
+    # mean leaving it out (P0+P2 and P1+P2 share P2 with each other, P3+P4 shares nothing)
+    N = np.vstack([nonadd[d] for d in train[10:]])
+    Ss = np.vstack([eff["P0"] + eff["P2"], eff["P1"] + eff["P2"], eff["P3"] + eff["P4"]])
+    loo = np.vstack([(N.sum(0) - N[i]) / 2 for i in range(3)])
+    P = np.vstack([N[1], N[0], loo[2]])
+    X = np.stack([Ss.ravel(), P.ravel(), loo.ravel()], 1)
+    assert np.allclose(m.coef_, np.linalg.lstsq(X, N.ravel(), rcond=None)[0])
+    # fewer than 2 training doubles: the additive baseline
+    one = PartnerProfile().fit(p.subset(train[:10] + ["P0+P2"]))
+    assert np.allclose(one.predict(labels)[0], eff["P0"] + eff["P1"])
+
+
 def test_heuristic_regression_learns_a_feature_rule():
     """Doubles whose magnitude is a function of the singles' norm ratio: the regression
     ranks held-out doubles by it from the training doubles alone."""

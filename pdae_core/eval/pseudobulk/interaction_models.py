@@ -1,6 +1,7 @@
 """Models of the interaction benchmark (:mod:`.interactions_track`) beyond the profile
 models of :mod:`.models`: :class:`HeuristicInteractionRegression` (predicts the
-interaction metrics of a double directly from its two singles) and
+interaction metrics of a double directly from its two singles), :class:`PartnerProfile` (the sum
+of the singles plus the non-additive part of the measured doubles that share a perturbation),
 :class:`PDAEEnsembleProfile` (cross-fitted members of the PDAE mean form, with their
 spread and split-conformal intervals of the per-gene change) and :class:`PDAEStackedRegression`
 (the ensemble's out-of-fold metrics combined with the baselines' features)."""
@@ -25,10 +26,10 @@ from ..stacking import (
     single_features,
 )
 from .interaction_scores import double_figures, rank_metrics
-from .models import PDAEProfile, ProfileModel
+from .models import AdditiveProfile, PDAEProfile, ProfileModel
 from .profiles import ProfileSet, train_conditions
 
-__all__ = ["HeuristicInteractionRegression", "PDAEEnsembleProfile", "PDAEStackedRegression",
+__all__ = ["HeuristicInteractionRegression", "PartnerProfile", "PDAEEnsembleProfile", "PDAEStackedRegression",
            "PropensityInteractionRegression", "single_deltas"]
 
 
@@ -127,6 +128,71 @@ class PropensityInteractionRegression(HeuristicInteractionRegression):
 
     def _from_target(self, z: np.ndarray) -> np.ndarray:
         return np.exp(z)
+
+
+# ---------------------------------------------------------------------------------
+# the departure from additivity that the other measured doubles show
+
+
+class PartnerProfile(AdditiveProfile):
+    """The sum of the singles plus the departure from additivity of the measured doubles that
+    share a perturbation with the target: a profile baseline that knows how each gene tends to
+    combine, without any model of the profiles.
+
+    Non-additive part of a training combination ``c`` (two or more parts, each measured alone
+    in training): ``N_c = d_c - sum_p d_p`` over its parts ``p``. For a target combination
+    ``t``: ``P_t``, the mean of ``N_c`` over the training combinations that share a part with
+    ``t``, each counted once per shared part (``G`` when none does), and ``G``, the mean of
+    every ``N_c``. Prediction: ``S_t + a S_t + b P_t + c G`` with ``S_t`` the sum of the
+    target's singles; ``a``, ``b``, ``c`` by least squares over genes and the training
+    combinations, whose own ``P`` and ``G`` leave them out. A single is its measured delta
+    (as :class:`AdditiveProfile`); with fewer than 2 training combinations the model is
+    :class:`AdditiveProfile`. After ``fit``: ``coef_`` (``a``, ``b``, ``c``),
+    ``conditions_`` (the training combinations), ``nonadditive_`` (their ``N_c``),
+    ``members_`` (which parts each holds) and ``train_features_`` (their ``S``, ``P``, ``G``,
+    each leaving the combination out); :meth:`features` gives ``S``, ``P``, ``G`` of targets."""
+
+    name = "partners"
+
+    def fit(self, profiles: ProfileSet) -> PartnerProfile:
+        super().fit(profiles)
+        known = set(np.asarray(self.perturbations_)[self.known_].tolist())
+        rows = [i for i, p in enumerate(profiles.parts) if len(p) >= 2 and set(p) <= known]
+        L = (profiles.labels[rows] != 0).astype(np.float64)
+        self.conditions_ = [profiles.conditions[i] for i in rows]
+        self.members_ = L
+        self.nonadditive_ = profiles.deltas[rows] - L @ self.effects_
+        self.coef_ = np.zeros(3)
+        if len(rows) < 2:
+            return self
+        shared = L @ L.T  # shared parts between training combinations
+        np.fill_diagonal(shared, 0.0)
+        loo_mean = (self.nonadditive_.sum(0)[None] - self.nonadditive_) / (len(rows) - 1)
+        self.train_features_ = (L @ self.effects_, self._partner_mean(shared, loo_mean), loo_mean)
+        X = np.stack([f.ravel() for f in self.train_features_], axis=1)
+        self.coef_ = np.linalg.lstsq(X, self.nonadditive_.ravel(), rcond=None)[0]
+        return self
+
+    def _partner_mean(self, weights: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+        total = weights.sum(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            P = (weights @ self.nonadditive_) / total
+        return np.where(total > 0, P, fallback)
+
+    def features(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``S``, ``P`` and ``G`` of each label (rows; needs 2 or more training combinations)."""
+        L = self._labels(labels, len(self.perturbations_))
+        G = np.broadcast_to(self.nonadditive_.mean(0), (len(L), self.nonadditive_.shape[1]))
+        return AdditiveProfile.predict(self, L), self._partner_mean((L != 0).astype(np.float64) @ self.members_.T, G), G
+
+    def predict(self, labels: np.ndarray) -> np.ndarray:
+        L = self._labels(labels, len(self.perturbations_))
+        out = super().predict(L)
+        combos = np.count_nonzero(L, axis=1) >= 2
+        if combos.any() and len(self.nonadditive_) >= 2:
+            S, P, G = self.features(L[combos])
+            out[combos] += np.tensordot(self.coef_, np.stack([S, P, G]), axes=1)
+        return out
 
 
 # ---------------------------------------------------------------------------------

@@ -126,6 +126,11 @@ def write_interaction_tables(df: pd.DataFrame, out: Path, *, name: str, profiles
         "- propensity: ridge regression of the log of each observed metric of the training doubles on which "
         "perturbations the double holds (log m(A+B) = mu + u_A + u_B; penalty by leave-one-out): how each "
         "perturbation tends to combine, learnt from the other doubles it is part of; metrics only, as heuristic.",
+        "- partners (PartnerProfile): dA + dB plus a (dA + dB) + b P + c G, where P is the mean non-additive part "
+        "(dCD - dC - dD) of the training doubles that share a perturbation with the double and G that of every "
+        "training double; a, b, c by least squares over genes and the training doubles (each leaving itself out "
+        "of its own P and G): how each gene departs from additivity in the doubles of the same perturbations, "
+        "without a model of the profiles.",
         "- pdae: the PDAE mean form as in the pseudobulk benchmark (PDAEProfile: latent size 32 or 128 and "
         "step chosen by the Pearson delta of 10% of the training doubles). pdae_ensemble (PDAEEnsembleProfile): "
         f"{members} cross-fitted members (member m trained without 1/{members} of the training doubles, which it "

@@ -18,7 +18,8 @@ Models (:data:`INTERACTION_MODELS`): the profile models of :data:`.models.PROFIL
 ``pdae``: the PDAE mean form), ``heuristic`` (:class:`.interaction_models.HeuristicInteractionRegression`,
 metrics regressed on single-perturbation features), ``propensity``
 (:class:`.interaction_models.PropensityInteractionRegression`, log metrics regressed on which
-perturbations the double holds), ``pdae_ensemble``
+perturbations the double holds), ``partners`` (:class:`.interaction_models.PartnerProfile`, the sum of
+the singles plus the non-additive part of the measured doubles that share a perturbation), ``pdae_ensemble``
 (:class:`.interaction_models.PDAEEnsembleProfile`, cross-fitted members, with spread and
 conformal intervals), ``pdae_stacked`` (:class:`.interaction_models.PDAEStackedRegression`, the
 ensemble's out-of-fold metrics stacked with the two regressions' features) and ``random`` (a
@@ -41,6 +42,7 @@ from ...errors import DataError
 from ..interactions import METHODS, _gene_positions
 from .interaction_models import (
     HeuristicInteractionRegression,
+    PartnerProfile,
     PDAEEnsembleProfile,
     PDAEStackedRegression,
     PropensityInteractionRegression,
@@ -50,10 +52,11 @@ from .interaction_scores import double_figures
 from .models import PROFILE_MODELS
 from .profiles import ProfileSet, double_folds, train_conditions
 
-__all__ = ["INTERACTION_MODELS", "DEFAULT_INTERACTION_MODELS", "run_interaction_benchmark", "gene_positions"]
+__all__ = ["INTERACTION_MODELS", "DEFAULT_INTERACTION_MODELS", "run_interaction_benchmark", "gene_positions",
+           "fold_cache_paths"]
 
 #: Model names :func:`run_interaction_benchmark` knows.
-INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "propensity", "random", "pdae",
+INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "propensity", "partners", "random", "pdae",
                       "pdae_ensemble", "pdae_stacked")
 DEFAULT_INTERACTION_MODELS = INTERACTION_MODELS
 LEVELS = (0.8, 0.95)  # coverage levels of the ensemble's conformal intervals
@@ -76,6 +79,34 @@ def _digest(profiles: ProfileSet, genes: np.ndarray, *settings: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def _cache_key(profiles: ProfileSet, g: np.ndarray, method: str, k: int, n_members: int,
+               ensemble_kw: Mapping[str, Any] | None, levels: Sequence[float]) -> str:
+    return _digest(profiles, g, method, int(k), int(n_members), dict(ensemble_kw or {}), tuple(levels))
+
+
+def _cache_path(cache: Path, profiles: ProfileSet, g: np.ndarray, key: str, name: str, model: Any, seed: int,
+                fold: int) -> Path:
+    """The cached rows of one (model, seed, fold): named by the data, the settings and the
+    model's parameters (as built, before ``fit``)."""
+    params = _digest(profiles, g, key, name, repr(sorted(vars(model).items())))
+    return cache / f"{name}_seed{seed}_fold{fold}_{params}.csv"
+
+
+def fold_cache_paths(profiles: ProfileSet, models: Sequence[str], cache_dir: str | Path, k: int = 5,
+                     seeds: Sequence[int] = (0, 1, 2), n_members: int = 5, method: str = "lstsq", genes: Any = None,
+                     levels: Sequence[float] = LEVELS, ensemble_kw: Mapping[str, Any] | None = None
+                     ) -> dict[tuple[str, int, int], Path]:
+    """Where :func:`run_interaction_benchmark` with these arguments keeps (and looks for) the
+    rows of each named model, seed and fold: ``{(model, seed, fold): path}`` (``random`` has
+    none). Lets a committed table's rows seed a rerun that adds a model."""
+    g = gene_positions(profiles, genes)
+    key = _cache_key(profiles, g, method, k, n_members, ensemble_kw, levels)
+    factories = _factories(models, int(n_members), method, g, dict(ensemble_kw or {}))
+    return {(name, int(seed), f): _cache_path(Path(cache_dir), profiles, g, key, name, factory(int(seed)), int(seed), f)
+            for seed in seeds for f in range(len(double_folds(profiles, k=k, seed=int(seed))))
+            for name, factory in factories.items() if factory is not None}
+
+
 def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_members: int, method: str,
                genes: np.ndarray, ensemble_kw: Mapping[str, Any]) -> dict[str, Callable[[int], Any] | None]:
     if isinstance(models, Mapping):
@@ -91,6 +122,8 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
             out[m] = lambda seed: HeuristicInteractionRegression(method=method, genes=genes)
         elif m == "propensity":
             out[m] = lambda seed: PropensityInteractionRegression(method=method, genes=genes)
+        elif m == "partners":
+            out[m] = lambda seed: PartnerProfile()
         elif m == "pdae_stacked":
             out[m] = lambda seed: PDAEStackedRegression(method=method, genes=genes, seed=seed, n_members=n_members,
                                                         **ensemble_kw)
@@ -194,7 +227,7 @@ def run_interaction_benchmark(
         observed[d] = double_figures(a, b, profiles.deltas[profiles.index([d])[0]][g], method)
     rows = []
     named = not isinstance(models, Mapping)
-    key = _digest(profiles, g, method, int(k), int(n_members), dict(ensemble_kw or {}), tuple(levels))
+    key = _cache_key(profiles, g, method, k, n_members, ensemble_kw, levels)
     cache = Path(cache_dir) if cache_dir is not None and named else None
     for seed in seeds:
         folds = double_folds(profiles, k=k, seed=int(seed))
@@ -206,9 +239,8 @@ def run_interaction_benchmark(
                     continue
                 model = factory(int(seed))
                 path = None
-                if cache is not None:  # named by the data, the settings and the model's parameters
-                    params = _digest(profiles, g, key, name, repr(sorted(vars(model).items())))
-                    path = cache / f"{name}_seed{seed}_fold{f}_{params}.csv"
+                if cache is not None:
+                    path = _cache_path(cache, profiles, g, key, name, model, int(seed), f)
                     if path.exists():
                         rows += pd.read_csv(path).to_dict("records")
                         continue
