@@ -35,6 +35,19 @@ into a scratch folder; then:
       python benchmarks/merge_results.py pseudobulk benchmarks/results/norman19_pseudobulk /tmp/pb \\
           --models additive,scaled_additive,linear,pdae
 
+* interaction track (``interactions``): the track resumes from ``<out>/fold_rows`` (one file
+  per model, seed and fold, named by the data, the settings and the model's parameters). This
+  script reads the committed ``per_double.csv``, loads the profiles as the committed command
+  (first line of ``summary.md``) does, and writes each committed (model, seed, fold) into
+  ``<into>/fold_rows`` under the name that command gives it. Rerunning the committed command
+  with the longer ``--models`` list and ``--out <into>`` then fits only the new models (the
+  committed rows are read back as written, to 6 significant digits)::
+
+      python benchmarks/merge_results.py interactions benchmarks/results/norman19_pseudobulk_interactions \
+          --into /tmp/b/benchmarks/results/norman19_pseudobulk_interactions
+      cd /tmp/b && pdae benchmark --dataset norman19_pseudobulk --task interactions --seeds 3 --threads 1 \
+          --models <the committed ones and the new> --out benchmarks/results/norman19_pseudobulk_interactions -q
+
 Values agree between machines only to the last digits, so rows are compared with an
 absolute tolerance (``--tol``, default 1e-9); the committed rows are kept as they are.
 """
@@ -182,11 +195,43 @@ def merge_pseudobulk(committed: Path, new: Path, models: list[str], into: Path, 
     return "\n".join(lines)
 
 
+def seed_interactions(committed: Path, into: Path) -> str:
+    """Write the committed interaction rows into ``into/fold_rows`` under the names the
+    committed command gives them; returns a report."""
+    from pdae_core.cli import build_parser
+    from pdae_core.cli.benchmark import _profiles
+    from pdae_core.data.datasets import load_dataset
+    from pdae_core.eval.pseudobulk.interactions_track import fold_cache_paths
+
+    stamp = (committed / "summary.md").read_text().splitlines()[0]
+    if not stamp.startswith(STAMP):
+        raise MergeError(f"{committed / 'summary.md'} names no command on its first line.")
+    argv = shlex.split(stamp[len(STAMP):].rsplit(" -->", 1)[0])
+    args = build_parser(commands=["benchmark"]).parse_args(argv[1:])
+    if args.task != "interactions" or args.dataset is None:
+        raise MergeError(f"{committed} is not an interaction benchmark of a named dataset: {shlex.join(argv)}")
+    old = pd.read_csv(committed / "per_double.csv", float_precision="round_trip", keep_default_na=False,
+                      na_values=[""])
+    models = list(dict.fromkeys(old["model"]))
+    profiles = _profiles(args, load_dataset(args.dataset, data_dir=args.data_dir))
+    paths = fold_cache_paths(profiles, models, into / "fold_rows", k=args.folds, seeds=range(args.seeds),
+                             n_members=args.members, method=args.fit_method)
+    have = {(str(m), int(s), int(f)) for m, s, f in old[["model", "seed", "fold"]].itertuples(index=False)}
+    if have != set(paths):
+        raise MergeError(f"the committed rows are for other (model, seed, fold)s than {shlex.join(argv)} makes: "
+                         f"{sorted(have ^ set(paths))[:5]}")
+    for (model, seed, fold), g in old.groupby(["model", "seed", "fold"], sort=False):
+        g = g.dropna(axis=1, how="all")  # the columns this model's own rows have
+        atomic_write(paths[str(model), int(seed), int(fold)], g.to_csv(index=False))
+    return f"{into / 'fold_rows'}: {len(paths)} (model, seed, fold) files from {len(old)} committed rows"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("track", choices=["cells", "pseudobulk"])
+    ap.add_argument("track", choices=["cells", "pseudobulk", "interactions"])
     ap.add_argument("committed", type=Path, help="the committed results folder")
-    ap.add_argument("new", type=Path, help="the scratch run with the new model(s) and the models to check")
+    ap.add_argument("new", type=Path, nargs="?", help="cells, pseudobulk: the scratch run with the new model(s) and the "
+                    "models to check (interactions: none)")
     ap.add_argument("--into", type=Path, help="cells: folder whose runs/ to seed; pseudobulk: folder to write "
                     "(default: the committed folder)")
     ap.add_argument("--models", help="pseudobulk: every model of the merged table, in order")
@@ -194,7 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     into = args.into or args.committed
     try:
-        if args.track == "cells":
+        if args.track == "interactions":
+            if args.into is None:
+                ap.error("interactions needs --into (the folder the rerun writes)")
+            print(seed_interactions(args.committed, args.into))
+        elif args.new is None:
+            ap.error(f"{args.track} needs the scratch run (new)")
+        elif args.track == "cells":
             print(merge_cells(args.committed, args.new, into, args.tol))
         else:
             if not args.models:

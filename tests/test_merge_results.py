@@ -58,3 +58,31 @@ def test_cells_merge_reuses_every_committed_pair(tmp_path, monkeypatch):
     df.to_csv(committed / "per_condition.csv", index=False)
     with pytest.raises(mr.MergeError, match="additive"):
         mr.merge_cells(committed, new, into, 1e-9)
+
+
+def test_interaction_rows_seed_a_rerun_that_adds_a_model(tmp_path, monkeypatch, capsys):
+    """The committed rows are written under the names the committed command looks for: a rerun
+    with one more model reads them back (a committed value changed by hand survives) and fits
+    only the new model."""
+    from pdae_core.cli import main as cli_main
+
+    mr = _load()
+    committed, into = tmp_path / "c", tmp_path / "i"
+    base = ["benchmark", "--dataset", "norman19_pseudobulk", "--task", "interactions", "--seeds", "1", "-q"]
+    assert cli_main([*base, "--models", "additive,linear", "--out", str(committed)]) == 0
+    shutil.rmtree(committed / "fold_rows")  # a committed folder keeps only its three files
+    rows = pd.read_csv(committed / "per_double.csv")
+    marked = (rows["model"] == "linear") & (rows["fold"] == 2)
+    rows.loc[marked, "nonadditive_pearson"] = 0.123  # what only the committed rows say
+    rows.to_csv(committed / "per_double.csv", index=False)
+    assert mr.main(["interactions", str(committed), "--into", str(into)]) == 0
+    assert len(list((into / "fold_rows").glob("*.csv"))) == 10  # 2 models x 5 folds
+    assert cli_main([*base, "--models", "additive,linear,partners", "--out", str(into)]) == 0
+    again = pd.read_csv(into / "per_double.csv")
+    assert (again.loc[(again["model"] == "linear") & (again["fold"] == 2), "nonadditive_pearson"] == 0.123).all()
+    assert set(again["model"]) == {"additive", "linear", "partners"}
+    assert len(list((into / "fold_rows").glob("partners_*.csv"))) == 5
+    # a folder whose rows do not belong to its command is refused
+    rows[rows["fold"] != 4].to_csv(committed / "per_double.csv", index=False)
+    assert mr.main(["interactions", str(committed), "--into", str(tmp_path / "j")]) == 1
+    assert "other (model, seed, fold)s" in capsys.readouterr().err
