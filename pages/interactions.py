@@ -70,7 +70,7 @@ if ensemble:
                                   help="A second heatmap: how much the networks of the ensemble disagree on each pair.")
 else:
     show_spread = False
-with c_read.expander("How to read this page", icon=":material/help:"):
+with c_read.expander("What the numbers mean", icon=":material/help:"):
     st.markdown(
         "- **Magnitude**: the pair's change is fitted as `c1·A + c2·B` (A, B: the changes of the two parts alone) "
         "and magnitude = √(c1² + c2²). By the convention of Norman et al. (2019), above 1 is called **synergy**, "

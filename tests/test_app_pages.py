@@ -499,6 +499,8 @@ def test_interactions_page_ranks_every_pair_of_the_demo():
     assert not at.error
     m = metrics(at)
     assert m["Pairs"] == "153" and m["Singles"] == "18" and m["Measured pairs"] == "5" and m["Networks"] == "1"
+    labels = [e.label for e in at.expander]  # two help boxes, told apart by their names
+    assert labels[:2] == ["How to read this page", "What the numbers mean"] and len(set(labels)) == len(labels)
     assert "One network: no uncertainty" in joined(at.caption) and "pdae train --ensemble 5" in joined(at.caption)
     score = at.selectbox(key="ia_score")
     assert score.value == "test_next" and "uncertain" not in score.options  # no spread with one network
