@@ -149,7 +149,7 @@ class PartnerProfile(AdditiveProfile):
     (as :class:`AdditiveProfile`); with fewer than 2 training combinations the model is
     :class:`AdditiveProfile`. After ``fit``: ``coef_`` (``a``, ``b``, ``c``),
     ``conditions_`` (the training combinations), ``nonadditive_`` (their ``N_c``),
-    ``members_`` (which parts each holds) and ``train_features_`` (their ``S``, ``P``, ``G``,
+    ``combination_parts_`` (which parts each holds) and ``train_features_`` (their ``S``, ``P``, ``G``,
     each leaving the combination out); :meth:`features` gives ``S``, ``P``, ``G`` of targets."""
 
     name = "partners"
@@ -160,7 +160,7 @@ class PartnerProfile(AdditiveProfile):
         rows = [i for i, p in enumerate(profiles.parts) if len(p) >= 2 and set(p) <= known]
         L = (profiles.labels[rows] != 0).astype(np.float64)
         self.conditions_ = [profiles.conditions[i] for i in rows]
-        self.members_ = L
+        self.combination_parts_ = L
         self.nonadditive_ = profiles.deltas[rows] - L @ self.effects_
         self.coef_ = np.zeros(3)
         if len(rows) < 2:
@@ -183,7 +183,8 @@ class PartnerProfile(AdditiveProfile):
         """``S``, ``P`` and ``G`` of each label (rows; needs 2 or more training combinations)."""
         L = self._labels(labels, len(self.perturbations_))
         G = np.broadcast_to(self.nonadditive_.mean(0), (len(L), self.nonadditive_.shape[1]))
-        return AdditiveProfile.predict(self, L), self._partner_mean((L != 0).astype(np.float64) @ self.members_.T, G), G
+        shared = (L != 0).astype(np.float64) @ self.combination_parts_.T
+        return AdditiveProfile.predict(self, L), self._partner_mean(shared, G), G
 
     def predict(self, labels: np.ndarray) -> np.ndarray:
         L = self._labels(labels, len(self.perturbations_))
