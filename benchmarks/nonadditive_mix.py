@@ -22,9 +22,10 @@ genes with the observed one, per double, mean over seeds) of:
   ``P`` and ``G``, combined by least squares over genes and the training doubles (their out-of-fold
   ensemble predictions, their leave-one-out ``P`` and ``G``);
 * ``per_gene``: per gene, a ridge regression of the training doubles' observed non-additive part on
-  the ensemble's out-of-fold one and ``dA + dB``, shrunk towards the stacked model's ``(1, beta)``
-  (the shrinkage chosen by 5-fold cross-validation on the training doubles): genes whose predicted
-  departure has not matched the observed one count less;
+  the ensemble's out-of-fold one and ``dA + dB``, shrunk towards ``(1, beta)`` (the shrinkage chosen by
+  5-fold cross-validation on the training doubles): genes whose predicted departure has not matched the
+  observed one count less (the benchmark's ``pdae_stacked`` profile since this check; ``stacked`` is
+  its profile before);
 * ``partners``: the baseline alone;
 * ``full``: the refitted members' mean; ``both``: all 10 members;
 
@@ -116,57 +117,23 @@ def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_
               flush=True)
 
 
-def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
-    return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
-
-
-BETAS = np.round(np.arange(-1.0, 1.0001, 0.05), 2)
-SHRINK = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # x the median over genes of sum_c E_cg^2
-
-
-def _beta(E: np.ndarray, S: np.ndarray, N: np.ndarray) -> float:
-    """The stacked model's share of the singles' sum, by the mean non-additive Pearson."""
-    return float(BETAS[int(np.nanargmax([np.nanmean(_row_pearson(E + b * S, N)) for b in BETAS]))])
-
-
-def _per_gene(E: np.ndarray, S: np.ndarray, N: np.ndarray, E_new: np.ndarray, S_new: np.ndarray,
-              shrink: float) -> np.ndarray:
-    """Per gene g, ridge regression of N_g on (E_g, S_g) over the doubles, shrunk towards the
-    stacked model's (1, beta) with penalty ``shrink`` x median_g sum E_g^2; predicts the new doubles."""
-    beta = _beta(E, S, N)
-    a11, a12, a22 = (E * E).sum(0), (E * S).sum(0), (S * S).sum(0)
-    lam = shrink * np.median(a11)
-    r1, r2 = (E * N).sum(0) + lam, (S * N).sum(0) + lam * beta
-    det = (a11 + lam) * (a22 + lam) - a12 ** 2
-    w, v = ((a22 + lam) * r1 - a12 * r2) / det, ((a11 + lam) * r2 - a12 * r1) / det
-    return w * E_new + v * S_new
-
-
-def _per_gene_cv(E: np.ndarray, S: np.ndarray, N: np.ndarray, E_new: np.ndarray, S_new: np.ndarray
-                 ) -> tuple[np.ndarray, float]:
-    """:func:`_per_gene` with the shrinkage chosen by 5-fold cross-validation on the training doubles."""
-    groups = np.array_split(np.random.default_rng(0).permutation(len(E)), 5)
-    score = {}
-    for sh in SHRINK:
-        r = []
-        for grp in groups:
-            m = np.ones(len(E), dtype=bool)
-            m[grp] = False
-            r += list(_row_pearson(_per_gene(E[m], S[m], N[m], E[~m], S[~m], sh), N[~m]))
-        score[sh] = float(np.nanmean(r))
-    best = max(score, key=score.get)
-    return _per_gene(E, S, N, E_new, S_new, best), best
-
-
 def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
     """One row per (seed, held-out double): the non-additive Pearson of each prediction and the
     observed and predicted magnitude and residual of ensemble / full / both."""
-    from pdae_core.eval.pseudobulk.interaction_models import PartnerProfile, single_deltas
+    from pdae_core.eval.pseudobulk.interaction_models import (
+        PartnerProfile,
+        PDAEStackedRegression,
+        _row_pearson,
+        best_beta,
+        choose_gene_shrink,
+        gene_weights,
+        single_deltas,
+    )
     from pdae_core.eval.pseudobulk.interaction_scores import double_figures
     from pdae_core.eval.pseudobulk.profiles import train_conditions
 
     P = _profiles(data_dir)
+    betas = PDAEStackedRegression().betas
     out = []
     for path in sorted(rows.glob("seed*_fold*.npz")):
         z = np.load(path)
@@ -182,8 +149,10 @@ def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
         order = [partners.conditions_.index(d) for d in cal]
         _, Pp_tr, G_tr = (f[order] for f in partners.train_features_)
         _, Pp_te, G_te = partners.features(P.subset(test).labels)
-        beta = _beta(ens_tr, S_tr, na_tr)
-        per_gene, shrink = _per_gene_cv(ens_tr, S_tr, na_tr, ens_te, S_te)
+        beta = best_beta(ens_tr, S_tr, na_tr, betas)
+        shrink, _ = choose_gene_shrink(ens_tr, S_tr, na_tr, betas)
+        w, v = gene_weights(ens_tr, S_tr, na_tr, beta, shrink)
+        per_gene = w * ens_te + v * S_te
         X = np.stack([f.ravel() for f in (ens_tr, S_tr, Pp_tr, G_tr)], axis=1)
         coef = np.linalg.lstsq(X, na_tr.ravel(), rcond=None)[0]
         mix = np.tensordot(coef, np.stack([ens_te, S_te, Pp_te, G_te]), axes=1)

@@ -342,7 +342,7 @@ def test_stacked_regression_reads_the_ensembles_out_of_fold_metrics():
     """pdae_stacked: the ensemble's out-of-fold metrics of the training doubles (never its in-sample
     predictions) beside the baselines' features; on log-additive doubles it ranks held-out doubles as
     well as the propensity regression it contains; its profile adds back a share of the additive part."""
-    from pdae_core.eval.pseudobulk.interaction_models import PDAEStackedRegression
+    from pdae_core.eval.pseudobulk.interaction_models import PDAEStackedRegression, gene_weights
 
     p, conds, factor = _log_additive()
     model = PDAEStackedRegression(n_members=2, seed=0, **TINY).fit(p)
@@ -354,14 +354,50 @@ def test_stacked_regression_reads_the_ensembles_out_of_fold_metrics():
     inside = model._pdae_features(p, doubles, ens.predict_members(labels))
     assert not np.allclose(inside, oof)  # in-sample predictions would leak the training doubles' answers
     assert len(model.alpha_) == 2 and all(len(a) == 2 for a in model.alpha_)
-    # its profile: the ensemble's plus beta times the observed singles' sum
-    assert model.beta_ in model.betas
+    # its profile: the singles' sum plus the ensemble's non-additive part, recalibrated gene by gene
+    assert model.beta_ in model.betas and model.shrink_ in model.gene_shrinks
     e = np.eye(len(p.perturbations))
     lab = e[0] + e[1]
-    np.testing.assert_allclose(model.predict(lab[None])[0],
-                               ens.predict(lab[None])[0] + model.beta_ * (p.deltas[0] + p.deltas[1]))
+    S = p.deltas[0] + p.deltas[1]
+    E = ens.predict(lab[None])[0] - S
+    np.testing.assert_allclose(model.predict(lab[None])[0], S + model.gene_w_ * E + model.gene_v_ * S)
+    S_tr = np.vstack([p.deltas[p.index(d.split("+"))].sum(0) for d in doubles])
+    na = p.deltas[p.index(doubles)] - S_tr  # from the out-of-fold predictions of the training doubles:
+    w, v = gene_weights(ens.oof_ - S_tr, S_tr, na, model.beta_, model.shrink_)
+    np.testing.assert_allclose(model.gene_w_, w)
+    np.testing.assert_allclose(model.gene_v_, v)
+    plain = PDAEStackedRegression(n_members=2, seed=0, gene_shrinks=None, **TINY).fit(p)  # the beta form
+    assert plain.shrink_ is None and plain.beta_ == model.beta_
+    np.testing.assert_allclose(plain.predict(lab[None])[0], ens.predict(lab[None])[0] + plain.beta_ * S)
     df = run_interaction_benchmark(p, models=["pdae_stacked"], k=4, seeds=(0,), n_members=2, ensemble_kw=TINY)
     assert df.c1_pred.isna().all() and df.nonadditive_pearson.notna().all()  # metrics regressed, profile kept
     assert df.selected.str.contains("ridge=").all() and df.selected.str.contains("beta=").all()
+    assert df.selected.str.contains("shrink=").all()
     s = interaction_tables(df, n_boot=50, random=False)[0].set_index("model")
     assert s.loc["pdae_stacked", "spearman_magnitude"] > 0.9
+
+
+def test_gene_weights_and_their_shrinkage():
+    """Per gene, the ridge regression of the observed non-additive part on the predicted one and
+    the singles' sum: ordinary least squares per gene without shrinkage, (1, beta) with a huge one;
+    cross-validation prefers little shrinkage when genes truly differ and much when they do not."""
+    from pdae_core.eval.pseudobulk.interaction_models import best_beta, choose_gene_shrink, gene_weights
+
+    rng = np.random.default_rng(0)
+    n, G = 60, 40
+    E, S = rng.normal(size=(n, G)), rng.normal(size=(n, G))
+    w_true = rng.uniform(-0.5, 2.0, G)  # genes differ in how far their predicted departure holds
+    N = w_true * E - 0.3 * S + 0.3 * rng.normal(size=(n, G))
+    w, v = gene_weights(E, S, N, 0.0, 0.0)
+    for g in (0, 7, 39):
+        np.testing.assert_allclose([w[g], v[g]], np.linalg.lstsq(np.c_[E[:, g], S[:, g]], N[:, g], rcond=None)[0])
+    w, v = gene_weights(E, S, N, -0.25, 1e9)
+    np.testing.assert_allclose(w, 1.0, atol=1e-5)
+    np.testing.assert_allclose(v, -0.25, atol=1e-5)
+    assert best_beta(E, S, N, (-1.0, -0.3, 0.0, 0.5)) == -0.3
+    shrink, scores = choose_gene_shrink(E, S, N, (-1.0, -0.3, 0.0, 0.5))
+    assert shrink == min(scores) and scores[min(scores)] > scores[max(scores)]
+    same = E - 0.3 * S + 2.0 * rng.normal(size=(n, G))  # every gene alike, and noisy: shrink towards (1, beta)
+    shrink, scores = choose_gene_shrink(E, S, same, (-1.0, -0.3, 0.0, 0.5))
+    assert shrink > 1.0 and scores[shrink] > scores[min(scores)]
+    assert gene_weights(np.zeros((5, 3)), np.zeros((5, 3)), np.ones((5, 3)), 0.2, 0.0)[1].tolist() == [0.2] * 3

@@ -139,7 +139,7 @@ def _selected(model: Any) -> str:
     """What a model chose on its training profiles (for the per-double table)."""
     if hasattr(model, "ensemble_"):
         return (f"{_selected(model.ensemble_)} ridge=" + ";".join(f"{a:g},{b:g}" for a, b in model.alpha_)
-                + f" beta={model.beta_:g}")
+                + f" beta={model.beta_:g}" + ("" if model.shrink_ is None else f" shrink={model.shrink_:g}"))
     if hasattr(model, "step_") and hasattr(model, "source_"):
         return f"step={model.step_} source={model.source_}"
     if hasattr(model, "best_latent_dim_"):
