@@ -41,7 +41,9 @@ into a scratch folder; then:
   (first line of ``summary.md``) does, and writes each committed (model, seed, fold) into
   ``<into>/fold_rows`` under the name that command gives it. Rerunning the committed command
   with the longer ``--models`` list and ``--out <into>`` then fits only the new models (the
-  committed rows are read back as written, to 6 significant digits)::
+  committed rows are read back as written, to 6 significant digits). The names come from today's
+  code: a committed model whose code has changed since must be named with ``--refit`` (it is not
+  seeded, so the rerun fits it again), or the rerun would read its old rows as new::
 
       python benchmarks/merge_results.py interactions benchmarks/results/norman19_pseudobulk_interactions \
           --into /tmp/b/benchmarks/results/norman19_pseudobulk_interactions
@@ -195,9 +197,11 @@ def merge_pseudobulk(committed: Path, new: Path, models: list[str], into: Path, 
     return "\n".join(lines)
 
 
-def seed_interactions(committed: Path, into: Path) -> str:
+def seed_interactions(committed: Path, into: Path, refit: list[str] | None = None) -> str:
     """Write the committed interaction rows into ``into/fold_rows`` under the names the
-    committed command gives them; returns a report."""
+    committed command gives them, except those of the models in ``refit``; returns a report.
+    The names come from today's code: a model whose code changed since the committed run must be
+    in ``refit``, or the rerun would read its old rows as new."""
     from pdae_core.cli import build_parser
     from pdae_core.cli.benchmark import _profiles
     from pdae_core.data.datasets import load_dataset
@@ -220,10 +224,16 @@ def seed_interactions(committed: Path, into: Path) -> str:
     if have != set(paths):
         raise MergeError(f"the committed rows are for other (model, seed, fold)s than {shlex.join(argv)} makes: "
                          f"{sorted(have ^ set(paths))[:5]}")
-    for (model, seed, fold), g in old.groupby(["model", "seed", "fold"], sort=False):
+    unknown = sorted(set(refit or ()) - set(models))
+    if unknown:
+        raise MergeError(f"--refit names models the committed table does not have: {', '.join(unknown)}")
+    kept = old[~old["model"].isin(refit or ())]
+    for (model, seed, fold), g in kept.groupby(["model", "seed", "fold"], sort=False):
         g = g.dropna(axis=1, how="all")  # the columns this model's own rows have
         atomic_write(paths[str(model), int(seed), int(fold)], g.to_csv(index=False))
-    return f"{into / 'fold_rows'}: {len(paths)} (model, seed, fold) files from {len(old)} committed rows"
+    n_files = kept.groupby(["model", "seed", "fold"]).ngroups
+    return (f"{into / 'fold_rows'}: {n_files} (model, seed, fold) files from {len(kept)} committed rows"
+            + (f"; left to refit: {', '.join(refit)}" if refit else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--into", type=Path, help="cells: folder whose runs/ to seed; pseudobulk: folder to write "
                     "(default: the committed folder)")
     ap.add_argument("--models", help="pseudobulk: every model of the merged table, in order")
+    ap.add_argument("--refit", metavar="M1,M2", help="interactions: models not to seed (their code changed since "
+                    "the committed run), so the rerun fits them again")
     ap.add_argument("--tol", type=float, default=1e-9, help="largest absolute difference of a value (default 1e-9)")
     args = ap.parse_args(argv)
     into = args.into or args.committed
@@ -242,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.track == "interactions":
             if args.into is None:
                 ap.error("interactions needs --into (the folder the rerun writes)")
-            print(seed_interactions(args.committed, args.into))
+            refit = [m.strip() for m in (args.refit or "").split(",") if m.strip()]
+            print(seed_interactions(args.committed, args.into, refit))
         elif args.new is None:
             ap.error(f"{args.track} needs the scratch run (new)")
         elif args.track == "cells":

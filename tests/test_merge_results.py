@@ -82,6 +82,15 @@ def test_interaction_rows_seed_a_rerun_that_adds_a_model(tmp_path, monkeypatch, 
     assert (again.loc[(again["model"] == "linear") & (again["fold"] == 2), "nonadditive_pearson"] == 0.123).all()
     assert set(again["model"]) == {"additive", "linear", "partners"}
     assert len(list((into / "fold_rows").glob("partners_*.csv"))) == 5
+    # --refit leaves a model out of the cache, so the rerun fits it again (its code changed)
+    refit = tmp_path / "r"
+    assert mr.main(["interactions", str(committed), "--into", str(refit), "--refit", "linear"]) == 0
+    assert len(list((refit / "fold_rows").glob("linear_*.csv"))) == 0
+    assert cli_main([*base, "--models", "additive,linear", "--out", str(refit)]) == 0
+    fresh = pd.read_csv(refit / "per_double.csv")
+    assert not (fresh.loc[fresh["model"] == "linear", "nonadditive_pearson"] == 0.123).any()
+    assert mr.main(["interactions", str(committed), "--into", str(refit), "--refit", "nosuch"]) == 1
+    assert "nosuch" in capsys.readouterr().err
     # a folder whose rows do not belong to its command is refused
     rows[rows["fold"] != 4].to_csv(committed / "per_double.csv", index=False)
     assert mr.main(["interactions", str(committed), "--into", str(tmp_path / "j")]) == 1
