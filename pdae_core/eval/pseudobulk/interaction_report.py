@@ -141,8 +141,11 @@ def write_interaction_tables(df: pd.DataFrame, out: Path, *, name: str, profiles
         "- pdae_stacked (PDAEStackedRegression): the same ensemble's out-of-fold log magnitude and log normalised "
         "residual of every training double, with the heuristic's features and the propensity's indicators, in one "
         "ridge regression of each log observed metric of the training doubles (two penalties by leave-one-out); "
-        "a held-out double gets the members' mean log metrics. Its profile is the ensemble's plus beta (dA + dB), "
-        "beta chosen by the out-of-fold non-additive Pearson of the training doubles.",
+        "a held-out double gets the members' mean log metrics. Its profile is dA + dB plus the ensemble's "
+        "non-additive part E recalibrated gene by gene, w_g E + v_g (dA + dB): per gene a ridge regression of the "
+        "training doubles' observed non-additive part on their out-of-fold E and dA + dB, shrunk towards (1, beta) "
+        "(beta by the out-of-fold non-additive Pearson; the shrinkage by 5-fold cross-validation on the training "
+        "doubles).",
         "- choices made on the training profiles of each fold (count over seeds x folds):",
         *_choices(df),
     ]
