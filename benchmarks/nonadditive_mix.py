@@ -151,8 +151,8 @@ def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
         _, Pp_te, G_te = partners.features(P.subset(test).labels)
         beta = best_beta(ens_tr, S_tr, na_tr, betas)
         shrink, _ = choose_gene_shrink(ens_tr, S_tr, na_tr, betas)
-        w, v = gene_weights(ens_tr, S_tr, na_tr, beta, shrink)
-        per_gene = w * ens_te + v * S_te
+        gene_w, gene_v = gene_weights(ens_tr, S_tr, na_tr, beta, shrink)
+        per_gene = gene_w * ens_te + gene_v * S_te
         X = np.stack([f.ravel() for f in (ens_tr, S_tr, Pp_tr, G_tr)], axis=1)
         coef = np.linalg.lstsq(X, na_tr.ravel(), rcond=None)[0]
         mix = np.tensordot(coef, np.stack([ens_te, S_te, Pp_te, G_te]), axes=1)
