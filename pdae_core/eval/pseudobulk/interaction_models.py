@@ -456,13 +456,15 @@ def choose_gene_shrink(E: np.ndarray, S: np.ndarray, N: np.ndarray, betas: Seque
     Pearson over ``genes`` of each left-out double's recalibrated part with its observed part."""
     g = slice(None) if genes is None else genes
     groups = np.array_split(np.random.default_rng(seed).permutation(len(E)), n_folds)
+    folds = []  # each fold's training rows and its beta (which does not depend on the shrinkage)
+    for grp in groups:
+        m = np.ones(len(E), dtype=bool)
+        m[grp] = False
+        folds.append((m, best_beta(E[m][:, g], S[m][:, g], N[m][:, g], betas)))
     scores = {}
     for sh in shrinks:
         r: list[float] = []
-        for grp in groups:
-            m = np.ones(len(E), dtype=bool)
-            m[grp] = False
-            beta = best_beta(E[m][:, g], S[m][:, g], N[m][:, g], betas)
+        for m, beta in folds:
             w, v = gene_weights(E[m], S[m], N[m], beta, sh)
             r += list(_row_pearson((w * E[~m] + v * S[~m])[:, g], N[~m][:, g]))
         scores[float(sh)] = float(np.nanmean(r))
