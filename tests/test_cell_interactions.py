@@ -87,5 +87,27 @@ def test_a_cross_fitted_ensemble_has_its_intervals_checked_on_the_held_out_doubl
     got = ens.loc[f"{first['double']} (seed 0)"]
     assert got["coverage_80"] == first["gene_coverage_80"] and got["spread"] == first["spread"]
     assert got["coverage_residual_80"] == float(first["normalised_residual_covered_80"])
+    assert set(ens["single_effects"]) == {"observed"}  # the calibration's scoring, which the report names
     figures = set(uncertainty_summary(rows, "pdae_ensemble")["figure"])
     assert {"spread_error_spearman", "coverage_80", "coverage_95", "coverage_residual_80"} <= figures
+
+
+def test_the_spread_is_also_scored_with_the_observed_cell_counts_taken_out():
+    """At the cell level most of a held-out double's error is the noise of its observed mean (few
+    cells); the spread cannot know it. The figure given the cell counts finds a spread that tracks
+    the rest of the error, which the plain Spearman hides."""
+    from pdae_core.eval.pseudobulk.interaction_scores import uncertainty_summary
+
+    rng = np.random.default_rng(0)
+    n = 80
+    cells = rng.integers(4, 40, n).astype(float)
+    spread = rng.uniform(0.05, 0.08, n)
+    err = np.exp(3 * (spread - 0.065) / 0.015 * 0.1 + rng.normal(0, 0.05, n)) / np.sqrt(cells)
+    rows = pd.DataFrame({"model": "pdae_ensemble", "seed": 0, "fold": 0, "double": [f"d{i}" for i in range(n)],
+                         "spread": spread, "error_l2": err, "n_cells": cells, "pred_norm": 1.0, "obs_norm": 1.0})
+    fig = uncertainty_summary(rows, n_boot=50).set_index("figure")["value"]
+    assert fig["error_cells_spearman"] < -0.6
+    assert fig["spread_error_spearman_given_cells"] > 0.9 > fig["spread_error_spearman"] + 0.25
+    assert fig["spread_cv"] == pytest.approx(spread.std() / spread.mean())
+    no_cells = uncertainty_summary(rows.drop(columns="n_cells"), n_boot=50)  # the pseudobulk track has none
+    assert not {"error_cells_spearman", "spread_cv"} & set(no_cells["figure"])

@@ -283,7 +283,8 @@ def interval_check(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
     change lies inside the interval at each level (``gene_coverage_80``...), and per metric
     the predicted and observed values, the half-width and whether the observed value is
     covered (``magnitude_covered_80``...). Predictions as in :func:`calibrate` (the pair screen's
-    control cells, gene set and scoring)."""
+    control cells, gene set and scoring; ``single_effects``: the singles the metrics were scored
+    against, the calibration's)."""
     cal = getattr(model, "calibration", None)
     if cal is None:
         raise DataError("The model has no calibration: train a cross-fitted ensemble (cross_fit=True).")
@@ -296,7 +297,7 @@ def interval_check(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
         oA, oB, oAB = (observed[c] for c in (*parts[d], d))
         mean_ab = pred[:, 2].mean(0)
         row: dict[str, Any] = {
-            "double": d, "n_members": int(pred.shape[0]),
+            "double": d, "n_members": int(pred.shape[0]), "single_effects": cal.single_effects,
             "error": float(np.sqrt(np.mean((mean_ab - oAB) ** 2))),
             "spread": float(np.sqrt(np.mean(pred[:, 2].std(0, ddof=1) ** 2))) if pred.shape[0] > 1 else np.nan,
         }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -79,19 +80,21 @@ def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, re
     return pd.DataFrame(rows)
 
 
-def _intervals(path: Path) -> dict[str, dict[str, float]]:
+def _intervals(path: Path) -> dict[str, dict[str, Any]]:
     """Per held-out double, a calibrated ensemble's uncertainty figures from the benchmark's
     ``.intervals.csv`` (:func:`~pdae_core.eval.calibration.interval_check`), named as
     :func:`~pdae_core.eval.pseudobulk.interaction_scores.uncertainty_summary` reads them:
     ``spread``, ``coverage_<level>`` (genes inside their interval), ``coverage_magnitude_<level>``
-    and ``coverage_residual_<level>`` (1 when the observed metric is inside), ``width_residual_<level>``.
+    and ``coverage_residual_<level>`` (1 when the observed metric is inside), ``width_residual_<level>``
+    and ``single_effects`` (the singles those metrics were scored against: ``observed`` or ``model``).
     Empty when the file is absent (any other model)."""
     if not path.is_file():
         return {}
     df = pd.read_csv(path)
     out = {}
     for r in df.to_dict("records"):
-        row = {"spread": float(r["spread"])}
+        row: dict[str, Any] = {"spread": float(r["spread"]),  # files from before the column: the model's singles
+                               "single_effects": str(r.get("single_effects", "model"))}
         for col, v in r.items():
             if col.startswith("gene_coverage_"):
                 row[f"coverage_{col.rsplit('_', 1)[1]}"] = float(v)

@@ -279,6 +279,12 @@ def uncertainty_summary(df: pd.DataFrame, model: str = "pdae_ensemble", n_boot: 
     (double, gene) pairs inside; its width in ``width_<level>``), and ensemble vs the
     median member (``ensemble_minus_median_member_l2``: mean over doubles of the
     ensemble's error minus the median member's; negative = the ensemble is closer).
+    Where the rows carry the observed doubles' cell counts (``n_cells``, cell level), also
+    ``error_cells_spearman`` (Spearman of the error with the cell count: an observed mean of
+    few cells is itself far from the truth, which no spread can know),
+    ``spread_error_spearman_given_cells`` (the spread against the error with that part taken
+    out: the residual of ``log error`` regressed on ``log n_cells``, per seed) and ``spread_cv``
+    (sd over mean of the spread over doubles: how much there is to rank).
     Each with a 95% bootstrap interval over doubles."""
     g = df[(df.model == model) & df["spread"].notna()] if "spread" in df else df.iloc[:0]
     if g.empty:
@@ -297,6 +303,20 @@ def uncertainty_summary(df: pd.DataFrame, model: str = "pdae_ensemble", n_boot: 
                          "relative_spread_error_spearman": (spread / pn, err / on)}.items():
         figures[name] = (np.mean([_spearman_rows(x[s][None], y[s][None])[0] for s in range(len(seeds))]),
                          np.nanmean([_spearman_rows(x[s][idx], y[s][idx]) for s in range(len(seeds))], 0))
+    if "n_cells" in g and g["n_cells"].gt(0).all():
+        cells = piv("n_cells")
+        given = np.full_like(err, np.nan)
+        for s in range(len(seeds)):  # log error minus its least-squares line in log cells
+            ok = np.isfinite(err[s]) & np.isfinite(cells[s]) & (err[s] > 0)
+            if ok.sum() > 2:
+                x, y = np.log(cells[s][ok]), np.log(err[s][ok])
+                given[s][ok] = y - np.polyval(np.polyfit(x, y, 1), x)
+        for name, (x, y) in {"error_cells_spearman": (cells, err),
+                             "spread_error_spearman_given_cells": (spread, given)}.items():
+            figures[name] = (np.mean([_spearman_rows(x[s][None], y[s][None])[0] for s in range(len(seeds))]),
+                             np.nanmean([_spearman_rows(x[s][idx], y[s][idx]) for s in range(len(seeds))], 0))
+        cv = spread[:, idx].std(-1) / spread[:, idx].mean(-1)
+        figures["spread_cv"] = (float(np.nanmean(spread.std(1) / spread.mean(1))), np.nanmean(cv, 0))
     for col in [c for c in g.columns if c.startswith(("coverage_", "width_"))]:
         v = piv(col)
         figures[col] = (np.nanmean(v), np.nanmean([v[s][idx].mean(1) for s in range(len(seeds))], 0))
