@@ -141,6 +141,11 @@ def test_heatmap_of_an_ensemble_shows_the_spread_next_to_it():
     assert {tr.xaxis for tr in held_traces} == {"x", "x2"}
     assert sum(bool(tr.showlegend) for tr in held_traces) == 1
     assert len(heatmaps(fi.pair_heatmap(t, "synergy", show_spread=False))) == 1
+    # nothing overlaps in the gap: the left colour bar sits there untitled (its panel's title names it),
+    # and the right panel does not repeat the row names into it
+    lay = fig.layout
+    assert lay.xaxis.domain[1] < main.colorbar.x < lay.xaxis2.domain[0] - 0.05 and main.colorbar.title.text is None
+    assert lay.yaxis2.showticklabels is False and lay.yaxis.showticklabels is not False
 
 
 def test_heatmap_without_values_says_so():

@@ -233,13 +233,13 @@ def pair_heatmap(
     if has_spread:
         members = table.attrs.get("n_members")
         right = f"spread across {members} networks (±)" if members else "spread across networks (±)"
-        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.16, subplot_titles=(label, right))
+        fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.2, subplot_titles=(label, right))
     else:
         fig = go.Figure()
     scale = {"colorscale": DIVERGING, "zmid": 1.0} if column.startswith("magnitude") else {"colorscale": SEQUENTIAL}
     cb = {"title": {"text": label, "side": "right"}, "len": 0.85, "thickness": 14}
-    if has_spread:
-        cb |= {"x": 0.43, "xanchor": "left"}
+    if has_spread:  # the left panel's colour bar in the gap (the right panel repeats no row names)
+        cb |= {"x": fig.layout.xaxis.domain[1] + 0.01, "xanchor": "left", "title": None}  # the panel's title names it
     heat = go.Heatmap(z=_z(M), x=names, y=names, text=hover, hovertemplate="%{text}<extra></extra>",
                       hoverongaps=False, xgap=1, ygap=1, colorbar=cb, name=label, **scale)
     size = float(np.clip(330 / max(n, 1), 5, 16))
@@ -270,6 +270,8 @@ def pair_heatmap(
     fig.update_xaxes(**tick, categoryorder="array", categoryarray=names)
     fig.update_yaxes(**{k: v for k, v in tick.items() if k != "tickangle"}, categoryorder="array",
                      categoryarray=names, autorange="reversed")
+    if has_spread:  # the same rows as the left panel: its names would only crowd the colour bar
+        fig.update_yaxes(showticklabels=False, row=1, col=2)
     fig.update_layout(
         template=TEMPLATE, height=int(np.clip(20 * n + 220, 420, 1000)),
         title=title or f"{label} of every pair ({len(table)} pairs of {n} singles)",
