@@ -211,6 +211,32 @@ def bundled_checkpoints() -> dict[str, Path]:
     return {p.name: p for p in sorted(BUNDLED_CHECKPOINTS.iterdir()) if (p / "config.json").is_file()}
 
 
+def bundled_ensemble(model: pc.PerturbationModel, model_key: str) -> tuple[str, int] | None:
+    """A bundled checkpoint, other than the loaded one (``model_key``), that is an ensemble over the
+    same genes and perturbations as ``model`` (its pairs are the same pairs): (name, networks),
+    None when there is none or ``model`` is itself an ensemble. Reads only the checkpoints'
+    ``config.json``, checked as on loading."""
+    from pdae_core.models.checkpoint import read_config
+
+    if model.n_members > 1:
+        return None
+    reg = model.registry
+    for name, path in bundled_checkpoints().items():
+        if model_key == f"bundled:{name}":
+            continue
+        try:
+            cfg = read_config(path)
+            other = pc.PerturbationRegistry.from_dict(cfg["registry"])
+        except (PDAEError, TypeError, KeyError):
+            continue  # a broken bundle is reported when someone loads it, not here
+        ens = cfg.get("ensemble")
+        n = ens.get("n_members") if isinstance(ens, dict) else None
+        if (type(n) is int and n > 1 and list(other.gene_names) == list(reg.gene_names)
+                and list(other.perturbations) == list(reg.perturbations)):
+            return name, n
+    return None
+
+
 def freeze_imported() -> None:
     """Once per server process: move every object alive now (the imported libraries: torch,
     scanpy, plotly, Streamlit, pdae_core; about 600,000 objects) out of reach of Python's full

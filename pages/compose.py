@@ -192,7 +192,10 @@ def interaction_box(a: str, b: str) -> None:
             st.markdown(f"Likely range (80%): magnitude **{m_lo:.2f} to {m_hi:.2f}**, non-additivity **{r_lo:.2f} to "
                         f"{r_hi:.2f}**", help=f"Calibrated on {cal.n} measured combinations in training, each left out "
                         "of one network and predicted by it: 8 in 10 of them fell inside ranges this wide.")
+        other = None if res.agreement else common.bundled_ensemble(model, model_key)
         sure = (f"{res.agreement}; ± is the spread across the networks." if res.agreement else
+                f"One network: no uncertainty (for a spread, load the bundled ensemble {other[0]} on the Model page "
+                "or the Interactions page)." if other else
                 "One network: no uncertainty (train an ensemble, `pdae train --ensemble 5`, for a spread).")
         singles = ("the parts as measured" if res.single_effects == "observed" else
                    "the model's own predictions of the parts")

@@ -66,7 +66,7 @@ score = c_score.selectbox("Rank pairs by", scores, key="ia_score", format_func=f
                           "Most uncertain: spread of the non-additivity across networks (ensembles only).")
 if ensemble:
     ss.setdefault("ia_spread", True)
-    show_spread = controls[1].toggle("Show the spread next to it", key="ia_spread",
+    show_spread = controls[1].toggle("Show the spread", key="ia_spread",
                                   help="A second heatmap: how much the networks of the ensemble disagree on each pair.")
 else:
     show_spread = False
@@ -91,11 +91,20 @@ with c_read.expander("What the numbers mean", icon=":material/help:"):
     )
 
 if not ensemble:
-    st.caption(
-        ":material/info: **One network: no uncertainty.** To see how sure the model is, train an ensemble "
-        "(`pdae train --ensemble 5 ...`) and load it on the Model page: each network predicts every pair, and their "
-        "spread is the uncertainty (shown next to the heatmap, as ± in the table, and as the ranking *Most uncertain*)."
+    other = common.bundled_ensemble(model, model_key)
+    info, load = st.columns([6, 2], vertical_alignment="center") if other else (st, None)
+    info.caption(
+        ":material/info: **One network: no uncertainty.** To see how sure the model is, "
+        + ("load the bundled ensemble of the same data" if other else
+           "train an ensemble (`pdae train --ensemble 5 ...`) and load it on the Model page")
+        + ": each network predicts every pair, and their spread is the uncertainty (shown next to the heatmap, "
+        "as ± in the table, and as the ranking *Most uncertain*)."
     )
+    if other and load.button(f"Load the ensemble of {other[1]} networks", key="ia_load_ensemble",
+                             icon=":material/stacks:", help=f"The bundled checkpoint {other[0]}: the same genes and "
+                             "perturbations, several networks trained with different seeds."):
+        ss.model_key = f"bundled:{other[0]}"
+        st.rerun()
 n_cells, genes, kappa = common.pair_settings()
 try:
     screen = common.pair_screen(ds.key, model_key, n_cells, genes, kappa, _model=model, _adata=ds.adata)

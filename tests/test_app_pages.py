@@ -501,7 +501,8 @@ def test_interactions_page_ranks_every_pair_of_the_demo():
     assert m["Pairs"] == "153" and m["Singles"] == "18" and m["Measured pairs"] == "5" and m["Networks"] == "1"
     labels = [e.label for e in at.expander]  # two help boxes, told apart by their names
     assert labels[:2] == ["How to read this page", "What the numbers mean"] and len(set(labels)) == len(labels)
-    assert "One network: no uncertainty" in joined(at.caption) and "pdae train --ensemble 5" in joined(at.caption)
+    assert "One network: no uncertainty" in joined(at.caption) and "load the bundled ensemble" in joined(at.caption)
+    assert at.button(key="ia_load_ensemble").label == "Load the ensemble of 5 networks"
     score = at.selectbox(key="ia_score")
     assert score.value == "test_next" and "uncertain" not in score.options  # no spread with one network
     charts = at.get("plotly_chart")
@@ -525,6 +526,11 @@ def test_interactions_page_ranks_every_pair_of_the_demo():
     assert "Ranked pairs: strongest buffering" in joined(at.subheader)
     ok(at.selectbox(key="ia_score").set_value("synergy").run())
     assert _pairs_table(at)["Magnitude"].is_monotonic_decreasing
+    ok(at.button(key="ia_load_ensemble").click().run())  # one click to the bundled ensemble: now with a spread
+    assert at.session_state["model_key"] == "bundled:norman19_devel_ensemble"
+    assert metrics(at)["Networks"] == "5" and "One network" not in joined(at.caption)
+    assert not [b for b in at.button if b.key == "ia_load_ensemble"]
+    assert (_pairs_table(at)["± non-additivity"] > 0).all()
 
 
 def test_interactions_page_opens_a_pair_in_compose():
@@ -558,6 +564,7 @@ def test_compose_interaction_box_only_for_a_pair_of_singles_at_dose_one():
     assert "**Interaction of KLF1 + MAP2K6** · Predicted " in box
     assert "| **predicted** | " in box and "| **observed** (held out from training: a true test) | " in box
     assert "One network: no uncertainty" in joined(at.caption) and " ± " not in box
+    assert "load the bundled ensemble norman19_devel_ensemble" in joined(at.caption)  # where the spread is
     ok(at.multiselect(key="compose_perts").set_value(["KLF1", "MAPK1"]).run())  # never measured together
     box = joined(at.markdown)
     assert "**Interaction of KLF1 + MAPK1** · Predicted " in box
@@ -652,3 +659,34 @@ def json_text(spec: dict) -> str:
     import json
 
     return json.dumps(spec)
+
+
+def test_bundled_ensemble_is_found_only_for_the_same_genes_and_perturbations(tmp_path, monkeypatch):
+    """The Interactions page offers a bundled ensemble in place of a single network only when it
+    predicts the same pairs (same genes and perturbations); a broken bundle is passed over, and an
+    ensemble is never offered another."""
+    import pdae_core as pc
+    from pdae_core.data.synthetic import make_synthetic
+
+    adata, _ = make_synthetic(n_perturbations=4, latent_dim=2, n_genes=12, hidden=8, n_doubles=2,
+                              cells_per_condition=10, seed=0)
+    small = dict(latent_dim=2, hidden_dims=[8], noise_dim=2)
+
+    def trained(data, members=1):
+        m = pc.PDAE.from_anndata(data, "condition", "control", seed=0, n_members=members, **small)
+        m.fit(data, accelerator="cpu", max_steps=1, seed=0)
+        return m
+
+    single = trained(adata)
+    bundles = tmp_path / "checkpoints"
+    single.save(bundles / "a_single")
+    monkeypatch.setattr(common, "BUNDLED_CHECKPOINTS", bundles)
+    assert common.bundled_ensemble(single, "bundled:a_single") is None  # no ensemble bundled
+    trained(adata[:, 1:].copy(), members=2).save(bundles / "b_other_genes")
+    (bundles / "c_broken").mkdir()
+    (bundles / "c_broken" / "config.json").write_text("{not json")
+    assert common.bundled_ensemble(single, "bundled:a_single") is None
+    ensemble = trained(adata, members=3)
+    ensemble.save(bundles / "d_ensemble")
+    assert common.bundled_ensemble(single, "bundled:a_single") == ("d_ensemble", 3)
+    assert common.bundled_ensemble(ensemble, "bundled:d_ensemble") is None

@@ -277,7 +277,8 @@ def test_compose_models_side_by_side(compose):
     at = compose
     box = at.multiselect(key="compose_models")
     assert box.value == ["bundled:norman19_devel"]
-    assert box.options == ["bundled checkpoint norman19_devel (loaded)", "additive baseline", "scaled additive baseline"]
+    assert box.options == ["bundled checkpoint norman19_devel (loaded)", "bundled checkpoint norman19_devel_ensemble",
+                           "additive baseline", "scaled additive baseline"]
     assert any(c.value.startswith("Choose two or more models") for c in at.caption)
     _ok(box.set_value(["bundled:norman19_devel", "baseline:additive", "baseline:scaled_additive"]).run())
     tables = [d.value for d in at.dataframe if "Model" in getattr(d.value, "data", d.value).columns]

@@ -262,10 +262,6 @@ def test_interactions_page_heatmap_table_and_compose(page, server, screenshots):
     assert "Ranked pairs: pairs to test next" in body
     assert "153" in body and "One network: no uncertainty" in body
     assert "predicted vs observed magnitude" in body and "5 measured pairs" in body
-    page.set_viewport_size({"width": 1440, "height": 1900})  # this screenshot shows the table too
-    _idle(page)
-    _shot(page, screenshots, "interactions")
-    page.set_viewport_size({"width": 1440, "height": 1300})
     box = page.get_by_test_id("stSelectbox").filter(has_text="Pair (or select a row of the table)")
     box.click()
     page.keyboard.type("MAPK1+TGFBR2")
@@ -279,6 +275,24 @@ def test_interactions_page_heatmap_table_and_compose(page, server, screenshots):
     assert "Both MAPK1 and TGFBR2 were measured alone" in body
     assert "magnitude" in body and "non-additivity" in body
     assert "observed (held out from training: a true test)" in body
+    # the bundled ensemble, one click away: the spread next to the heatmap, ± in the table
+    _goto(page, "Interactions")
+    page.get_by_role("button", name="Load the ensemble of 5 networks").click()
+    _idle(page)
+    page.wait_for_function(
+        "document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .heatmaplayer .hm').length >= 2",
+        timeout=TIMEOUT_MS)
+    page.get_by_test_id("stDataFrame").first.wait_for()
+    assert not page.get_by_test_id("stException").count(), page.inner_text("body")[:2000]
+    body = page.inner_text("body")
+    assert "One network" not in body and "Show the spread" in body
+    page.set_viewport_size({"width": 1440, "height": 1900})  # this screenshot shows the table too
+    _idle(page)
+    _shot(page, screenshots, "interactions")
+    page.set_viewport_size({"width": 1440, "height": 1300})
+    _goto(page, "Model")  # the tests after this one use the single network again
+    page.get_by_role("button", name="Load", exact=True).click()
+    _idle(page)
 
 
 # ---- issue 16: a biologist alone with the dashboard ----------------------------------------
