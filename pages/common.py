@@ -211,29 +211,37 @@ def bundled_checkpoints() -> dict[str, Path]:
     return {p.name: p for p in sorted(BUNDLED_CHECKPOINTS.iterdir()) if (p / "config.json").is_file()}
 
 
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _bundle_summary(path: str, mtime: float) -> tuple[int, tuple[str, ...], tuple[str, ...]] | None:
+    """(networks, genes, perturbations) of a checkpoint's ``config.json``, checked as on loading;
+    None when it does not read. Cached per file version: Compose asks on every rerun."""
+    from pdae_core.models.checkpoint import read_config
+
+    try:
+        cfg = read_config(path)
+        reg = pc.PerturbationRegistry.from_dict(cfg["registry"])
+    except (PDAEError, TypeError, KeyError):
+        return None  # a broken bundle is reported when someone loads it, not here
+    ens = cfg.get("ensemble")
+    n = ens.get("n_members") if isinstance(ens, dict) else None
+    return (n if type(n) is int else 1), tuple(reg.gene_names), tuple(reg.perturbations)
+
+
 def bundled_ensemble(model: pc.PerturbationModel, model_key: str) -> tuple[str, int] | None:
     """A bundled checkpoint, other than the loaded one (``model_key``), that is an ensemble over the
     same genes and perturbations as ``model`` (its pairs are the same pairs): (name, networks),
     None when there is none or ``model`` is itself an ensemble. Reads only the checkpoints'
-    ``config.json``, checked as on loading."""
-    from pdae_core.models.checkpoint import read_config
-
+    ``config.json`` (:func:`_bundle_summary`)."""
     if model.n_members > 1:
         return None
     reg = model.registry
     for name, path in bundled_checkpoints().items():
         if model_key == f"bundled:{name}":
             continue
-        try:
-            cfg = read_config(path)
-            other = pc.PerturbationRegistry.from_dict(cfg["registry"])
-        except (PDAEError, TypeError, KeyError):
-            continue  # a broken bundle is reported when someone loads it, not here
-        ens = cfg.get("ensemble")
-        n = ens.get("n_members") if isinstance(ens, dict) else None
-        if (type(n) is int and n > 1 and list(other.gene_names) == list(reg.gene_names)
-                and list(other.perturbations) == list(reg.perturbations)):
-            return name, n
+        info = _bundle_summary(str(path), (path / "config.json").stat().st_mtime)
+        if (info is not None and info[0] > 1 and list(info[1]) == list(reg.gene_names)
+                and list(info[2]) == list(reg.perturbations)):
+            return name, info[0]
     return None
 
 
