@@ -297,12 +297,15 @@ def uncertainty_summary(df: pd.DataFrame, model: str = "pdae_ensemble", n_boot: 
         return g.pivot_table(index="seed", columns="double", values=col, aggfunc="first",
                              dropna=False).reindex(index=seeds, columns=doubles).to_numpy(np.float64)
 
-    figures: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    def rank_figure(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Spearman of x and y over doubles, per seed then averaged; and its bootstrap replicates."""
+        return (np.mean([_spearman_rows(x[s][None], y[s][None])[0] for s in range(len(seeds))]),
+                np.nanmean([_spearman_rows(x[s][idx], y[s][idx]) for s in range(len(seeds))], 0))
+
     spread, err, pn, on = piv("spread"), piv("error_l2"), piv("pred_norm"), piv("obs_norm")
-    for name, (x, y) in {"spread_error_spearman": (spread, err),
-                         "relative_spread_error_spearman": (spread / pn, err / on)}.items():
-        figures[name] = (np.mean([_spearman_rows(x[s][None], y[s][None])[0] for s in range(len(seeds))]),
-                         np.nanmean([_spearman_rows(x[s][idx], y[s][idx]) for s in range(len(seeds))], 0))
+    figures: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        "spread_error_spearman": rank_figure(spread, err),
+        "relative_spread_error_spearman": rank_figure(spread / pn, err / on)}
     if "n_cells" in g and g["n_cells"].gt(0).all():
         cells = piv("n_cells")
         given = np.full_like(err, np.nan)
@@ -311,10 +314,8 @@ def uncertainty_summary(df: pd.DataFrame, model: str = "pdae_ensemble", n_boot: 
             if ok.sum() > 2:
                 x, y = np.log(cells[s][ok]), np.log(err[s][ok])
                 given[s][ok] = y - np.polyval(np.polyfit(x, y, 1), x)
-        for name, (x, y) in {"error_cells_spearman": (cells, err),
-                             "spread_error_spearman_given_cells": (spread, given)}.items():
-            figures[name] = (np.mean([_spearman_rows(x[s][None], y[s][None])[0] for s in range(len(seeds))]),
-                             np.nanmean([_spearman_rows(x[s][idx], y[s][idx]) for s in range(len(seeds))], 0))
+        figures["error_cells_spearman"] = rank_figure(cells, err)
+        figures["spread_error_spearman_given_cells"] = rank_figure(spread, given)
         cv = spread[:, idx].std(-1) / spread[:, idx].mean(-1)
         figures["spread_cv"] = (float(np.nanmean(spread.std(1) / spread.mean(1))), np.nanmean(cv, 0))
     for col in [c for c in g.columns if c.startswith(("coverage_", "width_"))]:
