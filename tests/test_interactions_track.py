@@ -372,9 +372,15 @@ def test_stacked_regression_reads_the_ensembles_out_of_fold_metrics():
     df = run_interaction_benchmark(p, models=["pdae_stacked"], k=4, seeds=(0,), n_members=2, ensemble_kw=TINY)
     assert df.c1_pred.isna().all() and df.nonadditive_pearson.notna().all()  # metrics regressed, profile kept
     assert df.selected.str.contains("ridge=").all() and df.selected.str.contains("beta=").all()
-    assert df.selected.str.contains("shrink=").all()
+    assert df.selected.str.contains("shrink=").all() and df.selected.str.contains("blend=").all()
     s = interaction_tables(df, n_boot=50, random=False)[0].set_index("model")
     assert s.loc["pdae_stacked", "spearman_magnitude"] > 0.9
+    # the ridge stacker blended with the pair kernel; without it, the stacker alone
+    assert model.kernel_ is not None and all(w.sum() == pytest.approx(1.0) and len(w) == 4 for w in model.blend_)
+    assert plain.kernel_ is not None
+    alone = PDAEStackedRegression(n_members=2, seed=0, kernel=False, **TINY).fit(p)
+    assert alone.kernel_ is None
+    np.testing.assert_allclose(alone.stacker_.loo_residuals_, alone.stacker_.stacker_.loo_residuals_)
 
 
 def test_gene_weights_and_their_shrinkage():

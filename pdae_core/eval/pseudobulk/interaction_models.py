@@ -16,16 +16,17 @@ import numpy as np
 import torch
 
 from ...errors import DataError
+from ..pair_kernel import BlendedStacker, PairKernelRegression
 from ..stacking import (
     DEFAULT_ALPHAS,
     FEATURES,
-    MetricStacker,
     log_metric,
     part_indicators,
     ridge_loo,
     single_features,
 )
 from .interaction_scores import double_figures, rank_metrics
+from .kernel_model import profile_singles
 from .models import AdditiveProfile, PDAEProfile, ProfileModel
 from .profiles import ProfileSet, train_conditions
 
@@ -483,7 +484,10 @@ class PDAEStackedRegression:
     intercept; one penalty for the dense features and one for the indicators, chosen by exact
     leave-one-out error (:class:`~pdae_core.eval.stacking.MetricStacker`, which the pair screen
     applies to a cross-fitted ensemble too). A held-out double's PDAE features are the mean over members of each
-    member's log metric (members never saw it, as out of fold).
+    member's log metric (members never saw it, as out of fold). With ``kernel`` (the default) that
+    regression is blended with the ``pair_kernel`` baseline's kernel models (doubles of similar
+    singles combine alike; :class:`~pdae_core.eval.pair_kernel.BlendedStacker`), with convex weights
+    fitted to the leave-one-out predictions of the training doubles.
 
     Its profile of a double is the sum of the observed singles ``S = dA + dB`` plus the ensemble's
     non-additive part ``E = f(AB) - S``, recalibrated gene by gene: ``S + w_g E + v_g S``. First
@@ -497,7 +501,8 @@ class PDAEStackedRegression:
     pseudobulk folds the per-gene step lifted the non-additive Pearson from 0.575 to 0.587
     (``benchmarks/nonadditive_mix.py``).
 
-    After ``fit``: ``ensemble_`` (the fitted :class:`PDAEEnsembleProfile`), ``stacker_``, ``design_``
+    After ``fit``: ``ensemble_`` (the fitted :class:`PDAEEnsembleProfile`), ``stacker_`` (the blend),
+    ``kernel_`` and ``blend_`` (None and 1 without ``kernel``), ``design_``
     (the training doubles' features), ``coef_``,
     ``alpha_`` (the two penalties of each metric), ``weights_`` (the coefficients of the
     PDAE's own two metrics, on the standardised scale, per target metric), ``beta_``, ``shrink_``
@@ -510,8 +515,9 @@ class PDAEStackedRegression:
     def __init__(self, method: str = "lstsq", genes: np.ndarray | None = None, seed: int = 0, n_members: int = 5,
                  alphas: Sequence[float] = DEFAULT_ALPHAS,
                  betas: Sequence[float] = tuple(np.round(np.arange(-1.0, 1.0001, 0.05), 2)),
-                 gene_shrinks: Sequence[float] | None = GENE_SHRINKS, **ensemble_kw: Any) -> None:
+                 gene_shrinks: Sequence[float] | None = GENE_SHRINKS, kernel: bool = True, **ensemble_kw: Any) -> None:
         self.method, self.genes, self.seed, self.n_members = method, genes, int(seed), int(n_members)
+        self.kernel = bool(kernel)
         self.alphas, self.ensemble_kw = tuple(float(a) for a in alphas), dict(ensemble_kw)
         self.betas = tuple(float(b) for b in betas)
         self.gene_shrinks = None if gene_shrinks is None else tuple(float(x) for x in gene_shrinks)
@@ -543,7 +549,9 @@ class PDAEStackedRegression:
         self.heuristic_ = HeuristicInteractionRegression(method=self.method, genes=self.genes)
         X = (self._pdae_features(profiles, doubles, self.ensemble_.oof_[None]),
              self.heuristic_._features(profiles, doubles), self._parts(profiles, doubles))
-        st = self.stacker_ = MetricStacker(self.alphas).fit(*X, log_metric(np.asarray(y)))
+        self.stacker_ = BlendedStacker(self.alphas, PairKernelRegression() if self.kernel else None).fit(
+            *X, log_metric(np.asarray(y)), profile_singles(profiles, self.genes))
+        st, self.kernel_, self.blend_ = self.stacker_.stacker_, self.stacker_.kernel_, self.stacker_.blend_
         self.design_ = st.design(*X)
         self.mu_, self.sd_, self.coef_, self.alpha_, self.weights_ = st.mu_, st.sd_, st.coef_, st.alpha_, st.weights_
         # the profile's non-additive part, recalibrated by the out-of-fold predictions of the training doubles

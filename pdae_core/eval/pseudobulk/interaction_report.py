@@ -131,6 +131,11 @@ def write_interaction_tables(df: pd.DataFrame, out: Path, *, name: str, profiles
         "training double; a, b, c by least squares over genes and the training doubles (each leaving itself out "
         "of its own P and G): how each gene departs from additivity in the doubles of the same perturbations, "
         "without a model of the profiles.",
+        "- pair_kernel (PairKernelInteractionRegression): kernel ridge regression of each log observed metric of "
+        "the training doubles over pairs of singles, K(A+B, C+D) = k(A,C) k(B,D) + k(A,D) k(B,C) with k a Gaussian "
+        "kernel on an embedding of each single's change (its direction; its first 10 or 20 principal components "
+        "over all singles), width and penalty by leave-one-out, the three embeddings blended with convex weights "
+        "fitted to their leave-one-out predictions: doubles of similar singles combine alike; metrics only.",
         "- pdae: the PDAE mean form as in the pseudobulk benchmark (PDAEProfile: latent size 32 or 128 and "
         "step chosen by the Pearson delta of 10% of the training doubles). pdae_ensemble (PDAEEnsembleProfile): "
         f"{members} cross-fitted members (member m trained without 1/{members} of the training doubles, which it "
@@ -141,7 +146,9 @@ def write_interaction_tables(df: pd.DataFrame, out: Path, *, name: str, profiles
         "- pdae_stacked (PDAEStackedRegression): the same ensemble's out-of-fold log magnitude and log normalised "
         "residual of every training double, with the heuristic's features and the propensity's indicators, in one "
         "ridge regression of each log observed metric of the training doubles (two penalties by leave-one-out); "
-        "a held-out double gets the members' mean log metrics. Its profile is dA + dB plus the ensemble's "
+        "a held-out double gets the members' mean log metrics; that regression and pair_kernel's kernel models "
+        "are blended with convex weights fitted to their leave-one-out predictions of the training doubles. "
+        "Its profile is dA + dB plus the ensemble's "
         "non-additive part E recalibrated gene by gene, w_g E + v_g (dA + dB): per gene a ridge regression of the "
         "training doubles' observed non-additive part on their out-of-fold E and dA + dB, shrunk towards (1, beta) "
         "(beta by the out-of-fold non-additive Pearson; the shrinkage by 5-fold cross-validation on the training "

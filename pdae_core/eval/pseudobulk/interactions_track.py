@@ -19,10 +19,13 @@ Models (:data:`INTERACTION_MODELS`): the profile models of :data:`.models.PROFIL
 metrics regressed on single-perturbation features), ``propensity``
 (:class:`.interaction_models.PropensityInteractionRegression`, log metrics regressed on which
 perturbations the double holds), ``partners`` (:class:`.interaction_models.PartnerProfile`, the sum of
-the singles plus the non-additive part of the measured doubles that share a perturbation), ``pdae_ensemble``
+the singles plus the non-additive part of the measured doubles that share a perturbation), ``pair_kernel``
+(:class:`.kernel_model.PairKernelInteractionRegression`, log metrics by kernel ridge regression over pairs
+of singles: doubles of similar singles combine alike), ``pdae_ensemble``
 (:class:`.interaction_models.PDAEEnsembleProfile`, cross-fitted members, with spread and
 conformal intervals), ``pdae_stacked`` (:class:`.interaction_models.PDAEStackedRegression`, the
-ensemble's out-of-fold metrics stacked with the two regressions' features) and ``random`` (a
+ensemble's out-of-fold metrics stacked with the two regressions' features, blended with the pair kernel)
+and ``random`` (a
 ranking at random, computed in the summary).
 """
 
@@ -49,6 +52,7 @@ from .interaction_models import (
     single_deltas,
 )
 from .interaction_scores import double_figures
+from .kernel_model import PairKernelInteractionRegression
 from .models import PROFILE_MODELS
 from .profiles import ProfileSet, double_folds, train_conditions
 
@@ -56,8 +60,8 @@ __all__ = ["INTERACTION_MODELS", "DEFAULT_INTERACTION_MODELS", "run_interaction_
            "fold_cache_paths"]
 
 #: Model names :func:`run_interaction_benchmark` knows.
-INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "propensity", "partners", "random", "pdae",
-                      "pdae_ensemble", "pdae_stacked")
+INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "propensity", "partners", "pair_kernel",
+                      "random", "pdae", "pdae_ensemble", "pdae_stacked")
 DEFAULT_INTERACTION_MODELS = INTERACTION_MODELS
 LEVELS = (0.8, 0.95)  # coverage levels of the ensemble's conformal intervals
 
@@ -124,6 +128,8 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
             out[m] = lambda seed: PropensityInteractionRegression(method=method, genes=genes)
         elif m == "partners":
             out[m] = lambda seed: PartnerProfile()
+        elif m == "pair_kernel":
+            out[m] = lambda seed: PairKernelInteractionRegression(method=method, genes=genes)
         elif m == "pdae_stacked":
             out[m] = lambda seed: PDAEStackedRegression(method=method, genes=genes, seed=seed, n_members=n_members,
                                                         **ensemble_kw)
@@ -135,11 +141,19 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
     return out
 
 
+def _weights(weights: Sequence[np.ndarray]) -> str:
+    """Convex weights per metric, e.g. ``0.4,0.6;1,0``."""
+    return ";".join(",".join(f"{x:.2g}" for x in w) for w in weights)
+
+
 def _selected(model: Any) -> str:
     """What a model chose on its training profiles (for the per-double table)."""
     if hasattr(model, "ensemble_"):
         return (f"{_selected(model.ensemble_)} ridge=" + ";".join(f"{a:g},{b:g}" for a, b in model.alpha_)
-                + f" beta={model.beta_:g}" + ("" if model.shrink_ is None else f" shrink={model.shrink_:g}"))
+                + f" beta={model.beta_:g}" + ("" if model.shrink_ is None else f" shrink={model.shrink_:g}")
+                + ("" if getattr(model, "kernel_", None) is None else " blend=" + _weights(model.blend_)))
+    if hasattr(model, "kernel_"):
+        return "kernel=" + _weights(model.kernel_.weights_)
     if hasattr(model, "step_") and hasattr(model, "source_"):
         return f"step={model.step_} source={model.source_}"
     if hasattr(model, "best_latent_dim_"):
