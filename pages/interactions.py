@@ -239,7 +239,9 @@ with st.expander("Settings and technical details"):
         + (f"- **Corrected estimate** (stacking): for each measured training pair, the network that did not "
            "train on it predicted its magnitude and non-additivity; a ridge regression learns the observed log "
            "metric from those predictions, from the sizes and the angle of the two singles' measured changes and "
-           "from which perturbations the pair holds (how each tends to combine). It is applied to every pair whose "
+           "from which perturbations the pair holds (how each tends to combine), and is blended with a prediction "
+           "from the measured pairs of similar singles (parts that change genes alike tend to combine alike), each "
+           "weighted by how well it predicted the training pairs left out one at a time. It is applied to every pair whose "
            f"singles are measured; {a['stacked_doubles']} training pairs taught it (`pdae_core.eval.stacking`). "
            "On the Norman 2019 pseudobulk design it ranks held-out pairs better than the model alone "
            "(benchmarks/results/screen_stacking.md).\n" if "stacked_doubles" in a else "")

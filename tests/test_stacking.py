@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from pdae_core.eval.pair_kernel import BlendedStacker, PairKernelRegression
 from pdae_core.eval.stacking import MetricStacker, log_metric, part_indicators, ridge_loo, single_features
 
 
@@ -126,9 +127,13 @@ def test_screen_stacks_the_calibration_doubles_as_a_direct_fit(screened):
     A, B, AB = (d.loc[[p[0] for p in parts]].to_numpy(), d.loc[[p[1] for p in parts]].to_numpy(),
                 d.loc[cal.doubles].to_numpy())
     obs = pair_metrics(A, B, AB)
-    st = MetricStacker().fit(np.column_stack([np.log(cal.out_of_fold[m]) for m in ("magnitude", "normalised_residual")]),
-                             single_features(A, B), parts,
-                             np.column_stack([np.log(obs[m]) for m in ("magnitude", "normalised_residual")]))
+    # the ridge stacker blended with kernel regression over pairs of every measured single
+    singles = sorted(set(tab.a) | set(tab.b) | {c for p in parts for c in p})
+    st = BlendedStacker(kernel=PairKernelRegression()).fit(
+        np.column_stack([np.log(cal.out_of_fold[m]) for m in ("magnitude", "normalised_residual")]),
+        single_features(A, B), parts, np.column_stack([np.log(obs[m]) for m in ("magnitude", "normalised_residual")]),
+        {c: d.loc[c].to_numpy() for c in singles})
+    assert st.kernel_ is not None and len(st.blend_[0]) == 4
     row = tab[~tab["measured"]].iloc[0]
     fa, fb = d.loc[[row.a]].to_numpy(), d.loc[[row.b]].to_numpy()
     assert tab.attrs["single_effects"] == "observed"  # every single is measured: scored against them

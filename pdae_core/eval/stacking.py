@@ -22,7 +22,9 @@ on the log scale, so the interval is multiplicative).
 On ``norman19_pseudobulk`` this raised the held-out Spearman of the PDAE ensemble from
 0.54 to 0.61 (magnitude) and from 0.67 to 0.78 (normalised residual), above every
 baseline (``pdae benchmark --task interactions``: the ``pdae_stacked`` row, which uses this
-class). The pair screen (:func:`~pdae_core.eval.pair_screen.screen_pairs`) applies it to a
+class). Both the benchmark and the pair screen blend it with kernel regression over pairs of
+singles (:class:`~pdae_core.eval.pair_kernel.BlendedStacker`: doubles of similar singles combine
+alike). The pair screen (:func:`~pdae_core.eval.pair_screen.screen_pairs`) applies the blend to a
 cross-fitted ensemble's calibration record (:func:`fit_screen_stacker`, :func:`add_stacked`);
 the rest of the module is pure NumPy. Only training doubles are used.
 """
@@ -228,7 +230,11 @@ def fit_screen_stacker(model: Any, adata: ad.AnnData, gidx: np.ndarray, singles:
     if len(rows) < MIN_DOUBLES:
         return (f"{len(rows)} calibration doubles are measured in the data with both singles (at least "
                 f"{MIN_DOUBLES} are needed)")
-    st = MetricStacker().fit(oof[[r[0] for r in rows]], single_features(A, B), [r[2:] for r in rows], target)
+    from .pair_kernel import BlendedStacker, PairKernelRegression  # it builds on this module
+
+    st = BlendedStacker(kernel=PairKernelRegression()).fit(
+        oof[[r[0] for r in rows]], single_features(A, B), [r[2:] for r in rows], target,
+        {c: delta[c] for c in sorted(set(measured) | {c for r in rows for c in r[2:]})})
     loo = st.loo_predictions()
     check = {m: {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
                  "stacked": float(spearmanr(loo[:, t], target[:, t])[0])} for t, m in enumerate(METRICS)}
