@@ -102,7 +102,8 @@ def _baseline_lines(df: pd.DataFrame, base: pd.DataFrame, path: Path, pairs: lis
     ``double_folds``), against the screen's stacked estimate, paired."""
     df = df.assign(key=df.pair.map(_key))
     base = base.assign(key=base.double.map(_key))
-    models = [m for m in ("linear", "heuristic", "propensity", "pdae_ensemble", "pdae_stacked") if m in set(base.model)]
+    models = [m for m in ("linear", "heuristic", "propensity", "pair_kernel", "pdae_ensemble", "pdae_stacked")
+              if m in set(base.model)]
     lines = ["", f"The interaction benchmark's rows on the same held-out doubles (`{path}`: same folds and seeds), "
              "against the screen's stacked estimate (paired: the same resampled doubles, 500 draws):", "",
              "| model | Spearman magnitude | Spearman normalised residual | screen stacked - model, magnitude | "
