@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from pdae_core.eval.pair_kernel import (
-    BlendedStacker,
     PairKernelRegression,
     _krr_loo,
     convex_weights,
@@ -24,7 +23,7 @@ from pdae_core.eval.pseudobulk import profiles_from_anndata
 from pdae_core.eval.pseudobulk.interaction_report import interaction_tables
 from pdae_core.eval.pseudobulk.interactions_track import run_interaction_benchmark
 from pdae_core.eval.pseudobulk.kernel_model import PairKernelInteractionRegression, observed_log_metrics
-from pdae_core.eval.stacking import MetricStacker
+from pdae_core.eval.stacking import BlendedStacker, MetricStacker
 
 N_GENES = 40
 #: how the doubles of two groups of singles combine (a factor on dA + dB)
@@ -144,3 +143,27 @@ def test_blend_leans_on_the_kernel_where_the_stacker_knows_nothing():
     base = ref.predict(model_log[:3], feats[:3], pairs[:3])
     np.testing.assert_allclose(pred[:, 0], np.column_stack([base[:, 0], each[0]]) @ blend.blend_[0])
     assert blend.half_width(0, 0.8) < ref.half_width(0, 0.8)
+
+
+def test_blend_learns_the_residual_as_its_numerator():
+    """With ``log ||dA + dB||`` given, the normalised residual is fitted as ``log ||dAB - dA - dB||``
+    (model metric and target shifted alike) and the known denominator is divided out again."""
+    p, eff, _ = _grouped(seed=6)
+    doubles = p.eligible_doubles()
+    y = observed_log_metrics(p, doubles, "lstsq")
+    pairs = [d.split("+") for d in doubles]
+    lsn = np.log([np.linalg.norm(eff[a] + eff[b]) for a, b in pairs])
+    rng = np.random.default_rng(1)
+    model_log, feats = y + rng.normal(0, 0.3, size=y.shape), rng.normal(size=(len(doubles), 2))
+    singles = dict(eff)
+    st = BlendedStacker(kernel=PairKernelRegression()).fit(model_log, feats, pairs, y, singles, lsn)
+    shifted = y.copy()
+    shifted[:, 1] += lsn
+    m2 = model_log.copy()
+    m2[:, 1] += lsn
+    ref = BlendedStacker(kernel=PairKernelRegression()).fit(m2, feats, pairs, shifted, singles)
+    np.testing.assert_allclose(st.loo_residuals_, ref.loo_residuals_)
+    np.testing.assert_allclose(st.loo_predictions(), y - ref.loo_residuals_)
+    want = ref.predict(m2[:4], feats[:4], pairs[:4])
+    want[:, 1] -= lsn[:4]
+    np.testing.assert_allclose(st.predict(model_log[:4], feats[:4], pairs[:4], lsn[:4]), want)

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from pdae_core.eval.pair_kernel import BlendedStacker, PairKernelRegression
-from pdae_core.eval.stacking import MetricStacker, log_metric, part_indicators, ridge_loo, single_features
+from pdae_core.eval.pair_kernel import PairKernelRegression
+from pdae_core.eval.stacking import BlendedStacker, MetricStacker, log_metric, part_indicators, ridge_loo, single_features
 
 
 def test_single_features_match_direct_formulas_and_degenerate_singles():
@@ -132,13 +132,14 @@ def test_screen_stacks_the_calibration_doubles_as_a_direct_fit(screened):
     st = BlendedStacker(kernel=PairKernelRegression()).fit(
         np.column_stack([np.log(cal.out_of_fold[m]) for m in ("magnitude", "normalised_residual")]),
         single_features(A, B), parts, np.column_stack([np.log(obs[m]) for m in ("magnitude", "normalised_residual")]),
-        {c: d.loc[c].to_numpy() for c in singles})
+        {c: d.loc[c].to_numpy() for c in singles}, np.log(np.linalg.norm(A + B, axis=1) + 1e-12))
     assert st.kernel_ is not None and len(st.blend_[0]) == 4
     row = tab[~tab["measured"]].iloc[0]
     fa, fb = d.loc[[row.a]].to_numpy(), d.loc[[row.b]].to_numpy()
     assert tab.attrs["single_effects"] == "observed"  # every single is measured: scored against them
     members = screen_log_metrics(model, data, row.a, row.b, fa[0], fb[0])
-    want = st.predict(members[None], single_features(fa, fb), [(row.a, row.b)])[0]
+    want = st.predict(members[None], single_features(fa, fb), [(row.a, row.b)],
+                      np.log(np.linalg.norm(fa + fb, axis=1) + 1e-12))[0]
     assert np.log(row.magnitude_stacked) == pytest.approx(want[0], rel=1e-6, abs=1e-9)
     assert np.log(row.normalised_residual_stacked) == pytest.approx(want[1], rel=1e-6, abs=1e-9)
     hw = st.half_width(1, 0.8)

@@ -16,8 +16,8 @@ model of the profiles:
 * the embeddings' leave-one-out predictions are combined with non-negative weights summing to 1
   fitted to the training doubles (:func:`convex_weights`, a super learner).
 
-:class:`BlendedStacker` adds the same kernel models to the ridge stacker of a model's own metrics
-(:class:`~pdae_core.eval.stacking.MetricStacker`): the stacker's and the kernels' leave-one-out
+:class:`~pdae_core.eval.stacking.BlendedStacker` adds the same kernel models to the ridge stacker of
+a model's own metrics (:class:`~pdae_core.eval.stacking.MetricStacker`): the stacker's and the kernels' leave-one-out
 predictions are combined by :func:`convex_weights`, so the blend leans on whichever has predicted
 the training doubles better. On ``norman19_pseudobulk`` this lifted the held-out magnitude
 Spearman of the stacked PDAE ensemble (``pdae benchmark --task interactions``, ``pdae_stacked``);
@@ -33,10 +33,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.optimize import nnls
 
-from .conformal import conformal_rank
-
-__all__ = ["EMBEDDINGS", "GAMMAS", "LAMBDAS", "BlendedStacker", "PairKernelRegression", "convex_weights",
-           "pair_kernel", "single_embeddings"]
+__all__ = ["EMBEDDINGS", "GAMMAS", "LAMBDAS", "PairKernelRegression", "convex_weights", "pair_kernel",
+           "single_embeddings"]
 
 #: the embeddings of the singles combined by default
 EMBEDDINGS = ("cos", "pca10", "pca20")
@@ -181,52 +179,3 @@ class PairKernelRegression:
     def loo_predictions(self) -> np.ndarray:
         """Each training pair's log metrics predicted without it (the embeddings blended), (n, T)."""
         return np.column_stack([self.embedding_loo_[t] @ w for t, w in enumerate(self.weights_)])
-
-
-class BlendedStacker:
-    """A :class:`~pdae_core.eval.stacking.MetricStacker` blended with :class:`PairKernelRegression`
-    (module docstring). ``fit(model_log, features, parts, target_log, singles)``: the stacker's
-    arguments plus every measured single's mean change. After it: ``stacker_``, ``kernel_``,
-    ``blend_`` (per target, the convex weights of [stacker, each embedding]), ``loo_residuals_``
-    (of the blend), and the stacker's ``alpha_`` and ``weights_`` (its coefficients of the model's
-    own metrics). ``kernel=None`` leaves the stacker alone."""
-
-    def __init__(self, alphas: Sequence[float] | None = None, kernel: PairKernelRegression | None = None) -> None:
-        self.alphas, self.kernel = alphas, kernel
-
-    def fit(self, model_log: np.ndarray, features: np.ndarray, parts: Sequence[Sequence[str]],
-            target_log: np.ndarray, singles: Mapping[str, np.ndarray]) -> BlendedStacker:
-        from .stacking import MetricStacker
-
-        st = self.stacker_ = (MetricStacker() if self.alphas is None else MetricStacker(self.alphas)).fit(
-            model_log, features, parts, target_log)
-        self.alpha_, self.weights_, self.target_log_ = st.alpha_, st.weights_, st.target_log_
-        loo = st.loo_predictions()
-        self.kernel_, self.blend_ = None, [np.ones(1) for _ in range(loo.shape[1])]
-        if self.kernel is not None:
-            self.kernel_ = self.kernel.fit(singles, parts, self.target_log_)
-            each = self.kernel_.embedding_loo_
-            self.blend_ = [convex_weights(np.column_stack([loo[:, t], each[t]]), self.target_log_[:, t])
-                           for t in range(loo.shape[1])]
-            loo = np.column_stack([np.column_stack([loo[:, t], each[t]]) @ w for t, w in enumerate(self.blend_)])
-        self.loo_residuals_ = self.target_log_ - loo
-        return self
-
-    def predict(self, model_log: np.ndarray, features: np.ndarray, parts: Sequence[Sequence[str]]) -> np.ndarray:
-        """Predicted log metrics, (n, T)."""
-        base = self.stacker_.predict(model_log, features, parts)
-        if self.kernel_ is None:
-            return base
-        each = self.kernel_.predict_each(parts)
-        return np.column_stack([np.column_stack([base[:, t], each[t]]) @ w for t, w in enumerate(self.blend_)])
-
-    def loo_predictions(self) -> np.ndarray:
-        """Each calibration double's log metrics predicted without it (the blend), (n, T)."""
-        return self.target_log_ - self.loo_residuals_
-
-    def half_width(self, target: int, level: float) -> float:
-        """Jackknife half-width (log scale) from the blend's leave-one-out residuals (as
-        :meth:`~pdae_core.eval.stacking.MetricStacker.half_width`)."""
-        r = np.sort(np.abs(self.loo_residuals_[:, target]))
-        k = conformal_rank(len(r), level)
-        return math.inf if k is None else float(r[k - 1])

@@ -32,7 +32,7 @@ the rest of the module is pure NumPy. Only training doubles are used.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,8 +43,9 @@ import pandas as pd
 from ..data.registry import condition_column
 from .conformal import conformal_rank
 from .interactions import mean_changes, pair_metrics
+from .pair_kernel import PairKernelRegression, convex_weights
 
-__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "MetricStacker", "add_stacked",
+__all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "BlendedStacker", "MetricStacker", "add_stacked",
            "fit_screen_stacker", "log_metric", "part_indicators", "ridge_loo", "single_features"]
 
 #: the features of a double's two singles (:func:`single_features`), in column order
@@ -53,6 +54,8 @@ FEATURES = ("log_min_norm", "log_max_norm", "norm_ratio", "cosine", "log_sum_nor
 DEFAULT_ALPHAS = tuple(10.0 ** np.arange(-2, 3.5, 0.5))
 #: the interaction metrics stacked (and given intervals by a calibration)
 METRICS = ("magnitude", "normalised_residual")
+#: the column of the normalised residual in :data:`METRICS`
+RESIDUAL = METRICS.index("normalised_residual")
 #: the pair screen stacks only with at least this many calibration doubles (measured, with measured singles)
 MIN_DOUBLES = 20
 #: metrics are floored here before the log (a metric of 0 is an exactly additive or null double)
@@ -77,6 +80,11 @@ def single_features(dA: np.ndarray, dB: np.ndarray) -> np.ndarray:
         ratio = np.where(hi > 0, lo / np.where(hi > 0, hi, 1.0), 1.0)
     return np.column_stack([np.log(lo + _TINY), np.log(hi + _TINY), ratio, cos,
                             np.log(np.linalg.norm(dA + dB, axis=1) + _TINY)])
+
+
+def _log_sum_norm(features: np.ndarray) -> np.ndarray:
+    """The ``log ||dA + dB||`` column of :func:`single_features`' output."""
+    return np.asarray(features)[:, FEATURES.index("log_sum_norm")]
 
 
 def part_indicators(parts: Sequence[Sequence[str]], vocabulary: Sequence[str]) -> np.ndarray:
@@ -171,6 +179,74 @@ class MetricStacker:
         return math.inf if k is None else float(r[k - 1])
 
 
+def _numerator(log_metrics: np.ndarray, log_sum_norm: np.ndarray | None, sign: float) -> np.ndarray:
+    """``log_metrics`` (n, METRICS) with ``sign * log_sum_norm`` added to the normalised residual's column:
+    ``+1`` turns ``log(||dAB - dA - dB|| / ||dA + dB||)`` into ``log ||dAB - dA - dB||``, ``-1`` back."""
+    out = np.array(log_metrics, dtype=np.float64, copy=True)
+    if log_sum_norm is not None:
+        out[:, RESIDUAL] += sign * np.asarray(log_sum_norm, dtype=np.float64)
+    return out
+
+
+class BlendedStacker:
+    """A :class:`MetricStacker` blended with kernel regression over pairs of singles
+    (:class:`~pdae_core.eval.pair_kernel.PairKernelRegression`): per metric, the stacker's and each
+    kernel embedding's leave-one-out predictions of the calibration doubles are combined with
+    non-negative weights summing to 1 (:func:`~pdae_core.eval.pair_kernel.convex_weights`), so the
+    blend leans on whichever predicted the training doubles better.
+
+    ``fit(model_log, features, parts, target_log, singles, log_sum_norm=None)``: the stacker's
+    arguments (targets in the order of :data:`METRICS`), every measured single's mean change
+    (``singles``), and ``log ||dA + dB||`` of each double. With ``log_sum_norm`` the normalised
+    residual is learnt as its numerator, ``log ||dAB - dA - dB||`` (the model's own metric and the
+    target both shifted), and the denominator, known exactly from the measured singles, is divided
+    out of the prediction (pass it to :meth:`predict` too). After ``fit``: ``stacker_``, ``kernel_``
+    (None when ``kernel`` is None), ``blend_`` (per metric, the weights of [stacker, each
+    embedding]), ``loo_residuals_`` (of the blend, log scale), and the stacker's ``alpha_`` and
+    ``weights_``."""
+
+    def __init__(self, alphas: Sequence[float] = DEFAULT_ALPHAS, kernel: PairKernelRegression | None = None) -> None:
+        self.alphas, self.kernel = tuple(float(a) for a in alphas), kernel
+
+    def fit(self, model_log: np.ndarray, features: np.ndarray, parts: Sequence[Sequence[str]],
+            target_log: np.ndarray, singles: Mapping[str, np.ndarray],
+            log_sum_norm: np.ndarray | None = None) -> BlendedStacker:
+        Y = _numerator(np.atleast_2d(target_log), log_sum_norm, 1.0)
+        st = self.stacker_ = MetricStacker(self.alphas).fit(_numerator(model_log, log_sum_norm, 1.0), features,
+                                                            parts, Y)
+        self.alpha_, self.weights_ = st.alpha_, st.weights_
+        loo = st.loo_predictions()
+        self.kernel_, self.blend_ = None, [np.ones(1) for _ in range(loo.shape[1])]
+        if self.kernel is not None:
+            self.kernel_ = self.kernel.fit(singles, parts, Y)
+            each = self.kernel_.embedding_loo_
+            self.blend_ = [convex_weights(np.column_stack([loo[:, t], each[t]]), Y[:, t]) for t in range(Y.shape[1])]
+            loo = np.column_stack([np.column_stack([loo[:, t], each[t]]) @ w for t, w in enumerate(self.blend_)])
+        self.loo_residuals_ = Y - loo  # the shift cancels: the same residuals on the metric's log scale
+        self.target_log_ = np.atleast_2d(np.asarray(target_log, dtype=np.float64))
+        return self
+
+    def predict(self, model_log: np.ndarray, features: np.ndarray, parts: Sequence[Sequence[str]],
+                log_sum_norm: np.ndarray | None = None) -> np.ndarray:
+        """Predicted log metrics, (n, T)."""
+        base = self.stacker_.predict(_numerator(model_log, log_sum_norm, 1.0), features, parts)
+        if self.kernel_ is not None:
+            each = self.kernel_.predict_each(parts)
+            base = np.column_stack([np.column_stack([base[:, t], each[t]]) @ w for t, w in enumerate(self.blend_)])
+        return _numerator(base, log_sum_norm, -1.0)
+
+    def loo_predictions(self) -> np.ndarray:
+        """Each calibration double's log metrics predicted without it (the blend), (n, T)."""
+        return self.target_log_ - self.loo_residuals_
+
+    def half_width(self, target: int, level: float) -> float:
+        """Jackknife half-width (log scale) from the blend's leave-one-out residuals (as
+        :meth:`MetricStacker.half_width`)."""
+        r = np.sort(np.abs(self.loo_residuals_[:, target]))
+        k = conformal_rank(len(r), level)
+        return math.inf if k is None else float(r[k - 1])
+
+
 # ---------------------------------------------------------------------------------
 # applied to a cross-fitted ensemble's pair screen
 
@@ -192,7 +268,8 @@ class _Stack:
         if ok.any():
             A, B = (np.stack([self.singles[x] for x, k in zip(v, ok) if k]) for v in (a, b))
             pairs = [(x, y) for x, y, k in zip(a, b, ok) if k]
-            log = self.stacker.predict(np.asarray(model_log, dtype=np.float64)[ok], single_features(A, B), pairs)
+            feats = single_features(A, B)
+            log = self.stacker.predict(np.asarray(model_log, dtype=np.float64)[ok], feats, pairs, _log_sum_norm(feats))
             out[ok] = np.where(np.isfinite(log), np.exp(log), np.nan)
         return out
 
@@ -230,11 +307,10 @@ def fit_screen_stacker(model: Any, adata: ad.AnnData, gidx: np.ndarray, singles:
     if len(rows) < MIN_DOUBLES:
         return (f"{len(rows)} calibration doubles are measured in the data with both singles (at least "
                 f"{MIN_DOUBLES} are needed)")
-    from .pair_kernel import BlendedStacker, PairKernelRegression  # it builds on this module
-
+    feats = single_features(A, B)
     st = BlendedStacker(kernel=PairKernelRegression()).fit(
-        oof[[r[0] for r in rows]], single_features(A, B), [r[2:] for r in rows], target,
-        {c: delta[c] for c in sorted(set(measured) | {c for r in rows for c in r[2:]})})
+        oof[[r[0] for r in rows]], feats, [r[2:] for r in rows], target,
+        {c: delta[c] for c in sorted(set(measured) | {c for r in rows for c in r[2:]})}, _log_sum_norm(feats))
     loo = st.loo_predictions()
     check = {m: {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
                  "stacked": float(spearmanr(loo[:, t], target[:, t])[0])} for t, m in enumerate(METRICS)}

@@ -16,10 +16,12 @@ import numpy as np
 import torch
 
 from ...errors import DataError
-from ..pair_kernel import BlendedStacker, PairKernelRegression
+from ..pair_kernel import PairKernelRegression
 from ..stacking import (
     DEFAULT_ALPHAS,
     FEATURES,
+    BlendedStacker,
+    _log_sum_norm,
     log_metric,
     part_indicators,
     ridge_loo,
@@ -486,8 +488,10 @@ class PDAEStackedRegression:
     applies to a cross-fitted ensemble too). A held-out double's PDAE features are the mean over members of each
     member's log metric (members never saw it, as out of fold). With ``kernel`` (the default) that
     regression is blended with the ``pair_kernel`` baseline's kernel models (doubles of similar
-    singles combine alike; :class:`~pdae_core.eval.pair_kernel.BlendedStacker`), with convex weights
-    fitted to the leave-one-out predictions of the training doubles.
+    singles combine alike; :class:`~pdae_core.eval.stacking.BlendedStacker`), with convex weights
+    fitted to the leave-one-out predictions of the training doubles. The normalised residual is
+    learnt as its numerator ``log ||dAB - dA - dB||`` and divided by ``||dA + dB||``, which the
+    measured singles give exactly.
 
     Its profile of a double is the sum of the observed singles ``S = dA + dB`` plus the ensemble's
     non-additive part ``E = f(AB) - S``, recalibrated gene by gene: ``S + w_g E + v_g S``. First
@@ -550,7 +554,7 @@ class PDAEStackedRegression:
         X = (self._pdae_features(profiles, doubles, self.ensemble_.oof_[None]),
              self.heuristic_._features(profiles, doubles), self._parts(profiles, doubles))
         self.stacker_ = BlendedStacker(self.alphas, PairKernelRegression() if self.kernel else None).fit(
-            *X, log_metric(np.asarray(y)), profile_singles(profiles, self.genes))
+            *X, log_metric(np.asarray(y)), profile_singles(profiles, self.genes), _log_sum_norm(X[1]))
         st, self.kernel_, self.blend_ = self.stacker_.stacker_, self.stacker_.kernel_, self.stacker_.blend_
         self.design_ = st.design(*X)
         self.mu_, self.sd_, self.coef_, self.alpha_, self.weights_ = st.mu_, st.sd_, st.coef_, st.alpha_, st.weights_
@@ -582,6 +586,7 @@ class PDAEStackedRegression:
         for j, d in enumerate(doubles):
             for p in d.split(profiles.separator):
                 L[j, self.ensemble_.perturbations_.index(p.strip())] = 1.0
+        feats = self.heuristic_._features(profiles, doubles)
         log = self.stacker_.predict(self._pdae_features(profiles, doubles, self.ensemble_.predict_members(L)),
-                                    self.heuristic_._features(profiles, doubles), self._parts(profiles, doubles))
+                                    feats, self._parts(profiles, doubles), _log_sum_norm(feats))
         return {t: np.exp(log[:, i]) for i, t in enumerate(self.TARGETS)}

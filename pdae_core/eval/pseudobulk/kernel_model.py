@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import DataError
 from ..pair_kernel import PairKernelRegression
-from ..stacking import METRICS, log_metric
+from ..stacking import METRICS, _numerator, log_metric
 from .interaction_scores import double_figures
 from .profiles import ProfileSet
 
@@ -44,7 +44,9 @@ class PairKernelInteractionRegression:
     singles (:mod:`pdae_core.eval.pair_kernel`: the singles embedded by the direction of their
     change and by principal components of all the singles' changes, a symmetric pair kernel,
     width and penalty by leave-one-out, the embeddings blended by leave-one-out): doubles of
-    similar singles are predicted to combine alike. Metrics only, as the heuristic regression."""
+    similar singles are predicted to combine alike. The normalised residual is learnt as its
+    numerator ``log ||dAB - dA - dB||`` and divided by ``||dA + dB||``, known from the singles.
+    Metrics only, as the heuristic regression."""
 
     name = "pair_kernel"
 
@@ -55,15 +57,23 @@ class PairKernelInteractionRegression:
         doubles = profiles.eligible_doubles()
         if len(doubles) < 4:
             raise DataError(f"The pair kernel regression needs >= 4 training doubles with both singles; got {len(doubles)}.")
-        y = observed_log_metrics(profiles, doubles, self.method, self.genes)
+        y = _numerator(observed_log_metrics(profiles, doubles, self.method, self.genes),
+                       self._log_sum_norm(profiles, doubles), 1.0)
         keep = np.isfinite(y).all(1)
         pairs = [[p.strip() for p in d.split(profiles.separator)] for d, k in zip(doubles, keep) if k]
         self.kernel_ = PairKernelRegression().fit(profile_singles(profiles, self.genes), pairs, y[keep])
         return self
 
+    def _log_sum_norm(self, profiles: ProfileSet, doubles: Sequence[str]) -> np.ndarray:
+        """``log ||dA + dB||`` of each double, on the genes."""
+        g = slice(None) if self.genes is None else self.genes
+        sep = profiles.separator
+        return np.log([np.linalg.norm(profiles.deltas[profiles.index([p.strip() for p in d.split(sep)])].sum(0)[g]) + 1e-12
+                       for d in doubles])
+
     def predict_metrics(self, profiles: ProfileSet, doubles: Sequence[str]) -> dict[str, np.ndarray]:
         """Predicted ``magnitude`` and ``normalised_residual`` of ``doubles``, whose singles are
         rows of ``profiles`` (the training profiles)."""
         pairs = [[p.strip() for p in d.split(profiles.separator)] for d in doubles]
-        log = self.kernel_.predict(pairs)
+        log = _numerator(self.kernel_.predict(pairs), self._log_sum_norm(profiles, doubles), -1.0)
         return {m: np.exp(log[:, t]) for t, m in enumerate(METRICS)}
