@@ -11,7 +11,12 @@ from pdae_core.data.registry import setup_anndata
 from pdae_core.data.synthetic import make_synthetic
 from pdae_core.errors import PDAEError
 from pdae_core.eval.benchmark import BenchmarkSpec, run_benchmark
-from pdae_core.eval.benchmark.interactions import benchmark_interactions, cell_interaction_rows
+from pdae_core.eval.benchmark.interactions import (
+    METRIC_BASELINES,
+    benchmark_interactions,
+    cell_interaction_rows,
+    metric_baseline_rows,
+)
 from pdae_core.eval.interactions import mean_changes
 from pdae_core.eval.pseudobulk.interaction_scores import summarise_interactions
 
@@ -56,11 +61,45 @@ def test_benchmark_folder_is_rescored_with_its_own_data(finished, tmp_path):
     adata, reg, out = finished
     rows = benchmark_interactions(out)
     direct = cell_interaction_rows(out, adata, reg, ["additive", "linear", "control"], [0, 1])
-    pd.testing.assert_frame_equal(rows.reset_index(drop=True), direct.reset_index(drop=True))
+    base = rows["model"].isin(METRIC_BASELINES)
+    pd.testing.assert_frame_equal(rows[~base].reset_index(drop=True)[direct.columns], direct.reset_index(drop=True))
+    # the metric regressions are scored on the same (seed, held-out double) pairs
+    for m in METRIC_BASELINES:
+        assert sorted(rows.loc[rows.model == m, "double"]) == sorted(direct.loc[direct.model == "linear", "double"])
+    assert benchmark_interactions(out, metric_baselines=False)["model"].isin(METRIC_BASELINES).sum() == 0
     with pytest.raises(PDAEError, match="missing"):
         cell_interaction_rows(out, adata, reg, ["pool"], [0])
     with pytest.raises(PDAEError, match="not a finished benchmark folder"):
         benchmark_interactions(tmp_path)
+
+
+def test_metric_baselines_learn_from_the_training_doubles_only(finished):
+    """The heuristic, propensity and pair-kernel regressions at the cell level: fitted to the doubles
+    that are not held out, so the held-out doubles' cells change their observed figures and nothing else,
+    while a training double's cells change the predictions."""
+    adata, reg, _ = finished
+    doubles = sorted(c for c in adata.obs["condition"].unique() if "+" in c)
+    held = {0: doubles[:2]}
+    rows = metric_baseline_rows(adata, reg, held)
+    assert sorted(rows["model"].unique()) == sorted(METRIC_BASELINES) and len(rows) == 2 * len(METRIC_BASELINES)
+    assert (rows["train_doubles"] == len(doubles) - 2).all() and rows["nonadditive_pearson"].isna().all()
+    d = mean_changes(adata, reg, [*reg.parse(doubles[0]), doubles[0]]).to_numpy()
+    coef, *_ = np.linalg.lstsq(d[:2].T, d[2], rcond=None)
+    np.testing.assert_allclose(rows.loc[rows.double == f"{doubles[0]} (seed 0)", "magnitude_obs"], np.hypot(*coef))
+
+    def scaled(condition):
+        other = adata.copy()
+        cells = (other.obs["condition"] == condition).to_numpy()
+        other.X = np.asarray(other.X, dtype=np.float64)
+        other.X[cells] = other.X[cells] * 1.5 + 0.3
+        return metric_baseline_rows(other, reg, held)
+
+    moved = scaled(doubles[0])  # a held-out double: its observed figures move, no prediction does
+    np.testing.assert_allclose(moved["magnitude_pred"], rows["magnitude_pred"])
+    np.testing.assert_allclose(moved["residual_pred"], rows["residual_pred"])
+    assert not np.allclose(moved["residual_obs"], rows["residual_obs"])
+    taught = scaled(doubles[-1])  # a training double teaches the regressions
+    assert not np.allclose(taught["residual_pred"], rows["residual_pred"])
 
 
 def test_a_cross_fitted_ensemble_has_its_intervals_checked_on_the_held_out_doubles(tmp_path):

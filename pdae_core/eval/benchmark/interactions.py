@@ -31,7 +31,12 @@ from ..interactions import mean_changes
 from ..pseudobulk.interaction_scores import double_figures
 from .files import run_path
 
-__all__ = ["cell_interaction_rows", "benchmark_interactions"]
+__all__ = ["METRIC_BASELINES", "benchmark_interactions", "cell_interaction_rows", "metric_baseline_rows"]
+
+#: regressions of the interaction metrics on the training doubles, scored beside a cell-level benchmark's models
+METRIC_BASELINES = ("heuristic", "propensity", "pair_kernel")
+#: a training double (and each of its singles) needs this many cells to teach the metric baselines
+MIN_TRAIN_CELLS = 3
 
 
 def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, registry: PerturbationRegistry,
@@ -80,6 +85,49 @@ def cell_interaction_rows(out_dir: str | os.PathLike[str], adata: ad.AnnData, re
     return pd.DataFrame(rows)
 
 
+def metric_baseline_rows(adata: ad.AnnData, registry: PerturbationRegistry, held_out: dict[int, Sequence[str]],
+                         method: str = "lstsq", min_cells: int = MIN_TRAIN_CELLS) -> pd.DataFrame:
+    """The metric regressions of the pseudobulk interaction track (:data:`METRIC_BASELINES`:
+    :class:`~pdae_core.eval.pseudobulk.interaction_models.HeuristicInteractionRegression`,
+    :class:`~pdae_core.eval.pseudobulk.interaction_models.PropensityInteractionRegression`,
+    :class:`~pdae_core.eval.pseudobulk.kernel_model.PairKernelInteractionRegression`) at the cell level:
+    for each seed, fitted to the observed mean changes of every single and of the doubles *not* held out
+    in that seed (each with at least ``min_cells`` cells, as its singles), they predict the magnitude and
+    normalised residual of that seed's held-out doubles (``held_out[seed]``), in
+    :func:`cell_interaction_rows`' columns (no profile, so no non-additive Pearson)."""
+    from ..pseudobulk import profiles_from_anndata
+    from ..pseudobulk.interaction_models import HeuristicInteractionRegression, PropensityInteractionRegression
+    from ..pseudobulk.kernel_model import PairKernelInteractionRegression
+
+    counts = pd.Series(condition_column(adata, registry.perturbation_key)).value_counts()
+    conds = [c for c in counts.index if c != registry.control_label]
+    parts = {c: registry.parse(c) for c in conds}
+    singles = [c for c in conds if len(parts[c]) == 1 and counts[c] >= min_cells]
+    doubles = [c for c in conds if len(parts[c]) == 2 and all(p in singles for p in parts[c])]
+    delta = dict(zip(singles + doubles, mean_changes(adata, registry, singles + doubles).to_numpy(np.float64)))
+    rows = []
+    for seed, held in held_out.items():
+        held = [d for d in held if d in delta]
+        train = [d for d in doubles if d not in set(held) and counts[d] >= min_cells]
+        names = sorted(singles) + train + held
+        X = np.stack([delta[c] for c in names])
+        prof = profiles_from_anndata(ad.AnnData(X, obs=pd.DataFrame({"condition": names}, index=names),
+                                                var=pd.DataFrame(index=list(registry.gene_names))),
+                                     separator=registry.separator, values="deltas")
+        fit_on = prof.subset(sorted(singles) + train)
+        for name, cls in zip(METRIC_BASELINES, (HeuristicInteractionRegression, PropensityInteractionRegression,
+                                                PairKernelInteractionRegression)):
+            pred = cls(method=method).fit(fit_on).predict_metrics(fit_on, held)
+            for j, d in enumerate(held):
+                o = double_figures(delta[parts[d][0]], delta[parts[d][1]], delta[d], method)
+                rows.append({"model": name, "seed": 0, "fold": int(seed), "double": f"{d} (seed {seed})",
+                             "magnitude_pred": float(pred["magnitude"][j]), "magnitude_obs": o["magnitude"],
+                             "residual_pred": float(pred["normalised_residual"][j]),
+                             "residual_obs": o["normalised_residual"], "nonadditive_pearson": np.nan,
+                             "n_cells": int(counts[d]), "train_doubles": len(train)})
+    return pd.DataFrame(rows)
+
+
 def _intervals(path: Path) -> dict[str, dict[str, Any]]:
     """Per held-out double, a calibrated ensemble's uncertainty figures from the benchmark's
     ``.intervals.csv`` (:func:`~pdae_core.eval.calibration.interval_check`), named as
@@ -108,9 +156,10 @@ def _intervals(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def benchmark_interactions(out_dir: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
-                           method: str = "lstsq") -> pd.DataFrame:
+                           method: str = "lstsq", metric_baselines: bool = True) -> pd.DataFrame:
     """:func:`cell_interaction_rows` of every model and seed of a finished benchmark folder
-    (``spec.json`` and ``runs/``), its dataset loaded and prepared as the benchmark did it."""
+    (``spec.json`` and ``runs/``), its dataset loaded and prepared as the benchmark did it, and (with
+    ``metric_baselines``) :func:`metric_baseline_rows` on the same held-out doubles."""
     import json
 
     from ...data.datasets import list_datasets, load_dataset
@@ -132,4 +181,12 @@ def benchmark_interactions(out_dir: str | os.PathLike[str], data_dir: str | os.P
                              spec.control_label or meta.get("control_label"), covariate_key=meta.get("covariate_key"))
     adata, registry, _ = _prepare(adata, registry, spec)
     models = [m for m in spec.models if run_path(out_dir, m, spec.seeds[0]).with_suffix(".deltas.csv").is_file()]
-    return cell_interaction_rows(out_dir, adata, registry, models, spec.seeds, method)
+    rows = cell_interaction_rows(out_dir, adata, registry, models, spec.seeds, method)
+    if not metric_baselines:
+        return rows
+    held = {int(s): pd.read_csv(run_path(out_dir, models[0], s).with_suffix(".deltas.csv"), usecols=["condition"])
+            ["condition"].astype(str).tolist() for s in spec.seeds}
+    scored = {d.rsplit(" (seed", 1)[0] for d in rows["double"]}
+    return pd.concat([rows, metric_baseline_rows(adata, registry, {s: [d for d in h if d in scored]
+                                                                   for s, h in held.items()}, method)],
+                     ignore_index=True)
