@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from pdae_core.eval.pair_kernel import PairKernelRegression
-from pdae_core.eval.stacking import BlendedStacker, MetricStacker, log_metric, part_indicators, ridge_loo, single_features
+from pdae_core.eval.stacking import (
+    BlendedStacker,
+    MetricStacker,
+    log_metric,
+    part_indicators,
+    ridge_loo,
+    single_features,
+)
 
 
 def test_single_features_match_direct_formulas_and_degenerate_singles():

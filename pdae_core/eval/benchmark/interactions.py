@@ -96,7 +96,10 @@ def metric_baseline_rows(adata: ad.AnnData, registry: PerturbationRegistry, held
     normalised residual of that seed's held-out doubles (``held_out[seed]``), in
     :func:`cell_interaction_rows`' columns (no profile, so no non-additive Pearson)."""
     from ..pseudobulk import profiles_from_anndata
-    from ..pseudobulk.interaction_models import HeuristicInteractionRegression, PropensityInteractionRegression
+    from ..pseudobulk.interaction_models import (
+        HeuristicInteractionRegression,
+        PropensityInteractionRegression,
+    )
     from ..pseudobulk.kernel_model import PairKernelInteractionRegression
 
     counts = pd.Series(condition_column(adata, registry.perturbation_key)).value_counts()
