@@ -56,7 +56,8 @@ class PairKernelInteractionRegression:
     def fit(self, profiles: ProfileSet) -> PairKernelInteractionRegression:
         doubles = profiles.eligible_doubles()
         if len(doubles) < 4:
-            raise DataError(f"The pair kernel regression needs >= 4 training doubles with both singles; got {len(doubles)}.")
+            raise DataError("The pair kernel regression needs >= 4 training doubles with both singles; "
+                            f"got {len(doubles)}.")
         y = _numerator(observed_log_metrics(profiles, doubles, self.method, self.genes),
                        self._log_sum_norm(profiles, doubles), 1.0)
         keep = np.isfinite(y).all(1)
@@ -68,8 +69,8 @@ class PairKernelInteractionRegression:
         """``log ||dA + dB||`` of each double, on the genes."""
         g = slice(None) if self.genes is None else self.genes
         sep = profiles.separator
-        return np.log([np.linalg.norm(profiles.deltas[profiles.index([p.strip() for p in d.split(sep)])].sum(0)[g]) + 1e-12
-                       for d in doubles])
+        rows = [profiles.index([p.strip() for p in d.split(sep)]) for d in doubles]
+        return np.log([np.linalg.norm(profiles.deltas[r].sum(0)[g]) + 1e-12 for r in rows])
 
     def predict_metrics(self, profiles: ProfileSet, doubles: Sequence[str]) -> dict[str, np.ndarray]:
         """Predicted ``magnitude`` and ``normalised_residual`` of ``doubles``, whose singles are
