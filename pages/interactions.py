@@ -243,8 +243,8 @@ with st.expander("Settings and technical details"):
            "from the measured pairs of similar singles (parts that change genes alike tend to combine alike), each "
            "weighted by how well it predicted the training pairs left out one at a time. It is applied to every pair whose "
            f"singles are measured; {a['stacked_doubles']} training pairs taught it (`pdae_core.eval.stacking`). "
-           "On the Norman 2019 pseudobulk design it ranks held-out pairs better than the model alone "
-           "(benchmarks/results/screen_stacking.md).\n" if "stacked_doubles" in a else "")
+           "On the Norman 2019 pseudobulk design it ranks held-out pairs better than the model alone, and as "
+           "well as the prediction from similar measured pairs alone (benchmarks/results/screen_stacking.md).\n" if "stacked_doubles" in a else "")
         + ("- **Single effects**: measured (the mean change of each part's cells in the loaded data), so a pair's "
            "metrics compare its predicted change with its parts as measured.\n" if a["single_effects"] == "observed"
            else "- **Single effects**: the model's predictions (a part is not measured in the loaded data), so a "
