@@ -48,7 +48,7 @@ from .interactions import mean_changes, pair_metrics
 from .pair_kernel import PairKernelRegression, convex_weights
 
 __all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "RESIDUAL", "BlendedStacker", "MetricStacker",
-           "add_stacked",
+           "add_stacked", "residual_as_numerator", "sum_norm_feature",
            "fit_screen_stacker", "log_metric", "part_indicators", "ridge_loo", "single_features"]
 
 #: the features of a double's two singles (:func:`single_features`), in column order
@@ -85,7 +85,7 @@ def single_features(dA: np.ndarray, dB: np.ndarray) -> np.ndarray:
                             np.log(np.linalg.norm(dA + dB, axis=1) + _TINY)])
 
 
-def _log_sum_norm(features: np.ndarray) -> np.ndarray:
+def sum_norm_feature(features: np.ndarray) -> np.ndarray:
     """The ``log ||dA + dB||`` column of :func:`single_features`' output."""
     return np.asarray(features)[:, FEATURES.index("log_sum_norm")]
 
@@ -182,7 +182,7 @@ class MetricStacker:
         return math.inf if k is None else float(r[k - 1])
 
 
-def _numerator(log_metrics: np.ndarray, log_sum_norm: np.ndarray | None, sign: float) -> np.ndarray:
+def residual_as_numerator(log_metrics: np.ndarray, log_sum_norm: np.ndarray | None, sign: float) -> np.ndarray:
     """``log_metrics`` (n, METRICS) with ``sign * log_sum_norm`` added to the normalised residual's column:
     ``+1`` turns ``log(||dAB - dA - dB|| / ||dA + dB||)`` into ``log ||dAB - dA - dB||``, ``-1`` back."""
     out = np.array(log_metrics, dtype=np.float64, copy=True)
@@ -214,8 +214,8 @@ class BlendedStacker:
     def fit(self, model_log: np.ndarray, features: np.ndarray, parts: Sequence[Sequence[str]],
             target_log: np.ndarray, singles: Mapping[str, np.ndarray],
             log_sum_norm: np.ndarray | None = None) -> BlendedStacker:
-        Y = _numerator(np.atleast_2d(target_log), log_sum_norm, 1.0)
-        st = self.stacker_ = MetricStacker(self.alphas).fit(_numerator(model_log, log_sum_norm, 1.0), features,
+        Y = residual_as_numerator(np.atleast_2d(target_log), log_sum_norm, 1.0)
+        st = self.stacker_ = MetricStacker(self.alphas).fit(residual_as_numerator(model_log, log_sum_norm, 1.0), features,
                                                             parts, Y)
         self.alpha_, self.weights_ = st.alpha_, st.weights_
         loo = st.loo_predictions()
@@ -232,11 +232,11 @@ class BlendedStacker:
     def predict(self, model_log: np.ndarray, features: np.ndarray, parts: Sequence[Sequence[str]],
                 log_sum_norm: np.ndarray | None = None) -> np.ndarray:
         """Predicted log metrics, (n, T)."""
-        base = self.stacker_.predict(_numerator(model_log, log_sum_norm, 1.0), features, parts)
+        base = self.stacker_.predict(residual_as_numerator(model_log, log_sum_norm, 1.0), features, parts)
         if self.kernel_ is not None:
             each = self.kernel_.predict_each(parts)
             base = np.column_stack([np.column_stack([base[:, t], each[t]]) @ w for t, w in enumerate(self.blend_)])
-        return _numerator(base, log_sum_norm, -1.0)
+        return residual_as_numerator(base, log_sum_norm, -1.0)
 
     def loo_predictions(self) -> np.ndarray:
         """Each calibration double's log metrics predicted without it (the blend), (n, T)."""
@@ -272,7 +272,8 @@ class _Stack:
             A, B = (np.stack([self.singles[x] for x, k in zip(v, ok) if k]) for v in (a, b))
             pairs = [(x, y) for x, y, k in zip(a, b, ok) if k]
             feats = single_features(A, B)
-            log = self.stacker.predict(np.asarray(model_log, dtype=np.float64)[ok], feats, pairs, _log_sum_norm(feats))
+            log = self.stacker.predict(np.asarray(model_log, dtype=np.float64)[ok], feats, pairs,
+                                       sum_norm_feature(feats))
             out[ok] = np.where(np.isfinite(log), np.exp(log), np.nan)
         return out
 
@@ -313,7 +314,7 @@ def fit_screen_stacker(model: Any, adata: ad.AnnData, gidx: np.ndarray, singles:
     feats = single_features(A, B)
     st = BlendedStacker(kernel=PairKernelRegression()).fit(
         oof[[r[0] for r in rows]], feats, [r[2:] for r in rows], target,
-        {c: delta[c] for c in sorted(set(measured) | {c for r in rows for c in r[2:]})}, _log_sum_norm(feats))
+        {c: delta[c] for c in sorted(set(measured) | {c for r in rows for c in r[2:]})}, sum_norm_feature(feats))
     loo = st.loo_predictions()
     check = {m: {"model": float(spearmanr(oof[[r[0] for r in rows], t], target[:, t])[0]),
                  "stacked": float(spearmanr(loo[:, t], target[:, t])[0])} for t, m in enumerate(METRICS)}

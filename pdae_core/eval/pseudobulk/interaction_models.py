@@ -21,11 +21,11 @@ from ..stacking import (
     DEFAULT_ALPHAS,
     FEATURES,
     BlendedStacker,
-    _log_sum_norm,
     log_metric,
     part_indicators,
     ridge_loo,
     single_features,
+    sum_norm_feature,
 )
 from .interaction_scores import double_figures, rank_metrics
 from .kernel_model import profile_singles
@@ -554,7 +554,7 @@ class PDAEStackedRegression:
         X = (self._pdae_features(profiles, doubles, self.ensemble_.oof_[None]),
              self.heuristic_._features(profiles, doubles), self._parts(profiles, doubles))
         self.stacker_ = BlendedStacker(self.alphas, PairKernelRegression() if self.kernel else None).fit(
-            *X, log_metric(np.asarray(y)), profile_singles(profiles, self.genes), _log_sum_norm(X[1]))
+            *X, log_metric(np.asarray(y)), profile_singles(profiles, self.genes), sum_norm_feature(X[1]))
         st, self.kernel_, self.blend_ = self.stacker_.stacker_, self.stacker_.kernel_, self.stacker_.blend_
         self.design_ = st.design(*X)
         self.mu_, self.sd_, self.coef_, self.alpha_, self.weights_ = st.mu_, st.sd_, st.coef_, st.alpha_, st.weights_
@@ -588,5 +588,5 @@ class PDAEStackedRegression:
                 L[j, self.ensemble_.perturbations_.index(p.strip())] = 1.0
         feats = self.heuristic_._features(profiles, doubles)
         log = self.stacker_.predict(self._pdae_features(profiles, doubles, self.ensemble_.predict_members(L)),
-                                    feats, self._parts(profiles, doubles), _log_sum_norm(feats))
+                                    feats, self._parts(profiles, doubles), sum_norm_feature(feats))
         return {t: np.exp(log[:, i]) for i, t in enumerate(self.TARGETS)}

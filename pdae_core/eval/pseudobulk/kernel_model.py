@@ -11,7 +11,7 @@ import numpy as np
 
 from ...errors import DataError
 from ..pair_kernel import PairKernelRegression
-from ..stacking import METRICS, _numerator, log_metric
+from ..stacking import METRICS, log_metric, residual_as_numerator
 from .interaction_scores import double_figures
 from .profiles import ProfileSet
 
@@ -58,14 +58,14 @@ class PairKernelInteractionRegression:
         if len(doubles) < 4:
             raise DataError("The pair kernel regression needs >= 4 training doubles with both singles; "
                             f"got {len(doubles)}.")
-        y = _numerator(observed_log_metrics(profiles, doubles, self.method, self.genes),
-                       self._log_sum_norm(profiles, doubles), 1.0)
+        y = residual_as_numerator(observed_log_metrics(profiles, doubles, self.method, self.genes),
+                                  self._log_sum_norms(profiles, doubles), 1.0)
         keep = np.isfinite(y).all(1)
         pairs = [[p.strip() for p in d.split(profiles.separator)] for d, k in zip(doubles, keep) if k]
         self.kernel_ = PairKernelRegression().fit(profile_singles(profiles, self.genes), pairs, y[keep])
         return self
 
-    def _log_sum_norm(self, profiles: ProfileSet, doubles: Sequence[str]) -> np.ndarray:
+    def _log_sum_norms(self, profiles: ProfileSet, doubles: Sequence[str]) -> np.ndarray:
         """``log ||dA + dB||`` of each double, on the genes."""
         g = slice(None) if self.genes is None else self.genes
         sep = profiles.separator
@@ -76,5 +76,5 @@ class PairKernelInteractionRegression:
         """Predicted ``magnitude`` and ``normalised_residual`` of ``doubles``, whose singles are
         rows of ``profiles`` (the training profiles)."""
         pairs = [[p.strip() for p in d.split(profiles.separator)] for d in doubles]
-        log = _numerator(self.kernel_.predict(pairs), self._log_sum_norm(profiles, doubles), -1.0)
+        log = residual_as_numerator(self.kernel_.predict(pairs), self._log_sum_norms(profiles, doubles), -1.0)
         return {m: np.exp(log[:, t]) for t, m in enumerate(METRICS)}
