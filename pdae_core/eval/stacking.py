@@ -48,7 +48,7 @@ from .interactions import mean_changes, pair_metrics
 from .pair_kernel import PairKernelRegression, convex_weights
 
 __all__ = ["DEFAULT_ALPHAS", "FEATURES", "FLOOR", "METRICS", "MIN_DOUBLES", "RESIDUAL", "BlendedStacker", "MetricStacker",
-           "add_stacked", "residual_as_numerator", "sum_norm_feature",
+           "add_stacked", "jackknife_half_width", "residual_as_numerator", "sum_norm_feature",
            "fit_screen_stacker", "log_metric", "part_indicators", "ridge_loo", "single_features"]
 
 #: the features of a double's two singles (:func:`single_features`), in column order
@@ -100,6 +100,13 @@ def part_indicators(parts: Sequence[Sequence[str]], vocabulary: Sequence[str]) -
             if p in pos:
                 X[r, pos[p]] = 1.0
     return X
+
+
+def jackknife_half_width(loo_residuals: np.ndarray, level: float) -> float:
+    """The ``ceil((n + 1) level)``-th smallest absolute leave-one-out residual (inf when n is too small)."""
+    r = np.sort(np.abs(np.asarray(loo_residuals, dtype=np.float64)))
+    k = conformal_rank(len(r), level)
+    return math.inf if k is None else float(r[k - 1])
 
 
 def ridge_loo(Z: np.ndarray, y: np.ndarray, penalties: Sequence[np.ndarray]) -> tuple[float, np.ndarray, int, np.ndarray]:
@@ -177,9 +184,7 @@ class MetricStacker:
     def half_width(self, target: int, level: float) -> float:
         """Jackknife half-width (log scale) of target ``target`` at ``level``: the
         ``ceil((n + 1) level)``-th smallest absolute leave-one-out residual (inf when n is too small)."""
-        r = np.sort(np.abs(self.loo_residuals_[:, target]))
-        k = conformal_rank(len(r), level)
-        return math.inf if k is None else float(r[k - 1])
+        return jackknife_half_width(self.loo_residuals_[:, target], level)
 
 
 def residual_as_numerator(log_metrics: np.ndarray, log_sum_norm: np.ndarray | None, sign: float) -> np.ndarray:
@@ -245,9 +250,7 @@ class BlendedStacker:
     def half_width(self, target: int, level: float) -> float:
         """Jackknife half-width (log scale) from the blend's leave-one-out residuals (as
         :meth:`MetricStacker.half_width`)."""
-        r = np.sort(np.abs(self.loo_residuals_[:, target]))
-        k = conformal_rank(len(r), level)
-        return math.inf if k is None else float(r[k - 1])
+        return jackknife_half_width(self.loo_residuals_[:, target], level)
 
 
 # ---------------------------------------------------------------------------------

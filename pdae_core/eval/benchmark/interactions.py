@@ -111,7 +111,9 @@ def metric_baseline_rows(adata: ad.AnnData, registry: PerturbationRegistry, held
     rows = []
     for seed, held in held_out.items():
         held = [d for d in held if d in delta]
-        train = [d for d in doubles if d not in set(held) and counts[d] >= min_cells]
+        out = set(held)
+        train = [d for d in doubles if d not in out and counts[d] >= min_cells]
+        observed = [double_figures(delta[parts[d][0]], delta[parts[d][1]], delta[d], method) for d in held]
         names = sorted(singles) + train + held
         X = np.stack([delta[c] for c in names])
         prof = profiles_from_anndata(ad.AnnData(X, obs=pd.DataFrame({"condition": names}, index=names),
@@ -121,8 +123,7 @@ def metric_baseline_rows(adata: ad.AnnData, registry: PerturbationRegistry, held
         for name, cls in zip(METRIC_BASELINES, (HeuristicInteractionRegression, PropensityInteractionRegression,
                                                 PairKernelInteractionRegression)):
             pred = cls(method=method).fit(fit_on).predict_metrics(fit_on, held)
-            for j, d in enumerate(held):
-                o = double_figures(delta[parts[d][0]], delta[parts[d][1]], delta[d], method)
+            for j, (d, o) in enumerate(zip(held, observed)):
                 rows.append({"model": name, "seed": 0, "fold": int(seed), "double": f"{d} (seed {seed})",
                              "magnitude_pred": float(pred["magnitude"][j]), "magnitude_obs": o["magnitude"],
                              "residual_pred": float(pred["normalised_residual"][j]),

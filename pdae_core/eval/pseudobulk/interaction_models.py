@@ -28,7 +28,7 @@ from ..stacking import (
     sum_norm_feature,
 )
 from .interaction_scores import double_figures, rank_metrics
-from .kernel_model import profile_singles
+from .kernel_model import observed_log_metrics, profile_singles
 from .models import AdditiveProfile, PDAEProfile, ProfileModel
 from .profiles import ProfileSet, train_conditions
 
@@ -545,16 +545,12 @@ class PDAEStackedRegression:
                                              genes=self.genes, **self.ensemble_kw).fit(profiles)
         doubles = self.ensemble_.calibration_doubles_
         g = slice(None) if self.genes is None else self.genes
-        y = []
-        for d in doubles:
-            a, b = (v[g] for v in single_deltas(profiles, d))
-            f = double_figures(a, b, profiles.deltas[profiles.index([d])[0]][g], self.method)
-            y.append([f[t] for t in self.TARGETS])
         self.heuristic_ = HeuristicInteractionRegression(method=self.method, genes=self.genes)
         X = (self._pdae_features(profiles, doubles, self.ensemble_.oof_[None]),
              self.heuristic_._features(profiles, doubles), self._parts(profiles, doubles))
         self.stacker_ = BlendedStacker(self.alphas, PairKernelRegression() if self.kernel else None).fit(
-            *X, log_metric(np.asarray(y)), profile_singles(profiles, self.genes), sum_norm_feature(X[1]))
+            *X, observed_log_metrics(profiles, doubles, self.method, self.genes), profile_singles(profiles, self.genes),
+            sum_norm_feature(X[1]))
         st, self.kernel_, self.blend_ = self.stacker_.stacker_, self.stacker_.kernel_, self.stacker_.blend_
         self.design_ = st.design(*X)
         self.mu_, self.sd_, self.coef_, self.alpha_, self.weights_ = st.mu_, st.sd_, st.coef_, st.alpha_, st.weights_
