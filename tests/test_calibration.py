@@ -178,9 +178,55 @@ def test_interval_check_scores_coverage_on_held_out_doubles(adata, fitted):
     hw = row["normalised_residual_half_width_80"]
     assert row["normalised_residual_covered_80"] == (
         abs(row["normalised_residual_pred"] - row["normalised_residual_obs"]) <= hw)
+    # the intervals at the double's own number of cells (the sampling-noise model of the calibration)
+    noise = ens.calibration.cell_noise
+    assert row["n_cells"] == int((adata.obs["condition"] == "P1+P2").sum()) == 30
+    assert noise.cells.tolist() == [int((adata.obs["condition"] == d).sum()) for d in ens.calibration.doubles]
+    src, _, _ = _screen_inputs(ens, adata, 64, "expressed", 0, share=False)
+    lab = np.stack([ens.registry.label_vector("P1+P2")])
+    mean_ab = ens.member_changes_many(src, lab, seed=0)[:, 0].mean(0)
+    obs = mean_changes(adata, ens.registry, ["P1+P2"]).to_numpy()[0]
+    for lv in (80, 95):
+        inside = np.abs(mean_ab - obs) <= noise.gene_half_width(lv / 100, 30)
+        assert row[f"cells_gene_coverage_{lv}"] == pytest.approx(inside.mean())
+        # as the plain interval, infinite only where the calibration doubles are too few for the level
+        assert np.isinf(row[f"cells_normalised_residual_half_width_{lv}"]) == np.isinf(
+            row[f"normalised_residual_half_width_{lv}"])
+    assert isinstance(row["cells_magnitude_covered_80"], bool)
     plain = pc.PDAE.from_anndata(adata, seed=1, **SMALL)
     with pytest.raises(DataError, match="no calibration"):
         interval_check(plain, adata, ["P1+P2"])
+
+
+def test_a_measured_pair_gets_the_range_its_number_of_cells_allows(adata, fitted):
+    from pdae_core.eval.cell_noise import expected_ranges
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    ens, _ = fitted
+    noise = ens.calibration.cell_noise
+    res = pair_interaction(ens, adata, "P1", "P2", n_cells=64)
+    at = res.at_cells
+    assert at["cells"] == 30 and res.observed is not None
+    for m in ("magnitude", "normalised_residual"):
+        assert 0 <= at[f"{m}_lo"] <= at[f"{m}_hi"] < np.inf
+        assert res.observed_within(m) == (at[f"{m}_lo"] <= res.observed[m] <= at[f"{m}_hi"])
+    # the same ranges as the library's function on the members' mean change
+    source, gidx, _ = _screen_inputs(ens, adata, 64, "expressed", 0)
+    eye = np.eye(ens.registry.n_perturbations, dtype=np.float32)
+    i, j = ens.registry.perturbations.index("P1"), ens.registry.perturbations.index("P2")
+    d = ens.member_changes_many(source, np.stack([eye[i], eye[j], eye[i] + eye[j]]), seed=0)[:, :, gidx]
+    d[:, :2] = mean_changes(adata, ens.registry, ["P1", "P2"]).to_numpy()[:, gidx][None]
+    mean = d.mean(0)
+    want = expected_ranges(noise, mean[0], mean[1], mean[2], res.predicted, gidx, 30, 0.8, 0)
+    assert at == pytest.approx(want)
+    # fewer cells, a wider range; an unmeasured pair has none
+    few = expected_ranges(noise, mean[0], mean[1], mean[2], res.predicted, gidx, 3, 0.8, 0)
+    assert few["normalised_residual_hi"] - few["normalised_residual_lo"] > want["normalised_residual_hi"] - want[
+        "normalised_residual_lo"]
+    unmeasured = next((a, b) for a in ens.registry.perturbations for b in ens.registry.perturbations
+                      if a < b and f"{a}+{b}" not in set(adata.obs["condition"]) and f"{b}+{a}" not in
+                      set(adata.obs["condition"]))
+    assert pair_interaction(ens, adata, *unmeasured, n_cells=64).at_cells is None
 
 
 def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_path, capsys):
@@ -192,6 +238,10 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
         np.testing.assert_array_equal(back.calibration.gene_half_width(lv), ens.calibration.gene_half_width(lv))
     for m in ("magnitude", "normalised_residual"):
         np.testing.assert_array_equal(back.calibration.out_of_fold[m], ens.calibration.out_of_fold[m])
+        np.testing.assert_array_equal(back.calibration.cell_noise.metric_scores[m],
+                                      ens.calibration.cell_noise.metric_scores[m])
+    np.testing.assert_array_equal(back.calibration.cell_noise.gene_half_width(0.9, 12),
+                                  ens.calibration.cell_noise.gene_half_width(0.9, 12))
 
     def edited(name, edit):
         d = tmp_path / name
@@ -214,6 +264,8 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
         "oof_metric": (lambda e: e["calibration"]["out_of_fold"].pop("normalised_residual"), "out_of_fold must have"),
         "oof_negative": (lambda e: e["calibration"]["out_of_fold"]["magnitude"].__setitem__(0, -0.5), "non-negative"),
         "single_effects": (lambda e: e["calibration"].__setitem__("single_effects", "both"), "single_effects must be"),
+        "noise_cells": (lambda e: e["calibration"]["cell_noise"]["cells"].pop(), "cells must be"),
+        "noise_var": (lambda e: e["calibration"]["cell_noise"]["noise_var"].__setitem__(0, -2.0), "non-negative"),
     }
     for name, (edit, msg) in cases.items():
         with pytest.raises(CheckpointError, match=msg):
@@ -221,6 +273,11 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
     # a checkpoint written before the out-of-fold metrics were kept still loads (no stacked estimate)
     old = pc.load_model(edited("before_oof", lambda e: e["calibration"].pop("out_of_fold")))
     assert old.calibration.out_of_fold is None and old.calibration.n == ens.calibration.n
+    # ... and one written before the sampling-noise model: plain intervals only
+    before = pc.load_model(edited("before_noise", lambda e: e["calibration"].pop("cell_noise")))
+    assert before.calibration.cell_noise is None
+    (row,) = interval_check(before, adata, ["P1+P2"], n_cells=64)
+    assert "gene_coverage_80" in row and not any(k.startswith("cells_") for k in row)
     assert ens.calibration.single_effects == back.calibration.single_effects == "observed"
     # ... and before the single effects were chosen: scored against the model's singles, so a screen
     # against the observed ones shows no intervals (they were calibrated for the other) and says why

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..data.registry import PerturbationRegistry, condition_column
 from ..errors import DataError
+from .cell_noise import CellNoise, cell_counts_and_variance, expected_ranges, metric_noise
 from .conformal import conformal_rank
 from .interactions import mean_changes
 from .pair_screen import SINGLE_EFFECTS, _screen_inputs, pair_metrics
@@ -100,7 +101,9 @@ class Calibration:
     which the pair screen stacks with the measured doubles (:mod:`pdae_core.eval.stacking`);
     ``single_effects``: whether the metrics were scored against the observed singles or the
     member's predicted ones (:data:`~pdae_core.eval.pair_screen.SINGLE_EFFECTS`; records written
-    before the choice existed used the model's)."""
+    before the choice existed used the model's); ``cell_noise``: the sampling-noise model of the
+    calibration doubles (:class:`~pdae_core.eval.cell_noise.CellNoise`: intervals for a double
+    measured with a given number of cells; None in records written before it was kept)."""
 
     left_out: list[list[str]]
     gene_half_widths: dict[float, np.ndarray]
@@ -109,6 +112,7 @@ class Calibration:
     n_source_cells: int = 0
     out_of_fold: dict[str, np.ndarray] | None = None
     single_effects: str = "model"
+    cell_noise: CellNoise | None = None
     doubles: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +156,7 @@ class Calibration:
             "n_source_cells": int(self.n_source_cells),
             **({} if self.out_of_fold is None else {"out_of_fold": {m: num(v) for m, v in self.out_of_fold.items()}}),
             "single_effects": self.single_effects,
+            **({} if self.cell_noise is None else {"cell_noise": self.cell_noise.to_dict()}),
         }
 
     @classmethod
@@ -205,8 +210,10 @@ class Calibration:
         single = d.get("single_effects", "model")
         if single not in SINGLE_EFFECTS:
             raise bad(f"single_effects must be one of {', '.join(SINGLE_EFFECTS)}")
+        noise = d.get("cell_noise")
+        noise = None if noise is None else CellNoise.from_dict(noise, n_genes, n_doubles, bad)
         return cls(left_out=[list(g) for g in left], gene_half_widths=gene_hw, metric_errors=metric, genes=genes,
-                   n_source_cells=n_src, out_of_fold=oof, single_effects=single)
+                   n_source_cells=n_src, out_of_fold=oof, single_effects=single, cell_noise=noise)
 
 
 def _double_inputs(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cells: int, seed: int) -> tuple[
@@ -238,7 +245,8 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
     and its predictions are compared with the doubles' observed mean changes from control. The
     interaction metrics are scored as the pair screen scores them with ``single_effects``
     (``"observed"``: against the observed singles, which every calibration double has; ``"model"``:
-    the member's predicted singles)."""
+    the member's predicted singles). The sampling noise of the doubles' cells is modelled too
+    (:class:`~pdae_core.eval.cell_noise.CellNoise`, seeded by ``seed``)."""
     if single_effects not in SINGLE_EFFECTS:
         raise ValueError(f"single_effects must be one of {SINGLE_EFFECTS}, got {single_effects!r}.")
     reg = model.registry
@@ -246,7 +254,12 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
         raise ValueError(f"left_out has {len(left_out)} groups for {model.n_members} members.")
     source, gidx, gene_set, parts, observed = _double_inputs(model, adata, [d for g in left_out for d in g],
                                                              n_cells, seed)
+    order = sorted(d for g in left_out for d in g)
+    cells, noise_var = cell_counts_and_variance(reg.model_genes(adata), reg, order)
+    n_of, rng = dict(zip(order, cells.tolist())), np.random.default_rng(seed)
     gene_err, metric_err, oof = [], {m: [] for m in METRICS}, {m: {} for m in METRICS}
+    signed: dict[str, np.ndarray] = {}
+    noisy: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in METRICS}
     for k, group in enumerate(left_out):
         if not group:
             continue
@@ -255,22 +268,30 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
         for d, (pA, pB, pAB) in zip(group, pred):
             oA, oB, oAB = (observed[c] for c in (*parts[d], d))
             gene_err.append(np.abs(pAB - oAB))
+            signed[d] = pAB - oAB
             if single_effects == "observed":
                 pA, pB = oA, oB
             p = pair_metrics(pA[gidx], pB[gidx], pAB[gidx])
             o = pair_metrics(oA[gidx], oB[gidx], oAB[gidx])
+            shift = (None if noise_var is None else
+                     metric_noise(pA[gidx], pB[gidx], pAB[gidx], noise_var[gidx], n_of[d], rng))
             for m in METRICS:
                 e = abs(float(p[m]) - float(o[m]))
                 metric_err[m].append(e if np.isfinite(e) else np.inf)  # not measurable: counted as a miss
                 oof[m][d] = float(p[m]) if np.isfinite(p[m]) else np.inf
+                if shift is not None:
+                    noisy[m][d] = (float(o[m]) - float(p[m]) - shift[m][0], shift[m][1])
     errors = np.asarray(gene_err)
-    order = sorted(d for g in left_out for d in g)
+    noise = None if noise_var is None else CellNoise.fit(
+        np.stack([signed[d] for d in order]), {m: np.array([noisy[m][d][0] for d in order]) for m in METRICS},
+        {m: np.array([noisy[m][d][1] for d in order]) for m in METRICS}, cells, noise_var, levels)
     return Calibration(
         left_out=[sorted(g) for g in left_out],
         gene_half_widths={float(lv): _quantile(errors, lv) for lv in levels},
         metric_errors={m: np.sort(np.asarray(v, dtype=np.float64)) for m, v in metric_err.items()},
         genes=gene_set, n_source_cells=int(source.n_obs),
         out_of_fold={m: np.array([oof[m][d] for d in order]) for m in METRICS}, single_effects=single_effects,
+        cell_noise=noise,
     )
 
 
@@ -284,35 +305,50 @@ def interval_check(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
     the predicted and observed values, the half-width and whether the observed value is
     covered (``magnitude_covered_80``...). Predictions as in :func:`calibrate` (the pair screen's
     control cells, gene set and scoring; ``single_effects``: the singles the metrics were scored
-    against, the calibration's)."""
+    against, the calibration's). With a sampling-noise model (``cal.cell_noise``) the same for the
+    intervals at the double's number of cells (``n_cells``): ``cells_gene_coverage_80``,
+    ``cells_magnitude_covered_80``, ``cells_normalised_residual_half_width_80``..."""
     cal = getattr(model, "calibration", None)
     if cal is None:
         raise DataError("The model has no calibration: train a cross-fitted ensemble (cross_fit=True).")
     reg = model.registry
     source, gidx, _, parts, observed = _double_inputs(model, adata, doubles, n_cells, seed)
+    noise = cal.cell_noise
+    counts, _ = cell_counts_and_variance(reg.model_genes(adata), reg, list(doubles))
+    levels = sorted(cal.gene_half_widths)
     rows = []
-    for d in doubles:
+    for d, n_d in zip(doubles, counts.tolist()):
         labels = np.stack([reg.label_vector(p) for p in (*parts[d], d)])
         pred = model.member_changes_many(source, labels, seed=seed)  # (M, 3, G)
         oA, oB, oAB = (observed[c] for c in (*parts[d], d))
         mean_ab = pred[:, 2].mean(0)
         row: dict[str, Any] = {
-            "double": d, "n_members": int(pred.shape[0]), "single_effects": cal.single_effects,
+            "double": d, "n_members": int(pred.shape[0]), "single_effects": cal.single_effects, "n_cells": int(n_d),
             "error": float(np.sqrt(np.mean((mean_ab - oAB) ** 2))),
             "spread": float(np.sqrt(np.mean(pred[:, 2].std(0, ddof=1) ** 2))) if pred.shape[0] > 1 else np.nan,
         }
-        for lv in sorted(cal.gene_half_widths):
+        for lv in levels:
             hw = cal.gene_half_widths[lv]
             row[f"gene_coverage_{round(lv * 100)}"] = float(np.mean(np.abs(mean_ab - oAB) <= hw))
+            if noise is not None:
+                hw = noise.gene_half_width(lv, n_d)
+                row[f"cells_gene_coverage_{round(lv * 100)}"] = float(np.mean(np.abs(mean_ab - oAB) <= hw))
         if cal.single_effects == "observed":  # scored as the calibration was
             pred[:, 0], pred[:, 1] = oA, oB
         p = pair_metrics(pred[:, 0][:, gidx], pred[:, 1][:, gidx], pred[:, 2][:, gidx])  # per member
         o = pair_metrics(oA[gidx], oB[gidx], oAB[gidx])
         for m in METRICS:
             row[f"{m}_pred"], row[f"{m}_obs"] = float(np.mean(p[m])), float(o[m])
-            for lv in sorted(cal.gene_half_widths):
-                hw = cal.metric_half_width(m, lv)
-                row[f"{m}_half_width_{round(lv * 100)}"] = hw
-                row[f"{m}_covered_{round(lv * 100)}"] = bool(abs(row[f"{m}_pred"] - row[f"{m}_obs"]) <= hw)
+            for lv in levels:
+                hw, tag = cal.metric_half_width(m, lv), round(lv * 100)
+                row[f"{m}_half_width_{tag}"] = hw
+                row[f"{m}_covered_{tag}"] = bool(abs(row[f"{m}_pred"] - row[f"{m}_obs"]) <= hw)
+        for lv in levels if noise is not None else ():
+            r = expected_ranges(noise, pred[:, 0].mean(0)[gidx], pred[:, 1].mean(0)[gidx], mean_ab[gidx],
+                                {m: row[f"{m}_pred"] for m in METRICS}, gidx, n_d, lv, seed)
+            for m in METRICS:
+                tag = round(lv * 100)
+                row[f"cells_{m}_half_width_{tag}"] = (r[f"{m}_hi"] - r[f"{m}_lo"]) / 2
+                row[f"cells_{m}_covered_{tag}"] = bool(r[f"{m}_lo"] <= row[f"{m}_obs"] <= r[f"{m}_hi"])
         rows.append(row)
     return rows
