@@ -192,6 +192,21 @@ def interaction_box(a: str, b: str) -> None:
             st.markdown(f"Likely range (80%): magnitude **{m_lo:.2f} to {m_hi:.2f}**, non-additivity **{r_lo:.2f} to "
                         f"{r_hi:.2f}**", help=f"Calibrated on {cal.n} measured combinations in training, each left out "
                         "of one network and predicted by it: 8 in 10 of them fell inside ranges this wide.")
+        at = res.at_cells
+        if at is not None:  # a measured pair: is what was seen within what its few cells allow?
+            inside = [res.observed_within(k) for k in ("magnitude", "normalised_residual")]
+            verdict = ("The observed values fall inside both ranges: the measurement agrees with the prediction."
+                       if all(inside) else "The observed " + " and ".join(
+                           w for w, ok in zip(("magnitude", "non-additivity"), inside) if not ok)
+                       + " falls outside: the pair departs from the prediction more than its cells' noise explains.")
+            st.markdown(
+                f"With the **{int(at['cells'])} cells** this pair was measured with, an experiment would show "
+                f"(80%): magnitude **{at['magnitude_lo']:.2f} to {at['magnitude_hi']:.2f}**, non-additivity "
+                f"**{at['normalised_residual_lo']:.2f} to {at['normalised_residual_hi']:.2f}**. {verdict}",
+                help="The mean of a few cells is noisy, and noise makes a pair look less additive than it is. "
+                "These ranges add the noise expected from this many cells (the cell-to-cell variance of the "
+                f"{cal.n} calibration combinations) to the model's own error, so they are wider for a pair "
+                "measured with few cells and narrower for one with many.")
         other = None if res.agreement else common.bundled_ensemble(model, model_key)
         sure = (f"{res.agreement}; ± is the spread across the networks." if res.agreement else
                 f"One network: no uncertainty (for a spread, load the bundled ensemble {other[0]} on the Model page "

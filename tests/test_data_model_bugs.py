@@ -485,3 +485,7 @@ def test_model_page_trains_a_cross_fitted_ensemble_with_calibrated_ranges(tmp_pa
     ok(at.multiselect(key="compose_perts").set_value([a, b]).run())
     box = joined(at.markdown)
     assert f"**Interaction of {a} + {b}**" in box and "Likely range (80%): magnitude **" in box
+    # a measured pair: the range an experiment with its number of cells would show, and the verdict
+    cells = int((tiny_adata.obs["condition"].isin([f"{a}+{b}", f"{b}+{a}"])).sum())
+    assert f"With the **{cells} cells** this pair was measured with, an experiment would show (80%)" in box
+    assert "fall inside both ranges" in box or "falls outside" in box

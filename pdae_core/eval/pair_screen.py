@@ -53,6 +53,7 @@ import pandas as pd
 
 from ..data.registry import condition_column
 from ..errors import DataError
+from .cell_noise import expected_ranges
 from .interactions import describe_interaction, expressed_genes, pair_metrics
 from .stacking import METRICS, add_stacked, fit_screen_stacker, log_metric
 
@@ -349,7 +350,10 @@ class PairInteraction:
     :func:`pair_call`. ``stacked``: the screen's stacked estimate of the pair (``magnitude``,
     ``normalised_residual``, each with ``_lo`` / ``_hi`` at ``level``, and ``doubles``, how many
     calibration doubles taught it), None when the screen would have none for it. ``single_effects``:
-    where ``dA`` and ``dB`` came from (:func:`single_effects_mode`), as in the screen."""
+    where ``dA`` and ``dB`` came from (:func:`single_effects_mode`), as in the screen. ``at_cells``:
+    for a measured pair and a calibration with a sampling-noise model, the range each metric would
+    show in an experiment with as many cells as the pair has (``cells``, ``<metric>_lo`` / ``_hi`` at
+    ``level``: :func:`~pdae_core.eval.cell_noise.expected_ranges`), else None."""
 
     pair: str
     a: str
@@ -369,6 +373,7 @@ class PairInteraction:
     n_source_cells: int
     stacked: dict[str, float] | None = None
     single_effects: str = "model"
+    at_cells: dict[str, float] | None = None
 
     @property
     def n_members(self) -> int:
@@ -384,6 +389,13 @@ class PairInteraction:
                          self.predicted["dominance"]).split(";")[0]
         n = sum(c.split(";")[0] == call for c in self.member_calls)
         return f"{n} of {self.n_members} networks call it {call}"
+
+    def observed_within(self, metric: str) -> bool | None:
+        """Whether the observed ``metric`` lies in the range expected at the pair's number of cells
+        (``at_cells``); None without either."""
+        if self.at_cells is None or self.observed is None:
+            return None
+        return bool(self.at_cells[f"{metric}_lo"] <= self.observed[metric] <= self.at_cells[f"{metric}_hi"])
 
 
 def _screen_inputs(model: Any, adata: ad.AnnData, n_cells: int, genes: str | Sequence[str],
@@ -469,13 +481,17 @@ def pair_interaction(
     counts = pd.Series(conds).value_counts()
     names = (f"{a}{reg.separator}{b}", f"{b}{reg.separator}{a}")
     double = next((c for c in names if c in counts.index), None)
-    observed = obs_text = None
+    observed = obs_text = at_cells = None
+    cal = getattr(model, "calibration", None)
     if double is not None and all(counts.get(c, 0) >= _min_cells(model, min_cells) for c in (a, b, double)):
         delta = mean_changes(adata, reg, [a, b, double]).to_numpy()[:, gidx]
         observed = interaction_metrics(delta[0], delta[1], delta[2], method="lstsq")
         obs_text = describe_interaction(observed, (a, b))
+        if cal is not None and cal.cell_noise is not None and cal.single_effects == mode:
+            mean = d.mean(0)
+            at_cells = expected_ranges(cal.cell_noise, mean[0], mean[1], mean[2], predicted, gidx,
+                                       int(sum(counts.get(n, 0) for n in names)), level, seed)
     stacked = None
-    cal = getattr(model, "calibration", None)
     if cal is not None and cal.out_of_fold is not None and cal.single_effects == mode:
         stack = fit_screen_stacker(model, adata, gidx, [a, b], _min_cells(model, min_cells))
         if not isinstance(stack, str):
@@ -492,5 +508,5 @@ def pair_interaction(
         held_out=any(n in set(model.holdout) for n in names),
         in_training=any(n in set(model.train_conditions) for n in names),
         n_genes=int(len(gidx)), genes=gene_set, n_source_cells=int(source.n_obs), stacked=stacked,
-        single_effects=mode,
+        single_effects=mode, at_cells=at_cells,
     )
