@@ -126,9 +126,14 @@ def test_a_cross_fitted_ensemble_has_its_intervals_checked_on_the_held_out_doubl
     got = ens.loc[f"{first['double']} (seed 0)"]
     assert got["coverage_80"] == first["gene_coverage_80"] and got["spread"] == first["spread"]
     assert got["coverage_residual_80"] == float(first["normalised_residual_covered_80"])
+    # the intervals at each double's own number of cells are read apart from the plain ones
+    assert got["coverage_cells_80"] == first["cells_gene_coverage_80"]
+    assert got["coverage_cells_residual_80"] == float(first["cells_normalised_residual_covered_80"])
+    assert got["width_cells_residual_80"] == first["cells_normalised_residual_half_width_80"]
     assert set(ens["single_effects"]) == {"observed"}  # the calibration's scoring, which the report names
     figures = set(uncertainty_summary(rows, "pdae_ensemble")["figure"])
-    assert {"spread_error_spearman", "coverage_80", "coverage_95", "coverage_residual_80"} <= figures
+    assert {"spread_error_spearman", "coverage_80", "coverage_95", "coverage_residual_80", "coverage_cells_80",
+            "coverage_cells_magnitude_80", "coverage_cells_residual_95"} <= figures
 
 
 def test_the_spread_is_also_scored_with_the_observed_cell_counts_taken_out():

@@ -137,7 +137,9 @@ def _intervals(path: Path) -> dict[str, dict[str, Any]]:
     ``.intervals.csv`` (:func:`~pdae_core.eval.calibration.interval_check`), named as
     :func:`~pdae_core.eval.pseudobulk.interaction_scores.uncertainty_summary` reads them:
     ``spread``, ``coverage_<level>`` (genes inside their interval), ``coverage_magnitude_<level>``
-    and ``coverage_residual_<level>`` (1 when the observed metric is inside), ``width_residual_<level>``
+    and ``coverage_residual_<level>`` (1 when the observed metric is inside), ``width_residual_<level>``,
+    the same for the intervals at the double's number of cells (``coverage_cells_<level>``,
+    ``coverage_cells_magnitude_<level>``, ``coverage_cells_residual_<level>``, ``width_cells_residual_<level>``)
     and ``single_effects`` (the singles those metrics were scored against: ``observed`` or ``model``).
     Empty when the file is absent (any other model)."""
     if not path.is_file():
@@ -148,7 +150,16 @@ def _intervals(path: Path) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {"spread": float(r["spread"]),  # files from before the column: the model's singles
                                "single_effects": str(r.get("single_effects", "model"))}
         for col, v in r.items():
-            if col.startswith("gene_coverage_"):
+            if col.startswith("cells_"):  # the intervals at the double's number of cells
+                level = col.rsplit("_", 1)[1]
+                if col.startswith("cells_gene_coverage_"):
+                    row[f"coverage_cells_{level}"] = float(v)
+                elif col.startswith(("cells_magnitude_covered_", "cells_normalised_residual_covered_")):
+                    metric = "magnitude" if col.startswith("cells_magnitude") else "residual"
+                    row[f"coverage_cells_{metric}_{level}"] = float(bool(v))
+                elif col.startswith("cells_normalised_residual_half_width_"):
+                    row[f"width_cells_residual_{level}"] = float(v)
+            elif col.startswith("gene_coverage_"):
                 row[f"coverage_{col.rsplit('_', 1)[1]}"] = float(v)
             elif col.startswith(("magnitude_covered_", "normalised_residual_covered_")):
                 metric = "magnitude" if col.startswith("magnitude") else "residual"
