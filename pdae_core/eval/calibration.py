@@ -36,7 +36,7 @@ import numpy as np
 from ..data.registry import PerturbationRegistry, condition_column
 from ..errors import DataError
 from .cell_noise import CellNoise, cell_counts_and_variance, expected_ranges, metric_noise
-from .conformal import conformal_rank
+from .conformal import conformal_rank, record_floats, record_levels
 from .interactions import mean_changes
 from .pair_screen import SINGLE_EFFECTS, _screen_inputs, pair_metrics
 from .stacking import METRICS  # the interaction metrics with an interval
@@ -167,14 +167,7 @@ class Calibration:
             return DataError(f"{where}: invalid calibration record ({what}).")
 
         def floats(v: Any, what: str, length: int | None = None) -> np.ndarray:
-            if not isinstance(v, list) or (length is not None and len(v) != length):
-                raise bad(f"{what} must be a list" + (f" of {length} numbers" if length is not None else ""))
-            if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for x in v):
-                raise bad(f"{what} must hold numbers or null")
-            a = np.array([np.inf if x is None else float(x) for x in v], dtype=np.float64)
-            if np.isnan(a).any() or (a < 0).any():
-                raise bad(f"{what} must be non-negative")
-            return a
+            return record_floats(v, what, length, bad)
 
         if not isinstance(d, dict):
             raise bad("not an object")
@@ -182,18 +175,7 @@ class Calibration:
         if (not isinstance(left, list) or len(left) != n_members
                 or not all(isinstance(g, list) and all(isinstance(s, str) for s in g) for g in left)):
             raise bad(f"left_out must be {n_members} lists of condition names, one per member")
-        hws = d.get("gene_half_widths")
-        if not isinstance(hws, dict) or not hws:
-            raise bad("gene_half_widths must be a non-empty object")
-        gene_hw: dict[float, np.ndarray] = {}
-        for k, v in hws.items():
-            try:
-                lv = float(k)
-            except ValueError:
-                raise bad(f"level {k!r} is not a number") from None
-            if not 0 < lv < 1:
-                raise bad(f"level {k!r} is not between 0 and 1")
-            gene_hw[lv] = floats(v, f"gene_half_widths[{k!r}]", n_genes)
+        gene_hw = record_levels(d.get("gene_half_widths"), "gene_half_widths", n_genes, bad)
         me = d.get("metric_errors")
         if not isinstance(me, dict) or set(me) != set(METRICS):
             raise bad(f"metric_errors must have exactly {', '.join(METRICS)}")

@@ -39,7 +39,7 @@ import anndata as ad
 import numpy as np
 
 from ..data.registry import PerturbationRegistry, condition_column, expression_matrix
-from .conformal import conformal_rank
+from .conformal import conformal_rank, record_floats, record_levels
 from .interactions import pair_metrics
 from .stacking import METRICS
 
@@ -184,32 +184,14 @@ class CellNoise:
         """Read :meth:`to_dict`'s output, checking every field (``bad(what)`` builds the error)."""
 
         def floats(v: Any, what: str, length: int | None) -> np.ndarray:
-            if not isinstance(v, list) or (length is not None and len(v) != length):
-                raise bad(f"cell_noise {what} must be a list" + (f" of {length} numbers" if length is not None else ""))
-            if any(x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))) for x in v):
-                raise bad(f"cell_noise {what} must hold numbers or null")
-            a = np.array([np.inf if x is None else float(x) for x in v], dtype=np.float64)
-            if np.isnan(a).any() or (a < 0).any():
-                raise bad(f"cell_noise {what} must be non-negative")
-            return a
+            return record_floats(v, f"cell_noise {what}", length, bad)
 
         if not isinstance(d, dict):
             raise bad("cell_noise is not an object")
         noise, tau = floats(d.get("noise_var"), "noise_var", n_genes), floats(d.get("gene_model_var"), "gene_model_var", n_genes)
         if not (np.isfinite(noise).all() and np.isfinite(tau).all() and (tau > 0).all()):
             raise bad("cell_noise variances must be finite, the model's positive")
-        gs = d.get("gene_scores")
-        if not isinstance(gs, dict) or not gs:
-            raise bad("cell_noise gene_scores must be a non-empty object")
-        scores = {}
-        for k, v in gs.items():
-            try:
-                lv = float(k)
-            except ValueError:
-                raise bad(f"cell_noise level {k!r} is not a number") from None
-            if not 0 < lv < 1:
-                raise bad(f"cell_noise level {k!r} is not between 0 and 1")
-            scores[lv] = floats(v, f"gene_scores[{k!r}]", n_genes)
+        scores = record_levels(d.get("gene_scores"), "cell_noise gene_scores", n_genes, bad)
         mv, ms = d.get("metric_model_var"), d.get("metric_scores")
         if not (isinstance(mv, dict) and isinstance(ms, dict) and set(mv) == set(METRICS) == set(ms)):
             raise bad(f"cell_noise metric_model_var and metric_scores must have exactly {', '.join(METRICS)}")

@@ -150,22 +150,16 @@ def _intervals(path: Path) -> dict[str, dict[str, Any]]:
         row: dict[str, Any] = {"spread": float(r["spread"]),  # files from before the column: the model's singles
                                "single_effects": str(r.get("single_effects", "model"))}
         for col, v in r.items():
-            if col.startswith("cells_"):  # the intervals at the double's number of cells
-                level = col.rsplit("_", 1)[1]
-                if col.startswith("cells_gene_coverage_"):
-                    row[f"coverage_cells_{level}"] = float(v)
-                elif col.startswith(("cells_magnitude_covered_", "cells_normalised_residual_covered_")):
-                    metric = "magnitude" if col.startswith("cells_magnitude") else "residual"
-                    row[f"coverage_cells_{metric}_{level}"] = float(bool(v))
-                elif col.startswith("cells_normalised_residual_half_width_"):
-                    row[f"width_cells_residual_{level}"] = float(v)
-            elif col.startswith("gene_coverage_"):
-                row[f"coverage_{col.rsplit('_', 1)[1]}"] = float(v)
-            elif col.startswith(("magnitude_covered_", "normalised_residual_covered_")):
-                metric = "magnitude" if col.startswith("magnitude") else "residual"
-                row[f"coverage_{metric}_{col.rsplit('_', 1)[1]}"] = float(bool(v))
-            elif col.startswith("normalised_residual_half_width_"):
-                row[f"width_residual_{col.rsplit('_', 1)[1]}"] = float(v)
+            cells = col.startswith("cells_")  # the intervals at the double's number of cells
+            base, tag = (col[len("cells_"):], "cells_") if cells else (col, "")
+            level = base.rsplit("_", 1)[-1]
+            if base.startswith("gene_coverage_"):
+                row[f"coverage_{tag}{level}"] = float(v)
+            elif base.startswith(("magnitude_covered_", "normalised_residual_covered_")):
+                metric = "magnitude" if base.startswith("magnitude") else "residual"
+                row[f"coverage_{tag}{metric}_{level}"] = float(bool(v))
+            elif base.startswith("normalised_residual_half_width_"):
+                row[f"width_{tag}residual_{level}"] = float(v)
         out[str(r["double"])] = row
     return out
 
