@@ -5,7 +5,8 @@ by ``sigma_g^2 / n`` per gene: a double measured with 5 cells is much noisier th
 with 500. Plain split-conformal intervals (:mod:`pdae_core.eval.calibration`) learn one width from
 the calibration doubles (each with at least 10 cells), and so under-cover doubles measured with
 fewer cells than those (on ``schraivogel20``, 71% of genes inside the 80% interval over all
-held-out doubles, 83% over those with at least 10 cells).
+held-out doubles, 83% over those with at least 10 cells; the intervals below: 82.5% over all,
+``docs/benchmarks.md``).
 
 :class:`CellNoise` separates the two sources of error. From the calibration doubles it keeps
 
@@ -26,7 +27,9 @@ spread at ``n`` cells. The studentised metric errors ``|obs - pred - shift| / sq
 spread^2)`` of the calibration doubles give the metric intervals
 (:meth:`CellNoise.metric_interval`). As ``n`` grows the intervals shrink to the model's own error.
 Only training doubles are used; a held-out double contributes its number of cells, which an
-experimenter chooses before measuring.
+experimenter chooses before measuring. The noise is taken as independent between genes, and
+``tau`` is estimated from the same calibration doubles as the quantiles (not split off), which
+leans slightly optimistic when there are few of them.
 """
 
 from __future__ import annotations
