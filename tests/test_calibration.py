@@ -166,6 +166,7 @@ def test_prediction_and_pair_screen_carry_the_intervals(adata, fitted):
     plain.fit(adata, **FIT)
     assert plain.calibration is None
     plain_pairs = screen_pairs(plain, adata, n_cells=64, progress_bar=False)
+    assert "cross-fitted" in screen_pairs(plain, adata, n_cells=64, cells=10, progress_bar=False).attrs["cells_note"]
     assert "normalised_residual_lo" not in plain_pairs and "residual_range" not in pair_ranking(plain_pairs)
     assert "lower_80" not in plain.predict(src, "P1+P2").varm["change_across_networks"]
 
@@ -229,6 +230,30 @@ def test_a_measured_pair_gets_the_range_its_number_of_cells_allows(adata, fitted
     assert pair_interaction(ens, adata, *unmeasured, n_cells=64).at_cells is None
 
 
+def test_the_pair_screen_gives_every_pair_its_range_at_a_planned_number_of_cells(adata, fitted):
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    ens, _ = fitted
+    few, many = (screen_pairs(ens, adata, n_cells=64, cells=c, progress_bar=False).set_index("pair") for c in (3, 300))
+    assert few.attrs["cells"] == 3 and "cells_note" not in few.attrs
+    cols = [f"{m}_{e}_cells" for m in ("magnitude", "normalised_residual") for e in ("lo", "hi")]
+    assert few[cols].notna().all().all() and (few["normalised_residual_lo_cells"] >= 0).all()
+    width = {k: t["normalised_residual_hi_cells"] - t["normalised_residual_lo_cells"] for k, t in (("few", few),
+                                                                                                   ("many", many))}
+    assert (width["few"] > width["many"]).all()  # fewer cells, wider ranges
+    # a measured pair at its own number of cells: the range Compose shows for it
+    at = screen_pairs(ens, adata, n_cells=64, cells=30, progress_bar=False).set_index("pair").loc["P1+P2"]
+    one = pair_interaction(ens, adata, "P1", "P2", n_cells=64).at_cells
+    for m in ("magnitude", "normalised_residual"):
+        assert at[f"{m}_lo_cells"] == pytest.approx(one[f"{m}_lo"]) and at[f"{m}_hi_cells"] == pytest.approx(one[f"{m}_hi"])
+    plain = screen_pairs(ens, adata, n_cells=64, progress_bar=False)
+    assert "magnitude_lo_cells" not in plain and "cells" not in plain.attrs and "cells_note" not in plain.attrs
+    other = screen_pairs(ens, adata, n_cells=64, cells=10, single_effects="model", progress_bar=False)
+    assert "magnitude_lo_cells" not in other and "scored the observed single effects" in other.attrs["cells_note"]
+    with pytest.raises(DataError, match="at least 1"):
+        screen_pairs(ens, adata, n_cells=64, cells=0, progress_bar=False)
+
+
 def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_path, capsys):
     ens, _ = fitted
     ens.save(tmp_path / "ens")
@@ -283,6 +308,8 @@ def test_calibration_round_trips_and_a_bad_record_is_refused(adata, fitted, tmp_
     # against the observed ones shows no intervals (they were calibrated for the other) and says why
     older = pc.load_model(edited("before_single", lambda e: e["calibration"].pop("single_effects")))
     assert older.calibration.single_effects == "model"
+    noisefree = screen_pairs(before, adata, n_cells=64, cells=10, progress_bar=False)
+    assert "magnitude_lo_cells" not in noisefree and "no sampling-noise model" in noisefree.attrs["cells_note"]
     tab = screen_pairs(older, adata, n_cells=64)
     assert tab.attrs["single_effects"] == "observed" and "magnitude_lo" not in tab
     assert "calibrated with the model single effects" in tab.attrs["interval_note"]
@@ -335,3 +362,11 @@ def test_cli_trains_a_cross_fitted_ensemble_and_screens_with_intervals(adata, tm
 
     table = pd.read_csv(pairs)
     assert (table["normalised_residual_hi"] >= table["normalised_residual_lo"]).all()
+    assert "normalised_residual_lo_cells" not in table
+    assert cli_main(["interactions", str(out), "--data", str(data), "--n-cells", "32", "--cells", "25",
+                     "--out", str(pairs)]) == 0
+    assert "Ranges at 80% of what 25 cells per pair would show" in capsys.readouterr().out
+    planned = pd.read_csv(pairs)
+    assert (planned["normalised_residual_hi_cells"] >= planned["normalised_residual_lo_cells"]).all()
+    assert cli_main(["interactions", str(out), "--data", str(data), "--cells", "0", "--out", str(pairs)]) == 2
+    assert "--cells" in capsys.readouterr().err

@@ -40,7 +40,10 @@ ensemble (pdae train --ensemble 5 --cross-fit) also magnitude_lo/_hi and
 normalised_residual_lo/_hi, split-conformal intervals at --level calibrated on the
 training doubles, and, when at least 20 of those doubles are measured in the data,
 magnitude_stacked, normalised_residual_stacked (with _lo/_hi) and test_next_stacked: the
-model's metrics corrected by the measured doubles (--estimate ranks by them)."""
+model's metrics corrected by the measured doubles (--estimate ranks by them). With --cells N
+(a cross-fitted ensemble) also magnitude_lo_cells/_hi_cells and normalised_residual_lo_cells/
+_hi_cells: the range an experiment measuring each pair with N cells would show (the noise of N
+cells added to the model's error)."""
 
 
 def add_parser(sub: Any) -> None:
@@ -78,6 +81,9 @@ def add_parser(sub: Any) -> None:
                    help="cells moved per pair: that many control cells, or each control cell several times "
                    "(fresh decoder noise) when there are fewer; an ensemble's networks share them (each moves "
                    "N / networks, at least 128)")
+    p.add_argument("--cells", type=positive_int, default=None, metavar="N",
+                   help="cross-fitted ensemble: also the range each pair's metrics would show in an experiment "
+                   "that measures the pair with N cells (plan how many cells to sequence)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the cell subsample and the decoder noise")
     add_threads_arg(p)
     p.add_argument("--top", type=int, default=10, metavar="N", help="pairs printed (0: none)")
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\r  {done}/{total} pairs", end="", flush=True)
 
     table = screen_pairs(model, adata, n_cells=args.n_cells, genes=args.genes, kappa=args.kappa, seed=args.seed,
-                         progress=progress, level=args.level, single_effects=args.single_effects)
+                         progress=progress, level=args.level, single_effects=args.single_effects, cells=args.cells)
     print()
     table = rank_pairs(table, args.score, args.estimate)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,6 +148,11 @@ def run(args: argparse.Namespace) -> int:
     if "interval_note" in a:
         print(printable(f"No intervals: {a['interval_note']}; --single-effects {a['calibrated_single_effects']} "
                         "scores the pairs as they were calibrated."))
+    if "cells" in a:
+        print(f"Ranges at {a['interval_level']:.0%} of what {int(a['cells'])} cells per pair would show: the *_lo_cells "
+              "and *_hi_cells columns.")
+    elif "cells_note" in a:
+        print(printable(f"No ranges for --cells: {a['cells_note']}."))
     if "stacked_check" in a:
         chk = ", ".join(f"{m.replace('_', ' ')} {c['model']:.2f} -> {c['stacked']:.2f}"
                         for m, c in a["stacked_check"].items())

@@ -157,6 +157,24 @@ def _observed(adata: ad.AnnData, reg: Any, genes: np.ndarray, pairs: list[tuple[
     return out
 
 
+def _cells_noise(model: Any, mode: str, cells: float | None) -> tuple[Any, str | None]:
+    """The sampling-noise model for ranges at ``cells`` cells per pair, or None and why not
+    (no note when no ``cells`` were asked for)."""
+    if cells is None:
+        return None, None
+    if not float(cells) >= 1:
+        raise DataError(f"The number of cells per pair must be at least 1, got {cells!r}.")
+    cal = getattr(model, "calibration", None)
+    if cal is None:
+        return None, "ranges at a number of cells need a cross-fitted ensemble (pdae train --ensemble 5 --cross-fit)"
+    if cal.cell_noise is None:
+        return None, ("the calibration has no sampling-noise model (written before it was kept, or its doubles "
+                      "have one row each); retrain to get one")
+    if cal.single_effects != mode:
+        return None, f"the calibration scored the {cal.single_effects} single effects, this screen the {mode} ones"
+    return cal.cell_noise, None
+
+
 def screen_pairs(
     model: Any,
     adata: ad.AnnData,
@@ -171,6 +189,7 @@ def screen_pairs(
     progress_bar: bool = True,
     level: float = 0.8,
     single_effects: str = "auto",
+    cells: float | None = None,
 ) -> pd.DataFrame:
     """Predict and score every pair of ``singles`` (default: :func:`screen_singles`), one row per
     pair, sorted by the ``test_next`` score (see the module docstring for the columns).
@@ -190,7 +209,12 @@ def screen_pairs(
     ``attrs["single_effects"]`` says which. A cross-fitted ensemble (``model.calibration``) adds
     split-conformal intervals at ``level`` of the magnitude and the normalised residual
     (``magnitude_lo`` / ``magnitude_hi``, ...; :mod:`pdae_core.eval.calibration`) when it was
-    calibrated with the same single effects (else ``attrs["interval_note"]`` says why not)."""
+    calibrated with the same single effects (else ``attrs["interval_note"]`` says why not). With
+    ``cells`` and a calibration that holds a sampling-noise model, also the range each metric would
+    show in an experiment measuring the pair with that many cells (``magnitude_lo_cells`` /
+    ``magnitude_hi_cells``, ``normalised_residual_lo_cells`` / ``_hi_cells``;
+    :func:`~pdae_core.eval.cell_noise.expected_ranges`; ``attrs["cells"]``, or ``attrs["cells_note"]``
+    saying why not)."""
     reg = model.registry
     if not model.is_trained:
         raise DataError("The model is not trained: a pair screen needs a trained model.")
@@ -218,6 +242,8 @@ def screen_pairs(
         d_single = model.member_changes_many(source, eye[single_idx], seed=seed)[:, :, gidx]  # (M, S, G')
     pairs = list(itertools.combinations(range(len(singles)), 2))
     cols: dict[str, list[np.ndarray]] = {}
+    noise, cells_note = _cells_noise(model, mode, cells)
+    ranges: list[dict[str, float]] = []
     bar = None
     if progress is None and progress_bar and len(pairs) > chunk_pairs:
         from tqdm.auto import tqdm
@@ -230,6 +256,10 @@ def screen_pairs(
         m = pair_metrics(d_single[:, chunk[:, 0]], d_single[:, chunk[:, 1]], d_pair)
         for key, v in m.items():  # v: (M, P)
             cols.setdefault(key, []).append(v)
+        if noise is not None:  # the range an experiment with `cells` cells per pair would show
+            ms, mp = d_single.mean(0), d_pair.mean(0)
+            ranges += [expected_ranges(noise, ms[x], ms[y], mp[i], {k: float(m[k][:, i].mean()) for k in METRICS},
+                                       gidx, float(cells), level, seed) for i, (x, y) in enumerate(chunk)]
         if progress is not None:
             progress(min(j + chunk_pairs, len(pairs)), len(pairs))
         if bar is not None:
@@ -259,6 +289,13 @@ def screen_pairs(
         for key in ("magnitude", "normalised_residual"):
             table[f"{key}_lo"], table[f"{key}_hi"] = cal.metric_range(key, table[key].to_numpy(), level)
         table.attrs.update(interval_level=float(level), calibration_doubles=cal.n)
+    if ranges:
+        for key in METRICS:
+            table[f"{key}_lo_cells"] = [r[f"{key}_lo"] for r in ranges]
+            table[f"{key}_hi_cells"] = [r[f"{key}_hi"] for r in ranges]
+        table.attrs["cells"] = float(cells)
+    elif cells_note:
+        table.attrs["cells_note"] = cells_note
     spread = table["normalised_residual_spread"].fillna(0.0)
     table["test_next"] = table["normalised_residual"] + float(kappa) * spread
     present = set(conds)
