@@ -178,11 +178,13 @@ def pair_settings() -> tuple[int, str, float]:
 
 @st.cache_resource(show_spinner="Predicting and scoring every pair of single perturbations…", max_entries=8)
 def pair_screen(data_key: str, model_key: str, n_cells: int, genes: str, kappa: float,
-                _model: pc.PerturbationModel, _adata: ad.AnnData) -> Any:
-    """:func:`pdae_core.eval.pair_screen.screen_pairs` once per (dataset, model, settings); read-only."""
+                _model: pc.PerturbationModel, _adata: ad.AnnData, cells: int = 0) -> Any:
+    """:func:`pdae_core.eval.pair_screen.screen_pairs` once per (dataset, model, settings); read-only.
+    ``cells``: the cells per pair of a planned experiment (0: none)."""
     from pdae_core.eval.pair_screen import screen_pairs
 
-    return screen_pairs(_model, _adata, n_cells=n_cells, genes=genes, kappa=kappa, progress_bar=False)  # the spinner
+    return screen_pairs(_model, _adata, n_cells=n_cells, genes=genes, kappa=kappa, progress_bar=False,  # the spinner
+                        cells=cells or None)
 
 
 @st.cache_resource(max_entries=64)

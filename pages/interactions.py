@@ -31,7 +31,7 @@ ds = common.require_dataset()
 model_key, model = common.require_model(ds)
 reg = model.registry
 
-KEYS = ("ia_score", "ia_pair", "ia_spread", "ia_scatter", "ia_estimate", *common.PAIR_DEFAULTS)
+KEYS = ("ia_score", "ia_pair", "ia_spread", "ia_scatter", "ia_estimate", "ia_plan_cells", *common.PAIR_DEFAULTS)
 common.restore_widgets(*KEYS)
 for k, v in common.PAIR_DEFAULTS.items():
     ss.setdefault(k, v)
@@ -106,8 +106,18 @@ if not ensemble:
         ss.model_key = f"bundled:{other[0]}"
         st.rerun()
 n_cells, genes, kappa = common.pair_settings()
+plan_cells = 0
+if getattr(getattr(model, "calibration", None), "cell_noise", None) is not None:  # ranges for a planned experiment
+    ss.setdefault("ia_plan_cells", 0)
+    plan_cells = int(st.number_input(
+        "Cells per pair in your experiment (0: off)", 0, 1_000_000, step=10, key="ia_plan_cells",
+        help="Plan a follow-up: the table adds the non-additivity each pair would show measured with this many "
+        "cells. The mean of a few cells is noisy and noise makes a pair look less additive, so the range is wider "
+        "and higher for fewer cells; it adds that noise (the cell-to-cell variance of the calibration pairs) to "
+        "the model's own error."))
 try:
-    screen = common.pair_screen(ds.key, model_key, n_cells, genes, kappa, _model=model, _adata=ds.adata)
+    screen = common.pair_screen(ds.key, model_key, n_cells, genes, kappa, _model=model, _adata=ds.adata,
+                                cells=plan_cells)
 except PDAEError as e:
     st.error(str(e))
     st.stop()
@@ -161,6 +171,8 @@ if not ensemble:  # no spread; the test-next score is the non-additivity
     cols = [c for c in cols if not c.endswith("_spread") and c != "test_next"]
 if "residual_range" in ranked:  # a cross-fitted ensemble: calibrated intervals
     cols.insert(cols.index("normalised_residual") + 1, "residual_range")
+if "cells_range" in ranked:  # and what a planned experiment would show
+    cols.insert(cols.index("normalised_residual") + 1 + ("residual_range" in cols), "cells_range")
 if estimate == "stacked":  # the corrected estimate first; the model's own metrics after it
     cols[cols.index("magnitude"): cols.index("magnitude")] = ["magnitude_stacked", "normalised_residual_stacked",
                                                               "stacked_range"]
@@ -183,7 +195,7 @@ def _pick_row() -> None:
 
 number = {fi.PAIR_TABLE_LABELS[c]: st.column_config.NumberColumn(format="%.2f") for c in cols
           if c not in ("rank", "pair", "call", "status", "observed_magnitude", "observed_normalised_residual",
-                       "residual_range", "stacked_range")}
+                       "residual_range", "stacked_range", "cells_range")}
 st.dataframe(view, hide_index=True, width="stretch", height=360, key=f"ia_table_{score}", on_select=_pick_row,
              selection_mode="single-row", column_config={**number,
                  "Measured?": st.column_config.TextColumn(help="held out: measured, never seen in training (a true "
@@ -193,6 +205,10 @@ st.dataframe(view, hide_index=True, width="stretch", height=360, key=f"ia_table_
                      help=f"Where the true non-additivity should lie {screen.attrs.get('interval_level', 0.8):.0%} "
                      "of the time: calibrated on training pairs that each network did not see (cross-fitted "
                      "ensemble)."),
+                 "Non-additivity your experiment would show": st.column_config.TextColumn(
+                     help=f"The model's non-additivity as an experiment measuring the pair with {plan_cells} cells "
+                     f"would show it, {screen.attrs.get('interval_level', 0.8):.0%} of the time: the noise of that "
+                     "many cells added to the model's own error."),
                  "Corrected non-additivity, likely range": st.column_config.TextColumn(
                      help=f"Where the true non-additivity should lie {screen.attrs.get('stacked_level', 0.8):.0%} of "
                      "the time, from the corrected estimate's errors on the measured training pairs, each left out "
@@ -251,6 +267,9 @@ with st.expander("Settings and technical details"):
            "pair's metrics are the model's own second difference; they ranked held-out pairs worse than the "
            "measured parts did on the Norman 2019 design (benchmarks/results/screen_stacking.md).\n")
         + (f"- **No likely ranges**: {a['interval_note']}.\n" if "interval_note" in a else "")
+        + (f"- **Your experiment**: ranges for {int(a['cells'])} cells per pair (`pdae interactions ... --cells "
+           f"{int(a['cells'])}`; `pdae_core.eval.cell_noise`).\n" if "cells" in a else "")
+        + (f"- **No ranges for your experiment**: {a['cells_note']}.\n" if "cells_note" in a else "")
         + "- **Method**: each network predicts the mean change from control of A, B and A+B; the weights c1, c2 are "
         "fitted by least squares without intercept on those mean changes (the paper used Theil-Sen; least "
         "squares keeps thousands of pairs to seconds). Compose adds the model fit (distance correlation) of the "

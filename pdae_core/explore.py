@@ -575,14 +575,18 @@ def pair_ranking(table: pd.DataFrame, score: str = "test_next", estimate: str = 
     """A :func:`~pdae_core.eval.pair_screen.screen_pairs` table ranked by ``score`` (on ``estimate``,
     :func:`~pdae_core.eval.pair_screen.rank_pairs`), with each pair's interaction in a few words
     (``call``, :func:`~pdae_core.eval.pair_screen.pair_call`), whether it was measured (``status``,
-    :func:`pair_status`) and the likely ranges in words (``residual_range``, ``stacked_range``)."""
+    :func:`pair_status`) and the likely ranges in words (``residual_range``, ``stacked_range``, and
+    ``cells_range``: what a pair measured with the screen's ``cells`` would show)."""
     out = rank_pairs(table, score, estimate)
     out["call"] = [pair_call(r.c1, r.c2, r.magnitude, r.dominance, (r.a, r.b)) for r in out.itertuples()]
     out["status"] = [pair_status(*v) for v in zip(out["measured"], out["held_out"], out["in_training"])]
-    for col, pre in (("residual_range", "normalised_residual"), ("stacked_range", "normalised_residual_stacked")):
-        if f"{pre}_lo" in out:  # a cross-fitted ensemble: the calibrated (or jackknife) interval, in words
+    for col, lo_col, hi_col in (
+            ("residual_range", "normalised_residual_lo", "normalised_residual_hi"),
+            ("stacked_range", "normalised_residual_stacked_lo", "normalised_residual_stacked_hi"),
+            ("cells_range", "normalised_residual_lo_cells", "normalised_residual_hi_cells")):
+        if lo_col in out:  # a cross-fitted ensemble: the calibrated (or jackknife) interval, in words
             out[col] = [f"{lo:.2f} to {hi:.2f}" if np.isfinite(hi) else "too few doubles to say" if np.isfinite(lo)
-                        else "" for lo, hi in zip(out[f"{pre}_lo"], out[f"{pre}_hi"])]
+                        else "" for lo, hi in zip(out[lo_col], out[hi_col])]
     return out
 
 

@@ -637,6 +637,8 @@ def test_interactions_page_with_the_corrected_estimate(tmp_path):
     ok(at.button(key="model_load_path").click().run())
     ok(at.switch_page("pages/interactions.py").run())
     assert at.radio(key="ia_estimate").value == "stacked"
+    # profiles (one row per condition) have no cell-to-cell noise: no planned-experiment input
+    assert not any(n.key == "ia_plan_cells" for n in at.number_input)
     assert re.search(r"Corrected by \d+ measured training pairs.*Spearman ρ -?\d\.\d\d", joined(at.caption))
     ok(at.selectbox(key="ia_score").set_value("least_additive").run())
     table = _pairs_table(at)
@@ -653,6 +655,44 @@ def test_interactions_page_with_the_corrected_estimate(tmp_path):
     ok(at.button(key="ia_open").click().run())
     assert re.search(r"\| \*\*corrected\*\* by measured pairs \(likely range\) \| \d+\.\d\d \(\d+\.\d\d to \d+\.\d\d\)",
                      joined(at.markdown))
+
+
+def test_interactions_page_plans_an_experiment_with_a_number_of_cells(tmp_path):
+    """A cross-fitted ensemble trained on cells: the page asks how many cells per pair a follow-up
+    experiment would measure, and the table adds the non-additivity such an experiment would show."""
+    import pdae_core as pc
+    from pdae_core.data.synthetic import make_synthetic
+
+    adata, _ = make_synthetic(n_perturbations=6, latent_dim=3, n_genes=24, hidden=16, n_doubles=10,
+                              cells_per_condition=30, seed=4)
+    ens = pc.PDAE.from_anndata(adata, seed=1, n_members=2, cross_fit=True, latent_dim=3, hidden_dims=(16,),
+                               noise_dim=2, n_sources=4)
+    ens.fit(adata, holdout=["P1+P2"], max_epochs=2, batch_size=64, accelerator="cpu")
+    assert ens.calibration.cell_noise is not None
+    adata.write_h5ad(tmp_path / "cells.h5ad")
+    ens.save(tmp_path / "ens")
+    at = start()
+    load_path(at, tmp_path / "cells.h5ad")
+    ok(at.switch_page("pages/model.py").run())
+    at.text_input(key="model_path").input(str(tmp_path / "ens"))
+    ok(at.button(key="model_load_path").click().run())
+    ok(at.switch_page("pages/interactions.py").run())
+    plan = at.number_input(key="ia_plan_cells")
+    assert plan.value == 0 and "noise" in plan.help
+    label = "Non-additivity your experiment would show"
+    assert label not in _pairs_table(at).columns
+    ok(plan.set_value(5).run())
+    few = _pairs_table(at).set_index("Pair")[label]
+    assert few.str.fullmatch(r"\d+\.\d\d to \d+\.\d\d").all()
+    assert "ranges for 5 cells per pair" in joined(at.markdown)
+    ok(at.number_input(key="ia_plan_cells").set_value(500).run())
+    many = _pairs_table(at).set_index("Pair")[label]
+
+    def top(text):
+        return float(text.split(" to ")[1])
+
+    # fewer cells: noise widens the range and lifts it (it makes a pair look less additive)
+    assert all(top(few[p]) >= top(many[p]) for p in few.index) and any(top(few[p]) > top(many[p]) for p in few.index)
 
 
 def json_text(spec: dict) -> str:

@@ -78,6 +78,7 @@ PAIR_TABLE_LABELS: dict[str, str] = {
     "normalised_residual": "Non-additivity",
     "normalised_residual_spread": "± non-additivity",
     "residual_range": "Non-additivity, likely range",
+    "cells_range": "Non-additivity your experiment would show",
     "magnitude_stacked": "Magnitude, corrected",
     "normalised_residual_stacked": "Non-additivity, corrected",
     "stacked_range": "Corrected non-additivity, likely range",
