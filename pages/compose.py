@@ -199,6 +199,8 @@ def interaction_box(a: str, b: str) -> None:
                        if all(inside) else "The observed " + " and ".join(
                            w for w, ok in zip(("magnitude", "non-additivity"), inside) if not ok)
                        + " falls outside: the pair departs from the prediction more than its cells' noise explains.")
+            if res.in_training:  # the networks learnt from these cells: agreement is expected, not a test
+                verdict += " (The pair was used in training, so this is not a test of the model.)"
             st.markdown(
                 f"With the **{int(at['cells'])} cells** this pair was measured with, an experiment would show "
                 f"(80%): magnitude **{at['magnitude_lo']:.2f} to {at['magnitude_hi']:.2f}**, non-additivity "
