@@ -621,6 +621,17 @@ def test_the_app_freezes_its_imports_once_so_full_collections_stay_short():
     assert len(gc.get_objects()) < frozen  # what a full collection still walks: much less than before
 
 
+def _interactions_with(data: Path, checkpoint: Path) -> AppTest:
+    """The Interactions page with the data file ``data`` and the checkpoint folder ``checkpoint`` loaded."""
+    at = start()
+    load_path(at, data)
+    ok(at.switch_page("pages/model.py").run())
+    at.text_input(key="model_path").input(str(checkpoint))
+    ok(at.button(key="model_load_path").click().run())
+    ok(at.switch_page("pages/interactions.py").run())
+    return at
+
+
 def test_interactions_page_with_the_corrected_estimate(tmp_path):
     """A cross-fitted ensemble whose training pairs are measured in the loaded data: the page offers
     the corrected (stacked) estimate by default, says how it fared on the training pairs, ranks and
@@ -630,12 +641,7 @@ def test_interactions_page_with_the_corrected_estimate(tmp_path):
     model, profiles = stacked_profile_model()
     profiles.write_h5ad(tmp_path / "profiles.h5ad")
     model.save(tmp_path / "ens")
-    at = start()
-    load_path(at, tmp_path / "profiles.h5ad")
-    ok(at.switch_page("pages/model.py").run())
-    at.text_input(key="model_path").input(str(tmp_path / "ens"))
-    ok(at.button(key="model_load_path").click().run())
-    ok(at.switch_page("pages/interactions.py").run())
+    at = _interactions_with(tmp_path / "profiles.h5ad", tmp_path / "ens")
     assert at.radio(key="ia_estimate").value == "stacked"
     # profiles (one row per condition) have no cell-to-cell noise: no planned-experiment input
     assert not any(n.key == "ia_plan_cells" for n in at.number_input)
@@ -671,12 +677,7 @@ def test_interactions_page_plans_an_experiment_with_a_number_of_cells(tmp_path):
     assert ens.calibration.cell_noise is not None
     adata.write_h5ad(tmp_path / "cells.h5ad")
     ens.save(tmp_path / "ens")
-    at = start()
-    load_path(at, tmp_path / "cells.h5ad")
-    ok(at.switch_page("pages/model.py").run())
-    at.text_input(key="model_path").input(str(tmp_path / "ens"))
-    ok(at.button(key="model_load_path").click().run())
-    ok(at.switch_page("pages/interactions.py").run())
+    at = _interactions_with(tmp_path / "cells.h5ad", tmp_path / "ens")
     plan = at.number_input(key="ia_plan_cells")
     assert plan.value == 0 and "noise" in plan.help
     label = "Non-additivity your experiment would show"
