@@ -103,6 +103,8 @@ def test_cells_and_pooled_variance_of_conditions():
     ab, cd = X[:3], X[3:5]
     expect = (((ab - ab.mean(0)) ** 2).sum(0) + ((cd - cd.mean(0)) ** 2).sum(0)) / (2 + 1)
     np.testing.assert_allclose(var, expect)
+    counts, var = cell_counts_and_variance(a, reg, ["A+B", "C+D"], variance=False)  # counts alone
+    assert counts.tolist() == [3, 2] and var is None
     counts, var = cell_counts_and_variance(a, reg, ["control"])
     assert counts.tolist() == [1] and var is None
 

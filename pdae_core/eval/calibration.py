@@ -239,7 +239,7 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
     order = sorted(d for g in left_out for d in g)
     cells, noise_var = cell_counts_and_variance(reg.model_genes(adata), reg, order)
     n_of, rng = dict(zip(order, cells.tolist())), np.random.default_rng(seed)
-    gene_err, metric_err, oof = [], {m: [] for m in METRICS}, {m: {} for m in METRICS}
+    metric_err, oof = {m: [] for m in METRICS}, {m: {} for m in METRICS}
     signed: dict[str, np.ndarray] = {}
     noisy: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in METRICS}
     for k, group in enumerate(left_out):
@@ -249,7 +249,6 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
         pred = model.member_changes_many(source, labels, seed=seed, members=[k])[0].reshape(len(group), 3, -1)
         for d, (pA, pB, pAB) in zip(group, pred):
             oA, oB, oAB = (observed[c] for c in (*parts[d], d))
-            gene_err.append(np.abs(pAB - oAB))
             signed[d] = pAB - oAB
             if single_effects == "observed":
                 pA, pB = oA, oB
@@ -263,7 +262,7 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
                 oof[m][d] = float(p[m]) if np.isfinite(p[m]) else np.inf
                 if shift is not None:
                     noisy[m][d] = (float(o[m]) - float(p[m]) - shift[m][0], shift[m][1])
-    errors = np.asarray(gene_err)
+    errors = np.abs(np.stack([signed[d] for d in order]))
     noise = None if noise_var is None else CellNoise.fit(
         np.stack([signed[d] for d in order]), {m: np.array([noisy[m][d][0] for d in order]) for m in METRICS},
         {m: np.array([noisy[m][d][1] for d in order]) for m in METRICS}, cells, noise_var, levels)
@@ -296,7 +295,7 @@ def interval_check(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cell
     reg = model.registry
     source, gidx, _, parts, observed = _double_inputs(model, adata, doubles, n_cells, seed)
     noise = cal.cell_noise
-    counts, _ = cell_counts_and_variance(reg.model_genes(adata), reg, list(doubles))
+    counts, _ = cell_counts_and_variance(reg.model_genes(adata), reg, list(doubles), variance=False)
     levels = sorted(cal.gene_half_widths)
     rows = []
     for d, n_d in zip(doubles, counts.tolist()):

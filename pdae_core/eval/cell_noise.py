@@ -57,10 +57,11 @@ _TINY = 1e-12
 
 
 def cell_counts_and_variance(adata: ad.AnnData, registry: PerturbationRegistry,
-                             conditions: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+                             conditions: Sequence[str], variance: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """The number of cells of each condition (``B+A`` counts as ``A+B``) and, per gene, the variance
     of single cells within a condition pooled over ``conditions`` (weights ``n - 1``; None when no
-    condition has two cells). Uses ``registry.layer``."""
+    condition has two cells, or without ``variance``: the counts alone read no expression). Uses
+    ``registry.layer``."""
     col = condition_column(adata, registry.perturbation_key)
     key_of = {c: frozenset(registry.parse(c)) for c in np.unique(col)}
     counts, ss, dof = [], np.zeros(adata.n_vars), 0
@@ -69,7 +70,7 @@ def cell_counts_and_variance(adata: ad.AnnData, registry: PerturbationRegistry,
         mask = np.isin(col, [c for c, key in key_of.items() if key == want])
         n = int(mask.sum())
         counts.append(n)
-        if n >= 2:
+        if variance and n >= 2:
             X = np.asarray(expression_matrix(adata[mask], registry.layer), dtype=np.float64)
             ss += ((X - X.mean(0)) ** 2).sum(0)
             dof += n - 1

@@ -243,6 +243,7 @@ def screen_pairs(
     pairs = list(itertools.combinations(range(len(singles)), 2))
     cols: dict[str, list[np.ndarray]] = {}
     noise, cells_note = _cells_noise(model, mode, cells)
+    mean_single = d_single.mean(0) if noise is not None else None  # (S, G'), for the ranges at `cells`
     ranges: list[dict[str, float]] = []
     bar = None
     if progress is None and progress_bar and len(pairs) > chunk_pairs:
@@ -257,8 +258,8 @@ def screen_pairs(
         for key, v in m.items():  # v: (M, P)
             cols.setdefault(key, []).append(v)
         if noise is not None:  # the range an experiment with `cells` cells per pair would show
-            ms, mp = d_single.mean(0), d_pair.mean(0)
-            ranges += [expected_ranges(noise, ms[x], ms[y], mp[i], {k: float(m[k][:, i].mean()) for k in METRICS},
+            mp = d_pair.mean(0)
+            ranges += [expected_ranges(noise, mean_single[x], mean_single[y], mp[i], {k: float(m[k][:, i].mean()) for k in METRICS},
                                        gidx, float(cells), level, seed) for i, (x, y) in enumerate(chunk)]
         if progress is not None:
             progress(min(j + chunk_pairs, len(pairs)), len(pairs))
