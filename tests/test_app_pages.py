@@ -571,6 +571,53 @@ def test_compose_interaction_box_only_for_a_pair_of_singles_at_dose_one():
     assert "| **observed** | not measured in norman19_devel | |" in box and "Observed in" not in box
     ok(at.slider(key="w:KLF1").set_value(0.5).run())  # a dose other than 1: the screen does not score it
     assert not any("Interaction of" in t or "| **predicted** |" in t for t in texts(at.markdown))
+    assert not any("departs from the sum" in t for t in texts(at.subheader))
+
+
+def _departure_table(at: AppTest):
+    tables = [d.value for d in at.dataframe if "Predicted departure from the sum" in d.value.columns]
+    assert len(tables) == 1, [list(d.value.columns) for d in at.dataframe]
+    return tables[0].data if hasattr(tables[0], "data") else tables[0]
+
+
+def test_compose_shows_where_a_pair_departs_from_the_sum_of_its_parts():
+    """Gene by gene: the library's departures of the pair, the chart of the largest, and for a
+    measured pair how the predicted departure agrees with the observed one."""
+    import pdae_core as pc
+    from pdae_core.data.datasets import load_dataset
+    from pdae_core.eval.departure import agreement_in_words, departure_agreement
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    at = start("compose")  # KLF1+MAP2K6, held out and measured
+    assert "Where KLF1 + MAP2K6 departs from the sum of its parts" in joined(at.subheader)
+    model = pc.load_model(ROOT / "checkpoints" / "norman19_devel")
+    want = pair_interaction(model, load_dataset("norman19_devel"), "KLF1", "MAP2K6").genes_table
+    shown = _departure_table(at)
+    assert list(shown["Gene"]) == list(want["gene"].head(len(shown)))
+    np.testing.assert_allclose(shown["Predicted departure from the sum"], want["departure"].head(len(shown)), rtol=1e-6)
+    np.testing.assert_allclose(shown["Observed departure from the sum"],
+                               want["observed_departure"].head(len(shown)), rtol=1e-6)
+    assert agreement_in_words(departure_agreement(want)) in joined(at.markdown)
+    chart = [c for c in at.get("plotly_chart") if "departs from the sum" in _spec(c)["layout"]["title"]["text"]]
+    assert len(chart) == 1
+    bars = _spec(chart[0])["data"][0]
+    assert bars["y"][-1] == want["gene"].iloc[0] and len(bars["y"]) == 20  # the largest on top
+    assert "error_x" not in bars or not bars["error_x"]  # one network: no range, no spread
+    assert "Error bars: none (one network)." in joined(at.caption)
+    ok(at.multiselect(key="compose_perts").set_value(["KLF1", "MAPK1"]).run())  # never measured together
+    assert "Where KLF1 + MAPK1 departs from the sum of its parts" in joined(at.subheader)
+    assert "Observed departure from the sum" not in _departure_table(at).columns
+    assert "Predicted and observed departures agree" not in joined(at.markdown)
+    # the bundled ensemble: its networks' spread as error bars, said not to be a likely range
+    ok(at.switch_page("pages/model.py").run())
+    at.selectbox(key="model_bundled").set_value("norman19_devel_ensemble")
+    ok(at.button(key="model_load_bundled").click().run())
+    ok(at.switch_page("pages/compose.py").run())
+    assert at.session_state["model_key"] == "bundled:norman19_devel_ensemble"
+    chart = [c for c in at.get("plotly_chart") if "departs from the sum" in _spec(c)["layout"]["title"]["text"]]
+    assert "not a likely range" in _spec(chart[0])["data"][0]["name"]
+    assert "This is not a likely range" in joined(at.caption)
+    assert (_departure_table(at)["± across networks"] > 0).all()
 
 
 def test_interactions_page_with_an_ensemble(data_dir, tmp_path):

@@ -230,6 +230,34 @@ def test_a_measured_pair_gets_the_range_its_number_of_cells_allows(adata, fitted
     assert pair_interaction(ens, adata, *unmeasured, n_cells=64).at_cells is None
 
 
+def test_a_pairs_gene_departures_carry_the_calibrated_ranges(adata, fitted):
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    ens, _ = fitted
+    cal = ens.calibration
+    res = pair_interaction(ens, adata, "P1", "P2", n_cells=64)
+    t = res.genes_table
+    source, gidx, _ = _screen_inputs(ens, adata, 64, "expressed", 0)
+    names = [ens.registry.gene_names[i] for i in gidx]
+    assert sorted(t["gene"]) == sorted(names)
+    t = t.set_index("gene").loc[names]
+    # a measured pair: the range its 30 cells allow, from the sampling-noise model
+    np.testing.assert_allclose(t["departure_hi"] - t["departure"], cal.cell_noise.gene_half_width(0.8, 30)[gidx])
+    delta = mean_changes(adata, ens.registry, ["P1", "P2", "P1+P2"]).to_numpy()[:, gidx]
+    np.testing.assert_allclose(t["observed_departure"], delta[2] - delta[0] - delta[1])
+    np.testing.assert_allclose(t["change_a"], delta[0])  # the observed singles
+    assert (t["departure_spread"] > 0).all()
+    # an unmeasured pair: the calibration's per-gene width; none against the model's own singles
+    unmeasured = next((a, b) for a in ens.registry.perturbations for b in ens.registry.perturbations
+                      if a < b and f"{a}+{b}" not in set(adata.obs["condition"]) and f"{b}+{a}" not in
+                      set(adata.obs["condition"]))
+    u = pair_interaction(ens, adata, *unmeasured, n_cells=64).genes_table.set_index("gene").loc[names]
+    np.testing.assert_allclose(u["departure_hi"] - u["departure"], cal.gene_half_width(0.8)[gidx])
+    assert "observed_departure" not in u
+    own = pair_interaction(ens, adata, "P1", "P2", n_cells=64, single_effects="model").genes_table
+    assert "departure_lo" not in own
+
+
 def test_the_pair_screen_gives_every_pair_its_range_at_a_planned_number_of_cells(adata, fitted):
     from pdae_core.eval.pair_screen import pair_interaction
 

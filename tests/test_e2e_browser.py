@@ -275,6 +275,14 @@ def test_interactions_page_heatmap_table_and_compose(page, server, screenshots):
     assert "Both MAPK1 and TGFBR2 were measured alone" in body
     assert "magnitude" in body and "non-additivity" in body
     assert "observed (held out from training: a true test)" in body
+    # gene by gene: where the pair departs from the sum of its parts, with the measured departure
+    page.get_by_role("heading", name="Where MAPK1 + TGFBR2 departs from the sum of its parts").wait_for()
+    page.wait_for_function(
+        "[...document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .gtitle')]"
+        ".some(t => t.textContent.includes('departs from the sum'))", timeout=TIMEOUT_MS)
+    body = page.inner_text("body")
+    assert "genes that depart most from the sum of the parts" in body
+    assert "Predicted and observed departures agree with Pearson r = " in body
     # the bundled ensemble, one click away: the spread next to the heatmap, ± in the table
     _goto(page, "Interactions")
     page.get_by_role("button", name="Load the ensemble of 5 networks").click()

@@ -54,6 +54,7 @@ import pandas as pd
 from ..data.registry import condition_column
 from ..errors import DataError
 from .cell_noise import expected_ranges
+from .departure import gene_departures
 from .interactions import describe_interaction, expressed_genes, pair_metrics
 from .stacking import METRICS, add_stacked, fit_screen_stacker, log_metric
 
@@ -391,7 +392,11 @@ class PairInteraction:
     where ``dA`` and ``dB`` came from (:func:`single_effects_mode`), as in the screen. ``at_cells``:
     for a measured pair and a calibration with a sampling-noise model, the range each metric would
     show in an experiment with as many cells as the pair has (``cells``, ``<metric>_lo`` / ``_hi`` at
-    ``level``: :func:`~pdae_core.eval.cell_noise.expected_ranges`), else None."""
+    ``level``: :func:`~pdae_core.eval.cell_noise.expected_ranges`), else None. ``genes_table``: per
+    gene of the gene set, where the pair departs from the sum of its parts
+    (:func:`~pdae_core.eval.departure.gene_departures`; ranges at ``level`` for a calibrated
+    ensemble scored against the observed singles: at the pair's number of cells when it was
+    measured and the calibration has a sampling-noise model)."""
 
     pair: str
     a: str
@@ -412,6 +417,7 @@ class PairInteraction:
     stacked: dict[str, float] | None = None
     single_effects: str = "model"
     at_cells: dict[str, float] | None = None
+    genes_table: pd.DataFrame | None = None
 
     @property
     def n_members(self) -> int:
@@ -529,6 +535,12 @@ def pair_interaction(
             mean = d.mean(0)
             at_cells = expected_ranges(cal.cell_noise, mean[0], mean[1], mean[2], predicted, gidx,
                                        int(sum(counts.get(n, 0) for n in names)), level, seed)
+    half_width = None  # the pair's change has a calibrated range; with the observed singles it is the departure's
+    if cal is not None and mode == "observed":
+        n_pair = int(sum(counts.get(n, 0) for n in names))
+        half_width = (cal.cell_noise.gene_half_width(level, n_pair) if observed is not None and
+                      cal.cell_noise is not None else cal.gene_half_width(level))[gidx]
+    table = gene_departures(d, [reg.gene_names[i] for i in gidx], None if observed is None else delta, half_width)
     stacked = None
     if cal is not None and cal.out_of_fold is not None and cal.single_effects == mode:
         stack = fit_screen_stacker(model, adata, gidx, [a, b], _min_cells(model, min_cells))
@@ -546,5 +558,5 @@ def pair_interaction(
         held_out=any(n in set(model.holdout) for n in names),
         in_training=any(n in set(model.train_conditions) for n in names),
         n_genes=int(len(gidx)), genes=gene_set, n_source_cells=int(source.n_obs), stacked=stacked,
-        single_effects=mode, at_cells=at_cells,
+        single_effects=mode, at_cells=at_cells, genes_table=table,
     )

@@ -6,6 +6,8 @@ functions, no file IO, no UI framework.
   or used in training), and for an ensemble the spread across its networks in a second panel.
 - :func:`observed_scatter`: predicted against observed magnitude (or non-additivity) of the
   measured pairs.
+- :func:`departure_chart`: the genes where one pair departs most from the sum of its parts
+  (:func:`pdae_core.eval.departure.gene_departures`), with the observed departure when measured.
 
 The names of the scores and of the table columns, as the dashboard shows them, are here too
 (:data:`SCORE_LABELS`, :data:`PAIR_TABLE_LABELS`).
@@ -20,7 +22,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import CONDITION_KIND_COLORS, CONTROL, DIVERGING, KIND_COLORS, OBSERVED, TEMPLATE
+from .style import CONDITION_KIND_COLORS, CONTROL, DIVERGING, KIND_COLORS, OBSERVED, PREDICTED, TEMPLATE
 
 __all__ = [
     "METRIC_NAMES",
@@ -29,6 +31,8 @@ __all__ = [
     "SCORE_LABELS",
     "SCORE_VIEWS",
     "STATUS_MARKS",
+    "DEPARTURE_TABLE_LABELS",
+    "departure_chart",
     "observed_scatter",
     "pair_heatmap",
     "pair_matrix",
@@ -95,6 +99,22 @@ STATUS_MARKS: dict[str, tuple[str, str, str]] = {
     "held out": ("circle-open", KIND_COLORS[OBSERVED], "measured, held out (a true test)"),
     "in training": ("square-open", KIND_COLORS[CONTROL], "measured, used in training"),
     "measured": ("diamond-open", CONDITION_KIND_COLORS["combination"], "measured, not used by the model"),
+}
+#: Column headers of a pair's per-gene departure table (:func:`pdae_core.eval.departure.gene_departures`).
+DEPARTURE_TABLE_LABELS: dict[str, str] = {
+    "gene": "Gene",
+    "change_a": "Change with the first alone",
+    "change_b": "Change with the second alone",
+    "sum_of_parts": "Sum of the parts",
+    "predicted_pair": "Predicted change with the pair",
+    "departure": "Predicted departure from the sum",
+    "departure_spread": "± across networks",
+    "departure_lo": "Departure, likely range from",
+    "departure_hi": "to",
+    "kind": "Predicted",
+    "observed_pair": "Observed change with the pair",
+    "observed_departure": "Observed departure from the sum",
+    "observed_kind": "Observed",
 }
 SEQUENTIAL = "YlOrRd"  # larger = more interesting (non-additivity, test-next score)
 SPREAD_SCALE = "Purples"
@@ -343,5 +363,49 @@ def observed_scatter(table: pd.DataFrame, metric: str = "magnitude", title: str 
         xaxis_title=f"observed {name} (cells)",
         yaxis_title=f"predicted {name} ({'corrected by the measured pairs' if stacked else 'model'})",
         legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0}, margin={"l": 10, "r": 10, "t": 60, "b": 10},
+    )
+    return fig
+
+
+def departure_chart(table: pd.DataFrame, pair: str, n: int = 20, title: str | None = None) -> go.Figure:
+    """The ``n`` genes at the top of a :func:`~pdae_core.eval.departure.gene_departures` table (its
+    largest predicted departures), one row each, largest at the top: the predicted departure from
+    the sum of the parts as a bar (error bars: the likely range when the table has one, else the
+    spread across networks, named as no likely range: networks agree more closely than they are
+    right), the observed departure as a marker when the pair was measured, and a line at 0 (exactly
+    the sum of the parts)."""
+    _need(table, "gene", "departure", "sum_of_parts", "kind")
+    top = table.head(int(n)).iloc[::-1]  # plotly draws the first category at the bottom
+    genes = top["gene"].astype(str).tolist()
+    dep = top["departure"].to_numpy(np.float64)
+    if "departure_lo" in top.columns:
+        plus, minus = top["departure_hi"].to_numpy(np.float64) - dep, dep - top["departure_lo"].to_numpy(np.float64)
+        err_name = "likely range"
+    else:
+        plus = minus = top["departure_spread"].to_numpy(np.float64) if "departure_spread" in top.columns else None
+        err_name = "± across networks, not a likely range"
+    show_err = plus is not None and bool(np.isfinite(plus).any())
+    hover = [f"<b>{g}</b><br>sum of the parts {s:+.3f}<br>predicted with the pair {p:+.3f}<br>departure {d:+.3f} "
+             f"({k})" for g, s, p, d, k in zip(genes, top["sum_of_parts"], top.get("predicted_pair", top["sum_of_parts"]),
+                                              dep, top["kind"])]
+    fig = go.Figure(go.Bar(
+        x=dep, y=genes, orientation="h", name="predicted departure" + (f" ({err_name})" if show_err else ""),
+        marker={"color": KIND_COLORS[PREDICTED], "opacity": 0.75}, hovertext=hover, hoverinfo="text",
+        error_x={"type": "data", "array": np.nan_to_num(plus), "arrayminus": np.nan_to_num(minus), "visible": True,
+                 "color": "#555555", "thickness": 1} if show_err else None,
+    ))
+    if "observed_departure" in top.columns:
+        fig.add_trace(go.Scatter(
+            x=top["observed_departure"], y=genes, mode="markers", name="observed departure",
+            marker={"symbol": "diamond", "size": 9, "color": KIND_COLORS[OBSERVED]},
+            hovertemplate="%{y}: observed departure %{x:+.3f}<extra></extra>",
+        ))
+    fig.add_vline(x=0, line={"color": KIND_COLORS[CONTROL], "width": 1, "dash": "dash"})
+    fig.update_layout(
+        template=TEMPLATE, barmode="overlay", height=max(320, 22 * len(genes) + 140),
+        title=title or f"{pair}: where the pair departs from the sum of its parts<br><sup>the {len(genes)} genes "
+        "with the largest predicted departure; right of 0: higher with the pair than the sum says, left: lower</sup>",
+        xaxis_title="change with the pair minus the sum of the single changes",
+        legend={"orientation": "h", "yanchor": "top", "y": -0.12, "x": 0}, margin={"l": 10, "r": 10, "t": 70, "b": 10},
     )
     return fig
