@@ -183,6 +183,34 @@ def test_cli_writes_the_ranked_pairs(ensemble, data, tmp_path, capsys):
     assert "--genes must be" in capsys.readouterr().err
 
 
+def test_cli_writes_one_pairs_genes(ensemble, data, doubles, tmp_path, capsys):
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    ensemble.save(tmp_path / "ens")
+    cells = tmp_path / "cells.h5ad"
+    data.write_h5ad(cells)
+    out = tmp_path / "genes.csv"
+    out.write_text("an older file\n")
+    a, b = doubles[0].split("+")  # measured and held out
+    assert cli_main(["interactions", str(tmp_path / "ens"), "--data", str(cells), "--out", str(out),
+                     "--pair", f"{b}+{a}", "--genes", "all", "--top", "4"]) == 0
+    text = capsys.readouterr().out
+    assert "Observed (held out from training)" in text and "Predicted and observed departures agree" in text
+    assert "Top 4 genes by departure" in text and f"Wrote {out}." in text
+    tab = pd.read_csv(out)
+    want = pair_interaction(ensemble, data, b, a, genes="all").genes_table
+    assert list(tab["gene"]) == list(want["gene"]) and len(tab) == data.n_vars
+    np.testing.assert_allclose(tab["departure"], want["departure"], rtol=1e-6)
+    np.testing.assert_allclose(tab["departure"], tab["predicted_pair"] - tab["sum_of_parts"], atol=1e-9)
+    assert {"departure_spread", "kind", "observed_departure"} <= set(tab.columns)
+    for bad, msg in ((a, "--pair must name two perturbations joined by '+'"), (f"{a}+NOPE", "two different"),
+                     (f"{a}+{b}+{a}", "--pair must name two")):
+        out.write_text("kept\n")
+        assert cli_main(["interactions", str(tmp_path / "ens"), "--data", str(cells), "--out", str(out),
+                         "--pair", bad]) == 2
+        assert msg in capsys.readouterr().err and out.read_text() == "kept\n"  # nothing overwritten
+
+
 def test_encoding_once_gives_the_cells_of_transfer(ensemble, data):
     """member_changes_many encodes the source cells once (source_state / transfer_from): the same
     numbers, bit for bit, as moving them with transfer for every target (one generator per member,

@@ -1,6 +1,7 @@
 """``pdae interactions``: predict every pair of the measured singles, score how each pair
 interacts (synergy, buffering, non-additivity, with the spread across an ensemble's members)
-and rank the pairs to test next; writes one CSV row per pair."""
+and rank the pairs to test next; writes one CSV row per pair. With ``--pair A+B``: that one
+pair, gene by gene (where it departs from the sum of its parts); one CSV row per gene."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ examples:
   # an ensemble (pdae train --ensemble 5): the strongest predicted synergies, with their spread
   pdae interactions ens/ --data cells.h5ad --score synergy --out pairs.csv
 
+  # one pair, gene by gene: where KLF1+MAP2K6 departs from the sum of its parts
+  pdae interactions checkpoints/norman19_devel --dataset norman19_devel --pair KLF1+MAP2K6 --out genes.csv
+
 Columns: pair, a, b, c1, c2, magnitude (sqrt(c1^2 + c2^2): > 1 synergy, < 1 buffering;
 an exactly additive pair has 1.41), dominance, normalised_residual (||dAB - dA - dB|| /
 ||dA + dB||: 0 = additive), effect (||dAB||), *_spread (standard deviation across the
@@ -43,7 +47,13 @@ magnitude_stacked, normalised_residual_stacked (with _lo/_hi) and test_next_stac
 model's metrics corrected by the measured doubles (--estimate ranks by them). With --cells N
 (a cross-fitted ensemble) also magnitude_lo_cells/_hi_cells and normalised_residual_lo_cells/
 _hi_cells: the range an experiment measuring each pair with N cells would show (the noise of N
-cells added to the model's error)."""
+cells added to the model's error).
+
+With --pair A+B, one row per gene instead (largest departure first): gene, change_a, change_b,
+sum_of_parts, predicted_pair, departure (predicted_pair - sum_of_parts), departure_spread (across
+an ensemble's networks), kind (stronger, weaker, reversed, new: against the sum of the parts);
+for a cross-fitted ensemble departure_lo/_hi at --level; for a measured pair observed_pair,
+observed_departure and observed_kind."""
 
 
 def add_parser(sub: Any) -> None:
@@ -89,6 +99,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--top", type=int, default=10, metavar="N", help="pairs printed (0: none)")
     p.add_argument("--trust-modified", action="store_true",
                    help="load the checkpoint even if it was modified after saving (with a warning)")
+    p.add_argument("--pair", default=None, metavar="A+B",
+                   help="only this pair, gene by gene: writes where it departs from the sum of its parts (one row "
+                   "per gene) instead of the screen")
     p.add_argument("--out", required=True, metavar="PAIRS.csv", help="output CSV (replaced if it exists)")
     p.set_defaults(func=run)
 
@@ -117,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         adata = with_control_row(adata, model.registry.perturbation_key, model.registry.control_label)
     adata = prepare_source(adata, model, source)
 
+    if args.pair is not None:
+        return run_pair(args, model, adata, source, out, t0)
+
     def progress(done: int, total: int) -> None:
         print(f"\r  {done}/{total} pairs", end="", flush=True)
 
@@ -124,14 +140,7 @@ def run(args: argparse.Namespace) -> int:
                          progress=progress, level=args.level, single_effects=args.single_effects, cells=args.cells)
     print()
     table = rank_pairs(table, args.score, args.estimate)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_csv(table, out)
     a = table.attrs
     members = f"an ensemble of {a['n_members']} networks" if a["n_members"] > 1 else "one network (no spread)"
     if "interval_level" in a:
@@ -177,6 +186,60 @@ def run(args: argparse.Namespace) -> int:
         print(f"Top {min(args.top, len(table))} by {args.score}:")
         text = table[cols].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}")
         for line in text.splitlines():  # names come from files: control characters escaped
+            print(printable(line))
+    print(f"Wrote {out}.")
+    return EXIT_OK
+
+
+def write_csv(table: Any, out: Path) -> None:
+    """``table`` to ``out`` through a temporary file: an existing file is replaced only when the
+    new one is complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run_pair(args: argparse.Namespace, model: Any, adata: Any, source: str, out: Path, t0: float) -> int:
+    """``pdae interactions --pair A+B``: the pair's interaction and its per-gene departure."""
+    from ..eval.departure import agreement_in_words, departure_agreement, describe_departures
+    from ..eval.pair_screen import pair_interaction
+
+    sep = model.registry.separator
+    parts = [p.strip() for p in str(args.pair).split(sep)]
+    if len(parts) != 2 or not all(parts):
+        raise DataError(f"--pair must name two perturbations joined by {sep!r} (e.g. A{sep}B), got {args.pair!r}.")
+    res = pair_interaction(model, adata, parts[0], parts[1], n_cells=args.n_cells, genes=args.genes, seed=args.seed,
+                           level=args.level, single_effects=args.single_effects)
+    table = res.genes_table
+    write_csv(table, out)
+    pred, spread = res.predicted, res.spread
+
+    def pm(key: str) -> str:
+        return f"{pred[key]:.2f}" + (f" +- {spread[key]:.2f}" if res.n_members > 1 else "")
+
+    where = "held out from training" if res.held_out else "used in training" if res.in_training else "measured"
+    print(printable(f"{res.pair} from {source}: {res.description[:1].upper()}{res.description[1:]}"))
+    print(printable(f"Predicted magnitude {pm('magnitude')}, non-additivity {pm('normalised_residual')}; {res.n_genes} "
+                    f"genes ({res.genes}), against the {res.single_effects} singles; "
+                    f"{time.perf_counter() - t0:.1f} s in all."))
+    if res.observed is not None:
+        print(printable(f"Observed ({where}): {res.observed_description} Non-additivity "
+                        f"{res.observed['normalised_residual']:.2f}."))
+        print(printable(agreement_in_words(departure_agreement(table), res.in_training)))
+    print(printable(describe_departures(table)))
+    if args.top > 0:
+        cols = [c for c in ("gene", "sum_of_parts", "predicted_pair", "departure", "departure_spread", "departure_lo",
+                            "departure_hi", "kind", "observed_departure") if c in table.columns]
+        if res.n_members == 1:
+            cols.remove("departure_spread")
+        print(f"Top {min(args.top, len(table))} genes by departure:")
+        text = table[cols].head(args.top).to_string(index=False, float_format=lambda v: f"{v:.3f}")
+        for line in text.splitlines():
             print(printable(line))
     print(f"Wrote {out}.")
     return EXIT_OK
