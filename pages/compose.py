@@ -345,14 +345,14 @@ if result.observed is not None:  # a measured target: the change per gene, predi
 
 
 
-def departure_section(a: str, b: str) -> None:
+def departure_section(a: str, b: str):
     """Where the pair a + b departs from the sum of its parts, gene by gene (with the observed
-    departure when the pair was measured)."""
+    departure when the pair was measured); returns its chart (None when the pair has no score)."""
     n_cells, genes, _ = common.pair_settings()
     try:
         res = common.pair_interaction(ds.key, model_key, a, b, n_cells, genes, _model=model, _adata=ds.adata)
     except PDAEError:
-        return  # the interaction box above already says why
+        return None  # the interaction box above already says why
     table = res.genes_table
     st.subheader(f"Where {a} + {b} departs from the sum of its parts")
     st.caption(departure.describe_departures(table) + " " + (
@@ -360,8 +360,8 @@ def departure_section(a: str, b: str) -> None:
         + ("as measured" if res.single_effects == "observed" else "as the model predicts them") + "."))
     if "observed_departure" in table.columns:
         st.markdown(departure.agreement_in_words(departure.departure_agreement(table), res.in_training))
-    st.plotly_chart(pint.departure_chart(table, f"{a} + {b}"), width="stretch", config=common.PLOT_CONFIG,
-                    theme=None, key="compose_departure")
+    chart = pint.departure_chart(table, f"{a} + {b}")
+    st.plotly_chart(chart, width="stretch", config=common.PLOT_CONFIG, theme=None, key="compose_departure")
     st.caption("Error bars: " + (
         "the likely range (80%) of each gene's change, calibrated on measured pairs the networks did not see."
         if "departure_lo" in table.columns else
@@ -381,10 +381,10 @@ def departure_section(a: str, b: str) -> None:
                      hide_index=True, width="stretch", height=300)
         st.download_button("Download every gene's departure (.csv)", lambda t=table: t.to_csv(index=False).encode(),
                            file_name=f"departure_{a}_{b}.csv", mime="text/csv", key="dl_departure", on_click="ignore")
+    return chart
 
 
-if pair is not None:
-    departure_section(*pair)
+departure_fig = departure_section(*pair) if pair is not None else None
 
 st.subheader("Top changed genes")
 show = table.head(50).rename(columns=style.GENE_TABLE_LABELS)
@@ -400,7 +400,8 @@ d2.download_button("Download gene table (.csv)", lambda t=table: t.to_csv(index=
 with d3:
     common.report_download(
         result, {"Cells in one shared UMAP": umap, "Expression per group": violins, "Top changed genes": bars,
-                 "Predicted versus observed change": change_scatter if result.observed is not None else None},
+                 "Predicted versus observed change": change_scatter if result.observed is not None else None,
+                 "Where the pair departs from the sum of its parts": departure_fig},
         verdict, model_key, model, ds, source_condition=src)
 
 

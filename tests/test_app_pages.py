@@ -298,7 +298,7 @@ def test_compose_page_default_and_changes():
     assert "**KLF1+MAP2K6**: Both KLF1 and MAP2K6 were measured alone" in verdict and "span" not in verdict
     assert "held out during training" in verdict
     assert len(at.get("plotly_chart")) >= 3
-    assert [b.key for b in at.get("download_button")] == ["dl_h5ad", "dl_csv", "dl_report"]
+    assert [b.key for b in at.get("download_button")] == ["dl_departure", "dl_h5ad", "dl_csv", "dl_report"]
     assert "observed cells of KLF1+MAP2K6" in joined(at.caption)
 
     ok(at.multiselect(key="compose_perts").set_value(["KLF1", "TGFBR2"]).run())

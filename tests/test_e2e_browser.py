@@ -195,6 +195,11 @@ def test_compose_two_perturbations_and_download(page, server, tmp_path, screensh
     assert pred.n_obs == 300 and pred.n_vars == 500
     assert {"source_cell", "source_condition", "draw"} <= set(pred.obs.columns)
     assert pred.obs["source_cell"].nunique() == 100 and sorted(set(pred.obs["draw"])) == [0, 1, 2]
+    # the one-file report carries the pair's departure from the sum of its parts among its figures
+    with page.expect_download() as dl:
+        page.get_by_role("button", name=re.compile("report", re.I)).click()
+    html = Path(dl.value.path()).read_text(encoding="utf-8")
+    assert "Where the pair departs from the sum of its parts" in html and "MAPK1 + TGFBR2: where the pair" in html
 
 
 def test_other_pages_render(page, server, screenshots):
