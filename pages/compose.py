@@ -15,6 +15,7 @@ from pdae_core import compare, explore, identity
 from pdae_core.data.contexts import context_categories
 from pdae_core.errors import PDAEError
 from pdae_core.eval import departure
+from pdae_core.glossary import lookup
 from pdae_core.plot import cells as cf
 from pdae_core.plot import compare as pcmp
 from pdae_core.plot import interactions as pint
@@ -354,7 +355,7 @@ def departure_section(a: str, b: str):
     except PDAEError:
         return None  # the interaction box above already says why
     table = res.genes_table
-    st.subheader(f"Where {a} + {b} departs from the sum of its parts")
+    st.subheader(f"Where {a} + {b} departs from the sum of its parts", help=lookup("departure from the sum"))
     st.caption(departure.describe_departures(table) + " " + (
         "Each gene's predicted change with the pair minus the sum of its changes with each part "
         + ("as measured" if res.single_effects == "observed" else "as the model predicts them") + "."))

@@ -52,9 +52,16 @@ GLOSSARY: dict[str, str] = {
         "exactly additive pair, above for synergy, below for buffering. **Non-additivity**: the part of the "
         "double's change that the sum of the singles does not explain, relative to that sum (0 = additive)."
     ),
+    "departure from the sum": (
+        "For one gene and one pair: its change with the pair minus the sum of its changes with each part alone. "
+        "Zero where the pair is exactly the sum of its parts; the genes with the largest departure are where the "
+        "interaction happens (a gene buffered, amplified, reversed, or changed only by the pair)."
+    ),
     "uncertainty (spread)": (
         "A model trained several times with different random starts (an ensemble) gives several answers; their "
-        "spread says how sure the model is. A large spread means: test it before trusting it."
+        "spread says how sure the model is. A large spread means: test it before trusting it. A small one is no "
+        "promise: networks can agree and all be wrong, so the spread is not a likely range. Likely ranges come "
+        "from a calibrated ensemble, whose networks were each checked on measured combinations they never saw."
     ),
     "extrapolation": (
         "A prediction for something the model cannot build from what it saw: a perturbation that was never "

@@ -80,6 +80,8 @@ def test_glossary_has_the_words_the_pages_use():
     for term in ("energy distance", "noise floor", "additive baseline", "extrapolation", "latent space", "dose"):
         assert len(lookup(term)) > 40
     assert "CRISPRa" in GLOSSARY["dose"] and "CRISPRi" in GLOSSARY["dose"]
+    assert "sum of its changes with each part" in lookup("departure from the sum")  # Compose's gene view
+    assert "not a likely range" in lookup("uncertainty (spread)")
     with pytest.raises(KeyError, match="terms: perturbation"):
         lookup("span")
 

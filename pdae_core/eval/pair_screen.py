@@ -525,6 +525,7 @@ def pair_interaction(
     counts = pd.Series(conds).value_counts()
     names = (f"{a}{reg.separator}{b}", f"{b}{reg.separator}{a}")
     double = next((c for c in names if c in counts.index), None)
+    n_pair = int(sum(counts.get(n, 0) for n in names))  # cells of the pair, as written either way
     observed = obs_text = at_cells = None
     cal = getattr(model, "calibration", None)
     if double is not None and all(counts.get(c, 0) >= _min_cells(model, min_cells) for c in (a, b, double)):
@@ -533,11 +534,10 @@ def pair_interaction(
         obs_text = describe_interaction(observed, (a, b))
         if cal is not None and cal.cell_noise is not None and cal.single_effects == mode:
             mean = d.mean(0)
-            at_cells = expected_ranges(cal.cell_noise, mean[0], mean[1], mean[2], predicted, gidx,
-                                       int(sum(counts.get(n, 0) for n in names)), level, seed)
+            at_cells = expected_ranges(cal.cell_noise, mean[0], mean[1], mean[2], predicted, gidx, n_pair, level,
+                                       seed)
     half_width = None  # the pair's change has a calibrated range; with the observed singles it is the departure's
     if cal is not None and mode == "observed":
-        n_pair = int(sum(counts.get(n, 0) for n in names))
         half_width = (cal.cell_noise.gene_half_width(level, n_pair) if observed is not None and
                       cal.cell_noise is not None else cal.gene_half_width(level))[gidx]
     table = gene_departures(d, [reg.gene_names[i] for i in gidx], None if observed is None else delta, half_width)
