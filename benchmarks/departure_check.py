@@ -135,7 +135,10 @@ def report(rows: Path, n_boot: int = 2000) -> str:
             "within_spread", "half_width", "pearson_top20", "sign_top20"]
     mean = {c: float(df.groupby("seed")[c].mean().mean()) for c in cols}
     ci = _boot(df, cols, n_boot)
-    fmt = lambda c, p=3: f"{mean[c]:.{p}f} [{ci[c][0]:.{p}f}, {ci[c][1]:.{p}f}]"  # noqa: E731
+    def fmt(c: str, p: int = 3) -> str:
+        sign = "+" if c.startswith("pearson_minus") else ""
+        return f"{mean[c]:{sign}.{p}f} [{ci[c][0]:{sign}.{p}f}, {ci[c][1]:{sign}.{p}f}]"
+
     seeds = sorted(df["seed"].unique())
     lines = [
         "# Where held-out doubles depart from the sum of their parts: the product's gene view", "",

@@ -165,7 +165,7 @@ if right is not None:
                                                   if estimate == "stacked" else "spread across networks."))
 
 st.subheader(f"Ranked pairs: {fi.SCORE_LABELS[score].lower()}")
-cols = ["rank", "pair", "call", "magnitude", "magnitude_spread", "normalised_residual", "normalised_residual_spread",
+cols = ["rank", "pair", "call", "top_departures", "magnitude", "magnitude_spread", "normalised_residual", "normalised_residual_spread",
         "test_next", "status", "observed_magnitude", "observed_normalised_residual"]  # dominance: in the call
 if not ensemble:  # no spread; the test-next score is the non-additivity
     cols = [c for c in cols if not c.endswith("_spread") and c != "test_next"]
@@ -194,7 +194,7 @@ def _pick_row() -> None:
 
 
 number = {fi.PAIR_TABLE_LABELS[c]: st.column_config.NumberColumn(format="%.2f") for c in cols
-          if c not in ("rank", "pair", "call", "status", "observed_magnitude", "observed_normalised_residual",
+          if c not in ("rank", "pair", "call", "top_departures", "status", "observed_magnitude", "observed_normalised_residual",
                        "residual_range", "stacked_range", "cells_range")}
 st.dataframe(view, hide_index=True, width="stretch", height=360, key=f"ia_table_{score}", on_select=_pick_row,
              selection_mode="single-row", column_config={**number,

@@ -516,6 +516,15 @@ def test_interactions_page_ranks_every_pair_of_the_demo():
     assert set(table.loc[table["Measured?"] == "held out", "Pair"]) == set(HELDOUT)
     assert table["Non-additivity"].is_monotonic_decreasing  # test next = non-additivity for one network
     assert "± magnitude" not in table.columns
+    # which genes each pair moves most from the sum of its parts: as Compose lists them for the pair
+    import pdae_core as pc
+    from pdae_core.data.datasets import load_dataset
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    first = table.iloc[0]
+    genes = pair_interaction(pc.load_model(ROOT / "checkpoints" / "norman19_devel"), load_dataset("norman19_devel"),
+                             *first["Pair"].split("+")).genes_table
+    assert first["Genes departing most from the sum"].split(";")[0].split()[0] == genes["gene"].iloc[0]
     top, order = table["Pair"].iloc[0], list(table["Pair"])
     assert at.selectbox(key="ia_pair").value == top
     # another score reorders the table and starts from its own first pair

@@ -112,3 +112,13 @@ def test_the_departures_in_words_and_in_a_chart():
     assert set(DEPARTURE_TABLE_LABELS) >= set(t.columns)
     with pytest.raises(ValueError, match="no column"):
         departure_chart(t.drop(columns=["kind"]), "A + B")
+
+
+def test_top_departures_name_each_pairs_largest_genes():
+    from pdae_core.eval.departure import top_departures
+
+    dep = np.array([[0.1, -0.9, 0.3, 0.0], [0.0, 0.0, 0.0, 0.2]])
+    assert top_departures(dep, ["a", "b", "c", "d"]) == ["b -0.90; c +0.30; a +0.10", "d +0.20; a +0.00; b +0.00"]
+    assert top_departures(dep, ["a", "b", "c", "d"], k=9)[0].count(";") == 3  # at most every gene
+    with pytest.raises(ValueError, match="3 gene names for 4 genes"):
+        top_departures(dep, ["a", "b", "c"])

@@ -211,6 +211,19 @@ def test_cli_writes_one_pairs_genes(ensemble, data, doubles, tmp_path, capsys):
         assert msg in capsys.readouterr().err and out.read_text() == "kept\n"  # nothing overwritten
 
 
+@pytest.mark.parametrize("effects", ["observed", "model"])
+def test_the_screen_names_the_genes_each_pair_moves_most_from_the_sum(ensemble, data, effects):
+    from pdae_core.eval.departure import top_departures
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    tab = screen_pairs(ensemble, data, genes="all", single_effects=effects, chunk_pairs=4).set_index("pair")
+    for pair in ("P1+P2", "P2+P5"):  # a measured pair and one never measured
+        genes = pair_interaction(ensemble, data, *pair.split("+"), genes="all", single_effects=effects).genes_table
+        assert tab.loc[pair, "top_departures"] == top_departures(genes["departure"].to_numpy()[None],
+                                                                 list(genes["gene"]))[0]
+        assert tab.loc[pair, "top_departures"].split(";")[0].split()[0] == genes["gene"].iloc[0]
+
+
 def test_encoding_once_gives_the_cells_of_transfer(ensemble, data):
     """member_changes_many encodes the source cells once (source_state / transfer_from): the same
     numbers, bit for bit, as moving them with transfer for every target (one generator per member,

@@ -37,7 +37,8 @@ examples:
 
 Columns: pair, a, b, c1, c2, magnitude (sqrt(c1^2 + c2^2): > 1 synergy, < 1 buffering;
 an exactly additive pair has 1.41), dominance, normalised_residual (||dAB - dA - dB|| /
-||dA + dB||: 0 = additive), effect (||dAB||), *_spread (standard deviation across the
+||dA + dB||: 0 = additive), effect (||dAB||), top_departures (the three genes whose predicted
+change departs most from the sum of the parts; --pair gives every gene), *_spread (standard deviation across the
 members of an ensemble), test_next (normalised residual + kappa x its spread), measured,
 held_out, in_training, observed_* (from the cells of a measured pair); for a cross-fitted
 ensemble (pdae train --ensemble 5 --cross-fit) also magnitude_lo/_hi and

@@ -12,6 +12,8 @@ where the PDAE ensemble is ahead of every baseline (non-additive Pearson, docs/b
 - :func:`departure_agreement`: for a measured pair, how the predicted departure matches the
   observed one, beside what a uniform scaling of the sum could reach at best.
 - :func:`describe_departures`, :func:`agreement_in_words`: the same in sentences.
+- :func:`top_departures`: for many pairs at once (the pair screen), each pair's largest departures
+  as a short text.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["KINDS", "NEW_RATIO", "agreement_in_words", "departure_agreement", "departure_kind", "describe_departures",
-           "gene_departures"]
+           "gene_departures", "top_departures"]
 
 #: A gene whose summed single change is below this fraction of its departure is "new in the pair".
 NEW_RATIO = 1.0 / 3.0
@@ -157,3 +159,15 @@ def agreement_in_words(agree: dict[str, float], in_training: bool = False) -> st
     if in_training:
         text += " The pair was used in training, so this is not a test of the model."
     return text
+
+
+def top_departures(departure: np.ndarray, genes: Sequence[str], k: int = 3) -> list[str]:
+    """Per row of ``departure`` (pairs x genes), its ``k`` genes with the largest departure from the
+    sum of the parts, largest first, with their signed departure: e.g. ``"HBZ -0.53; HBG2 -0.31;
+    H4C3 +0.24"`` (the first rows of each pair's :func:`gene_departures` table)."""
+    dep = np.atleast_2d(np.asarray(departure, dtype=np.float64))
+    if dep.shape[1] != len(genes):
+        raise ValueError(f"{len(genes)} gene names for {dep.shape[1]} genes.")
+    k = min(int(k), dep.shape[1])
+    order = np.argsort(-np.abs(dep), axis=1, kind="stable")[:, :k]
+    return ["; ".join(f"{genes[g]} {row[g]:+.2f}" for g in idx) for row, idx in zip(dep, order)]

@@ -11,7 +11,10 @@ squares so that thousands of pairs take seconds:
   synergy, below 1 buffering, by the paper's convention; an exactly additive pair has 1.41);
 * ``dominance = |log10(|c1| / |c2|)|`` (large: one part dominates);
 * ``normalised_residual = ||dAB - dA - dB|| / ||dA + dB||`` (0: exactly additive);
-* ``effect`` = ``||dAB||``, the size of the predicted change.
+* ``effect`` = ``||dAB||``, the size of the predicted change;
+* ``top_departures``: the three genes whose predicted change departs most from the sum of the
+  parts, with that departure (:func:`~pdae_core.eval.departure.top_departures`; the whole list of
+  one pair: :func:`pair_interaction`'s ``genes_table``).
 
 ``dA`` and ``dB`` are the singles' *observed* mean changes when the data measured every single
 (``single_effects="auto"``), as the benchmarks score a prediction; otherwise (or with
@@ -54,7 +57,7 @@ import pandas as pd
 from ..data.registry import condition_column
 from ..errors import DataError
 from .cell_noise import expected_ranges
-from .departure import gene_departures
+from .departure import gene_departures, top_departures
 from .interactions import describe_interaction, expressed_genes, pair_metrics
 from .stacking import METRICS, add_stacked, fit_screen_stacker, log_metric
 
@@ -246,6 +249,7 @@ def screen_pairs(
     noise, cells_note = _cells_noise(model, mode, cells)
     mean_single = d_single.mean(0) if noise is not None else None  # (S, G'), for the ranges at `cells`
     ranges: list[dict[str, float]] = []
+    names, tops = [reg.gene_names[i] for i in gidx], []
     bar = None
     if progress is None and progress_bar and len(pairs) > chunk_pairs:
         from tqdm.auto import tqdm
@@ -258,6 +262,8 @@ def screen_pairs(
         m = pair_metrics(d_single[:, chunk[:, 0]], d_single[:, chunk[:, 1]], d_pair)
         for key, v in m.items():  # v: (M, P)
             cols.setdefault(key, []).append(v)
+        dep = (d_pair - d_single[:, chunk[:, 0]] - d_single[:, chunk[:, 1]]).mean(0)  # (P, G'): pair minus the parts
+        tops += top_departures(dep, names)
         if noise is not None:  # the range an experiment with `cells` cells per pair would show
             mp = d_pair.mean(0)
             ranges += [expected_ranges(noise, mean_single[x], mean_single[y], mp[i], {k: float(m[k][:, i].mean()) for k in METRICS},
@@ -274,6 +280,7 @@ def screen_pairs(
         "pair": [f"{singles[a]}{reg.separator}{singles[b]}" for a, b in pairs],
         "a": [singles[a] for a, _ in pairs], "b": [singles[b] for _, b in pairs],
     })
+    table["top_departures"] = tops
     for key, parts in cols.items():
         v = np.concatenate(parts, axis=1)
         table[key] = v.mean(0)

@@ -77,6 +77,7 @@ PAIR_TABLE_LABELS: dict[str, str] = {
     "rank": "Rank",
     "pair": "Pair",
     "call": "Predicted interaction",
+    "top_departures": "Genes departing most from the sum",
     "magnitude": "Magnitude",
     "magnitude_spread": "± magnitude",
     "normalised_residual": "Non-additivity",
