@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--epochs", type=int, default=None, help="training steps (default: the model type's 300)")
+    ap.add_argument("--epochs", type=int, default=None, help="training steps (default: the model type's, 150)")
     ap.add_argument("--rows", type=Path, required=True, help="folder of the per-fold held-out rows")
     ap.add_argument("--report", action="store_true", help="summarise the rows instead of running folds")
     ap.add_argument("--baselines", type=Path,

@@ -36,7 +36,13 @@ def test_registered_with_the_mean_form_defaults():
     assert MODEL_TYPES["pdae_profile"] is PDAEProfileModel
     cfg = PDAEProfileModel.config_class(n_genes=3, n_perturbations=2)
     assert (cfg.noise_dim, cfg.softplus_output, cfg.source_sampling) == (0, False, "batch")
-    assert PROFILE_TRAIN_DEFAULTS["full_batch"] and PROFILE_TRAIN_DEFAULTS["max_epochs"] == 300
+    # the benchmark ensemble's settings (PDAEEnsembleProfile): 150 full-batch steps, latent 256, one hidden layer of 256
+    from pdae_core.eval.pseudobulk.interaction_models import PDAEEnsembleProfile
+
+    bench = PDAEEnsembleProfile().member_kw
+    assert PROFILE_TRAIN_DEFAULTS["full_batch"] and PROFILE_TRAIN_DEFAULTS["max_epochs"] == bench["steps"] == 150
+    assert (cfg.latent_dim, tuple(cfg.hidden_dims)) == (bench["latent_dim"], bench["hidden_dims"]) == (256, (256,))
+    assert (PROFILE_TRAIN_DEFAULTS["lr"], PROFILE_TRAIN_DEFAULTS["ema_decay"]) == (bench["lr"], bench["ema_decay"])
 
 
 def test_with_control_row_adds_a_zero_control_to_change_tables_only(changes):
