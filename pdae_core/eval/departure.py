@@ -43,7 +43,8 @@ def departure_kind(total: np.ndarray, departure: np.ndarray) -> np.ndarray:
     """Per gene, the departure ``departure`` from the summed single change ``total`` in words
     (:data:`KINDS`): ``"new"`` when ``|total| < NEW_RATIO |departure|``; else ``"stronger"`` when
     both have the same sign, ``"weaker"`` when the departure points back and is no larger than the
-    sum, ``"reversed"`` when it points back and is larger (the pair moves the gene the other way)."""
+    sum, ``"reversed"`` when it points back and is larger (the pair moves the gene the other way);
+    ``"none"`` where the departure is exactly 0."""
     total, departure = np.asarray(total, dtype=np.float64), np.asarray(departure, dtype=np.float64)
     if total.shape != departure.shape:
         raise ValueError(f"total and departure must have the same shape, got {total.shape} and {departure.shape}.")
