@@ -47,33 +47,15 @@ from _report import emit  # noqa: E402
 LEVEL = 0.8
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    den = float(np.sqrt((x @ x) * (y @ y)))
-    return float(x @ y) / den if den > 0 else float("nan")
-
-
-def _alpha(prof, train_doubles: list[str]) -> float:
-    """The scaled additive baseline's one scale, least squares over the training doubles' genes."""
-    from pdae_core.data.registry import condition_column
-
-    row = {c: i for i, c in enumerate(condition_column(prof, "condition"))}
-    X = np.asarray(prof.X, dtype=np.float64)
-    num = den = 0.0
-    for d in train_doubles:
-        a, b = d.split("+")
-        s = X[row[a]] + X[row[b]]
-        num, den = num + float(X[row[d]] @ s), den + float(s @ s)
-    return num / den if den > 0 else 1.0
-
-
 def run_folds(seed: int, folds: list[int], rows: Path, threads: int | None, data_dir: str | None) -> None:
     import torch
 
     from pdae_core.data.datasets import load_dataset
-    from pdae_core.eval.departure import departure_agreement
+    from pdae_core.eval.departure import departure_agreement, pearson_over_genes
     from pdae_core.eval.pair_screen import pair_interaction
     from pdae_core.eval.pseudobulk import double_folds, profiles_from_anndata
+    from pdae_core.eval.pseudobulk.models import ScaledAdditiveProfile
+    from pdae_core.eval.pseudobulk.profiles import train_conditions
     from pdae_core.models.pdae_profile import PDAEProfileModel, with_control_row
 
     if threads:
@@ -87,8 +69,8 @@ def run_folds(seed: int, folds: list[int], rows: Path, threads: int | None, data
         model = PDAEProfileModel.from_anndata(prof, control_label="control", seed=seed, n_members=5, cross_fit=True)
         model.fit(prof, holdout=dealt[f], accelerator="cpu")
         fit_s = time.perf_counter() - t0
-        held = set(dealt[f])
-        alpha = _alpha(prof, [d for d in profiles.eligible_doubles() if d not in held])
+        # the scaled additive baseline's one scale, fitted on the fold's training profiles
+        alpha = ScaledAdditiveProfile().fit(profiles.subset(train_conditions(profiles, dealt[f]))).alpha_
         out = []
         for d in dealt[f]:
             a, b = d.split("+")
@@ -98,11 +80,11 @@ def run_folds(seed: int, folds: list[int], rows: Path, threads: int | None, data
             top = t.head(20)
             out.append({
                 "seed": seed, "fold": f, "double": d, "genes": len(t), "pearson": agree["pearson"],
-                "scaled": _pearson((alpha - 1.0) * t["sum_of_parts"].to_numpy(), obs), "alpha": alpha,
+                "scaled": pearson_over_genes((alpha - 1.0) * t["sum_of_parts"].to_numpy(), obs), "alpha": alpha,
                 "scaling_bound": agree["scaling"], "covered": agree["covered"],
                 "half_width": float(np.median(t["departure_hi"] - t["departure"])),
                 "within_spread": float(np.mean(np.abs(obs - t["departure"]) <= t["departure_spread"])),
-                "pearson_top20": _pearson(top["departure"].to_numpy(), top["observed_departure"].to_numpy()),
+                "pearson_top20": pearson_over_genes(top["departure"].to_numpy(), top["observed_departure"].to_numpy()),
                 "sign_top20": int((np.sign(top["departure"]) == np.sign(top["observed_departure"])).sum()),
                 "fit_seconds": fit_s,
             })

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["KINDS", "NEW_RATIO", "agreement_in_words", "departure_agreement", "departure_kind", "describe_departures",
-           "gene_departures", "top_departures"]
+           "gene_departures", "pearson_over_genes", "top_departures"]
 
 #: A gene whose summed single change is below this fraction of its departure is "new in the pair".
 NEW_RATIO = 1.0 / 3.0
@@ -107,7 +107,9 @@ def gene_departures(
     return table.iloc[order].reset_index(drop=True)
 
 
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+def pearson_over_genes(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson correlation of two vectors over genes (NaN when either is constant): the
+    interaction benchmark's non-additive Pearson when they are two departures from the sum."""
     x, y = x - x.mean(), y - y.mean()
     den = math.sqrt(float(x @ x) * float(y @ y))
     return float(x @ y) / den if den > 0 else math.nan
@@ -123,8 +125,8 @@ def departure_agreement(table: pd.DataFrame) -> dict[str, float]:
     if "observed_departure" not in table.columns:
         raise ValueError("The table has no observed departure: the pair was not measured.")
     obs = table["observed_departure"].to_numpy(np.float64)
-    out = {"pearson": _pearson(table["departure"].to_numpy(np.float64), obs),
-           "scaling": abs(_pearson(table["sum_of_parts"].to_numpy(np.float64), obs)),
+    out = {"pearson": pearson_over_genes(table["departure"].to_numpy(np.float64), obs),
+           "scaling": abs(pearson_over_genes(table["sum_of_parts"].to_numpy(np.float64), obs)),
            "covered": math.nan, "genes": float(len(table))}
     if "departure_lo" in table.columns:
         lo, hi = table["departure_lo"].to_numpy(np.float64), table["departure_hi"].to_numpy(np.float64)

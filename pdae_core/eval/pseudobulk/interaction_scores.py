@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
+from ..departure import pearson_over_genes
 from ..interactions import fit_coefficients
 
 __all__ = ["RANK_METRICS", "double_figures", "rank_metrics", "summarise_interactions",
@@ -45,12 +46,6 @@ _CONST = 1e-9  # relative spread below which a prediction is constant (rounding 
 
 # ---------------------------------------------------------------------------------
 # one double
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y) / den if den > 0 else math.nan
 
 
 def double_figures(dA: np.ndarray, dB: np.ndarray, dAB: np.ndarray, method: str = "lstsq",
@@ -70,7 +65,7 @@ def double_figures(dA: np.ndarray, dB: np.ndarray, dAB: np.ndarray, method: str 
            "normalised_residual": nonadd / total if total > 0 else (0.0 if nonadd == 0 else math.inf)}
     if obs is not None:
         scale = max(total, float(np.linalg.norm(dAB)), 1e-300)
-        out["nonadditive_pearson"] = _pearson(part, obs - dA - dB) if nonadd > _CONST * scale else math.nan
+        out["nonadditive_pearson"] = pearson_over_genes(part, obs - dA - dB) if nonadd > _CONST * scale else math.nan
         out["error_l2"] = float(np.linalg.norm(dAB - obs))
     return out
 
