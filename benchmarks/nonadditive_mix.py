@@ -120,10 +120,10 @@ def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_
 def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
     """One row per (seed, held-out double): the non-additive Pearson of each prediction and the
     observed and predicted magnitude and residual of ensemble / full / both."""
+    from pdae_core.eval.departure import pearson_rows
     from pdae_core.eval.pseudobulk.interaction_models import (
         PartnerProfile,
         PDAEStackedRegression,
-        _row_pearson,
         best_beta,
         choose_gene_shrink,
         gene_weights,
@@ -160,7 +160,7 @@ def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
               "partners": partners.predict(P.subset(test).labels) - S_te,
               "full": z["full"].mean(0) - S_te,
               "both": np.concatenate([z["members"], z["full"]]).mean(0) - S_te}
-        r = {k: _row_pearson(v, na_te) for k, v in na.items()}
+        r = {k: pearson_rows(v, na_te) for k, v in na.items()}
         for j, d in enumerate(test):
             a, b = single_deltas(train, d)
             obs = double_figures(a, b, P.deltas[P.index([d])[0]], "lstsq")

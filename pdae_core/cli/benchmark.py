@@ -83,7 +83,8 @@ def add_parser(sub: Any) -> None:
                    "the held-out doubles) and any registered model type; default "
                    "pdae,additive,scaled_additive,linear,control; pseudobulk: additive, scaled_additive, linear, "
                    "pdae; default all four; --task interactions: additive, scaled_additive, linear, heuristic, "
-                   "propensity, partners, pair_kernel, random, pdae, pdae_ensemble, pdae_stacked; default all eleven)")
+                   "propensity, partners, pair_kernel, pair_kernel_profile, random, pdae, pdae_ensemble, pdae_stacked; default "
+                   "all twelve)")
     b.add_argument("--seeds", type=positive_int, default=3, metavar="N", help="run seeds 0..N-1")
     b.add_argument("--holdout", action="append", default=[], metavar="A+B,C+D",
                    help="cells: the same held-out conditions for every seed (default: a random "

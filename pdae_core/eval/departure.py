@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["KINDS", "NEW_RATIO", "agreement_in_words", "departure_agreement", "departure_kind", "describe_departures",
-           "gene_departures", "pearson_over_genes", "top_departures"]
+           "gene_departures", "pearson_over_genes", "pearson_rows", "top_departures"]
 
 #: A gene whose summed single change is below this fraction of its departure is "new in the pair".
 NEW_RATIO = 1.0 / 3.0
@@ -113,6 +113,15 @@ def pearson_over_genes(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x - x.mean(), y - y.mean()
     den = math.sqrt(float(x @ x) * float(y @ y))
     return float(x @ y) / den if den > 0 else math.nan
+
+
+def pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`pearson_over_genes` of each row of ``a`` with the same row of ``b`` (doubles x genes;
+    NaN for a constant row)."""
+    a = a - a.mean(1, keepdims=True)
+    b = b - b.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
 
 
 def departure_agreement(table: pd.DataFrame) -> dict[str, float]:

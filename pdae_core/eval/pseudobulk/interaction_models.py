@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ...errors import DataError
+from ..departure import pearson_rows
 from ..pair_kernel import PairKernelRegression
 from ..stacking import (
     DEFAULT_ALPHAS,
@@ -414,14 +415,6 @@ class PDAEEnsembleProfile(ProfileModel):
 # the ensemble's metrics stacked with the regressions' features
 
 
-def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each row of ``a`` with the same row of ``b`` (NaN for a constant row)."""
-    a = a - a.mean(1, keepdims=True)
-    b = b - b.mean(1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1))
-
-
 #: Shrinkages of the per-gene recalibration (:func:`gene_weights`), times the median over genes of
 #: ``sum_c E_cg^2``.
 GENE_SHRINKS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -430,7 +423,7 @@ GENE_SHRINKS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 def best_beta(E: np.ndarray, S: np.ndarray, N: np.ndarray, betas: Sequence[float]) -> float:
     """The ``beta`` of ``betas`` with the best mean Pearson over genes of ``E + beta S`` with ``N``
     (doubles x genes: a predicted non-additive part, the singles' sums, the observed part)."""
-    scores = [float(np.nanmean(_row_pearson(E + b * S, N))) for b in betas]
+    scores = [float(np.nanmean(pearson_rows(E + b * S, N))) for b in betas]
     return float(betas[int(np.nanargmax(scores))]) if np.isfinite(scores).any() else 0.0
 
 
@@ -469,7 +462,7 @@ def choose_gene_shrink(E: np.ndarray, S: np.ndarray, N: np.ndarray, betas: Seque
         r: list[float] = []
         for m, beta in folds:
             w, v = gene_weights(E[m], S[m], N[m], beta, sh)
-            r += list(_row_pearson((w * E[~m] + v * S[~m])[:, g], N[~m][:, g]))
+            r += list(pearson_rows((w * E[~m] + v * S[~m])[:, g], N[~m][:, g]))
         scores[float(sh)] = float(np.nanmean(r))
     return max(scores, key=scores.get), scores
 

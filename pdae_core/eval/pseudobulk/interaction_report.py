@@ -136,6 +136,12 @@ def write_interaction_tables(df: pd.DataFrame, out: Path, *, name: str, profiles
         "kernel on an embedding of each single's change (its direction; its first 10 or 20 principal components "
         "over all singles), width and penalty by leave-one-out, the three embeddings blended with convex weights "
         "fitted to their leave-one-out predictions: doubles of similar singles combine alike; metrics only.",
+        "- pair_kernel_profile (PairKernelProfile): dA + dB plus w_g D + v_g (dA + dB), where D is a kernel ridge "
+        "regression of the training doubles' non-additive parts (all genes at once) with the same pair kernel on "
+        "the singles' directions (width and penalty by the leave-one-out Pearson of the training doubles), and "
+        "w_g, v_g a per-gene ridge regression of the training doubles' observed non-additive part on their "
+        "leave-one-out D and dA + dB, shrunk towards one fit over all genes (shrinkage by 5-fold cross-validation "
+        "on the training doubles): the departures of doubles of similar singles, without a model of the profiles.",
         "- pdae: the PDAE mean form as in the pseudobulk benchmark (PDAEProfile: latent size 32 or 128 and "
         "step chosen by the Pearson delta of 10% of the training doubles). pdae_ensemble (PDAEEnsembleProfile): "
         f"{members} cross-fitted members (member m trained without 1/{members} of the training doubles, which it "

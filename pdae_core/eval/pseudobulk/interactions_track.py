@@ -21,7 +21,9 @@ metrics regressed on single-perturbation features), ``propensity``
 perturbations the double holds), ``partners`` (:class:`.interaction_models.PartnerProfile`, the sum of
 the singles plus the non-additive part of the measured doubles that share a perturbation), ``pair_kernel``
 (:class:`.kernel_model.PairKernelInteractionRegression`, log metrics by kernel ridge regression over pairs
-of singles: doubles of similar singles combine alike), ``pdae_ensemble``
+of singles: doubles of similar singles combine alike), ``pair_kernel_profile``
+(:class:`.kernel_model.PairKernelProfile`, the sum of the singles plus the departures of the measured
+doubles of similar singles, recalibrated gene by gene), ``pdae_ensemble``
 (:class:`.interaction_models.PDAEEnsembleProfile`, cross-fitted members, with spread and
 conformal intervals), ``pdae_stacked`` (:class:`.interaction_models.PDAEStackedRegression`, the
 ensemble's out-of-fold metrics stacked with the two regressions' features, blended with the pair kernel)
@@ -52,7 +54,7 @@ from .interaction_models import (
     single_deltas,
 )
 from .interaction_scores import double_figures
-from .kernel_model import PairKernelInteractionRegression
+from .kernel_model import PairKernelInteractionRegression, PairKernelProfile
 from .models import PROFILE_MODELS
 from .profiles import ProfileSet, double_folds, train_conditions
 
@@ -61,7 +63,7 @@ __all__ = ["INTERACTION_MODELS", "DEFAULT_INTERACTION_MODELS", "run_interaction_
 
 #: Model names :func:`run_interaction_benchmark` knows.
 INTERACTION_MODELS = ("additive", "scaled_additive", "linear", "heuristic", "propensity", "partners", "pair_kernel",
-                      "random", "pdae", "pdae_ensemble", "pdae_stacked")
+                      "pair_kernel_profile", "random", "pdae", "pdae_ensemble", "pdae_stacked")
 DEFAULT_INTERACTION_MODELS = INTERACTION_MODELS
 LEVELS = (0.8, 0.95)  # coverage levels of the ensemble's conformal intervals
 
@@ -130,6 +132,8 @@ def _factories(models: Sequence[str] | Mapping[str, Callable[[int], Any]], n_mem
             out[m] = lambda seed: PartnerProfile()
         elif m == "pair_kernel":
             out[m] = lambda seed: PairKernelInteractionRegression(method=method, genes=genes)
+        elif m == "pair_kernel_profile":
+            out[m] = lambda seed: PairKernelProfile()
         elif m == "pdae_stacked":
             out[m] = lambda seed: PDAEStackedRegression(method=method, genes=genes, seed=seed, n_members=n_members,
                                                         **ensemble_kw)
@@ -154,6 +158,8 @@ def _selected(model: Any) -> str:
                 + ("" if getattr(model, "kernel_", None) is None else " blend=" + _weights(model.blend_)))
     if hasattr(model, "kernel_"):
         return "kernel=" + _weights(model.kernel_.weights_)
+    if hasattr(model, "gamma_") and hasattr(model, "gene_w_"):
+        return f"gamma={model.gamma_:g} penalty={model.penalty_:g} shrink={model.shrink_:g}"
     if hasattr(model, "step_") and hasattr(model, "source_"):
         return f"step={model.step_} source={model.source_}"
     if hasattr(model, "best_latent_dim_"):
