@@ -36,10 +36,9 @@ minutes on one thread; run seeds side by side with ``--threads 1``::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,35 +46,10 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit  # noqa: E402
-from nonadditive_mix import _boot, _profiles  # noqa: E402
+from nonadditive_mix import _boot, _profiles, fold_cli, run_seed  # noqa: E402
 
 PROFILES = ("ensemble", "per_gene", "kernel", "kernel_S_gene", "ens_kernel_S_gene")
 SHRINKS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_dir: str | None) -> None:
-    import torch
-
-    from pdae_core.eval.pseudobulk.interaction_models import PDAEEnsembleProfile
-    from pdae_core.eval.pseudobulk.profiles import double_folds, train_conditions
-
-    if threads:
-        torch.set_num_threads(threads)
-    P = _profiles(data_dir)
-    dealt = double_folds(P, k=5, seed=seed)
-    rows.mkdir(parents=True, exist_ok=True)
-    for f in folds:
-        out = rows / f"seed{seed}_fold{f}.npz"
-        if out.exists():
-            continue
-        t0 = time.perf_counter()
-        train, held = P.subset(train_conditions(P, dealt[f])), P.subset(dealt[f])
-        ens = PDAEEnsembleProfile(n_members=5, seed=seed).fit(train)
-        np.savez(out.with_suffix(".tmp.npz"), oof=ens.oof_, calibration=np.array(ens.calibration_doubles_),
-                 test=np.array(dealt[f]), members=ens.predict_members(held.labels), step=ens.step_, source=ens.source_)
-        out.with_suffix(".tmp.npz").replace(out)
-        print(f"seed {seed} fold {f}: {time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def _cv_gene(X: np.ndarray, N: np.ndarray, shrink: float) -> np.ndarray:
@@ -201,19 +175,7 @@ def report(df: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--folds", default="0,1,2,3,4")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--rows", type=Path, default=Path("benchmarks/results/kernel_departure/rows"))
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--report", action="store_true", help="score the rows instead of fitting")
-    ap.add_argument("--out", default=None, help="--report: write the table here too")
-    args = ap.parse_args()
-    if args.report:
-        emit(report(score(args.rows, args.data_dir)), args.out)
-    else:
-        run_seed(args.seed, [int(f) for f in args.folds.split(",")], args.rows, args.threads, args.data_dir)
+    fold_cli(__doc__, partial(run_seed, full=False), score, report, "benchmarks/results/kernel_departure/rows")
 
 
 if __name__ == "__main__":

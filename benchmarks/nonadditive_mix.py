@@ -90,7 +90,10 @@ def _full_members(ens, train, held, seed: int) -> np.ndarray:
     return np.stack(preds)
 
 
-def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_dir: str | None) -> None:
+def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_dir: str | None,
+             full: bool = True) -> None:
+    """Fit each fold's ensemble (and, with ``full``, the members refitted on every training profile)
+    into ``rows/seed<S>_fold<F>.npz``; a fold already there is skipped."""
     import torch
 
     from pdae_core.eval.pseudobulk.interaction_models import PDAEEnsembleProfile
@@ -108,10 +111,10 @@ def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_
         t0 = time.perf_counter()
         train, held = P.subset(train_conditions(P, dealt[f])), P.subset(dealt[f])
         ens = PDAEEnsembleProfile(n_members=N_MEMBERS, seed=seed).fit(train)
-        full = _full_members(ens, train, held, seed)
+        extra = {"full": _full_members(ens, train, held, seed)} if full else {}
         np.savez(out.with_suffix(".tmp.npz"), oof=ens.oof_, calibration=np.array(ens.calibration_doubles_),
-                 test=np.array(dealt[f]), members=ens.predict_members(held.labels), full=full,
-                 step=ens.step_, source=ens.source_)
+                 test=np.array(dealt[f]), members=ens.predict_members(held.labels), step=ens.step_,
+                 source=ens.source_, **extra)
         out.with_suffix(".tmp.npz").replace(out)
         print(f"seed {seed} fold {f}: {time.perf_counter() - t0:.0f} s (step {ens.step_}, source {ens.source_})",
               flush=True)
@@ -219,20 +222,27 @@ def report(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def fold_cli(doc: str, run, score_rows, report_rows, rows_default: str) -> None:
+    """The command line of a per-fold check: fit ``--seed``'s ``--folds`` into ``--rows``
+    (``run(seed, folds, rows, threads, data_dir)``), or ``--report`` them
+    (``report_rows(score_rows(rows, data_dir))``, printed and written to ``--out``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--rows", type=Path, default=Path("benchmarks/results/nonadditive_mix/rows"))
+    ap.add_argument("--rows", type=Path, default=Path(rows_default))
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--report", action="store_true", help="score the rows instead of fitting")
     ap.add_argument("--out", default=None, help="--report: write the table here too")
     args = ap.parse_args()
     if args.report:
-        emit(report(score(args.rows, args.data_dir)), args.out)
+        emit(report_rows(score_rows(args.rows, args.data_dir)), args.out)
     else:
-        run_seed(args.seed, [int(f) for f in args.folds.split(",")], args.rows, args.threads, args.data_dir)
+        run(args.seed, [int(f) for f in args.folds.split(",")], args.rows, args.threads, args.data_dir)
+
+
+def main() -> None:
+    fold_cli(__doc__, run_seed, score, report, "benchmarks/results/nonadditive_mix/rows")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+from test_pair_kernel import group_singles  # noqa: E402
 
 from pdae_core.errors import DataError
 from pdae_core.eval.departure import pearson_rows
@@ -28,15 +29,8 @@ def _profiles(seed: int = 0, per_group: int = 4):
     """Three groups of singles (a direction each, plus noise); every double departs from the sum of
     its singles by a gene pattern of its *pair of groups* (plus a little noise)."""
     rng = np.random.default_rng(seed)
-    base = np.linalg.qr(rng.normal(size=(N_GENES, 3)))[0].T * np.sqrt(N_GENES)
+    names, group, eff = group_singles(rng, per_group, N_GENES)
     pattern = {gp: rng.normal(size=N_GENES) for gp in itertools.combinations_with_replacement(range(3), 2)}
-    names, group, eff = [], {}, {}
-    for g in range(3):
-        for i in range(per_group):
-            n = f"G{g}_{i}"
-            names.append(n)
-            group[n] = g
-            eff[n] = base[g] * rng.uniform(0.7, 1.4) + 0.3 * rng.normal(size=N_GENES)
     conds, rows, truth = list(names), [eff[n] for n in names], {}
     for a, b in itertools.combinations(names, 2):
         dep = pattern[tuple(sorted((group[a], group[b])))] + 0.1 * rng.normal(size=N_GENES)

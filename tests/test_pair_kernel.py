@@ -30,20 +30,26 @@ N_GENES = 40
 GROUP_FACTOR = {(0, 0): 0.5, (1, 1): 0.5, (2, 2): 0.5, (0, 1): 1.5, (0, 2): 0.7, (1, 2): 1.0}
 
 
-def _grouped(seed: int = 0, per_group: int = 4):
-    """Three groups of singles (a shared direction each, plus noise); every double is
-    f(group A, group B) (dA + dB): how it combines depends on the *pair* of groups, so neither one
-    factor per perturbation (propensity) nor the singles' norms and cosine (heuristic: every
-    cross-group pair is near orthogonal) can tell (0, 1) from (0, 2)."""
-    rng = np.random.default_rng(seed)
-    base = np.linalg.qr(rng.normal(size=(N_GENES, 3)))[0].T * np.sqrt(N_GENES)  # orthogonal, equal norms
+def group_singles(rng: np.random.Generator, per_group: int, n_genes: int):
+    """Three groups of ``per_group`` singles named ``G<group>_<i>``: each a group's direction
+    (orthogonal, equal norms) times a random size, plus noise. Returns names, group, changes."""
+    base = np.linalg.qr(rng.normal(size=(n_genes, 3)))[0].T * np.sqrt(n_genes)
     names, group, eff = [], {}, {}
     for g in range(3):
         for i in range(per_group):
             n = f"G{g}_{i}"
             names.append(n)
             group[n] = g
-            eff[n] = base[g] * rng.uniform(0.7, 1.4) + 0.3 * rng.normal(size=N_GENES)
+            eff[n] = base[g] * rng.uniform(0.7, 1.4) + 0.3 * rng.normal(size=n_genes)
+    return names, group, eff
+
+
+def _grouped(seed: int = 0, per_group: int = 4):
+    """Three groups of singles (a shared direction each, plus noise); every double is
+    f(group A, group B) (dA + dB): how it combines depends on the *pair* of groups, so neither one
+    factor per perturbation (propensity) nor the singles' norms and cosine (heuristic: every
+    cross-group pair is near orthogonal) can tell (0, 1) from (0, 2)."""
+    names, group, eff = group_singles(np.random.default_rng(seed), per_group, N_GENES)
     conds, rows = list(names), [eff[n] for n in names]
     for a, b in itertools.combinations(names, 2):
         f = GROUP_FACTOR[tuple(sorted((group[a], group[b])))]
