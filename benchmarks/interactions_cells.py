@@ -8,7 +8,8 @@ interaction of the held-out doubles, with the rank metrics of the pseudobulk tra
         --out benchmarks/results/schraivogel20_interactions
 
 Beside the benchmark's models it fits the pseudobulk track's metric regressions (heuristic,
-propensity, pair_kernel) to each seed's training doubles (``metric_baseline_rows``) and scores them
+propensity, pair_kernel) and its profile baseline (pair_kernel_profile) to each seed's training doubles
+(``metric_baseline_rows``) and scores them
 on the same held-out doubles, with paired differences of PDAE against every other row. Writes
 per_double.csv, summary.csv and summary.md into --out.
 """
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         "- heuristic, propensity, pair_kernel: the pseudobulk track's regressions of the interaction metrics, "
         "fitted per seed to the observed mean changes of the singles and of the doubles not held out in that "
         "seed (each with >= 3 cells, as its singles); they predict metrics, not profiles",
+        "- pair_kernel_profile: the pseudobulk track's profile baseline (the sum of the singles plus the "
+        "departures of the training doubles of similar singles, recalibrated gene by gene), fitted to the same "
+        "mean changes; scored from its profile as the models are",
     ])
     if enough is not None and len(enough):
         enough.to_csv(out / f"uncertainty_min{MIN_CELLS}cells.csv", index=False)

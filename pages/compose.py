@@ -374,11 +374,13 @@ def departure_section(a: str, b: str):
         st.markdown(
             "How well predicted departures matched measured ones, each pair predicted by a model that never saw it: "
             "on the Norman 2019 design (126 pairs as profiles) a calibrated ensemble's departures correlated with the "
-            "measured ones at 0.54 per pair against 0.47 for scaling the sum alike, had the direction of 18 of the "
+            "measured ones at 0.54 per pair against 0.47 for scaling the sum alike and 0.56 for reading the departures of "
+            "measured pairs whose parts look alike (no model), had the direction of 18 of the "
             "20 largest right, and 82% of genes fell in their 80% ranges; on this demo's five held-out pairs, 0.51 for the "
             "bundled ensemble and 0.38 for one network, against 0.35 for the best uniform scaling of the sum; on "
-            "the Schraivogel 2020 cells, where pairs have 1 to 25 cells, no model beat scaling the sum alike (0.32 "
-            "against 0.37). Details: docs/benchmarks.md.")
+            "the Schraivogel 2020 cells, where pairs have 1 to 25 cells, PDAE stayed below scaling the sum alike (0.32 "
+            "against 0.37) and below reading the departures of pairs whose parts look alike (0.40). Details: "
+            "docs/benchmarks.md.")
         st.dataframe(table.head(200).rename(columns=pint.DEPARTURE_TABLE_LABELS).style.format(precision=3, na_rep="–"),
                      hide_index=True, width="stretch", height=300)
         st.download_button("Download every gene's departure (.csv)", lambda t=table: t.to_csv(index=False).encode(),

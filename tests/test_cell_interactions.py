@@ -13,6 +13,7 @@ from pdae_core.errors import PDAEError
 from pdae_core.eval.benchmark import BenchmarkSpec, run_benchmark
 from pdae_core.eval.benchmark.interactions import (
     METRIC_BASELINES,
+    PROFILE_BASELINES,
     benchmark_interactions,
     cell_interaction_rows,
     metric_baseline_rows,
@@ -61,12 +62,13 @@ def test_benchmark_folder_is_rescored_with_its_own_data(finished, tmp_path):
     adata, reg, out = finished
     rows = benchmark_interactions(out)
     direct = cell_interaction_rows(out, adata, reg, ["additive", "linear", "control"], [0, 1])
-    base = rows["model"].isin(METRIC_BASELINES)
+    base = rows["model"].isin(METRIC_BASELINES + PROFILE_BASELINES)
     pd.testing.assert_frame_equal(rows[~base].reset_index(drop=True)[direct.columns], direct.reset_index(drop=True))
     # the metric regressions are scored on the same (seed, held-out double) pairs
-    for m in METRIC_BASELINES:
+    for m in METRIC_BASELINES:  # (4 training doubles a seed: too few for the profile baseline)
         assert sorted(rows.loc[rows.model == m, "double"]) == sorted(direct.loc[direct.model == "linear", "double"])
-    assert benchmark_interactions(out, metric_baselines=False)["model"].isin(METRIC_BASELINES).sum() == 0
+    assert benchmark_interactions(out, metric_baselines=False)["model"].isin(METRIC_BASELINES + PROFILE_BASELINES
+                                                                             ).sum() == 0
     with pytest.raises(PDAEError, match="missing"):
         cell_interaction_rows(out, adata, reg, ["pool"], [0])
     with pytest.raises(PDAEError, match="not a finished benchmark folder"):
@@ -81,8 +83,31 @@ def test_metric_baselines_learn_from_the_training_doubles_only(finished):
     doubles = sorted(c for c in adata.obs["condition"].unique() if "+" in c)
     held = {0: doubles[:2]}
     rows = metric_baseline_rows(adata, reg, held)
-    assert sorted(rows["model"].unique()) == sorted(METRIC_BASELINES) and len(rows) == 2 * len(METRIC_BASELINES)
-    assert (rows["train_doubles"] == len(doubles) - 2).all() and rows["nonadditive_pearson"].isna().all()
+    models = METRIC_BASELINES + PROFILE_BASELINES  # 6 training doubles: enough for the profile baseline
+    assert sorted(rows["model"].unique()) == sorted(models) and len(rows) == 2 * len(models)
+    assert (rows["train_doubles"] == len(doubles) - 2).all()
+    assert rows.loc[rows.model.isin(METRIC_BASELINES), "nonadditive_pearson"].isna().all()
+    prof = rows[rows.model == "pair_kernel_profile"]
+    assert prof["nonadditive_pearson"].between(-1, 1).all() and (prof["error_l2"] > 0).all()
+    # its figures are those of its profile: the predicted change of the double against the observed singles
+    from pdae_core.eval.pseudobulk import profiles_from_anndata
+    from pdae_core.eval.pseudobulk.interaction_scores import double_figures
+    from pdae_core.eval.pseudobulk.kernel_model import PairKernelProfile
+
+    names = [c for c in sorted(adata.obs["condition"].unique()) if c != "control"]
+    deltas = mean_changes(adata, reg, names).to_numpy(np.float64)
+    import anndata as ad
+
+    P = profiles_from_anndata(ad.AnnData(deltas, obs=pd.DataFrame({"condition": names}, index=names),
+                                         var=pd.DataFrame(index=list(reg.gene_names))), values="deltas")
+    model = PairKernelProfile().fit(P.subset([c for c in names if c not in doubles[:2]]))
+    a, b, ab = (deltas[names.index(c)] for c in (*reg.parse(doubles[0]), doubles[0]))
+    fig = double_figures(a, b, model.predict(P.subset([doubles[0]]).labels)[0], "lstsq", obs=ab)
+    got = prof.set_index("double").loc[f"{doubles[0]} (seed 0)"]
+    assert got["nonadditive_pearson"] == pytest.approx(fig["nonadditive_pearson"])
+    assert got["magnitude_pred"] == pytest.approx(fig["magnitude"])
+    # with fewer than 5 training doubles there is no profile baseline
+    assert "pair_kernel_profile" not in set(metric_baseline_rows(adata, reg, {0: doubles[:4]})["model"])
     d = mean_changes(adata, reg, [*reg.parse(doubles[0]), doubles[0]]).to_numpy()
     coef, *_ = np.linalg.lstsq(d[:2].T, d[2], rcond=None)
     np.testing.assert_allclose(rows.loc[rows.double == f"{doubles[0]} (seed 0)", "magnitude_obs"], np.hypot(*coef))

@@ -31,10 +31,12 @@ from ..interactions import mean_changes
 from ..pseudobulk.interaction_scores import double_figures
 from .files import run_path
 
-__all__ = ["METRIC_BASELINES", "benchmark_interactions", "cell_interaction_rows", "metric_baseline_rows"]
+__all__ = ["METRIC_BASELINES", "PROFILE_BASELINES", "benchmark_interactions", "cell_interaction_rows", "metric_baseline_rows"]
 
 #: regressions of the interaction metrics on the training doubles, scored beside a cell-level benchmark's models
 METRIC_BASELINES = ("heuristic", "propensity", "pair_kernel")
+#: profile baselines fitted to the same training doubles' mean changes (they also have a non-additive Pearson)
+PROFILE_BASELINES = ("pair_kernel_profile",)
 #: a training double (and each of its singles) needs this many cells to teach the metric baselines
 MIN_TRAIN_CELLS = 3
 
@@ -94,13 +96,17 @@ def metric_baseline_rows(adata: ad.AnnData, registry: PerturbationRegistry, held
     for each seed, fitted to the observed mean changes of every single and of the doubles *not* held out
     in that seed (each with at least ``min_cells`` cells, as its singles), they predict the magnitude and
     normalised residual of that seed's held-out doubles (``held_out[seed]``), in
-    :func:`cell_interaction_rows`' columns (no profile, so no non-additive Pearson)."""
+    :func:`cell_interaction_rows`' columns (no profile, so no non-additive Pearson). The profile
+    baselines (:data:`PROFILE_BASELINES`:
+    :class:`~pdae_core.eval.pseudobulk.kernel_model.PairKernelProfile`, with 5 or more such training
+    doubles) are fitted to the same mean changes and scored from their predicted profiles, as
+    :func:`cell_interaction_rows` scores a model's (with ``error_l2`` and the non-additive Pearson)."""
     from ..pseudobulk import profiles_from_anndata
     from ..pseudobulk.interaction_models import (
         HeuristicInteractionRegression,
         PropensityInteractionRegression,
     )
-    from ..pseudobulk.kernel_model import PairKernelInteractionRegression
+    from ..pseudobulk.kernel_model import PairKernelInteractionRegression, PairKernelProfile
 
     counts = pd.Series(condition_column(adata, registry.perturbation_key)).value_counts()
     conds = [c for c in counts.index if c != registry.control_label]
@@ -120,14 +126,24 @@ def metric_baseline_rows(adata: ad.AnnData, registry: PerturbationRegistry, held
                                                 var=pd.DataFrame(index=list(registry.gene_names))),
                                      separator=registry.separator, values="deltas")
         fit_on = prof.subset(sorted(singles) + train)
-        for name, cls in zip(METRIC_BASELINES, (HeuristicInteractionRegression, PropensityInteractionRegression,
-                                                PairKernelInteractionRegression)):
-            pred = cls(method=method).fit(fit_on).predict_metrics(fit_on, held)
+        preds = {name: cls(method=method).fit(fit_on).predict_metrics(fit_on, held) for name, cls in zip(
+            METRIC_BASELINES, (HeuristicInteractionRegression, PropensityInteractionRegression,
+                               PairKernelInteractionRegression))}
+        if len(fit_on.eligible_doubles()) >= 5:
+            prof_pred = PairKernelProfile().fit(fit_on).predict(prof.subset(held).labels)
+            figs = [double_figures(delta[parts[d][0]], delta[parts[d][1]], prof_pred[j], method, obs=delta[d])
+                    for j, d in enumerate(held)]
+            preds["pair_kernel_profile"] = {
+                "magnitude": [f["magnitude"] for f in figs], "normalised_residual": [f["normalised_residual"] for f in figs],
+                "nonadditive_pearson": [f["nonadditive_pearson"] for f in figs], "error_l2": [f["error_l2"] for f in figs]}
+        for name, pred in preds.items():
             for j, (d, o) in enumerate(zip(held, observed)):
                 rows.append({"model": name, "seed": 0, "fold": int(seed), "double": f"{d} (seed {seed})",
                              "magnitude_pred": float(pred["magnitude"][j]), "magnitude_obs": o["magnitude"],
                              "residual_pred": float(pred["normalised_residual"][j]),
-                             "residual_obs": o["normalised_residual"], "nonadditive_pearson": np.nan,
+                             "residual_obs": o["normalised_residual"],
+                             "nonadditive_pearson": float(pred.get("nonadditive_pearson", [np.nan] * len(held))[j]),
+                             **({"error_l2": float(pred["error_l2"][j])} if "error_l2" in pred else {}),
                              "n_cells": int(counts[d]), "train_doubles": len(train)})
     return pd.DataFrame(rows)
 
