@@ -74,13 +74,11 @@ def _gene_model(X: np.ndarray, N: np.ndarray, X_test: np.ndarray) -> tuple[np.nd
 
 def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
     from pdae_core.eval.departure import pearson_rows
+    from pdae_core.eval.departure_weights import best_beta, choose_gene_shrink, gene_weights
     from pdae_core.eval.pair_kernel import PairKernelRegression
     from pdae_core.eval.pseudobulk.interaction_models import (
         HeuristicInteractionRegression,
         PDAEStackedRegression,
-        best_beta,
-        choose_gene_shrink,
-        gene_weights,
         single_deltas,
     )
     from pdae_core.eval.pseudobulk.interaction_scores import double_figures

@@ -124,12 +124,10 @@ def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
     """One row per (seed, held-out double): the non-additive Pearson of each prediction and the
     observed and predicted magnitude and residual of ensemble / full / both."""
     from pdae_core.eval.departure import pearson_rows
+    from pdae_core.eval.departure_weights import best_beta, choose_gene_shrink, gene_weights
     from pdae_core.eval.pseudobulk.interaction_models import (
         PartnerProfile,
         PDAEStackedRegression,
-        best_beta,
-        choose_gene_shrink,
-        gene_weights,
         single_deltas,
     )
     from pdae_core.eval.pseudobulk.interaction_scores import double_figures

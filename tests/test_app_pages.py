@@ -717,6 +717,18 @@ def test_interactions_page_with_the_corrected_estimate(tmp_path):
     ok(at.button(key="ia_open").click().run())
     assert re.search(r"\| \*\*corrected\*\* by measured pairs \(likely range\) \| \d+\.\d\d \(\d+\.\d\d to \d+\.\d\d\)",
                      joined(at.markdown))
+    # ... and each gene's departure reweighted by how the networks fared on the training pairs they did not see
+    from pdae_core.eval.departure import recalibration_in_words
+
+    dep = model.calibration.departure
+    assert dep is not None
+    assert recalibration_in_words({"doubles": float(dep.n_doubles), "pearson": dep.pearson,
+                                   "pearson_networks": dep.pearson_networks}) in joined(at.caption)
+    shown = _departure_table(at).set_index("Gene")
+    pos = [model.registry.gene_names.index(g) for g in shown.index]
+    np.testing.assert_allclose(shown["Predicted departure from the sum"],
+                               dep.weight[pos] * shown["The networks' own departure (before reweighting)"]
+                               + dep.sum_weight[pos] * shown["Sum of the parts"], rtol=1e-5, atol=1e-6)
 
 
 def test_interactions_page_plans_an_experiment_with_a_number_of_cells(tmp_path):

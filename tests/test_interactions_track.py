@@ -342,7 +342,8 @@ def test_stacked_regression_reads_the_ensembles_out_of_fold_metrics():
     """pdae_stacked: the ensemble's out-of-fold metrics of the training doubles (never its in-sample
     predictions) beside the baselines' features; on log-additive doubles it ranks held-out doubles as
     well as the propensity regression it contains; its profile adds back a share of the additive part."""
-    from pdae_core.eval.pseudobulk.interaction_models import PDAEStackedRegression, gene_weights
+    from pdae_core.eval.departure_weights import gene_weights
+    from pdae_core.eval.pseudobulk.interaction_models import PDAEStackedRegression
 
     p, conds, factor = _log_additive()
     model = PDAEStackedRegression(n_members=2, seed=0, **TINY).fit(p)
@@ -387,7 +388,7 @@ def test_gene_weights_and_their_shrinkage():
     """Per gene, the ridge regression of the observed non-additive part on the predicted one and
     the singles' sum: ordinary least squares per gene without shrinkage, (1, beta) with a huge one;
     cross-validation prefers little shrinkage when genes truly differ and much when they do not."""
-    from pdae_core.eval.pseudobulk.interaction_models import best_beta, choose_gene_shrink, gene_weights
+    from pdae_core.eval.departure_weights import best_beta, choose_gene_shrink, gene_weights
 
     rng = np.random.default_rng(0)
     n, G = 60, 40

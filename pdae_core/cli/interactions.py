@@ -54,7 +54,10 @@ With --pair A+B, one row per gene instead (largest departure first): gene, chang
 sum_of_parts, predicted_pair, departure (predicted_pair - sum_of_parts), departure_spread (across
 an ensemble's networks), kind (stronger, weaker, reversed, new: against the sum of the parts);
 for a cross-fitted ensemble departure_lo/_hi at --level; for a measured pair observed_pair,
-observed_departure and observed_kind."""
+observed_departure and observed_kind. A cross-fitted ensemble scored against the observed singles
+reweights each gene's departure by how its networks fared on the training doubles they did not
+see (departure = w * network_departure + v * sum_of_parts; predicted_pair = sum_of_parts +
+departure); the networks' own are kept as network_departure and network_pair."""
 
 
 def add_parser(sub: Any) -> None:
@@ -207,7 +210,12 @@ def write_csv(table: Any, out: Path) -> None:
 
 def run_pair(args: argparse.Namespace, model: Any, adata: Any, source: str, out: Path, t0: float) -> int:
     """``pdae interactions --pair A+B``: the pair's interaction and its per-gene departure."""
-    from ..eval.departure import agreement_in_words, departure_agreement, describe_departures
+    from ..eval.departure import (
+        agreement_in_words,
+        departure_agreement,
+        describe_departures,
+        recalibration_in_words,
+    )
     from ..eval.pair_screen import pair_interaction
 
     sep = model.registry.separator
@@ -233,6 +241,8 @@ def run_pair(args: argparse.Namespace, model: Any, adata: Any, source: str, out:
                         f"{res.observed['normalised_residual']:.2f}."))
         print(printable(agreement_in_words(departure_agreement(table), res.in_training)))
     print(printable(describe_departures(table)))
+    if res.recalibration is not None:
+        print(printable(recalibration_in_words(res.recalibration)))
     if args.top > 0:
         cols = [c for c in ("gene", "sum_of_parts", "predicted_pair", "departure", "departure_spread", "departure_lo",
                             "departure_hi", "kind", "observed_departure") if c in table.columns]

@@ -14,7 +14,11 @@ predictions with the observed doubles and keeps, as a :class:`Calibration`:
 * per interaction metric (``magnitude``, ``normalised_residual``), the sorted absolute
   out-of-fold errors of the metric, scored as the pair screen scores a pair (against the
   observed singles, least squares, the genes expressed in control), from which
-  :meth:`Calibration.metric_half_width` gives a half-width at any level.
+  :meth:`Calibration.metric_half_width` gives a half-width at any level;
+* with the observed singles and at least 10 calibration doubles, a gene-by-gene recalibration
+  of the predicted departure from the sum of the parts
+  (:class:`~pdae_core.eval.departure_weights.DepartureWeights`), kept when it beats the networks'
+  own departures in cross-validation over the calibration doubles, with its own ranges.
 
 An interval is the ensemble's prediction plus or minus the half-width. The errors come from
 single members trained without a fifth of the doubles, so the intervals lean conservative
@@ -37,6 +41,7 @@ from ..data.registry import PerturbationRegistry, condition_column
 from ..errors import DataError
 from .cell_noise import CellNoise, cell_counts_and_variance, expected_ranges, metric_noise
 from .conformal import conformal_rank, record_floats, record_levels
+from .departure_weights import DepartureWeights, fit_departure_weights
 from .interactions import mean_changes
 from .pair_screen import SINGLE_EFFECTS, _screen_inputs, pair_metrics
 from .stacking import METRICS  # the interaction metrics with an interval
@@ -103,7 +108,11 @@ class Calibration:
     member's predicted ones (:data:`~pdae_core.eval.pair_screen.SINGLE_EFFECTS`; records written
     before the choice existed used the model's); ``cell_noise``: the sampling-noise model of the
     calibration doubles (:class:`~pdae_core.eval.cell_noise.CellNoise`: intervals for a double
-    measured with a given number of cells; None in records written before it was kept)."""
+    measured with a given number of cells; None in records written before it was kept);
+    ``departure``: the gene-by-gene recalibration of the predicted departure from the sum of the
+    observed singles (:class:`~pdae_core.eval.departure_weights.DepartureWeights`; None with the
+    model's own singles, with fewer than 10 calibration doubles, when it did not beat the networks'
+    own departures in cross-validation, or in records written before it was kept)."""
 
     left_out: list[list[str]]
     gene_half_widths: dict[float, np.ndarray]
@@ -113,6 +122,7 @@ class Calibration:
     out_of_fold: dict[str, np.ndarray] | None = None
     single_effects: str = "model"
     cell_noise: CellNoise | None = None
+    departure: DepartureWeights | None = None
     doubles: list[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -157,6 +167,7 @@ class Calibration:
             **({} if self.out_of_fold is None else {"out_of_fold": {m: num(v) for m, v in self.out_of_fold.items()}}),
             "single_effects": self.single_effects,
             **({} if self.cell_noise is None else {"cell_noise": self.cell_noise.to_dict()}),
+            **({} if self.departure is None else {"departure_weights": self.departure.to_dict()}),
         }
 
     @classmethod
@@ -194,8 +205,14 @@ class Calibration:
             raise bad(f"single_effects must be one of {', '.join(SINGLE_EFFECTS)}")
         noise = d.get("cell_noise")
         noise = None if noise is None else CellNoise.from_dict(noise, n_genes, n_doubles, bad)
+        dep = d.get("departure_weights")
+        if dep is not None and single != "observed":
+            raise bad("departure_weights needs single_effects 'observed'")
+        dep = None if dep is None else DepartureWeights.from_dict(dep, n_genes, bad)
+        if dep is not None and dep.n_doubles != n_doubles:
+            raise bad(f"departure_weights.n_doubles must be the {n_doubles} calibration doubles")
         return cls(left_out=[list(g) for g in left], gene_half_widths=gene_hw, metric_errors=metric, genes=genes,
-                   n_source_cells=n_src, out_of_fold=oof, single_effects=single, cell_noise=noise)
+                   n_source_cells=n_src, out_of_fold=oof, single_effects=single, cell_noise=noise, departure=dep)
 
 
 def _double_inputs(model: Any, adata: ad.AnnData, doubles: Sequence[str], n_cells: int, seed: int) -> tuple[
@@ -241,6 +258,7 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
     n_of, rng = dict(zip(order, cells.tolist())), np.random.default_rng(seed)
     metric_err, oof = {m: [] for m in METRICS}, {m: {} for m in METRICS}
     signed: dict[str, np.ndarray] = {}
+    departs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # predicted, sum and observed departure
     noisy: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in METRICS}
     for k, group in enumerate(left_out):
         if not group:
@@ -250,6 +268,7 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
         for d, (pA, pB, pAB) in zip(group, pred):
             oA, oB, oAB = (observed[c] for c in (*parts[d], d))
             signed[d] = pAB - oAB
+            departs[d] = (pAB - oA - oB, oA + oB, oAB - oA - oB)
             if single_effects == "observed":
                 pA, pB = oA, oB
             p = pair_metrics(pA[gidx], pB[gidx], pAB[gidx])
@@ -266,13 +285,15 @@ def calibrate(model: Any, adata: ad.AnnData, left_out: Sequence[Sequence[str]], 
     noise = None if noise_var is None else CellNoise.fit(
         np.stack([signed[d] for d in order]), {m: np.array([noisy[m][d][0] for d in order]) for m in METRICS},
         {m: np.array([noisy[m][d][1] for d in order]) for m in METRICS}, cells, noise_var, levels)
+    departure = None if single_effects != "observed" else fit_departure_weights(
+        *(np.stack([departs[d][i] for d in order]) for i in range(3)), levels, noise_var, cells, seed)
     return Calibration(
         left_out=[sorted(g) for g in left_out],
         gene_half_widths={float(lv): _quantile(errors, lv) for lv in levels},
         metric_errors={m: np.sort(np.asarray(v, dtype=np.float64)) for m, v in metric_err.items()},
         genes=gene_set, n_source_cells=int(source.n_obs),
         out_of_fold={m: np.array([oof[m][d] for d in order]) for m in METRICS}, single_effects=single_effects,
-        cell_noise=noise,
+        cell_noise=noise, departure=departure,
     )
 
 

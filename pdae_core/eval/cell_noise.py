@@ -46,7 +46,7 @@ from .conformal import conformal_rank, record_floats, record_levels
 from .interactions import pair_metrics
 from .stacking import METRICS
 
-__all__ = ["DRAWS", "CellNoise", "cell_counts_and_variance", "expected_ranges", "metric_noise", "model_variance",
+__all__ = ["DRAWS", "CellNoise", "cell_counts_and_variance", "expected_ranges", "gene_scores_fit", "metric_noise", "model_variance",
            "studentised"]
 
 #: noisy draws per double when simulating an interaction metric at ``n`` cells
@@ -88,6 +88,21 @@ def model_variance(errors: np.ndarray, sampling_var: np.ndarray) -> np.ndarray:
 def studentised(errors: np.ndarray, sampling_var: np.ndarray, model_var: np.ndarray) -> np.ndarray:
     """``|errors| / sqrt(model_var + sampling_var)`` (broadcast)."""
     return np.abs(errors) / np.sqrt(np.asarray(model_var) + np.asarray(sampling_var))
+
+
+def gene_scores_fit(errors: np.ndarray, sampling_var: np.ndarray, levels: Sequence[float]
+                    ) -> tuple[np.ndarray, dict[float, np.ndarray]]:
+    """From signed per-gene errors ``errors`` (n, genes) of doubles whose observed side has sampling
+    variance ``sampling_var`` (n, genes): the model's variance per gene (:func:`model_variance`) and,
+    per level, the split-conformal quantile of the studentised errors (inf when n is too small).
+    The half-width at ``n`` cells is then ``q sqrt(model_var + noise_var / n)``."""
+    tau = model_variance(errors, sampling_var)
+    scores = np.sort(studentised(errors, sampling_var, tau), axis=0)
+    out = {}
+    for lv in levels:
+        k = conformal_rank(len(scores), lv)
+        out[float(lv)] = np.full(scores.shape[1], np.inf) if k is None else scores[k - 1]
+    return tau, out
 
 
 def metric_noise(dA: np.ndarray, dB: np.ndarray, dAB: np.ndarray, noise_var: np.ndarray, n_cells: float,
@@ -134,13 +149,8 @@ class CellNoise:
         shift``) and the simulated spread (:func:`metric_noise`), the doubles' cells and the pooled
         per-gene cell variance."""
         cells = np.asarray(cells, dtype=np.float64)
-        samp = np.asarray(noise_var, dtype=np.float64)[None] / cells[:, None]
-        tau = model_variance(gene_errors, samp)
-        scores = np.sort(studentised(gene_errors, samp, tau), axis=0)
-        gene_scores = {}
-        for lv in levels:
-            k = conformal_rank(len(scores), lv)
-            gene_scores[float(lv)] = np.full(scores.shape[1], np.inf) if k is None else scores[k - 1]
+        tau, gene_scores = gene_scores_fit(gene_errors, np.asarray(noise_var, dtype=np.float64)[None] / cells[:, None],
+                                           levels)
         m_var, m_scores = {}, {}
         for m in METRICS:
             e, s2 = np.asarray(metric_errors[m], dtype=np.float64), np.asarray(metric_spread[m], dtype=np.float64) ** 2

@@ -11,7 +11,8 @@ where the PDAE ensemble is ahead of every baseline (non-additive Pearson, docs/b
 - :func:`departure_kind`: each gene's departure in words (stronger, weaker, reversed, new).
 - :func:`departure_agreement`: for a measured pair, how the predicted departure matches the
   observed one, beside what a uniform scaling of the sum could reach at best.
-- :func:`describe_departures`, :func:`agreement_in_words`: the same in sentences.
+- :func:`describe_departures`, :func:`agreement_in_words`, :func:`recalibration_in_words`: the
+  same in sentences.
 - :func:`top_departures`: for many pairs at once (the pair screen), each pair's largest departures
   as a short text.
 """
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["KINDS", "NEW_RATIO", "agreement_in_words", "departure_agreement", "departure_kind", "describe_departures",
-           "gene_departures", "pearson_over_genes", "pearson_rows", "top_departures"]
+           "gene_departures", "pearson_over_genes", "pearson_rows", "recalibration_in_words", "top_departures"]
 
 #: A gene whose summed single change is below this fraction of its departure is "new in the pair".
 NEW_RATIO = 1.0 / 3.0
@@ -60,6 +61,7 @@ def gene_departures(
     genes: Sequence[str],
     observed: np.ndarray | None = None,
     half_width: np.ndarray | None = None,
+    weights: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The per-gene departure of one pair from the sum of its parts.
 
@@ -67,7 +69,12 @@ def gene_departures(
     network (one network: shape (1, 3, genes)); the singles' rows may be the observed changes, the
     same for every network. ``observed``: (3, genes) the observed changes of ``A``, ``B``, ``A+B``
     when the pair was measured. ``half_width``: per gene, the half-width of a calibrated interval
-    of the pair's change (it is also the departure's when the singles are the observed ones).
+    of the pair's change (it is also the departure's when the singles are the observed ones), or
+    with ``weights`` of the recalibrated departure. ``weights``: per gene ``(w, v)``, a
+    recalibration of the networks' departure ``E`` learnt on doubles they did not train on
+    (:mod:`pdae_core.eval.departure_weights`): the departure is ``w E + v (dA + dB)`` and the
+    predicted pair the sum of the parts plus it; the networks' own are kept as
+    ``network_departure`` and ``network_pair``.
 
     Returns one row per gene, sorted by ``|departure|`` (largest first): ``gene``, ``change_a``,
     ``change_b``, ``sum_of_parts``, ``predicted_pair``, ``departure`` (``predicted_pair -
@@ -85,11 +92,18 @@ def gene_departures(
     per_net = d[:, 2] - d[:, 0] - d[:, 1]
     total = mean[0] + mean[1]
     dep = mean[2] - total
+    extra = {}
+    if weights is not None:
+        w, v = (np.asarray(x, dtype=np.float64) for x in weights)
+        if w.shape != (n_genes,) or v.shape != (n_genes,):
+            raise ValueError(f"weights must be two arrays of one value per gene ({n_genes}).")
+        extra = {"network_pair": mean[2], "network_departure": dep}
+        dep, per_net = w * dep + v * total, w * per_net + v * (d[:, 0] + d[:, 1])
     table = pd.DataFrame({
         "gene": list(genes), "change_a": mean[0], "change_b": mean[1], "sum_of_parts": total,
-        "predicted_pair": mean[2], "departure": dep,
+        "predicted_pair": total + dep, "departure": dep,
         "departure_spread": per_net.std(0, ddof=1) if len(d) > 1 else np.full(n_genes, np.nan),
-        "kind": departure_kind(total, dep),
+        "kind": departure_kind(total, dep), **extra,
     })
     if half_width is not None:
         hw = np.asarray(half_width, dtype=np.float64)
@@ -171,6 +185,14 @@ def agreement_in_words(agree: dict[str, float], in_training: bool = False) -> st
     if in_training:
         text += " The pair was used in training, so this is not a test of the model."
     return text
+
+
+def recalibration_in_words(info: dict[str, float]) -> str:
+    """A :class:`~pdae_core.eval.pair_screen.PairInteraction`'s ``recalibration`` in a sentence."""
+    return (f"Each gene's departure is the networks' own, reweighted gene by gene where {int(info['doubles'])} "
+            f"measured pairs they did not train on showed them right or wrong (on those pairs, cross-validated: "
+            f"r = {info['pearson']:.2f} with the measured departures, against {info['pearson_networks']:.2f} for "
+            "the networks' own).")
 
 
 def top_departures(departure: np.ndarray, genes: Sequence[str], k: int = 3) -> list[str]:

@@ -14,7 +14,9 @@ squares so that thousands of pairs take seconds:
 * ``effect`` = ``||dAB||``, the size of the predicted change;
 * ``top_departures``: the three genes whose predicted change departs most from the sum of the
   parts, with that departure (:func:`~pdae_core.eval.departure.top_departures`; the whole list of
-  one pair: :func:`pair_interaction`'s ``genes_table``).
+  one pair: :func:`pair_interaction`'s ``genes_table``). With the observed singles and a
+  calibration that recalibrates departures (:mod:`pdae_core.eval.departure_weights`), the
+  recalibrated departure.
 
 ``dA`` and ``dB`` are the singles' *observed* mean changes when the data measured every single
 (``single_effects="auto"``), as the benchmarks score a prediction; otherwise (or with
@@ -250,6 +252,8 @@ def screen_pairs(
     mean_single = d_single.mean(0) if noise is not None else None  # (S, G'), for the ranges at `cells`
     ranges: list[dict[str, float]] = []
     names, tops = [reg.gene_names[i] for i in gidx], []
+    cal = getattr(model, "calibration", None)
+    recal = cal.departure if cal is not None and mode == "observed" else None  # departures recalibrated per gene
     bar = None
     if progress is None and progress_bar and len(pairs) > chunk_pairs:
         from tqdm.auto import tqdm
@@ -262,7 +266,10 @@ def screen_pairs(
         m = pair_metrics(d_single[:, chunk[:, 0]], d_single[:, chunk[:, 1]], d_pair)
         for key, v in m.items():  # v: (M, P)
             cols.setdefault(key, []).append(v)
-        dep = (d_pair - d_single[:, chunk[:, 0]] - d_single[:, chunk[:, 1]]).mean(0)  # (P, G'): pair minus the parts
+        total = d_single[:, chunk[:, 0]] + d_single[:, chunk[:, 1]]
+        dep = (d_pair - total).mean(0)  # (P, G'): pair minus the parts
+        if recal is not None:
+            dep = recal.apply(dep, total.mean(0), gidx)
         tops += top_departures(dep, names)
         if noise is not None:  # the range an experiment with `cells` cells per pair would show
             mp = d_pair.mean(0)
@@ -403,7 +410,11 @@ class PairInteraction:
     gene of the gene set, where the pair departs from the sum of its parts
     (:func:`~pdae_core.eval.departure.gene_departures`; ranges at ``level`` for a calibrated
     ensemble scored against the observed singles: at the pair's number of cells when it was
-    measured and the calibration has a sampling-noise model)."""
+    measured and the calibration has a sampling-noise model). ``recalibration``: when the table's
+    departures are recalibrated gene by gene (:mod:`~pdae_core.eval.departure_weights`), how many
+    calibration doubles taught it (``doubles``) and the cross-validated Pearson of the recalibrated
+    and of the networks' own departure with the observed one (``pearson``, ``pearson_networks``);
+    else None."""
 
     pair: str
     a: str
@@ -425,6 +436,7 @@ class PairInteraction:
     single_effects: str = "model"
     at_cells: dict[str, float] | None = None
     genes_table: pd.DataFrame | None = None
+    recalibration: dict[str, float] | None = None
 
     @property
     def n_members(self) -> int:
@@ -543,11 +555,15 @@ def pair_interaction(
             mean = d.mean(0)
             at_cells = expected_ranges(cal.cell_noise, mean[0], mean[1], mean[2], predicted, gidx, n_pair, level,
                                        seed)
-    half_width = None  # the pair's change has a calibrated range; with the observed singles it is the departure's
+    half_width = weights = None  # the pair's change has a calibrated range; with the observed singles it is the departure's
+    noise = None if cal is None or observed is None else cal.cell_noise
     if cal is not None and mode == "observed":
-        half_width = (cal.cell_noise.gene_half_width(level, n_pair) if observed is not None and
-                      cal.cell_noise is not None else cal.gene_half_width(level))[gidx]
-    table = gene_departures(d, [reg.gene_names[i] for i in gidx], None if observed is None else delta, half_width)
+        half_width = (noise.gene_half_width(level, n_pair) if noise is not None else cal.gene_half_width(level))[gidx]
+        if cal.departure is not None:  # the departure recalibrated gene by gene, with its own ranges
+            weights = (cal.departure.weight[gidx], cal.departure.sum_weight[gidx])
+            half_width = cal.departure.half_width(level, None if noise is None else noise.noise_var, n_pair, gidx)
+    table = gene_departures(d, [reg.gene_names[i] for i in gidx], None if observed is None else delta, half_width,
+                            weights)
     stacked = None
     if cal is not None and cal.out_of_fold is not None and cal.single_effects == mode:
         stack = fit_screen_stacker(model, adata, gidx, [a, b], _min_cells(model, min_cells))
@@ -566,4 +582,7 @@ def pair_interaction(
         in_training=any(n in set(model.train_conditions) for n in names),
         n_genes=int(len(gidx)), genes=gene_set, n_source_cells=int(source.n_obs), stacked=stacked,
         single_effects=mode, at_cells=at_cells, genes_table=table,
+        recalibration=None if weights is None else {"doubles": float(cal.departure.n_doubles),
+                                                    "pearson": cal.departure.pearson,
+                                                    "pearson_networks": cal.departure.pearson_networks},
     )

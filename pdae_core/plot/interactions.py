@@ -116,6 +116,8 @@ DEPARTURE_TABLE_LABELS: dict[str, str] = {
     "observed_pair": "Observed change with the pair",
     "observed_departure": "Observed departure from the sum",
     "observed_kind": "Observed",
+    "network_departure": "The networks' own departure (before reweighting)",
+    "network_pair": "The networks' own change with the pair",
 }
 SEQUENTIAL = "YlOrRd"  # larger = more interesting (non-additivity, test-next score)
 SPREAD_SCALE = "Purples"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ...errors import DataError
-from ..departure import pearson_rows
+from ..departure_weights import BETAS, GENE_SHRINKS, best_beta, choose_gene_shrink, gene_weights
 from ..pair_kernel import PairKernelRegression
 from ..stacking import (
     DEFAULT_ALPHAS,
@@ -33,9 +33,8 @@ from .kernel_model import observed_log_metrics, profile_singles
 from .models import AdditiveProfile, PDAEProfile, ProfileModel
 from .profiles import ProfileSet, train_conditions
 
-__all__ = ["GENE_SHRINKS", "HeuristicInteractionRegression", "PartnerProfile", "PDAEEnsembleProfile",
-           "PDAEStackedRegression", "PropensityInteractionRegression", "best_beta", "choose_gene_shrink", "gene_weights",
-           "single_deltas"]
+__all__ = ["HeuristicInteractionRegression", "PartnerProfile", "PDAEEnsembleProfile",
+           "PDAEStackedRegression", "PropensityInteractionRegression", "single_deltas"]
 
 
 def single_deltas(profiles: ProfileSet, double: str) -> tuple[np.ndarray, np.ndarray]:
@@ -415,58 +414,6 @@ class PDAEEnsembleProfile(ProfileModel):
 # the ensemble's metrics stacked with the regressions' features
 
 
-#: Shrinkages of the per-gene recalibration (:func:`gene_weights`), times the median over genes of
-#: ``sum_c E_cg^2``.
-GENE_SHRINKS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-def best_beta(E: np.ndarray, S: np.ndarray, N: np.ndarray, betas: Sequence[float]) -> float:
-    """The ``beta`` of ``betas`` with the best mean Pearson over genes of ``E + beta S`` with ``N``
-    (doubles x genes: a predicted non-additive part, the singles' sums, the observed part)."""
-    scores = [float(np.nanmean(pearson_rows(E + b * S, N))) for b in betas]
-    return float(betas[int(np.nanargmax(scores))]) if np.isfinite(scores).any() else 0.0
-
-
-def gene_weights(E: np.ndarray, S: np.ndarray, N: np.ndarray, beta: float, shrink: float
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per gene ``g``, the ridge regression of ``N_g`` on ``(E_g, S_g)`` over the doubles (rows),
-    shrunk towards ``(1, beta)`` with penalty ``shrink`` times the median over genes of
-    ``sum E_g^2``: the weights ``w``, ``v`` of the recalibrated part ``w E + v S``. A gene whose
-    predicted departure has matched the observed one keeps its weight; one where it has not counts
-    less."""
-    a11, a12, a22 = (E * E).sum(0), (E * S).sum(0), (S * S).sum(0)
-    lam = float(shrink) * float(np.median(a11))
-    r1, r2 = (E * N).sum(0) + lam, (S * N).sum(0) + lam * beta
-    det = (a11 + lam) * (a22 + lam) - a12 ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        w, v = ((a22 + lam) * r1 - a12 * r2) / det, ((a11 + lam) * r2 - a12 * r1) / det
-    ok = det > 0  # a gene with no signal at all keeps (1, beta)
-    return np.where(ok, w, 1.0), np.where(ok, v, beta)
-
-
-def choose_gene_shrink(E: np.ndarray, S: np.ndarray, N: np.ndarray, betas: Sequence[float],
-                       shrinks: Sequence[float] = GENE_SHRINKS, genes: Any = None, n_folds: int = 5,
-                       seed: int = 0) -> tuple[float, dict[float, float]]:
-    """The shrinkage of :func:`gene_weights` by ``n_folds``-fold cross-validation over the doubles
-    (rows; ``beta`` chosen again on each fold's training rows, by :func:`best_beta`): the mean
-    Pearson over ``genes`` of each left-out double's recalibrated part with its observed part."""
-    g = slice(None) if genes is None else genes
-    groups = np.array_split(np.random.default_rng(seed).permutation(len(E)), n_folds)
-    folds = []  # each fold's training rows and its beta (which does not depend on the shrinkage)
-    for grp in groups:
-        m = np.ones(len(E), dtype=bool)
-        m[grp] = False
-        folds.append((m, best_beta(E[m][:, g], S[m][:, g], N[m][:, g], betas)))
-    scores = {}
-    for sh in shrinks:
-        r: list[float] = []
-        for m, beta in folds:
-            w, v = gene_weights(E[m], S[m], N[m], beta, sh)
-            r += list(pearson_rows((w * E[~m] + v * S[~m])[:, g], N[~m][:, g]))
-        scores[float(sh)] = float(np.nanmean(r))
-    return max(scores, key=scores.get), scores
-
-
 class PDAEStackedRegression:
     """The cross-fitted PDAE ensemble's predicted metrics, combined with what the baselines know.
 
@@ -511,7 +458,7 @@ class PDAEStackedRegression:
 
     def __init__(self, method: str = "lstsq", genes: np.ndarray | None = None, seed: int = 0, n_members: int = 5,
                  alphas: Sequence[float] = DEFAULT_ALPHAS,
-                 betas: Sequence[float] = tuple(np.round(np.arange(-1.0, 1.0001, 0.05), 2)),
+                 betas: Sequence[float] = BETAS,
                  gene_shrinks: Sequence[float] | None = GENE_SHRINKS, kernel: bool = True, **ensemble_kw: Any) -> None:
         self.method, self.genes, self.seed, self.n_members = method, genes, int(seed), int(n_members)
         self.kernel = bool(kernel)
