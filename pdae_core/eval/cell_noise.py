@@ -46,8 +46,8 @@ from .conformal import conformal_rank, record_floats, record_levels
 from .interactions import pair_metrics
 from .stacking import METRICS
 
-__all__ = ["DRAWS", "CellNoise", "cell_counts_and_variance", "expected_ranges", "gene_scores_fit", "metric_noise", "model_variance",
-           "studentised"]
+__all__ = ["DRAWS", "CellNoise", "cell_counts_and_variance", "expected_ranges", "gene_scores_fit", "metric_noise",
+           "model_variance", "studentised"]
 
 #: noisy draws per double when simulating an interaction metric at ``n`` cells
 DRAWS = 200
