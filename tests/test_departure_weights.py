@@ -9,6 +9,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import pdae_core as pc
@@ -188,3 +189,20 @@ def test_the_recalibration_travels_in_the_sealed_checkpoint(ensemble, tmp_path):
     (d / "config.json").write_text(json.dumps(seal(cfg)))
     assert pc.load_model(d).calibration.departure is None
 
+
+
+def test_pdae_interactions_pair_writes_and_says_the_reweighted_departure(data, ensemble, tmp_path, capsys):
+    from pdae_core.cli import main as cli_main
+    from pdae_core.eval.departure import recalibration_in_words
+    from pdae_core.eval.pair_screen import pair_interaction
+
+    ensemble.save(tmp_path / "ens")
+    data.write_h5ad(tmp_path / "cells.h5ad")
+    out = tmp_path / "genes.csv"
+    assert cli_main(["interactions", str(tmp_path / "ens"), "--data", str(tmp_path / "cells.h5ad"), "--pair", "P2+P6",
+                     "--n-cells", "64", "--genes", "all", "--out", str(out)]) == 0
+    res = pair_interaction(ensemble, data, "P2", "P6", n_cells=64, genes="all")
+    assert recalibration_in_words(res.recalibration) in " ".join(capsys.readouterr().out.split())
+    written = pd.read_csv(out)
+    assert {"departure", "network_departure", "network_pair", "departure_lo"} <= set(written.columns)
+    np.testing.assert_allclose(written["departure"], res.genes_table["departure"], rtol=1e-5, atol=1e-7)
