@@ -16,9 +16,12 @@ and, for every held-out double, records from its genes table (all 72 genes, the 
 * ``covered``: the share of genes whose observed departure lies in its 80% range at the double's
   own number of cells (``n_cells``).
 
+Every held-out double counts (at least 4 cells, as the benchmark's rule; ``min_cells=4``). The
+trained ensemble is kept in ``rows/seed<S>_model`` and reused when the seed is run again.
+
 ``--report`` pools the (seed, double) rows: means and 95% bootstrap intervals over doubles, paired
-differences, and the same over the doubles with at least 10 cells. One seed takes about 4 minutes
-on one thread::
+differences, and the same over the doubles with at least 10 cells. One seed takes about 18 minutes
+on one thread (the five networks' training; two seeds side by side)::
 
     python benchmarks/departure_cells.py --seed 0 --threads 1 --rows benchmarks/results/departure_cells/rows &
     python benchmarks/departure_cells.py --seed 1 --threads 1 --rows benchmarks/results/departure_cells/rows
@@ -64,6 +67,7 @@ def _data(data_dir: str | None):
 def run_seed(seed: int, rows: Path, threads: int | None, data_dir: str | None) -> None:
     import torch
 
+    from pdae_core import load_model
     from pdae_core.eval.benchmark.run import make_splits
     from pdae_core.eval.departure import departure_agreement, pearson_over_genes
     from pdae_core.eval.pair_screen import pair_interaction
@@ -73,11 +77,17 @@ def run_seed(seed: int, rows: Path, threads: int | None, data_dir: str | None) -
     if threads:
         torch.set_num_threads(threads)
     adata, reg, spec = _data(data_dir)
+    rows.mkdir(parents=True, exist_ok=True)
     split = next(s for s in make_splits(adata, reg, spec) if s.seed == seed)
     t0 = time.perf_counter()
-    model = build_model("pdae", reg, seed=seed, n_members=5, cross_fit=True)
-    model.fit(adata, holdout=split.test, seed=seed, accelerator="cpu", max_epochs=EPOCHS)
-    fit_s = time.perf_counter() - t0
+    saved = rows / f"seed{seed}_model"  # kept, so that the rows can be scored again without training
+    if saved.exists():
+        model, fit_s = load_model(saved), float("nan")
+    else:
+        model = build_model("pdae", reg, seed=seed, n_members=5, cross_fit=True)
+        model.fit(adata, holdout=split.test, seed=seed, accelerator="cpu", max_epochs=EPOCHS)
+        fit_s = time.perf_counter() - t0
+        model.save(saved)
     # scaled additive: the cell-level benchmark's baseline, alpha fitted on the training doubles
     alpha = float(ScaledAdditiveBaseline().fit(adata, reg, split.test).alpha_)
     counts = pd.Series(np.asarray(adata.obs[reg.perturbation_key]).astype(str)).value_counts()
@@ -85,7 +95,8 @@ def run_seed(seed: int, rows: Path, threads: int | None, data_dir: str | None) -
     out = []
     for d in split.test:
         a, b = reg.parse(d)
-        t = pair_interaction(model, adata, a, b, genes="all", seed=seed, level=LEVEL).genes_table
+        t = pair_interaction(model, adata, a, b, genes="all", seed=seed, level=LEVEL,
+                             min_cells=spec.min_test_cells).genes_table
         if "observed_departure" not in t:
             continue
         obs = t["observed_departure"].to_numpy()
@@ -100,7 +111,6 @@ def run_seed(seed: int, rows: Path, threads: int | None, data_dir: str | None) -
             "cv_pearson_networks": cal.departure.pearson_networks if cal.departure is not None else np.nan,
             "fit_seconds": fit_s,
         })
-    rows.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(out).to_csv(rows / f"seed{seed}.csv", index=False)
     print(f"seed {seed}: {len(out)} held-out doubles, {cal.n} calibration doubles, fit {fit_s:.0f} s", flush=True)
 
