@@ -46,8 +46,8 @@ from .conformal import conformal_rank, record_floats, record_levels
 from .interactions import pair_metrics
 from .stacking import METRICS
 
-__all__ = ["DRAWS", "CellNoise", "cell_counts_and_variance", "expected_ranges", "gene_scores_fit", "metric_noise",
-           "model_variance", "studentised"]
+__all__ = ["DRAWS", "CellNoise", "cell_counts_and_variance", "expected_ranges", "gene_scores_fit", "half_width_at_cells",
+           "metric_noise", "model_variance", "studentised"]
 
 #: noisy draws per double when simulating an interaction metric at ``n`` cells
 DRAWS = 200
@@ -103,6 +103,13 @@ def gene_scores_fit(errors: np.ndarray, sampling_var: np.ndarray, levels: Sequen
         k = conformal_rank(len(scores), lv)
         out[float(lv)] = np.full(scores.shape[1], np.inf) if k is None else scores[k - 1]
     return tau, out
+
+
+def half_width_at_cells(q: np.ndarray, model_var: np.ndarray, noise_var: np.ndarray, n_cells: float) -> np.ndarray:
+    """``q sqrt(model_var + noise_var / n_cells)``: the half-width of what a double measured with
+    ``n_cells`` cells would show (``inf`` cells: the true value, no sampling noise)."""
+    samp = 0.0 if not np.isfinite(n_cells) else np.asarray(noise_var) / max(float(n_cells), 1.0)
+    return np.asarray(q) * np.sqrt(np.asarray(model_var) + samp)
 
 
 def metric_noise(dA: np.ndarray, dB: np.ndarray, dAB: np.ndarray, noise_var: np.ndarray, n_cells: float,
@@ -164,9 +171,7 @@ class CellNoise:
     def gene_half_width(self, level: float, n_cells: float) -> np.ndarray:
         """Per gene, the half-width of the interval of the mean change a double measured with
         ``n_cells`` cells would show (``inf`` cells: the true mean change)."""
-        q = self._gene_q(level)
-        samp = 0.0 if not np.isfinite(n_cells) else self.noise_var / max(float(n_cells), 1.0)
-        return q * np.sqrt(self.gene_model_var + samp)
+        return half_width_at_cells(self._gene_q(level), self.gene_model_var, self.noise_var, n_cells)
 
     def metric_interval(self, metric: str, pred: float, shift: float, spread: float, level: float) -> tuple[float, float]:
         """The interval of ``metric`` a double would show, from the predicted value and the simulated

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .cell_noise import gene_scores_fit
+from .cell_noise import gene_scores_fit, half_width_at_cells
 from .conformal import conformal_rank, record_floats, record_levels
 from .departure import pearson_rows
 
@@ -144,8 +144,7 @@ class DepartureWeights:
             raise DataError(f"Departure ranges are kept at levels {sorted(self.half_widths)}; got {level!r}.")
         if noise_var is None or n_cells is None or self.scores is None or self.model_var is None:
             return self.half_widths[lv][g]
-        samp = 0.0 if not np.isfinite(n_cells) else np.asarray(noise_var)[g] / max(float(n_cells), 1.0)
-        return self.scores[lv][g] * np.sqrt(self.model_var[g] + samp)
+        return half_width_at_cells(self.scores[lv][g], self.model_var[g], np.asarray(noise_var)[g], n_cells)
 
     def to_dict(self) -> dict[str, Any]:
         def num(v: np.ndarray) -> list[float | None]:
