@@ -91,9 +91,10 @@ def _full_members(ens, train, held, seed: int) -> np.ndarray:
 
 
 def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_dir: str | None,
-             full: bool = True) -> None:
+             full: bool = True, double_weight: int = 1) -> None:
     """Fit each fold's ensemble (and, with ``full``, the members refitted on every training profile)
-    into ``rows/seed<S>_fold<F>.npz``; a fold already there is skipped."""
+    into ``rows/seed<S>_fold<F>.npz``; a fold already there is skipped. ``double_weight``: the
+    members' (:class:`~pdae_core.eval.pseudobulk.PDAEProfile`)."""
     import torch
 
     from pdae_core.eval.pseudobulk.interaction_models import PDAEEnsembleProfile
@@ -110,7 +111,7 @@ def run_seed(seed: int, folds: list[int], rows: Path, threads: int | None, data_
             continue
         t0 = time.perf_counter()
         train, held = P.subset(train_conditions(P, dealt[f])), P.subset(dealt[f])
-        ens = PDAEEnsembleProfile(n_members=N_MEMBERS, seed=seed).fit(train)
+        ens = PDAEEnsembleProfile(n_members=N_MEMBERS, seed=seed, double_weight=double_weight).fit(train)
         extra = {"full": _full_members(ens, train, held, seed)} if full else {}
         np.savez(out.with_suffix(".tmp.npz"), oof=ens.oof_, calibration=np.array(ens.calibration_doubles_),
                  test=np.array(dealt[f]), members=ens.predict_members(held.labels), step=ens.step_,

@@ -188,6 +188,12 @@ def test_ensemble_cross_fitting_and_conformal(truth):
     n = len(doubles)
     np.testing.assert_allclose(ens.half_widths(0.8), np.sort(ens.residuals_, 0)[math.ceil((n + 1) * 0.8) - 1])
     assert np.isinf(ens.half_widths(1 - 0.5 / (n + 1))).all()
+    # double_weight reaches every member: each trains on its doubles twice
+    heavy = PDAEEnsembleProfile(n_members=3, seed=0, double_weight=2, **TINY).fit(p)
+    for m, group in zip(heavy.members_, heavy.groups_):
+        own = len(doubles) - len(group) + sum(1 for c in p.conditions if c.count("+") and c not in doubles)
+        assert len(m.X_) == p.n_conditions - len(group) + own + 1 and m.double_weight == 2
+    assert not np.allclose(heavy.predict(dl), ens.predict(dl))
     with pytest.raises(DataError, match="at least 2 per member"):
         PDAEEnsembleProfile(n_members=20, **TINY).fit(p)
     with pytest.raises(ValueError, match="n_members"):

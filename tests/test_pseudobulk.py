@@ -215,6 +215,28 @@ def _latent_additive_truth(seed: int = 0) -> tuple[list[str], np.ndarray]:
     return conds, f(z0 + L @ W) - f(z0)
 
 
+def test_double_weight_repeats_the_combinations_training_rows():
+    conds, X = _latent_additive_truth(seed=0)
+    p = profiles_from_anndata(_adata(conds, X))
+    X1, L1 = PDAEProfile()._rows(p)
+    X3, L3 = PDAEProfile(double_weight=3)._rows(p)
+    doubles = np.flatnonzero(p.labels.sum(1) == 2)
+    assert len(doubles) == 15 and len(X1) == p.n_conditions + 1
+    # weight 3: the 15 doubles twice more, first; then every profile as at weight 1; the control (zeros) last
+    assert len(X3) == len(X1) + 2 * 15
+    np.testing.assert_array_equal(X3[-len(X1):].numpy(), X1.numpy())
+    np.testing.assert_array_equal(L3[-len(X1):].numpy(), L1.numpy())
+    np.testing.assert_allclose(X3[:30].numpy(), np.vstack([X[doubles]] * 2), rtol=1e-6)
+    assert (L3[:30].sum(1) == 2).all() and not L3[-1].any() and not X3[-1].any()
+    # a model trained with the weight differs from one without (the same seed and steps)
+    kw = dict(latent_dim=4, hidden_dims=(16,), steps=20, val_fraction=0.0, seed=1)
+    held = p.labels[doubles[:2]]
+    assert not np.allclose(PDAEProfile(**kw).fit(p).predict(held), PDAEProfile(double_weight=3, **kw).fit(p).predict(held))
+    for bad in (0, 1.5, -2):
+        with pytest.raises(ValueError, match="double_weight"):
+            PDAEProfile(double_weight=bad)
+
+
 @pytest.mark.slow
 def test_pdae_profile_beats_no_change():
     conds, X = _latent_additive_truth(seed=2)

@@ -243,7 +243,9 @@ class PDAEEnsembleProfile(ProfileModel):
     twice the time; hidden 512 (latent 256): 0.554; anchor ``"singles"``: 0.06 (the
     decoder's second difference is not the interaction), so it is off by default.
     Those training doubles are test doubles of the other folds: the defaults are not
-    blind to them; the per-fold choice of step and source is.
+    blind to them; the per-fold choice of step and source is. ``double_weight`` goes to
+    every member (:class:`PDAEProfile`); 1, the default, because a weight of 3 ranks the
+    held-out doubles better but shapes their departure worse (``benchmarks/double_weight.py``).
 
     After ``fit``: ``members_``, ``groups_``, ``step_``, ``source_``, ``anchor_``,
     ``selection_`` (scores per candidate), ``residuals_`` (training doubles x genes)
@@ -269,6 +271,7 @@ class PDAEEnsembleProfile(ProfileModel):
         method: str = "lstsq",
         genes: np.ndarray | None = None,
         num_threads: int | None = None,
+        double_weight: int = 1,
     ) -> None:
         if int(n_members) < 2:
             raise ValueError(f"n_members must be >= 2 (cross-fitting), got {n_members}.")
@@ -279,7 +282,7 @@ class PDAEEnsembleProfile(ProfileModel):
         self.n_members, self.seed = int(n_members), int(seed)
         self.member_kw = dict(latent_dim=int(latent_dim), hidden_dims=tuple(hidden_dims), steps=int(steps),
                               lr=float(lr), n_sources=int(n_sources), ema_decay=ema_decay, val_fraction=0.0,
-                              eval_every=int(eval_every), num_threads=num_threads)
+                              eval_every=int(eval_every), num_threads=num_threads, double_weight=double_weight)
         self.sources, self.anchors = tuple(sources), tuple(anchors)
         self.method, self.genes, self.num_threads = method, genes, num_threads
 
