@@ -25,7 +25,6 @@ about 2 minutes (weight 1), 3 (weight 3) or 6 (weight 6) on one thread; run seed
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -35,9 +34,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _report import emit  # noqa: E402
 from kernel_departure import score as kernel_score  # noqa: E402
-from nonadditive_mix import _boot, _profiles, run_seed  # noqa: E402
+from nonadditive_mix import _boot, _profiles, fold_cli, run_seed  # noqa: E402
 
 ROWS = "benchmarks/results/double_weight/rows"
 
@@ -144,22 +142,13 @@ def report(scored: dict[int, tuple[pd.DataFrame, pd.DataFrame]]) -> str:
     return "\n".join(lines)
 
 
+def _fit(seed: int, folds: list[int], rows: Path, threads: int | None, data_dir: str | None, weight: int) -> None:
+    run_seed(seed, folds, rows / f"w{weight}", threads, data_dir, full=False, double_weight=weight)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weight", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--folds", default="0,1,2,3,4")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--rows", type=Path, default=Path(ROWS), help="weight w's folds go to ROWS/w<w>")
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--report", action="store_true", help="score every ROWS/w<w> instead of fitting")
-    ap.add_argument("--out", default=None, help="--report: write the table here too")
-    args = ap.parse_args()
-    if args.report:
-        emit(report(score(args.rows, args.data_dir)), args.out)
-    else:
-        run_seed(args.seed, [int(f) for f in args.folds.split(",")], args.rows / f"w{args.weight}", args.threads,
-                 args.data_dir, full=False, double_weight=args.weight)
+    fold_cli(__doc__, _fit, score, report, ROWS,
+             {"--weight": dict(type=int, default=3, help="the doubles' weight; its folds go to ROWS/w<weight>")})
 
 
 if __name__ == "__main__":

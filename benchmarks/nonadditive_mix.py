@@ -221,10 +221,11 @@ def report(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def fold_cli(doc: str, run, score_rows, report_rows, rows_default: str) -> None:
+def fold_cli(doc: str, run, score_rows, report_rows, rows_default: str, extra: dict[str, dict] | None = None) -> None:
     """The command line of a per-fold check: fit ``--seed``'s ``--folds`` into ``--rows``
-    (``run(seed, folds, rows, threads, data_dir)``), or ``--report`` them
-    (``report_rows(score_rows(rows, data_dir))``, printed and written to ``--out``)."""
+    (``run(seed, folds, rows, threads, data_dir, **extra_values)``), or ``--report`` them
+    (``report_rows(score_rows(rows, data_dir))``, printed and written to ``--out``). ``extra``:
+    more options of the fit, ``{"--name": argparse keywords}``, passed to ``run`` by name."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--folds", default="0,1,2,3,4")
@@ -233,11 +234,14 @@ def fold_cli(doc: str, run, score_rows, report_rows, rows_default: str) -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--report", action="store_true", help="score the rows instead of fitting")
     ap.add_argument("--out", default=None, help="--report: write the table here too")
+    for flag, kw in (extra or {}).items():
+        ap.add_argument(flag, **kw)
     args = ap.parse_args()
     if args.report:
         emit(report_rows(score_rows(args.rows, args.data_dir)), args.out)
     else:
-        run(args.seed, [int(f) for f in args.folds.split(",")], args.rows, args.threads, args.data_dir)
+        values = {f.lstrip("-").replace("-", "_"): getattr(args, f.lstrip("-").replace("-", "_")) for f in extra or {}}
+        run(args.seed, [int(f) for f in args.folds.split(",")], args.rows, args.threads, args.data_dir, **values)
 
 
 def main() -> None:
