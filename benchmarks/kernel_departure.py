@@ -72,7 +72,13 @@ def _gene_model(X: np.ndarray, N: np.ndarray, X_test: np.ndarray) -> tuple[np.nd
     return (X_test * gene_ridge(X, N, shrink)).sum(-1), _cv_gene(X, N, shrink)
 
 
-def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
+def score(rows: Path, data_dir: str | None, genes: np.ndarray | None = None) -> pd.DataFrame:
+    """The held-out doubles' rows (module docstring). ``genes``: positions of the genes every profile,
+    metric and fit is restricted to (None: all). Besides the profiles and stackers above, each row has
+    the pair kernel alone (``pair_kernel``), the heuristic regression and scaled additive's
+    non-additive part, for comparison on the same genes."""
+    from dataclasses import replace
+
     from pdae_core.eval.departure import pearson_rows
     from pdae_core.eval.departure_weights import best_beta, choose_gene_shrink, gene_weights
     from pdae_core.eval.pair_kernel import PairKernelRegression
@@ -88,9 +94,12 @@ def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
         profile_singles,
     )
     from pdae_core.eval.pseudobulk.profiles import train_conditions
-    from pdae_core.eval.stacking import BlendedStacker, log_metric, sum_norm_feature
+    from pdae_core.eval.stacking import BlendedStacker, log_metric, residual_as_numerator, sum_norm_feature
 
     P = _profiles(data_dir)
+    g = slice(None) if genes is None else np.asarray(genes)
+    if genes is not None:
+        P = replace(P, deltas=P.deltas[:, g], genes=[P.genes[i] for i in g])
     betas = PDAEStackedRegression().betas
 
     def log_metrics(prof, doubles, profiles):
@@ -100,6 +109,7 @@ def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
     out = []
     for path in sorted(rows.glob("seed*_fold*.npz")):
         z = np.load(path)
+        z = {"test": z["test"], "calibration": z["calibration"], "oof": z["oof"][:, g], "members": z["members"][..., g]}
         seed, fold = (int(t.removeprefix(pre)) for t, pre in zip(path.stem.split("_"), ("seed", "fold")))
         test, cal = [str(d) for d in z["test"]], [str(d) for d in z["calibration"]]
         train = P.subset(train_conditions(P, test))
@@ -125,12 +135,18 @@ def score(rows: Path, data_dir: str | None) -> pd.DataFrame:
         fed = {"stacked": (log_metrics(z["oof"], cal, train),
                            np.mean([log_metrics(m, test, train) for m in z["members"]], 0)),
                "stacked_kernel_profile": (log_metrics(S_tr + eks_tr, cal, train), log_metrics(S_te + eks_te, test, train))}
-        stacked = {}
+        alpha = float(np.sum(S_tr * train.deltas[train.index(cal)]) / np.sum(S_tr**2))
+        r["scaled_additive"] = pearson_rows((alpha - 1.0) * S_te, na_te)
+        h = heur.fit(train).predict_metrics(train, test)
+        stacked = {"heuristic": log_metric(np.column_stack([h["magnitude"], h["normalised_residual"]])),
+                   "pdae_ensemble": log_metrics(z["members"].mean(0), test, train)}
         for k, (m_tr, m_te) in fed.items():
             st = BlendedStacker(kernel=PairKernelRegression()).fit(
                 m_tr, F_tr, parts_tr, observed_log_metrics(train, cal, "lstsq"), profile_singles(train),
                 sum_norm_feature(F_tr))
             stacked[k] = st.predict(m_te, F_te, parts_te, sum_norm_feature(F_te))
+            if k == "stacked":  # its kernel alone is the pair_kernel baseline (fitted on the same targets)
+                stacked["pair_kernel"] = residual_as_numerator(st.kernel_.predict(parts_te), sum_norm_feature(F_te), -1.0)
         obs = observed_log_metrics(P, test, "lstsq")
         for j, d in enumerate(test):
             row = {"seed": seed, "fold": fold, "double": d, "kernel_gamma": choice[0], "kernel_penalty": choice[1],
