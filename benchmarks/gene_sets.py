@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from double_weight import _cell, _figure  # noqa: E402
 from kernel_departure import score as kernel_score  # noqa: E402
 from nonadditive_mix import _boot, _profiles, fold_cli, run_seed  # noqa: E402
 
@@ -67,17 +67,6 @@ def score(rows: Path, data_dir: str | None) -> dict[int, pd.DataFrame]:
     singles = P.deltas[[i for i, p in enumerate(P.parts) if len(p) == 1]]
     return {n: kernel_score(rows, data_dir, genes=None if n >= P.n_genes else responsive_genes(singles, n))
             for n in SIZES if n <= P.n_genes}
-
-
-def _figure(metric: str, col: str):
-    if metric == "na":
-        return lambda g: g[f"na_{col}"].mean()
-    return lambda g: spearmanr(g[f"{metric}_obs"], g[f"{metric}_{col}"])[0]
-
-
-def _cell(v: tuple[float, float, float], signed: bool = False) -> str:
-    f = "{:+.3f}" if signed else "{:.3f}"
-    return f"{f.format(v[0])} [{f.format(v[1])}, {f.format(v[2])}]"
 
 
 def _diff(metric: str, a: str, b: str):
