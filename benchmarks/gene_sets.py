@@ -12,7 +12,11 @@ benchmark's folds (5 folds of the 126 doubles with both singles, seeds 0-2):
   the PDAE ensemble's own metrics and ``pdae_stacked`` (the stacker blended with the pair kernel);
 * the Pearson of the non-additive part of scaled additive, the pair kernel profile, the ensemble and
   ``pdae_stacked``'s per-gene profile;
-* paired differences with bootstrap intervals over doubles.
+* paired differences with bootstrap intervals over doubles;
+* how reliably the observed metrics rank the doubles (:func:`split_half`): the Spearman, over the 126
+  doubles, of each metric computed on one random half of the genes against the other half (50 splits).
+  Noise independent across genes lowers it; a value near 1 says the ranking goals are not capped by
+  measurement noise of that kind.
 
 Every figure on all genes equals the benchmark's row. The folds' ensembles are those of
 ``benchmarks/kernel_departure.py`` and of ``benchmarks/double_weight.py --weight 1`` (the same fit;
@@ -34,7 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+from scipy.stats import spearmanr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from double_weight import _cell, _figure  # noqa: E402
@@ -61,12 +65,33 @@ def responsive_genes(singles: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.argsort(-rms, kind="stable")[:n])
 
 
-def score(rows: Path, data_dir: str | None) -> dict[int, pd.DataFrame]:
-    """Per gene set size, the held-out rows of :func:`kernel_departure.score` on those genes."""
+def score(rows: Path, data_dir: str | None) -> dict:
+    """Per gene set size, the held-out rows of :func:`kernel_departure.score` on those genes; under
+    ``"split_half"``, :func:`split_half` of all the genes."""
     P = _profiles(data_dir)
     singles = P.deltas[[i for i, p in enumerate(P.parts) if len(p) == 1]]
-    return {n: kernel_score(rows, data_dir, genes=None if n >= P.n_genes else responsive_genes(singles, n))
-            for n in SIZES if n <= P.n_genes}
+    scored = {n: kernel_score(rows, data_dir, genes=None if n >= P.n_genes else responsive_genes(singles, n))
+              for n in SIZES if n <= P.n_genes}
+    scored["split_half"] = split_half(P)
+    return scored
+
+
+def split_half(P, n_splits: int = 50, seed: int = 0) -> dict[str, float]:
+    """Mean over ``n_splits`` random halvings of the genes of the Spearman, over the doubles with both
+    singles, between a metric's observed values on one half and on the other."""
+    from pdae_core.eval.pseudobulk.interaction_models import single_deltas
+    from pdae_core.eval.pseudobulk.interaction_scores import double_figures
+
+    doubles = P.eligible_doubles()
+    parts = [(*single_deltas(P, d), P.deltas[P.index([d])[0]]) for d in doubles]
+    rng = np.random.default_rng(seed)
+    out = {"magnitude": [], "residual": []}
+    for _ in range(n_splits):
+        perm = rng.permutation(P.n_genes)
+        halves = [[double_figures(a[h], b[h], ab[h]) for a, b, ab in parts] for h in np.array_split(perm, 2)]
+        for m, k in (("magnitude", "magnitude"), ("residual", "normalised_residual")):
+            out[m].append(spearmanr([f[k] for f in halves[0]], [f[k] for f in halves[1]])[0])
+    return {m: float(np.mean(v)) for m, v in out.items()}
 
 
 def _diff(metric: str, a: str, b: str):
@@ -74,7 +99,9 @@ def _diff(metric: str, a: str, b: str):
     return lambda g: fa(g) - fb(g)
 
 
-def report(scored: dict[int, pd.DataFrame]) -> str:
+def report(scored: dict) -> str:
+    scored = dict(scored)
+    half = scored.pop("split_half", None)
     any_df = next(iter(scored.values()))
     lines = ["# The interaction figures on the genes the singles move most (norman19_pseudobulk)", "",
              f"The interaction benchmark's folds, {any_df['seed'].nunique()} seed(s), {any_df.groupby('seed').size().min()} "
@@ -96,6 +123,10 @@ def report(scored: dict[int, pd.DataFrame]) -> str:
               "| genes | " + " | ".join(f"{m}: {a} - {b}" for m, a, b in pairs) + " |", "|---|" + "---|" * len(pairs)]
     for n, df in scored.items():
         lines.append(f"| {n} | " + " | ".join(_cell(_boot(df, _diff(m, a, b)), True) for m, a, b in pairs) + " |")
+    if half is not None:
+        lines += ["", "Reliability of the observed ranking (all genes): Spearman between the metrics on two random halves "
+                  f"of the genes, mean of 50 splits: magnitude {half['magnitude']:.3f}, normalised residual "
+                  f"{half['residual']:.3f}."]
     return "\n".join(lines)
 
 

@@ -76,3 +76,27 @@ def test_kernel_departure_score_on_a_gene_set_is_the_score_of_the_sliced_data(on
     # predictions close to the observed profiles rank the doubles well on any gene set
     for df in (full, sub):
         assert df[["magnitude_obs", "magnitude_pdae_ensemble"]].corr(method="spearman").iloc[0, 1] > 0.8
+
+
+def test_split_half_is_one_without_noise_and_drops_with_it():
+    gs = _load("gene_sets")
+    from pdae_core.eval.pseudobulk.profiles import ProfileSet
+
+    rng = np.random.default_rng(1)
+    n_genes, singles = 400, [f"g{i}" for i in range(8)]
+    base = {s: rng.normal(0, 1, n_genes) for s in singles}
+    doubles = [(a, b) for i, a in enumerate(singles) for b in singles[i + 1:]]
+    scale = {d: 0.3 + 1.4 * k / len(doubles) for k, d in enumerate(doubles)}  # magnitudes spread over the doubles
+
+    def profiles(noise: float) -> ProfileSet:
+        rows = [base[s] for s in singles] + [scale[d] * (base[d[0]] + base[d[1]]) + rng.normal(0, noise, n_genes)
+                                             for d in doubles]
+        names = singles + [f"{a}+{b}" for a, b in doubles]
+        parts = [(s,) for s in singles] + list(doubles)
+        labels = np.array([[float(s in p) for s in singles] for p in parts])
+        return ProfileSet(names, parts, singles, labels, np.array(rows), [f"x{i}" for i in range(n_genes)])
+
+    clean = gs.split_half(profiles(0.0), n_splits=5)
+    assert clean["magnitude"] == pytest.approx(1.0)
+    noisy = gs.split_half(profiles(3.0), n_splits=5)
+    assert noisy["magnitude"] < 0.9 and noisy["residual"] < 0.9
