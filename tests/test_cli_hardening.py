@@ -265,6 +265,40 @@ def test_ctrl_c_early_in_the_console_script_exits_130_quietly():
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (delay, err)
 
 
+HOLD_BACK = """
+import importlib.abc, importlib.util, os, signal, sys
+spec = importlib.util.find_spec("pdae_core")  # a bare package, as above: nothing imported yet
+sys.modules["pdae_core"] = importlib.util.module_from_spec(spec)
+seen = {}
+class CtrlCWhenImporting(importlib.abc.MetaPathFinder):  # Ctrl-C as the import of sys.argv[1] starts
+    def find_spec(self, name, path, target=None):
+        if name == sys.argv[1] and not seen:
+            seen["sent"] = True
+            os.kill(os.getpid(), signal.SIGINT)
+            seen["held back"] = signal.SIGINT in signal.sigpending()
+        return None
+sys.meta_path.insert(0, CtrlCWhenImporting())
+from pdae_core.cli.common import import_libraries
+try:
+    import_libraries()
+except KeyboardInterrupt:
+    print("interrupted", "after the imports" if seen.get("held back") else "at once", flush=True)
+    sys.exit(0)
+print("never interrupted", seen, flush=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["torch", "scipy", "anndata"])
+def test_ctrl_c_during_the_imports_of_the_libraries_is_held_back_until_they_are_done(module):
+    """A Ctrl-C inside a Cython extension's initialisation can be swallowed (SciPy's, registering its types
+    with abc: the command then ran to the end and exited 0), and one inside torch's import aborts the process;
+    so it is held back until torch, SciPy and anndata are imported, then arrives as KeyboardInterrupt."""
+    out = subprocess.run([sys.executable, "-c", HOLD_BACK, module], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "interrupted after the imports", (out.stdout, out.stderr)
+
+
 def test_huge_model_sizes_are_refused_before_allocating(capsys, tmp_path, tiny_adata):
     """Issue 14 item 7: `--latent-dim 100000000` used to try to allocate ~100 GB."""
     import tracemalloc

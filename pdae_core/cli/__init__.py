@@ -123,12 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     from ..errors import PDAEError
-    from .common import EXIT_ERROR, EXIT_OK, import_torch, printable
+    from .common import EXIT_ERROR, EXIT_OK, import_libraries, printable
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = chosen_command(argv)
     if command in _NEEDS_TORCH and not {"-h", "--help"} & set(argv):
-        import_torch()  # first, with Ctrl-C held back (a Ctrl-C inside torch's import aborts the process)
+        import_libraries()  # first, with Ctrl-C held back (a Ctrl-C inside these imports can be lost)
     model = None
     if command == "train":
         from . import train

@@ -403,22 +403,32 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def import_torch() -> None:
-    """Import torch with Ctrl-C held back until the import is done. Its import runs C++ code
-    (pybind11) that aborts the whole process ("terminate called after throwing ...") when an
-    interrupt lands inside it; held back, a Ctrl-C pressed meanwhile arrives right after the import
-    as a KeyboardInterrupt, which the command line turns into a quiet exit with code 130."""
+#: imported by :func:`import_libraries` with Ctrl-C held back, in this order
+HELD_BACK_IMPORTS = ("torch", "scipy.sparse", "anndata")
+
+
+def import_libraries() -> None:
+    """Import torch, SciPy and anndata with Ctrl-C held back until they are all imported; a Ctrl-C
+    pressed meanwhile arrives right after, as a KeyboardInterrupt, which the command line turns
+    into a quiet exit with code 130. Two ways a Ctrl-C is lost otherwise: inside torch's import, C++
+    code (pybind11) aborts the whole process ("terminate called after throwing ..."); inside the
+    initialisation of a Cython extension module (SciPy has many), the KeyboardInterrupt can be
+    swallowed (seen when registering its types with ``abc``: the command then ran to the end and
+    exited 0)."""
+    import importlib
     import signal
     import threading
 
-    if "torch" in sys.modules or not hasattr(signal, "pthread_sigmask") or (
+    if all(m in sys.modules for m in HELD_BACK_IMPORTS) or not hasattr(signal, "pthread_sigmask") or (
         threading.current_thread() is not threading.main_thread()
     ):
-        import torch  # noqa: F401
+        for m in HELD_BACK_IMPORTS:
+            importlib.import_module(m)
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        import torch  # noqa: F401, F811
+        for m in HELD_BACK_IMPORTS:
+            importlib.import_module(m)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 

@@ -60,9 +60,9 @@ def checkpoint_summary(path: str | os.PathLike, trust_modified: bool = False, lo
         quick = quick_summary(path)
         if quick is not None:
             return quick
-    from .common import import_torch
+    from .common import import_libraries
 
-    import_torch()  # with Ctrl-C held back
+    import_libraries()  # with Ctrl-C held back
     from .._version import __version__
     from ..models.card import model_card
     from ..models.checkpoint import load_checkpoint, read_config
