@@ -419,16 +419,13 @@ def import_libraries() -> None:
     import signal
     import threading
 
-    if all(m in sys.modules for m in HELD_BACK_IMPORTS) or not hasattr(signal, "pthread_sigmask") or (
-        threading.current_thread() is not threading.main_thread()
-    ):
-        for m in HELD_BACK_IMPORTS:
-            importlib.import_module(m)
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    hold = (not all(m in sys.modules for m in HELD_BACK_IMPORTS) and hasattr(signal, "pthread_sigmask")
+            and threading.current_thread() is threading.main_thread())
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hold else None
     try:
         for m in HELD_BACK_IMPORTS:
             importlib.import_module(m)
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if hold:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
